@@ -1,0 +1,106 @@
+"""Reversible routing of encoder-layer forwards through a chain of block strategies.
+
+transformers 5 records hidden states with hooks on the layer classes, so the layer modules must
+stay in place: the patch sets an instance ``forward`` (kept out of the class) and deletes it on
+exit. While no chunk is active the layers run their stock forward, so a model inside
+``apply()`` but outside a stream behaves exactly as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .block_adapter import BlockAdapter
+from .strategy import BlockCall, BlockStrategy, ChunkInfo
+
+__all__ = ["BlockPatch"]
+
+_MISSING = object()
+
+
+@dataclass
+class _Active:
+    states: Sequence[Any]
+    chunk: ChunkInfo
+
+
+class BlockPatch:
+    """Installs ``strategies`` on ``layers`` for the duration of a ``with`` block.
+
+    ``chunk(states, info)`` activates the chain for one chunk with one stream's states; only one
+    chunk runs through a patched model at a time (a lock enforces it), so streams sharing a
+    model take turns and never see each other's state.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], adapters: Sequence[BlockAdapter], strategies: Sequence[BlockStrategy]):
+        if len(layers) != len(adapters):
+            raise ValueError("one adapter per layer is required")
+        self.layers = list(layers)
+        self.adapters = list(adapters)
+        self.strategies = list(strategies)
+        self._active: _Active | None = None
+        self._saved: list[Any] = []
+        self._lock = threading.Lock()
+        self.installed = False
+
+    def __enter__(self) -> BlockPatch:
+        if not self.strategies:
+            return self
+        for layer in self.layers:
+            if getattr(layer.forward, "__tokencompress_patch__", None) is not None:
+                raise RuntimeError("this model is already inside a tokencompress apply(); leave it first")
+        self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
+        for i, layer in enumerate(self.layers):
+            layer.forward = types.MethodType(self._make_forward(i, layer.forward), layer)
+        self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.installed:
+            return
+        for layer, saved in zip(self.layers, self._saved, strict=True):
+            if saved is _MISSING:
+                del layer.forward
+            else:
+                layer.forward = saved
+        self._saved = []
+        self.installed = False
+
+    @contextmanager
+    def chunk(self, states: Sequence[Any], info: ChunkInfo) -> Iterator[None]:
+        """Route layer calls through the strategies with these per-stream ``states``."""
+        with self._lock:
+            self._active = _Active(states, info)
+            try:
+                yield
+            finally:
+                self._active = None
+
+    def _make_forward(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        patch = self
+        adapter = self.adapters[index]
+        strategies = self.strategies
+        n_layers = len(self.layers)
+
+        def forward(_layer: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            active = patch._active
+            if active is None:
+                return stock(hidden_states, *args, **kwargs)
+
+            def run(j: int, h: Tensor) -> Tensor:
+                if j == len(strategies):
+                    return stock(h, *args, **kwargs)
+                call = BlockCall(adapter, index, n_layers, active.states[j], active.chunk)
+                return strategies[j].block_forward(call, h, lambda nxt: run(j + 1, nxt))
+
+            return run(0, hidden_states)
+
+        forward.__tokencompress_patch__ = patch  # type: ignore[attr-defined]
+        return forward

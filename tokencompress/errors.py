@@ -1,0 +1,33 @@
+"""Error types whose message is the whole story: the CLI prints ``str(err)`` on one line and exits.
+
+Every error a user can cause (a bad YAML field, a budget the model cannot meet, a broken video)
+is raised as one of these, so callers can catch the family without swallowing real bugs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TokenCompressError", "ConfigError", "CompatibilityError", "VideoError", "BudgetError", "PluginError"]
+
+
+class TokenCompressError(Exception):
+    """Base class: a problem with the user's input, reported as one line."""
+
+
+class ConfigError(TokenCompressError, ValueError):
+    """The pipeline description is malformed: YAML syntax, unknown key, value out of range."""
+
+
+class CompatibilityError(TokenCompressError):
+    """A strategy needs something the target cannot provide (named on both sides)."""
+
+
+class BudgetError(ConfigError):
+    """A token budget larger than the tokens a frame has, or otherwise impossible."""
+
+
+class VideoError(TokenCompressError):
+    """A video that is missing, unreadable, or has no frames."""
+
+
+class PluginError(TokenCompressError):
+    """Plugin registration failed: a duplicate name, or a malformed registration."""

@@ -1,0 +1,135 @@
+"""Getting a model and tokenizer: a saved checkpoint through ``from_pretrained``, or the built-in one.
+
+The built-in model has LLaVA-OneVision's architecture and real token geometry (384 px, patch 14:
+729 ViT tokens → 196 pooled tokens per frame, Qwen2 LLM) but a small width and **random
+weights**: it exercises every code path and gives meaningful token and FLOP ratios, not
+meaningful answers. No weights can be downloaded where this project is tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import TokenCompressError
+
+__all__ = ["LoadedModel", "build_default_model", "default_model_config", "load_model"]
+
+DEFAULT_NAME = "builtin:tiny-llava-onevision"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    description: str
+    tokenizer_description: str
+    random_weights: bool
+
+
+def default_model_config(vocab_size: int, image_token_id: int, video_token_id: int, **overrides: Any) -> Any:
+    """LLaVA-OV config with real token geometry and a small width (fast on a laptop CPU)."""
+    from transformers import LlavaOnevisionConfig
+
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=384,
+        patch_size=14,
+        vision_use_head=False,
+    )
+    text = dict(
+        model_type="qwen2",
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    )
+    vision.update(overrides.pop("vision_config", {}))
+    text.update(overrides.pop("text_config", {}))
+    return LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        video_token_index=video_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=True,
+        **overrides,
+    )
+
+
+def build_default_model(seed: int = 0, tokenizer: Any = None) -> LoadedModel:
+    """The built-in random-weight LLaVA-OV model with the best tokenizer this machine has."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from .tokenizer import load_tokenizer
+
+    if tokenizer is None:
+        tokenizer, tok_desc = load_tokenizer("llava_onevision")
+    else:
+        tok_desc = type(tokenizer).__name__
+    cfg = default_model_config(
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    n = sum(p.numel() for p in model.parameters())
+    desc = f"{DEFAULT_NAME} (LLaVA-OneVision architecture, {n / 1e6:.1f} M parameters, RANDOM weights: answers are noise)"
+    return LoadedModel(model, tokenizer, desc, tok_desc, random_weights=True)
+
+
+def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """``None`` or ``builtin`` → the built-in model; anything else goes through ``from_pretrained``."""
+    if name_or_path is None or name_or_path in ("builtin", DEFAULT_NAME):
+        return build_default_model()
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    path = Path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, config=config, dtype=dtype).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        where = "directory" if path.exists() else "model id"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokenCompressError(f"cannot load model {where} '{name_or_path}': {first}") from None
+    tokenizer, tok_desc = _tokenizer_for(name_or_path, model)
+    n = sum(p.numel() for p in model.parameters())
+    desc = f"{name_or_path} ({type(model).__name__}, {n / 1e6:.1f} M parameters)"
+    return LoadedModel(model, tokenizer, desc, tok_desc, random_weights=False)
+
+
+def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str]:
+    """The checkpoint's own tokenizer if it ships one, else the offline Qwen2 one if ids fit."""
+    from transformers import AutoTokenizer
+
+    from .tokenizer import load_tokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+        return tok, f"{type(tok).__name__} from {name_or_path}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    layout = "qwen2_vl" if "qwen" in type(model).__name__.lower() else "llava_onevision"
+    tok, desc = load_tokenizer(layout)
+    vocab = model.config.get_text_config().vocab_size
+    if len(tok) > vocab:
+        raise TokenCompressError(
+            f"model '{name_or_path}' ships no tokenizer and its vocabulary ({vocab}) is smaller than the "
+            f"fallback tokenizer's ({len(tok)}); save a tokenizer next to the weights"
+        )
+    return tok, desc

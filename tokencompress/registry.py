@@ -1,0 +1,225 @@
+"""Plugin discovery: built-ins and third-party packages register through the same pluggy hooks.
+
+A :class:`Registry` is an ordinary object (no process-wide instance): build one, look strategies
+and targets up by name, resolve a target for a model. Entry points in the ``tokencompress``
+group are loaded at construction; the built-ins are entry points of this package too, with a
+direct-import fallback for source checkouts that were never installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata as md
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from .errors import ConfigError, PluginError
+from .hooks import hookspecs
+from .hooks.events import StageEvent
+from .hooks.markers import PROJECT
+from .hooks.registrar import Registrar, Registration
+
+__all__ = ["Registry", "PluginInfo", "PluginFailure", "DISABLE_ENV", "close_matches"]
+
+DISABLE_ENV = "TOKENCOMPRESS_DISABLE_PLUGINS"
+"""``1``/``all``/``*`` blocks every third-party plugin; otherwise a comma list of entry-point or package names."""
+
+BUILTIN_PACKAGE = "tokencompress"
+BUILTIN_MODULES = ("tokencompress.strategies.builtin", "tokencompress.targets.builtin")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    package: str
+    version: str
+    module: str
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    name: str
+    package: str
+    error: str
+
+
+def close_matches(word: str, options: Iterable[str]) -> str:
+    """``" (did you mean 'a' or 'b'?)"`` or ``""``, for error messages."""
+    hits = difflib.get_close_matches(word, list(options), n=3, cutoff=0.5)
+    if not hits:
+        return ""
+    return " (did you mean " + " or ".join(f"'{h}'" for h in hits) + "?)"
+
+
+def _version(package: str) -> str:
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return "source"
+
+
+class Registry:
+    """Strategies and targets known to this process, each with the package that registered it."""
+
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        plugins: Iterable[Any] = (),
+        disable: str | None = None,
+    ) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self.failures: list[PluginFailure] = []
+        self.blocked: list[str] = []
+        self._package_of: dict[int, tuple[str, str]] = {}
+        disable = os.environ.get(DISABLE_ENV, "") if disable is None else disable
+        blocked = {s.strip() for s in disable.split(",") if s.strip()}
+
+        loaded_builtin = False
+        if entry_points:
+            for ep in md.entry_points(group=PROJECT):
+                package = ep.dist.name if ep.dist is not None else "unknown"
+                is_builtin = package == BUILTIN_PACKAGE and ep.value in BUILTIN_MODULES
+                if not is_builtin and (blocked & {"1", "all", "*", ep.name, package}):
+                    self.blocked.append(f"{package}:{ep.name}")
+                    continue
+                try:
+                    obj = ep.load()
+                except Exception as exc:  # a broken plugin must not take the others down
+                    self._fail(f"{package}:{ep.name}", package, f"import failed: {type(exc).__name__}: {exc}")
+                    continue
+                self._add(obj, f"{package}:{ep.name}", package)
+                loaded_builtin |= is_builtin
+        if not loaded_builtin:
+            for mod in BUILTIN_MODULES:
+                self._add(importlib.import_module(mod), f"{BUILTIN_PACKAGE}:{mod.rsplit('.', 1)[-1]}", BUILTIN_PACKAGE)
+        for i, obj in enumerate(plugins):
+            package = getattr(obj, "__tokencompress_package__", None) or getattr(obj, "__name__", f"plugin{i}")
+            self._add(obj, f"{package}:{i}", package)
+        self.pm.check_pending()
+
+        self.strategies: dict[str, Registration] = {}
+        self.targets: dict[str, Registration] = {}
+        self._collect("tokencompress_register_strategies", "strategies", self.strategies)
+        self._collect("tokencompress_register_targets", "targets", self.targets)
+
+    # ---------------------------------------------------------- registration
+    def _fail(self, name: str, package: str, error: str) -> None:
+        self.failures.append(PluginFailure(name, package, error))
+        warnings.warn(f"tokencompress plugin {name} was skipped: {error}", RuntimeWarning, stacklevel=3)
+
+    def _add(self, obj: Any, name: str, package: str) -> None:
+        if self.pm.is_registered(obj):
+            return
+        self.pm.register(obj, name=name)
+        version = _version(package)
+        self._package_of[id(obj)] = (package, version)
+        self.plugins.append(PluginInfo(name, package, version, getattr(obj, "__name__", type(obj).__name__)))
+
+    def _collect(self, hook: str, kind: str, into: dict[str, Registration]) -> None:
+        from .strategy import Strategy
+        from .target import Target
+
+        base = Strategy if kind == "strategies" else Target
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            package, version = self._package_of.get(id(impl.plugin), (impl.plugin_name, ""))
+            registrar = Registrar(package=package, version=version)
+            try:
+                impl.function(registrar=registrar)
+                regs = registrar.strategies if kind == "strategies" else registrar.targets
+                for reg in regs:
+                    if not (isinstance(reg.cls, type) and issubclass(reg.cls, base)):
+                        raise TypeError(f"{reg.cls!r} is not a tokencompress {base.__name__} subclass")
+            except Exception as exc:
+                self._fail(impl.plugin_name, package, f"registering {kind} failed: {type(exc).__name__}: {exc}")
+                continue
+            for reg in regs:
+                if reg.name in into:
+                    prev = into[reg.name]
+                    raise PluginError(
+                        f"{kind[:-1].replace('ie', 'y')} '{reg.name}' is registered twice: by package "
+                        f"'{prev.package}' ({prev.cls.__module__}.{prev.cls.__qualname__}) and by package "
+                        f"'{reg.package}' ({reg.cls.__module__}.{reg.cls.__qualname__}); uninstall one, or block "
+                        f"it with {DISABLE_ENV}={reg.package if reg.package != BUILTIN_PACKAGE else prev.package}"
+                    )
+                into[reg.name] = reg
+
+    # --------------------------------------------------------------- lookups
+    def strategy(self, name: str) -> type:
+        """The strategy class registered as ``name``; ConfigError with close matches otherwise."""
+        try:
+            return self.strategies[name].cls
+        except KeyError:
+            raise ConfigError(
+                f"unknown strategy '{name}'{close_matches(name, self.strategies)}; "
+                f"known: {', '.join(sorted(self.strategies))}"
+            ) from None
+
+    def target(self, name: str) -> type:
+        try:
+            return self.targets[name].cls
+        except KeyError:
+            raise ConfigError(
+                f"unknown target '{name}'{close_matches(name, self.targets)}; known: auto, {', '.join(sorted(self.targets))}"
+            ) from None
+
+    def resolve_target(self, model: Any, name: str = "auto") -> type:
+        """Target class for ``model``: the named one, a plugin's choice, or the first that matches."""
+        if name != "auto":
+            cls = self.target(name)
+            if not cls.matches(model):
+                from .errors import CompatibilityError
+
+                raise CompatibilityError(
+                    f"target '{name}' does not support {type(model).__name__}; use target: auto or one of "
+                    f"{', '.join(n for n, r in self.targets.items() if r.cls.matches(model)) or 'no registered target'}"
+                )
+            return cls
+        targets = {n: r.cls for n, r in self.targets.items()}
+        chosen = self.pm.hook.tokencompress_resolve_target(model=model, targets=targets)
+        if chosen is not None:
+            return chosen
+        for cls in targets.values():
+            if cls.matches(model):
+                return cls
+        from .errors import CompatibilityError
+
+        raise CompatibilityError(
+            f"no registered target supports {type(model).__name__}; targets: {', '.join(sorted(targets))}"
+        )
+
+    # ------------------------------------------------------------- observers
+    def has_observers(self) -> bool:
+        return bool(self.pm.hook.tokencompress_stage_finished.get_hookimpls())
+
+    def notify(self, event: StageEvent) -> None:
+        self.pm.hook.tokencompress_stage_finished(event=event)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready listing for ``tokencompress plugins``."""
+
+        def rows(regs: dict[str, Registration]) -> list[dict[str, Any]]:
+            out = []
+            for name, r in sorted(regs.items()):
+                row = {"name": name, "package": r.package, "version": r.version, "class": f"{r.cls.__module__}.{r.cls.__qualname__}"}
+                stage = getattr(r.cls, "stage", None)
+                if stage is not None:
+                    row["stage"] = stage.value
+                out.append(row)
+            return out
+
+        return {
+            "strategies": rows(self.strategies),
+            "targets": rows(self.targets),
+            "plugins": [p.__dict__ for p in self.plugins],
+            "failed": [f.__dict__ for f in self.failures],
+            "blocked": self.blocked,
+        }

@@ -1,0 +1,190 @@
+"""STC-Cacher: inside every ViT layer, recompute only the tokens whose keys moved (specs/stc.md §2).
+
+A reference chunk runs each layer in full and remembers, per layer, the last frame's keys, values,
+attention-branch and MLP-branch outputs. Other chunks compute fresh keys for every token, pick per
+frame the ``n`` tokens least similar to the cached keys, and run queries, values, attention and MLP
+for those rows only; cached rows stand in for the rest. The output keeps the input's shape, so the
+target's stock pooling after the tower still sees every token.
+
+Deviations from the reference code, none of which changes a result on the fixtures: K is projected
+once (quirk C2), the similarity is computed in float32 with a stable lowest-index-first tie-break
+(C16), and all state lives in a per-stream :class:`CacherState` instead of globals (C3, C4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from ..block_adapter import BlockAdapter
+from ..strategy import BlockCall, BlockStrategy, ChunkInfo, StrategyParams
+
+__all__ = [
+    "StcCacherParams",
+    "CacherState",
+    "CacherTraceRecord",
+    "StcCacher",
+    "LayerMacs",
+    "n_update",
+    "select_updates",
+    "layer_macs",
+]
+
+
+class StcCacherParams(StrategyParams):
+    update_token_ratio: float = Field(0.25, gt=0.0, le=1.0)
+    """Fraction of a frame's tokens recomputed per layer in non-reference chunks (quirk C15: 0 < r <= 1)."""
+    cache_interval: int = Field(2, ge=1)
+    """Every ``cache_interval``-th chunk of a stream is a reference chunk, starting with the first."""
+
+
+@dataclass
+class CacherTraceRecord:
+    """What one layer did in one chunk; collected only when a test or a debugger asks for it."""
+
+    layer: int
+    chunk: int
+    reference: bool
+    update_indices: Tensor | None = None
+    """``[F, n]`` recomputed token positions, ascending; None in reference chunks."""
+    key_cosine_similarity: Tensor | None = None
+    """``[F, T]`` float32 cosine of fresh keys against the cached keys; None in reference chunks."""
+
+
+@dataclass
+class CacherState:
+    """One stream's Cacher memory; two streams never share one (quirk C3)."""
+
+    chunks_seen: int = 0
+    is_reference: bool = True
+    """Whether the chunk being encoded now is a reference chunk (set by ``start_chunk``)."""
+    refs: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    """layer index -> (K_ref, V_ref, A_ref, M_ref), each ``[T, C]``, from the last frame of the
+    latest reference chunk (quirk C12)."""
+    trace: list[CacherTraceRecord] | None = None
+
+
+def n_update(tokens: int, ratio: float) -> int:
+    """Tokens recomputed per frame: Python's ``int()`` floors, and the clamp keeps at least one."""
+    return max(1, min(int(tokens * ratio), tokens))
+
+
+def select_updates(similarity: Tensor, n: int) -> Tensor:
+    """``[F, n]`` positions of the ``n`` lowest similarities per frame of ``similarity`` ``[F, T]``.
+
+    A stable sort breaks ties towards the lower index, so the choice never depends on top-k's
+    unspecified tie order; the result is re-sorted ascending, which changes no output (rows are only
+    gathered and scattered) and keeps the gathers in memory order.
+    """
+    lowest = torch.sort(similarity, dim=-1, stable=True).indices[:, :n]
+    return torch.sort(lowest, dim=-1).values
+
+
+def _rows(x: Tensor, index: Tensor) -> Tensor:
+    """Gather rows ``index`` ``[F, n]`` of ``x`` ``[F, T, C]`` -> ``[F, n, C]``."""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _fill(ref: Tensor, index: Tensor, rows: Tensor) -> Tensor:
+    """``ref`` ``[T, C]`` broadcast to ``[F, T, C]`` with rows ``index`` ``[F, n]`` set to ``rows``."""
+    full = ref.expand(index.shape[0], -1, -1).clone()
+    return full.scatter_(1, index[..., None].expand(-1, -1, ref.shape[-1]), rows)
+
+
+@dataclass(frozen=True)
+class LayerMacs:
+    """Multiply-accumulates per frame for one layer; LayerNorm, softmax, GELU and cosine are left out."""
+
+    full: int
+    non_reference: int
+    """With K projected once, as this implementation does."""
+    non_reference_as_coded: int
+    """With the reference code's second K projection (quirk C2), for comparison with published numbers."""
+
+    @property
+    def ratio(self) -> float:
+        return self.non_reference / self.full
+
+
+def layer_macs(tokens: int, width: int, mlp_width: int, n: int) -> LayerMacs:
+    """Analytic MACs of a layer of ``tokens`` x ``width`` with MLP ``mlp_width``, recomputing ``n`` rows.
+
+    Matches specs/stc.md §4.1 (T=729, C=1152, M=4304, n=182: 12 323.34 M full, 3 802.54 M K-once).
+    """
+    t, c, m = tokens, width, mlp_width
+    full = 4 * t * c * c + 2 * t * t * c + 2 * t * c * m
+    non_ref = t * c * c + 3 * n * c * c + 2 * n * t * c + 2 * n * c * m
+    return LayerMacs(full, non_ref, non_ref + t * c * c)
+
+
+class StcCacher(BlockStrategy):
+    """STC-Cacher (``pre_vit_block``): periodic full reference chunks, sparse recompute in between."""
+
+    name = "stc_cacher"
+    Params = StcCacherParams
+    stateful = True
+    summary = (
+        "Recompute, per ViT layer, only the tokens whose keys moved most since a cached reference frame"
+    )
+    paper = "https://arxiv.org/abs/2512.00891"
+    reference = "lern-to-write/STC (model/custom_siglip.py)"
+    params: StcCacherParams
+
+    def new_state(self) -> CacherState:
+        return CacherState()
+
+    def start_chunk(self, state: CacherState, chunk: ChunkInfo) -> None:
+        """Advance the stream's own counter; leftover frames count as a chunk of their own (quirk C9)."""
+        state.is_reference = state.chunks_seen % self.params.cache_interval == 0
+        state.chunks_seen += 1
+
+    def layer_macs(self, tokens: int, width: int, mlp_width: int) -> LayerMacs:
+        """Per-frame MACs of one layer at this instance's ``update_token_ratio``."""
+        return layer_macs(tokens, width, mlp_width, n_update(tokens, self.params.update_token_ratio))
+
+    def block_forward(self, call: BlockCall, hidden: Tensor, run_next: Callable[[Tensor], Tensor]) -> Tensor:
+        """Layer output ``[F, T, C]`` for ``hidden`` ``[F, T, C]``; never calls ``run_next``."""
+        state: CacherState = call.state
+        ref = state.refs.get(call.layer_index)
+        if state.is_reference or ref is None or ref[0].shape != hidden.shape[1:]:
+            # A missing or shape-mismatched cache cannot be reused: refresh it instead of guessing.
+            return self._reference(call, state, hidden)
+        return self._sparse(call, state, hidden, ref)
+
+    def _record(self, call: BlockCall, state: CacherState, **fields: object) -> None:
+        if state.trace is not None:
+            state.trace.append(CacherTraceRecord(call.layer_index, state.chunks_seen - 1, **fields))  # type: ignore[arg-type]
+
+    def _reference(self, call: BlockCall, state: CacherState, h: Tensor) -> Tensor:
+        """Full layer (§2.2); caches frame -1's K, V, attention branch A and MLP branch M, each ``[T, C]``."""
+        a: BlockAdapter = call.adapter
+        x = a.ln1(h)
+        k, v = a.k(x), a.v(x)
+        attn = a.out(a.attention(a.q(x), k, v))
+        h1 = h + attn
+        mlp = a.mlp(a.ln2(h1))
+        state.refs[call.layer_index] = tuple(t[-1].detach() for t in (k, v, attn, mlp))  # type: ignore[assignment]
+        self._record(call, state, reference=True)
+        return h1 + mlp
+
+    def _sparse(
+        self, call: BlockCall, state: CacherState, h: Tensor, ref: tuple[Tensor, Tensor, Tensor, Tensor]
+    ) -> Tensor:
+        """Non-reference layer (§2.3): fresh K everywhere, Q/V/attention/MLP for ``n`` rows per frame."""
+        a: BlockAdapter = call.adapter
+        k_ref, v_ref, attn_ref, mlp_ref = ref
+        x = a.ln1(h)
+        k = a.k(x)  # [F, T, C], once for both the similarity and the attention (quirk C2)
+        sim = F.cosine_similarity(k.float(), k_ref.float()[None], dim=-1, eps=1e-8)  # [F, T]
+        index = select_updates(sim, n_update(h.shape[1], self.params.update_token_ratio))  # [F, n]
+        x_sel = _rows(x, index)
+        v_full = _fill(v_ref, index, a.v(x_sel))  # stale values outside I are deliberate (§2.3.6)
+        attn_sel = a.out(a.attention(a.q(x_sel), k, v_full, q_index=index))
+        h1 = h + _fill(attn_ref, index, attn_sel)
+        mlp_sel = a.mlp(a.ln2(_rows(h1, index)))  # LN2 is per token: rows I alone give the same bits
+        self._record(call, state, reference=False, update_indices=index, key_cosine_similarity=sim)
+        return h1 + _fill(mlp_ref, index, mlp_sel)

@@ -1,0 +1,137 @@
+"""STC-Pruner: per frame, keep the tokens least similar to a spatial and a temporal anchor.
+
+Follows the authors' reference (``specs/stc.md`` §3) so the golden fixtures match exactly,
+quirks included: scoring uses the *lowest*-variance half of the channels (P1), the stream
+memory is updated before the chunk is scored (P3), the frame anchor is a mean of unit
+vectors left un-normalised while the memory anchor is normalised (P6), and by default the
+memory averages per-chunk means position by position in each chunk's own channel order (P2).
+Clean-ups that cannot change a result: a running sum instead of an ever-growing list (P4),
+float32 scoring whatever the input dtype (P10), a deterministic tie order, and no dead
+"video mean" score (P7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as nnf
+from pydantic import Field
+from torch import Tensor
+
+from ..stages import Stage
+from ..strategy import ChunkInfo, ScoringPruner, StrategyParams
+from ..tokens import VisualTokens
+
+__all__ = ["StcPruner", "StcPrunerParams", "StcPrunerState", "StcPrunerDebug"]
+
+_EPS = 1e-12  # as torch.nn.functional.normalize, which the reference uses
+
+
+class StcPrunerParams(StrategyParams):
+    tokens_per_frame: int = Field(60, ge=1, description="tokens kept per frame (k)")
+    channel_keep_ratio: float = Field(
+        0.5, gt=0, le=1, description="fraction of the lowest-variance channels used for scoring"
+    )
+    alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (0.125, 0.25, 0.5, 1.0, 2.0), min_length=1, description="Gaussian-kernel bandwidths"
+    )
+    memory: Literal["faithful", "channel_consistent"] = Field(
+        "faithful",
+        description=(
+            "faithful: the reference's memory, which averages chunk means position by position although "
+            "each chunk orders its channels differently (quirk P2). channel_consistent: keep full-width "
+            "chunk means and pick this chunk's channels at scoring time; a deviation that changes "
+            "which tokens are kept from the second chunk on."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class StcPrunerDebug:
+    """The latest chunk's intermediates, kept so tests can compare with the reference fixtures."""
+
+    selected_channels: Tensor  # [D'] long, ascending variance
+    memory_mean: Tensor  # [D'] float32, temporal anchor before normalisation
+    frame_scores: Tensor  # [F, T] float32
+    memory_scores: Tensor  # [F, T] float32
+
+
+@dataclass
+class StcPrunerState:
+    """One stream's temporal memory: a running sum of chunk means, so memory stays O(D)."""
+
+    total: Tensor | None = None  # [D'] (faithful) or [D] (channel_consistent), float32
+    count: int = 0
+    last: StcPrunerDebug | None = None
+
+    def add(self, chunk_mean: Tensor) -> Tensor:
+        """Fold in one chunk's mean and return the mean over all chunks so far."""
+        if self.total is None:
+            self.total = torch.zeros_like(chunk_mean)
+        elif self.total.shape != chunk_mean.shape:
+            raise ValueError(
+                f"stc_pruner memory holds {self.total.shape[0]}-channel means but this chunk gives "
+                f"{chunk_mean.shape[0]}; the feature width must not change within a stream"
+            )
+        self.total = self.total + chunk_mean
+        self.count += 1
+        return self.total / self.count
+
+
+def gaussian_similarity(x: Tensor, anchor: Tensor, alphas: Tensor) -> Tensor:
+    """Multi-bandwidth RBF ``[...]`` between rows ``x`` ``[..., D']`` and a broadcastable anchor."""
+    d2 = (x - anchor).pow(2).sum(-1, keepdim=True)
+    return torch.exp(-d2 / (2 * alphas)).sum(-1)
+
+
+class StcPruner(ScoringPruner):
+    """Keeps the ``tokens_per_frame`` most novel tokens of every frame (STC, pre-prefill)."""
+
+    name = "stc_pruner"
+    stage = Stage.PRE_PREFILL
+    Params = StcPrunerParams
+    stateful = True
+    summary = "STC-Pruner: keep per frame the tokens least like the frame mean and a running stream memory"
+    paper = "https://arxiv.org/abs/2512.00891"
+    reference = "lern-to-write/STC (model/prune.py)"
+
+    params: StcPrunerParams
+
+    def new_state(self) -> StcPrunerState:
+        return StcPrunerState()
+
+    def select_channels(self, x: Tensor) -> Tensor:
+        """``[D']`` lowest-variance channels of ``x`` ``[N, D]``, ascending variance.
+
+        The order, not just the set, feeds the faithful memory (quirk P2). A stable sort makes
+        equal variances go to the lower channel, where the reference's top-k is unspecified.
+        At least one channel is kept so a tiny width cannot leave nothing to score.
+        """
+        keep = max(1, int(self.params.channel_keep_ratio * x.shape[1]))
+        var = x.var(dim=0, correction=0)
+        return torch.sort(var, stable=True).indices[:keep]
+
+    def score(self, tokens: VisualTokens, state: StcPrunerState, chunk: ChunkInfo) -> Tensor:
+        """``[N]`` negated combined similarity, so the base keeps the k lowest (ties: lower index)."""
+        if not isinstance(state, StcPrunerState):
+            raise TypeError("stc_pruner is stateful: pass the object from new_state()")
+        with torch.no_grad():
+            x = tokens.dense().float()  # [F, T, D]; every frame must hold the same count
+            f, t, d = x.shape
+            flat = x.reshape(f * t, d)
+            chans = self.select_channels(flat)
+            xs = x[..., chans]  # [F, T, D']
+            if self.params.memory == "faithful":
+                mem = state.add(xs.reshape(f * t, -1).mean(0))  # positional, this chunk's order
+            else:
+                mem = state.add(flat.mean(0))[chans]  # full-width history, channels picked now
+            xn = nnf.normalize(xs, dim=-1, eps=_EPS)
+            frame_anchor = xn.mean(dim=1, keepdim=True)  # [F, 1, D'], deliberately not normalised
+            mem_anchor = nnf.normalize(mem, dim=0, eps=_EPS)  # [D']
+            alphas = torch.tensor(self.params.alphas, dtype=torch.float32, device=x.device)
+            frame_scores = gaussian_similarity(xn, frame_anchor, alphas)  # [F, T]
+            memory_scores = gaussian_similarity(xn, mem_anchor, alphas)  # [F, T]
+            state.last = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
+            return -(memory_scores + frame_scores).reshape(-1)

@@ -1,0 +1,173 @@
+"""Target base: everything model-specific the framework needs, behind one small interface.
+
+A target knows one VideoLLM family in transformers 5: how to recognise it, where its encoder
+layers are (and a :class:`BlockAdapter` for them), how frames become pixel values, how the
+vision path runs with the stage callbacks in between, and how visual and text embeddings are
+prefilled into a ``DynamicCache`` with explicit positions. The LLM half below is shared by
+every decoder with 1-D RoPE; targets with other position schemes override the position
+methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from .block_adapter import BlockAdapter
+from .stages import Stage, StageInfo
+from .strategy import ChunkInfo, Need
+from .tokens import VisualTokens
+
+__all__ = ["Target", "TargetOptions", "LLMState", "StageRunner"]
+
+StageRunner = Callable[[Stage, VisualTokens], VisualTokens]
+"""Applies the pipeline's strategies of one stage; the target calls it at the right place."""
+
+
+class TargetOptions(BaseModel):
+    """Base of target options given as ``target_options`` in the pipeline YAML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class LLMState:
+    """A stream's language-model side: its KV cache and the next logical position.
+
+    The position counter is separate from the cache length because pruned or evicted tokens
+    leave the cache shorter than the positions already used (specs/targets.md §0.1).
+    """
+
+    cache: DynamicCache
+    next_position: int = 0
+    visual_tokens: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+
+class Target(ABC):
+    """One model family. Instances wrap one loaded model; they hold no per-stream data."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[TargetOptions]] = TargetOptions
+    provides: ClassVar[dict[Stage, frozenset[Need]]] = {}
+    """What each stage can offer to strategies (checked against ``Strategy.needs``)."""
+    tokenizer_layout: ClassVar[str] = "llava_onevision"
+    system_prompt: ClassVar[str] = "You are a helpful assistant."
+
+    def __init__(self, model: nn.Module, options: TargetOptions | None = None) -> None:
+        self.model = model
+        self.options = options if options is not None else self.Options()
+
+    # ------------------------------------------------------------ vision side
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: Any) -> bool:
+        """True if this target knows ``model`` (used by ``target: auto``)."""
+
+    @abstractmethod
+    def stage_info(self) -> dict[Stage, StageInfo]:
+        """Token layout at every stage, for build-time budget and shape checks."""
+
+    @abstractmethod
+    def vit_layers(self) -> Sequence[nn.Module]:
+        """The encoder layers, in order, as the modules the model calls."""
+
+    @abstractmethod
+    def block_adapter(self, layer: nn.Module) -> BlockAdapter:
+        """A :class:`BlockAdapter` over one of :meth:`vit_layers`."""
+
+    @abstractmethod
+    def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
+        """``[F, H, W, 3]`` uint8 RGB frames to the vision tower's pixel input."""
+
+    @abstractmethod
+    def encode(self, pixels: Tensor, chunk: ChunkInfo, run_stage: StageRunner) -> VisualTokens:
+        """Run the vision path of one chunk, calling ``run_stage`` at post_vit and pre_prefill.
+
+        Returns the visual tokens in LLM width, ready for :meth:`prefill_visual`.
+        """
+
+    # -------------------------------------------------------------- LLM side
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    def new_llm_state(self) -> LLMState:
+        return LLMState(cache=DynamicCache(config=self.model.config.get_text_config()))
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """``[L]`` token ids to ``[L, D]`` input embeddings."""
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def text_positions(self, state: LLMState, n: int) -> Tensor:
+        """Position ids for ``n`` text tokens appended to the stream (advances the counter)."""
+        pos = torch.arange(state.next_position, state.next_position + n, device=self.device)
+        state.next_position += n
+        return pos[None]
+
+    def visual_positions(self, state: LLMState, tokens: VisualTokens) -> Tensor:
+        """Position ids for the kept visual tokens. 1-D RoPE: consecutive, as ReKV streams them."""
+        return self.text_positions(state, tokens.count)
+
+    def visual_embeds(self, tokens: VisualTokens) -> Tensor:
+        return tokens.tokens.to(self.dtype)
+
+    @torch.inference_mode()
+    def prefill(self, state: LLMState, embeds: Tensor, positions: Tensor) -> Tensor:
+        """Append ``embeds`` ``[L, D]`` at ``positions`` to the cache; return last-token logits ``[V]``."""
+        out = self.language_model(
+            inputs_embeds=embeds[None].to(self.dtype),
+            position_ids=positions,
+            cache=state.cache,
+            use_cache=True,
+        )
+        return self.model.lm_head(out.last_hidden_state[0, -1]).float()
+
+    def prefill_text(self, state: LLMState, ids: Tensor) -> Tensor:
+        return self.prefill(state, self.embed(ids), self.text_positions(state, ids.numel()))
+
+    def prefill_visual(self, state: LLMState, tokens: VisualTokens) -> Tensor:
+        state.visual_tokens += tokens.count
+        return self.prefill(state, self.visual_embeds(tokens), self.visual_positions(state, tokens))
+
+    def end_of_video(self, state: LLMState) -> None:  # noqa: B027 - optional hook
+        """Called before a question is prefilled (e.g. LLaVA-OV's optional newline token)."""
+
+    @torch.inference_mode()
+    def greedy_decode(self, state: LLMState, logits: Tensor, max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+        """Greedy tokens continuing the cache; each step passes its position explicitly."""
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(torch.argmax(logits))
+            if nxt in stop_ids:
+                break
+            out.append(nxt)
+            logits = self.prefill_text(state, torch.tensor([nxt], device=self.device))
+        return out
+
+    def rewind(self, state: LLMState, length: int, next_position: int) -> None:
+        """Drop everything after ``length`` cached tokens (a question and its answer)."""
+        extra = state.length - length
+        if extra > 0:
+            state.cache.crop(-extra)
+        state.next_position = next_position

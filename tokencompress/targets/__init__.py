@@ -1,0 +1,1 @@
+"""Built-in target plugins: one module per model family."""

