@@ -99,6 +99,12 @@ def check_compatibility(config: PipelineConfig, target: Target) -> None:
                     f"run it at pre_prefill instead"
                 )
             strategy.check(info)
+            later = steps[i + 1 :]
+            if later and getattr(strategy, "computes_layer", False):
+                raise CompatibilityError(
+                    f"{where}: strategy '{strategy.name}' computes the whole encoder layer itself, so "
+                    f"'{later[0].name}' after it in {stage.value} would never run; put '{strategy.name}' last"
+                )
 
 
 class BoundPipeline:

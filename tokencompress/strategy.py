@@ -137,6 +137,9 @@ class BlockStrategy(Strategy):
     stage = Stage.PRE_VIT_BLOCK
     needs = frozenset({Need.BLOCK_ADAPTER})
     changes_count = False
+    computes_layer: ClassVar[bool] = False
+    """True when ``block_forward`` computes the layer itself and never calls ``run_next``: such a
+    strategy must be the last one of its stage, or the ones after it would silently not run."""
 
     @abstractmethod
     def block_forward(self, call: BlockCall, hidden: Tensor, run_next: Callable[[Tensor], Tensor]) -> Tensor:

@@ -130,7 +130,7 @@ class Target(ABC):
         return self.text_positions(state, tokens.count)
 
     def visual_embeds(self, tokens: VisualTokens) -> Tensor:
-        return tokens.tokens.to(self.dtype)
+        return tokens.tokens.to(self.dtype).contiguous()
 
     @torch.inference_mode()
     def prefill(self, state: LLMState, embeds: Tensor, positions: Tensor) -> Tensor:

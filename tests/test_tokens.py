@@ -1,0 +1,85 @@
+"""VisualTokens invariants (DESIGN §2, §8) as hypothesis properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokencompress import VisualTokens
+
+
+@st.composite
+def carriers(draw):
+    f = draw(st.integers(1, 4))
+    h = draw(st.integers(1, 5))
+    w = draw(st.integers(1, 5))
+    d = draw(st.integers(1, 6))
+    first = draw(st.integers(0, 50))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    return VisualTokens.from_frames(torch.randn(f, h * w, d, generator=g), (h, w), first)
+
+
+@st.composite
+def carrier_and_subset(draw):
+    vt = draw(carriers())
+    mask = draw(st.lists(st.booleans(), min_size=vt.count, max_size=vt.count))
+    return vt, torch.tensor([i for i, m in enumerate(mask) if m], dtype=torch.long)
+
+
+@settings(max_examples=60, deadline=None)
+@given(carrier_and_subset())
+def test_take_keeps_every_field_aligned(data):
+    vt, idx = data
+    out = vt.take(idx)
+    assert out.count == idx.numel()
+    assert torch.equal(out.tokens, vt.tokens[idx])
+    assert torch.equal(out.source, vt.source[idx])
+    h, w = vt.grid
+    local = out.source % (h * w)
+    assert torch.equal(out.pos, torch.stack((local // w, local % w), 1))
+    assert torch.equal(out.frame, vt.first_frame + out.source // (h * w))
+    kept = torch.zeros(vt.count, dtype=torch.bool)
+    kept[idx] = True
+    assert bool((out.assign[~kept] == -1).all())
+    assert torch.equal(out.assign[idx], torch.arange(idx.numel()))
+    assert int(out.counts().sum()) == out.count
+
+
+@settings(max_examples=60, deadline=None)
+@given(carriers(), st.integers(0, 2**16))
+def test_merge_sizes_sum_and_every_token_in_one_group(vt, seed):
+    g = torch.Generator().manual_seed(seed)
+    per = vt.tokens_per_frame_in
+    groups = (vt.frame - vt.first_frame) * per + torch.randint(0, per, (vt.count,), generator=g)
+    out = vt.merge(groups)
+    assert float(out.sizes.sum()) == vt.count
+    assert bool((out.assign >= 0).all()) and int(out.assign.max()) == out.count - 1
+    counts = torch.bincount(out.assign, minlength=out.count)
+    assert torch.equal(counts.to(out.sizes.dtype), out.sizes)
+    assert bool((out.source[1:] > out.source[:-1]).all()), "original order is kept"
+    # merged value is the size-weighted mean of its members
+    for row in range(out.count):
+        members = vt.tokens[out.assign == row]
+        torch.testing.assert_close(out.tokens[row], members.mean(0))
+
+
+def test_merging_identical_tokens_loses_nothing():
+    x = torch.randn(1, 4, 3).repeat(1, 1, 1)
+    x[0, 1] = x[0, 0]
+    vt = VisualTokens.from_frames(x, (2, 2))
+    out = vt.merge(torch.tensor([0, 0, 1, 2]))
+    assert torch.equal(out.tokens[0], x[0, 0])
+    assert out.sizes.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_take_refuses_unsorted_and_merge_refuses_mixed_frames():
+    vt = VisualTokens.from_frames(torch.randn(2, 4, 3), (2, 2))
+    with pytest.raises(ValueError, match="increasing"):
+        vt.take(torch.tensor([2, 1]))
+    with pytest.raises(ValueError, match="mix frames"):
+        vt.merge(torch.tensor([0, 0, 1, 1, 1, 2, 2, 2]))
+    with pytest.raises(ValueError, match="different token counts"):
+        vt.take(torch.tensor([0, 1, 4])).dense()
