@@ -11,17 +11,33 @@ def tiny_llava_ov_config(**over):
     from transformers import LlavaOnevisionConfig
 
     vision = dict(
-        model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, image_size=112, patch_size=14, vision_use_head=False,
+        model_type="siglip_vision_model",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=112,
+        patch_size=14,
+        vision_use_head=False,
     )
     text = dict(
-        model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=1000, max_position_embeddings=4096,
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=4096,
     )
     vision.update(over.pop("vision_config", {}))
     text.update(over.pop("text_config", {}))
-    kw = dict(image_token_index=998, video_token_index=999, vision_feature_layer=-1,
-              vision_feature_select_strategy="full")
+    kw = dict(
+        image_token_index=998,
+        video_token_index=999,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
     kw.update(over)
     return LlavaOnevisionConfig(vision_config=vision, text_config=text, **kw)
 

@@ -40,9 +40,11 @@ class Case:
     def companion(self, field: str) -> tuple[dict, dict[str, torch.Tensor]]:
         """The sidecar and tensors of the companion this case names in ``field``."""
         stem = self.meta[field]
-        meta = json.loads(self.path.with_name(f"{stem}.json").read_text()) if self.path.with_name(
-            f"{stem}.json"
-        ).exists() else {}
+        meta = (
+            json.loads(self.path.with_name(f"{stem}.json").read_text())
+            if self.path.with_name(f"{stem}.json").exists()
+            else {}
+        )
         return meta, self.tensors(stem)
 
 
@@ -59,7 +61,10 @@ def collect(method: str) -> list[Case]:
     for d in fixture_dirs(method):
         sidecars = {p: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
         companions = {
-            str(v) for meta in sidecars.values() for k, v in meta.items() if k.endswith("_file") and isinstance(v, str)
+            str(v)
+            for meta in sidecars.values()
+            for k, v in meta.items()
+            if k.endswith("_file") and isinstance(v, str)
         }
         for p, meta in sidecars.items():
             if p.stem.startswith("_") or p.stem in companions:

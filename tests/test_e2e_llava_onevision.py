@@ -16,7 +16,9 @@ QUESTION = torch.tensor([21, 22, 23])
 
 
 def pipeline(stages=None, fpc=1, **extra):
-    return Pipeline.from_dict({"name": "t", "stream": {"frames_per_chunk": fpc}, "stages": stages or {}, **extra})
+    return Pipeline.from_dict(
+        {"name": "t", "stream": {"frames_per_chunk": fpc}, "stages": stages or {}, **extra}
+    )
 
 
 STC = {

@@ -21,7 +21,16 @@ from .pipeline_config import PipelineConfig, StreamConfig
 from .registry import Registry
 from .session import Answer, ChunkStats, Stream
 from .stages import Stage, StageInfo
-from .strategy import BlockCall, BlockStrategy, ChunkInfo, Need, ScoringPruner, Strategy, StrategyParams, TokenStrategy
+from .strategy import (
+    BlockCall,
+    BlockStrategy,
+    ChunkInfo,
+    Need,
+    ScoringPruner,
+    Strategy,
+    StrategyParams,
+    TokenStrategy,
+)
 from .target import LLMState, Target, TargetOptions
 from .tokens import VisualTokens
 

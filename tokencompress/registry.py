@@ -100,9 +100,15 @@ class Registry:
                 loaded_builtin |= is_builtin
         if not loaded_builtin:
             for mod in BUILTIN_MODULES:
-                self._add(importlib.import_module(mod), f"{BUILTIN_PACKAGE}:{mod.rsplit('.', 1)[-1]}", BUILTIN_PACKAGE)
+                self._add(
+                    importlib.import_module(mod),
+                    f"{BUILTIN_PACKAGE}:{mod}",  # unique per module: both are named builtin.py
+                    BUILTIN_PACKAGE,
+                )
         for i, obj in enumerate(plugins):
-            package = getattr(obj, "__tokencompress_package__", None) or getattr(obj, "__name__", f"plugin{i}")
+            package = getattr(obj, "__tokencompress_package__", None) or getattr(
+                obj, "__name__", f"plugin{i}"
+            )
             self._add(obj, f"{package}:{i}", package)
         self.pm.check_pending()
 
@@ -139,7 +145,9 @@ class Registry:
                     if not (isinstance(reg.cls, type) and issubclass(reg.cls, base)):
                         raise TypeError(f"{reg.cls!r} is not a tokencompress {base.__name__} subclass")
             except Exception as exc:
-                self._fail(impl.plugin_name, package, f"registering {kind} failed: {type(exc).__name__}: {exc}")
+                self._fail(
+                    impl.plugin_name, package, f"registering {kind} failed: {type(exc).__name__}: {exc}"
+                )
                 continue
             for reg in regs:
                 if reg.name in into:
@@ -209,7 +217,12 @@ class Registry:
         def rows(regs: dict[str, Registration]) -> list[dict[str, Any]]:
             out = []
             for name, r in sorted(regs.items()):
-                row = {"name": name, "package": r.package, "version": r.version, "class": f"{r.cls.__module__}.{r.cls.__qualname__}"}
+                row = {
+                    "name": name,
+                    "package": r.package,
+                    "version": r.version,
+                    "class": f"{r.cls.__module__}.{r.cls.__qualname__}",
+                }
                 stage = getattr(r.cls, "stage", None)
                 if stage is not None:
                     row["stage"] = stage.value

@@ -121,7 +121,10 @@ class Stream:
         self._pending.extend(arr)
         done = []
         while len(self._pending) >= self.frames_per_chunk:
-            batch, self._pending = self._pending[: self.frames_per_chunk], self._pending[self.frames_per_chunk :]
+            batch, self._pending = (
+                self._pending[: self.frames_per_chunk],
+                self._pending[self.frames_per_chunk :],
+            )
             done.append(self._encode_chunk(np.stack(batch)))
         return done
 
@@ -132,7 +135,9 @@ class Stream:
         batch, self._pending = np.stack(self._pending), []
         return [self._encode_chunk(batch)]
 
-    def add_video(self, path: str | Path, fps: float | None = None, max_frames: int | None = None) -> Iterator[ChunkStats]:
+    def add_video(
+        self, path: str | Path, fps: float | None = None, max_frames: int | None = None
+    ) -> Iterator[ChunkStats]:
         """Decode ``path`` at ``fps`` (default: the pipeline's) and stream it; yields per-chunk stats."""
         from .video import iter_frames
 

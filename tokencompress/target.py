@@ -154,7 +154,9 @@ class Target(ABC):
         """Called before a question is prefilled (e.g. LLaVA-OV's optional newline token)."""
 
     @torch.inference_mode()
-    def greedy_decode(self, state: LLMState, logits: Tensor, max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+    def greedy_decode(
+        self, state: LLMState, logits: Tensor, max_new_tokens: int, stop_ids: set[int]
+    ) -> list[int]:
         """Greedy tokens continuing the cache; each step passes its position explicitly."""
         out: list[int] = []
         for _ in range(max_new_tokens):

@@ -33,9 +33,17 @@ _BASE_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _LAYOUT_SPECIALS: dict[str, tuple[str, ...]] = {
     "llava_onevision": ("<image>", "<video>"),
     "qwen2_vl": (
-        "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-        "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-        "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
     ),
 }
 _MEDIA_PLACEHOLDERS: dict[str, dict[str, str]] = {
@@ -79,7 +87,11 @@ def _check_layout(layout: str) -> str:
 
 def _byte_to_char() -> list[str]:
     """GPT-2's reversible byte->printable-char table, which ByteLevel pre-tokenizers assume."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table: list[str] = [""] * 256
     extra = 0
     for b in range(256):

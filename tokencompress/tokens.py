@@ -155,7 +155,9 @@ class VisualTokens:
             raise ValueError("merge() groups must not mix frames")
         sizes = torch.zeros(g, dtype=self.sizes.dtype, device=dev).index_add_(0, out_row, self.sizes)
         weighted = self.tokens * self.sizes[:, None].to(self.tokens.dtype)
-        summed = torch.zeros(g, self.dim, dtype=self.tokens.dtype, device=dev).index_add_(0, out_row, weighted)
+        summed = torch.zeros(g, self.dim, dtype=self.tokens.dtype, device=dev).index_add_(
+            0, out_row, weighted
+        )
         rep = first[order]
         alive = self.assign >= 0
         assign = torch.where(alive, out_row[self.assign.clamp(min=0)], self.assign)

@@ -93,7 +93,9 @@ class LlavaOnevisionTarget(Target):
         x = x.permute(0, 3, 1, 2).float() / 255.0
         s = self._vcfg.image_size
         if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+            x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False).clamp_(
+                0, 1
+            )
         mean = torch.tensor(SIGLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(SIGLIP_STD).view(1, 3, 1, 1)
         dtype = self.model.model.vision_tower.embeddings.patch_embedding.weight.dtype
@@ -115,7 +117,9 @@ class LlavaOnevisionTarget(Target):
         g = self._grid()
         tokens = run_stage(Stage.POST_VIT, VisualTokens.from_frames(feats, (g, g), chunk.first_frame))
         if not tokens.is_full_grid():
-            raise RuntimeError("llava_onevision pools a full 27x27-style grid: post_vit strategies must keep every token")
+            raise RuntimeError(
+                "llava_onevision pools a full 27x27-style grid: post_vit strategies must keep every token"
+            )
         projected = inner.multi_modal_projector(tokens.tokens.view(pixels.shape[0], g * g, -1))
         pooled = inner.apply_pooling(projected)
         p = math.ceil(g / 2)

@@ -18,28 +18,48 @@ from torch import Tensor
 from tokencompress import ChunkInfo, ScoringPruner, Stage, StrategyParams, VisualTokens, hookimpl
 from tokencompress.hooks import Registrar
 
-__all__ = ["UniformGrid", "UniformGridParams", "lattice_rank", "tokencompress_register_strategies"]
+__all__ = [
+    "UniformGrid",
+    "UniformGridParams",
+    "keep_rank",
+    "lattice_shape",
+    "r2_rank",
+    "tokencompress_register_strategies",
+]
 
 __version__ = "0.1.0"
 
 
 _PLASTIC = 1.32471795724474602596
-"""Root of x^3 = x + 1; its inverse powers give the most evenly spread 2-D Kronecker lattice (R2)."""
+"""Root of x^3 = x + 1; its inverse powers give the most evenly spread 2-D Kronecker sequence (R2)."""
 _OVERSAMPLE = 64
 
 
-def lattice_rank(rows: int, cols: int) -> Tensor:
-    """``[rows*cols]`` long: the order in which to keep the positions of a row-major grid (0 first).
+def lattice_shape(rows: int, cols: int, k: int) -> tuple[int, int]:
+    """Lattice rows and columns ``(a, b)``, ``a * b <= k``, for a ``rows`` x ``cols`` grid.
+
+    Minimises the coarser of the two strides (``rows / a``, ``cols / b``), so the lattice is as
+    square as the grid allows rather than as large as possible: on 14x14 a budget of 60 gets
+    7x8 (strides 2 and 1.75), not 6x10 (2.33 and 1.4). Ties go to more points, then fewer rows.
+    """
+    if k < 1:
+        raise ValueError(f"budget must be >= 1, got {k}")
+
+    def cost(a: int) -> tuple[float, int, int]:
+        b = min(cols, k // a)
+        return max(rows / a, cols / b), -a * b, a
+
+    a = min(range(1, min(rows, k) + 1), key=cost)
+    return a, min(cols, k // a)
+
+
+def r2_rank(rows: int, cols: int) -> Tensor:
+    """``[rows*cols]`` long: a budget-free spread-out order of the grid's cells (0 first).
 
     Point ``n`` of the R2 sequence (M. Roberts, 2018) is ``frac(1/2 + n * (1/g, 1/g^2))`` with
-    ``g`` the plastic number: a rank-1 lattice whose every prefix covers the unit square
-    almost as evenly as a square lattice of that size would. A cell's rank is the first ``n``
-    that lands in it, so for *any* budget ``k`` the first ``k`` cells are spread over the
-    whole frame, a smaller budget keeps a subset of a larger one, and the choice depends on
-    the grid shape only: deterministic, no ties, no dependence on the budget or on content.
-    Point 0 is the centre, so a budget of one keeps the middle token. Sampling 64 points per
-    cell hits every cell of the grids a model produces; one never hit would rank last, in
-    row-major order.
+    ``g`` the plastic number; a cell's rank is the first ``n`` that lands in it, so every prefix
+    of the order is spread over the whole frame and no two cells tie. 64 points per cell hit
+    every cell of the grids models produce; a cell never hit would rank last, row-major.
     """
     cells = rows * cols
     samples = _OVERSAMPLE * cells
@@ -50,6 +70,24 @@ def lattice_rank(rows: int, cols: int) -> Tensor:
     first = torch.full((cells,), samples, dtype=torch.long)
     first = first.scatter_reduce(0, cell, torch.arange(samples), reduce="amin")
     return torch.argsort(torch.argsort(first, stable=True))
+
+
+def keep_rank(rows: int, cols: int, k: int) -> Tensor:
+    """``[rows*cols]`` long: the order in which ``uniform_grid`` keeps a frame's cells (0 first).
+
+    The ``a * b`` cells of :func:`lattice_shape` come first: one per band of ``rows / a`` rows
+    and ``cols / b`` columns, at the band centres, so a budget that factors well (4, 49 on
+    14x14) is an exact, centred lattice. The ``k - a * b`` left over, and the order among
+    tokens when an earlier strategy already removed some lattice cells, follow
+    :func:`r2_rank`, which spreads them instead of piling them into the first rows.
+    """
+    a, b = lattice_shape(rows, cols, k)
+    r = (2 * torch.arange(a) + 1) * rows // (2 * a)
+    c = (2 * torch.arange(b) + 1) * cols // (2 * b)
+    off_lattice = torch.ones(rows * cols, dtype=torch.long)
+    off_lattice[(r[:, None] * cols + c[None, :]).reshape(-1)] = 0
+    key = off_lattice * (rows * cols) + r2_rank(rows, cols)
+    return torch.argsort(torch.argsort(key))
 
 
 class UniformGridParams(StrategyParams):
@@ -67,8 +105,8 @@ class UniformGrid(ScoringPruner):
     params: UniformGridParams
 
     def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Tensor:
-        """Earlier in :func:`lattice_rank` scores higher; ``pos`` keeps this right after other pruners."""
-        rank = lattice_rank(*tokens.grid).to(tokens.tokens.device)
+        """Earlier in :func:`keep_rank` scores higher; ``pos`` keeps it right after other pruners too."""
+        rank = keep_rank(*tokens.grid, self.budget()).to(tokens.tokens.device)
         return -rank[tokens.local_index()].double()
 
 
