@@ -318,7 +318,7 @@ def test_stage_finished_sees_every_stage_of_every_chunk(tiny_llava_ov: nn.Module
     assert all(isinstance(e, StageEvent) and e.seconds >= 0 for e in events)
 
 
-def test_no_observer_no_events(tiny_llava_ov: nn.Module) -> None:
+def test_no_observer_no_events() -> None:
     assert not Registry().has_observers()
 
 

@@ -39,11 +39,14 @@ class BlockAdapter(ABC):
     def v(self, x: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None) -> Tensor:
+    def attention(
+        self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None, key_bias: Tensor | None = None
+    ) -> Tensor:
         """Attention of queries ``q`` ``[F, n, C]`` over keys/values ``[F, T, C]``, heads merged.
 
         ``q_index`` ``[F, n]`` gives the token position of every query (for rotary encoders);
-        ``None`` means the queries are all ``T`` tokens in order.
+        ``None`` means the queries are all ``T`` tokens in order. ``key_bias`` ``[F, T]`` is added
+        to every logit of key ``t`` (all heads and queries), e.g. ToMe's ``log(size)``.
         """
 
     @abstractmethod

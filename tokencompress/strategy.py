@@ -87,7 +87,9 @@ class Strategy(ABC):
 
     Subclasses set ``name``, ``stage``, ``Params`` and, where it applies, ``needs``,
     ``changes_count`` and ``stateful``. One instance may serve many streams at once: every
-    stream gets its own object from :meth:`new_state`.
+    stream gets its own object from :meth:`new_state`. ``needs`` and ``changes_count`` may be
+    set per instance in ``__init__`` when they depend on the parameters (ToMe's ``output``);
+    framework code reads them from the instance.
     """
 
     name: ClassVar[str]
@@ -130,8 +132,9 @@ class Strategy(ABC):
 class BlockStrategy(Strategy):
     """A ``pre_vit_block`` strategy: computes (part of) an encoder layer through the target's adapter.
 
-    It must return a tensor of the input's shape: stock pooling and mergers after the tower
-    need every token (specs/targets.md §0.4).
+    It must return a tensor of the input's shape (stock pooling and mergers after the tower need
+    every token, specs/targets.md §0.4) unless it declares ``changes_count``, which the pipeline
+    allows only where the target's stage is not ``count_locked``.
     """
 
     stage = Stage.PRE_VIT_BLOCK

@@ -15,13 +15,12 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tests.conftest import random_frames
 from tests.fixture_cases import Case, params
-from tokencompress.block_adapter import BlockAdapter
 from tokencompress.block_patch import BlockPatch
 from tokencompress.errors import CompatibilityError
 from tokencompress.pipeline import Pipeline
 from tokencompress.pipeline_config import PipelineConfig
 from tokencompress.stages import Stage
-from tokencompress.strategies.tome import ToMe, ToMeParams, ToMeState, attention_with_key_bias
+from tokencompress.strategies.tome import ToMe, ToMeParams, ToMeState
 from tokencompress.strategies.tome_merge import (
     bipartite_soft_matching,
     capped_r,
@@ -459,7 +458,7 @@ def test_parse_r_forms() -> None:
 
 @pytest.fixture(scope="module")
 def tiny() -> SiglipVisionModel:
-    """A seeded 2-layer SigLIP: 4×4 = 16 tokens of width 32, 2 heads."""
+    """A seeded 3-layer SigLIP: 4×4 = 16 tokens of width 32, 2 heads."""
     torch.manual_seed(0)
     config = SiglipVisionConfig(
         hidden_size=32, num_attention_heads=2, num_hidden_layers=3, intermediate_size=64,
@@ -539,24 +538,11 @@ def test_key_bias_attention_matches_explicit_softmax(tiny) -> None:
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, 7, 32, generator=gen) for _ in range(3))
     bias = torch.rand(2, 7, generator=gen).mul(3).add(1).log()
-    got = attention_with_key_bias(adapter, q, k, v, bias)
+    got = adapter.attention(q, k, v, key_bias=bias)
     heads = [t.view(2, 7, 2, 16).transpose(1, 2) for t in (q, k, v)]
     logits = heads[0] @ heads[1].transpose(-1, -2) / 16**0.5 + bias[:, None, None, :]
     want = (logits.softmax(-1) @ heads[2]).transpose(1, 2).reshape(2, 7, 32)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert torch.equal(attention_with_key_bias(adapter, q, k, v, None), adapter.attention(q, k, v))
-
-
-def test_adapters_without_key_bias_are_refused(tiny) -> None:
-    class Plain(BlockAdapter):
-        ln1 = q = k = v = out = ln2 = mlp = staticmethod(lambda x: x)
-
-        def attention(self, q, k, v, q_index=None):
-            return q
-
-    x = torch.zeros(1, 2, 4)
-    with pytest.raises(CompatibilityError, match="prop_attn"):
-        attention_with_key_bias(Plain(tiny.encoder.layers[0], 1, 4), x, x, x, torch.zeros(1, 2))
 
 
 # ---------------------------------------------------------------------- the target and the pipeline

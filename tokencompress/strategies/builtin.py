@@ -3,10 +3,11 @@
 from ..hooks import Registrar, hookimpl
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
+from .tome import ToMe
 from .vidcom2 import VidCom2
 
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (StcCacher, StcPruner, VidCom2):
+    for cls in (StcCacher, StcPruner, ToMe, VidCom2):
         registrar.add_strategy(cls)

@@ -30,20 +30,15 @@ tokens at this stage, so it declares ``changes_count`` and count-locked stages r
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, model_validator
 from torch import Tensor
 
-from ..block_adapter import BlockAdapter
-from ..errors import CompatibilityError
 from ..strategy import BlockCall, BlockStrategy, ChunkInfo, Need, StrategyParams
-from ..targets.siglip_block import SiglipBlockAdapter
 from .tome_merge import (
     capped_r,
     match_bipartite,
@@ -54,7 +49,7 @@ from .tome_merge import (
     unmerge_to_grid,
 )
 
-__all__ = ["ToMeParams", "ToMeState", "ToMeTraceRecord", "ToMe", "attention_with_key_bias", "key_metric"]
+__all__ = ["ToMeParams", "ToMeState", "ToMeTraceRecord", "ToMe", "key_metric"]
 
 
 class ToMeParams(StrategyParams):
@@ -160,41 +155,6 @@ def key_metric(k: Tensor, num_heads: int) -> Tensor:
     return k.float().view(f, n, num_heads, c // num_heads).mean(dim=2)
 
 
-def _native_key_bias(adapter: BlockAdapter) -> bool:
-    return "key_bias" in inspect.signature(adapter.attention).parameters
-
-
-def attention_with_key_bias(
-    adapter: BlockAdapter, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None
-) -> Tensor:
-    """Attention of ``q`` ``[F, n, C]`` over ``k``/``v`` ``[F, T, C]`` with ``key_bias`` ``[F, T]`` added to
-    every logit of key ``t`` (all heads, all queries); heads merged, ``[F, n, C]``.
-
-    The core :class:`BlockAdapter` has no bias argument yet. An adapter whose ``attention``
-    accepts ``key_bias`` is used as is; for SigLIP/CLIP layers (no rotary, default scale) the
-    biased attention is computed here with SDPA, which is what their stock sdpa path does with a
-    float ``attention_mask``. Other adapters are refused rather than silently run without bias.
-    """
-    if key_bias is None:
-        return adapter.attention(q, k, v)
-    if _native_key_bias(adapter):
-        return adapter.attention(q, k, v, key_bias=key_bias)  # type: ignore[call-arg]
-    if not isinstance(adapter, SiglipBlockAdapter):
-        raise CompatibilityError(
-            f"tome.prop_attn needs attention with an additive key bias, which block adapter "
-            f"'{type(adapter).__name__}' does not offer; set prop_attn: false"
-        )
-    f, n, _ = q.shape
-    heads, dim = adapter.num_heads, adapter.head_dim
-
-    def split(x: Tensor) -> Tensor:
-        return x.view(f, x.shape[1], heads, dim).transpose(1, 2)
-
-    mask = key_bias.to(q.dtype)[:, None, None, :]  # [F, 1, 1, T]
-    o = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
-    return o.transpose(1, 2).reshape(f, n, heads * dim)
-
-
 class ToMe(BlockStrategy):
     """ToMe (``pre_vit_block``): bipartite token merging inside every encoder layer.
 
@@ -261,7 +221,7 @@ class ToMe(BlockStrategy):
         h = a.ln1(x)
         q, k, v = a.q(h), a.k(h), a.v(h)
         bias = state.size[..., 0].log() if p.prop_attn and state.size is not None else None
-        x = x + a.out(attention_with_key_bias(a, q, k, v, bias))
+        x = x + a.out(a.attention(q, k, v, key_bias=bias))
 
         r = p.schedule(call.num_layers)[call.layer_index]
         removed = 0

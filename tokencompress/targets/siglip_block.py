@@ -38,8 +38,11 @@ class SiglipBlockAdapter(BlockAdapter):
         f, n, _ = x.shape
         return x.view(f, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None) -> Tensor:
-        o = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+    def attention(
+        self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None, key_bias: Tensor | None = None
+    ) -> Tensor:
+        mask = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]
+        o = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=mask)
         f, _, n, _ = o.shape
         return o.transpose(1, 2).reshape(f, n, self.num_heads * self.head_dim)
 
