@@ -83,3 +83,18 @@ def test_take_refuses_unsorted_and_merge_refuses_mixed_frames():
         vt.merge(torch.tensor([0, 0, 1, 1, 1, 2, 2, 2]))
     with pytest.raises(ValueError, match="different token counts"):
         vt.take(torch.tensor([0, 1, 4])).dense()
+
+
+def test_merge_with_anchor_and_own_arithmetic():
+    x = torch.arange(12.0).view(1, 6, 2)
+    vt = VisualTokens.from_frames(x, (2, 3))
+    group = torch.tensor([1, 0, 1, 0, 2, 1])
+    anchor = torch.tensor([3, 2, 4])  # representative rows of groups 0, 1, 2
+    values = torch.tensor([[100.0, 100.0], [200.0, 200.0], [300.0, 300.0]])
+    out = vt.merge(group, tokens=values, anchor=anchor)
+    assert out.source.tolist() == [2, 3, 4]  # ordered by anchor position
+    assert out.tokens[:, 0].tolist() == [200.0, 100.0, 300.0]
+    assert out.sizes.tolist() == [3.0, 2.0, 1.0]
+    assert out.assign.tolist() == [0, 1, 0, 1, 2, 0]
+    with pytest.raises(ValueError, match="own group"):
+        vt.merge(group, tokens=values, anchor=torch.tensor([0, 2, 4]))

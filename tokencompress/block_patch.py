@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .block_adapter import BlockAdapter
-from .strategy import BlockCall, BlockStrategy, ChunkInfo
+from .strategy import BlockCall, BlockStrategy, ChunkInfo, LayerProbe
 
 __all__ = ["BlockPatch"]
 
@@ -44,18 +44,25 @@ class BlockPatch:
         layers: Sequence[nn.Module],
         adapters: Sequence[BlockAdapter],
         strategies: Sequence[BlockStrategy],
+        probe_layers: Sequence[int] = (),
     ):
         if len(layers) != len(adapters):
             raise ValueError("one adapter per layer is required")
         self.layers = list(layers)
         self.adapters = list(adapters)
         self.strategies = list(strategies)
+        self.probe_layers = sorted(set(probe_layers))
         self._active: _Active | None = None
         self._saved: list[Any] = []
+        self._handles: list[Any] = []
         self._lock = threading.Lock()
         self.installed = False
 
     def __enter__(self) -> BlockPatch:
+        for i in self.probe_layers:
+            self._handles.append(
+                self.layers[i].register_forward_pre_hook(self._make_probe(i), with_kwargs=True)
+            )
         if not self.strategies:
             return self
         for layer in self.layers:
@@ -68,6 +75,9 @@ class BlockPatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         if not self.installed:
             return
         for layer, saved in zip(self.layers, self._saved, strict=True):
@@ -87,6 +97,17 @@ class BlockPatch:
                 yield
             finally:
                 self._active = None
+
+    def _make_probe(self, index: int) -> Callable[..., None]:
+        adapter = self.adapters[index]
+
+        def probe(_layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            active = self._active
+            if active is not None:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                active.chunk.probes[index] = LayerProbe(hidden, adapter)
+
+        return probe
 
     def _make_forward(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
         patch = self

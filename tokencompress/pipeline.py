@@ -78,9 +78,10 @@ class Pipeline:
 def check_compatibility(config: PipelineConfig, target: Target) -> None:
     """Refuse at build time what would fail (or silently misbehave) at run time."""
     infos = target.stage_info()
-    for stage, steps in config.stages.items():
+    for declared, steps in config.stages.items():
         for i, strategy in enumerate(steps):
-            where = f"stages.{stage.value}[{i}]"
+            where = f"stages.{declared.value}[{i}]"
+            stage = strategy.effective_stage(infos)
             if stage not in target.provides or stage not in infos:
                 raise CompatibilityError(
                     f"{where}: strategy '{strategy.name}' runs at {stage.value}, which target '{target.name}' does not expose"
@@ -103,7 +104,7 @@ def check_compatibility(config: PipelineConfig, target: Target) -> None:
             if later and getattr(strategy, "computes_layer", False):
                 raise CompatibilityError(
                     f"{where}: strategy '{strategy.name}' computes the whole encoder layer itself, so "
-                    f"'{later[0].name}' after it in {stage.value} would never run; put '{strategy.name}' last"
+                    f"'{later[0].name}' after it in {declared.value} would never run; put '{strategy.name}' last"
                 )
 
 
@@ -115,10 +116,26 @@ class BoundPipeline:
         self.config = pipeline.config
         self.registry = pipeline.registry
         self.target = target
-        block = [s for s in self.config.strategies(Stage.PRE_VIT_BLOCK) if isinstance(s, BlockStrategy)]
-        layers = target.vit_layers() if block else []
-        self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block)
         self.steps: list[Strategy] = [s for stage in Stage for s in self.config.strategies(stage)]
+        infos = target.stage_info()
+        self.by_stage: dict[Stage, list[Strategy]] = {stage: [] for stage in Stage}
+        self.notes: list[str] = []
+        for strategy in self.steps:
+            where = strategy.effective_stage(infos)
+            self.by_stage[where].append(strategy)
+            if where != strategy.stage:
+                self.notes.append(
+                    f"{strategy.name} ({strategy.stage.value}) runs on target {target.name}'s {where.value} grid"
+                )
+        # strategies moved to a later stage conceptually precede that stage's own ones
+        for stage, steps in self.by_stage.items():
+            steps.sort(key=lambda s, st=stage: s.stage == st)
+        block = [s for s in self.by_stage[Stage.PRE_VIT_BLOCK] if isinstance(s, BlockStrategy)]
+        n_layers = len(target.vit_layers())
+        probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
+        layers = target.vit_layers() if (block or probes) else []
+        self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block, probes)
+        self._index = {id(s): i for i, s in enumerate(self.steps)}
         self._observed = self.registry.has_observers()
         self._next_stream_id = 0
 
@@ -136,10 +153,14 @@ class BoundPipeline:
     def new_states(self) -> list[Any]:
         return [s.new_state() for s in self.steps]
 
+    def block_states(self, states: Sequence[Any]) -> list[Any]:
+        """The entries of a stream's ``states`` that belong to the installed block strategies."""
+        return [states[self._index[id(s)]] for s in self.patch.strategies]
+
     def planned_tokens(self, stage: Stage, frames: int) -> int | None:
         """Tokens a chunk of ``frames`` frames leaves ``stage`` with, if known from shapes alone."""
         n = self.target.stage_info()[stage].tokens_per_frame * frames
-        for s in self.config.strategies(stage):
+        for s in self.by_stage[stage]:
             per = n // frames if frames else 0
             nxt = s.planned_count(per, frames)
             if nxt is None:
@@ -160,9 +181,9 @@ class BoundPipeline:
         start = time.perf_counter()
         record.setdefault("stage_start", {})[stage] = start
         n_in = tokens.count
-        for strategy in self.config.strategies(stage):
+        for strategy in self.by_stage[stage]:
             assert isinstance(strategy, TokenStrategy)
-            tokens = strategy.apply(tokens, states[self.steps.index(strategy)], chunk)
+            tokens = strategy.apply(tokens, states[self._index[id(strategy)]], chunk)
         seconds = time.perf_counter() - start
         record.setdefault("tokens", {})[stage] = (n_in, tokens.count)
         record.setdefault("seconds", {})[stage] = seconds

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -197,7 +197,7 @@ def json_schema(registry: Registry) -> dict[str, Any]:
         union = (
             variants[0]
             if len(variants) == 1
-            else Annotated[Union[tuple(variants)], Field(discriminator="strategy")]
+            else Annotated[tuple(variants), Field(discriminator="strategy")]
         )  # noqa: UP007
         per_stage[stage.value] = (list[union] | None, None)  # type: ignore[valid-type]
     stages_model = create_model("Stages", __config__=ConfigDict(extra="forbid"), **per_stage)

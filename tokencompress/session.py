@@ -152,19 +152,23 @@ class Stream:
         return self._vision(arr, {})[0]
 
     def _vision(self, frames: np.ndarray, record: dict[str, Any]) -> tuple[VisualTokens, ChunkInfo]:
-        chunk = ChunkInfo(index=self.chunks_done, first_frame=self.frames_seen, num_frames=len(frames))
+        chunk = ChunkInfo(
+            index=self.chunks_done,
+            first_frame=self.frames_seen,
+            num_frames=len(frames),
+            to_prefill_grid=self.target.prefill_grid_map(),
+        )
         for strategy, state in zip(self.bound.steps, self.states, strict=True):
             strategy.start_chunk(state, chunk)
         t0 = time.perf_counter()
         pixels = self.target.preprocess(frames)
         record["vit_start"] = time.perf_counter()
         record["preprocess"] = record["vit_start"] - t0
-        n_block = len(self.bound.patch.strategies)
 
         def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
             return self.bound.run_stage(stage, tokens, self.states, chunk, record, self.id)
 
-        with self.bound.patch.chunk(self.states[:n_block], chunk):
+        with self.bound.patch.chunk(self.bound.block_states(self.states), chunk):
             tokens = self.target.encode(pixels, chunk, runner)
         self.chunks_done += 1
         self.frames_seen += len(frames)

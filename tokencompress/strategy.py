@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +30,7 @@ __all__ = [
     "Need",
     "StrategyParams",
     "ChunkInfo",
+    "LayerProbe",
     "BlockCall",
     "Strategy",
     "BlockStrategy",
@@ -62,13 +63,32 @@ class StrategyParams(BaseModel):
 
 
 @dataclass(frozen=True)
+class LayerProbe:
+    """The input of one encoder layer in this chunk, with the adapter to recompute its parts.
+
+    Strategies that need a layer's attention or keys (VisionZip) recompute just what they need
+    from ``hidden`` (e.g. ``adapter.k(adapter.ln1(hidden))``) instead of forcing the whole tower
+    onto eager attention.
+    """
+
+    hidden: Tensor
+    """``[F, T, C]`` input of the layer."""
+    adapter: BlockAdapter
+
+
+@dataclass(frozen=True)
 class ChunkInfo:
-    """Where a chunk sits in its stream; strategies with a schedule key off ``index``."""
+    """Where a chunk sits in its stream, plus what the target exposes about it to strategies."""
 
     index: int
     """0 for the stream's first chunk, then 1, 2, ...; leftover frames form their own chunk."""
     first_frame: int
     num_frames: int
+    probes: dict[int, LayerProbe] = field(default_factory=dict, compare=False, repr=False)
+    """Inputs of the encoder layers some strategy asked for (``Strategy.probe_layers``), by index."""
+    to_prefill_grid: Callable[[Tensor], Tensor] | None = field(default=None, compare=False, repr=False)
+    """Carries a per-token ViT quantity ``[F, T_vit, K]`` to the pre_prefill grid ``[F, T_pre, K]``
+    exactly as the target pools features (None where the target has no such map)."""
 
 
 @dataclass
@@ -124,6 +144,19 @@ class Strategy(ABC):
     def new_state(self) -> Any:
         """Fresh per-stream state (None for stateless strategies)."""
         return None
+
+    def probe_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Encoder layers (non-negative indices) whose inputs this strategy reads via ``chunk.probes``."""
+        return ()
+
+    def effective_stage(self, infos: dict[Stage, StageInfo]) -> Stage:
+        """Where the strategy actually runs on a target with these stage layouts.
+
+        Normally its declared ``stage``. A ``post_vit`` method that must select on a pooled grid
+        (VisionZip ``placement: after_pool`` on LLaVA-OV) returns ``PRE_PREFILL``; the pipeline
+        runs it there, ahead of the stage's own strategies, and reports the move.
+        """
+        return self.stage
 
     def start_chunk(self, state: Any, chunk: ChunkInfo) -> None:  # noqa: B027 - optional hook
         """Called once per chunk before the vision tower runs."""

@@ -99,6 +99,10 @@ class Target(ABC):
         Returns the visual tokens in LLM width, ready for :meth:`prefill_visual`.
         """
 
+    def prefill_grid_map(self) -> Callable[[Tensor], Tensor] | None:
+        """How a per-token ViT quantity ``[F, T_vit, K]`` reaches the pre_prefill grid, if it can."""
+        return None
+
     # -------------------------------------------------------------- LLM side
     @property
     def language_model(self) -> nn.Module:

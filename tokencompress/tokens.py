@@ -132,41 +132,58 @@ class VisualTokens:
             assign=assign,
         )
 
-    def merge(self, group: Tensor) -> VisualTokens:
-        """Merge rows that share a group id into their size-weighted mean.
+    def merge(
+        self, group: Tensor, tokens: Tensor | None = None, anchor: Tensor | None = None
+    ) -> VisualTokens:
+        """Merge rows that share a group id; groups must not span frames.
 
-        ``group`` ``[N]`` long gives every row its output group. Groups must not span frames.
-        The output is ordered by each group's first (lowest-source) member, which also becomes
-        the group's representative position.
+        By default ``group`` ``[N]`` may hold any ids; each group becomes the size-weighted mean of
+        its rows and is represented by its first (lowest-source) member. A method with its own
+        arithmetic (VisionZip's "target + mean of members") passes dense ids ``0..G-1`` with
+        ``anchor`` ``[G]`` (the row whose position represents each group) and ``tokens`` ``[G, D]``
+        (the merged features). Output rows are ordered by their anchor, so original order holds.
         """
         group = group.to(device=self.tokens.device, dtype=torch.long)
         if group.shape != (self.count,):
             raise ValueError(f"merge() needs one group id per row ({self.count}), got {tuple(group.shape)}")
-        uniq, inverse = torch.unique(group, return_inverse=True)
-        g = uniq.numel()
         dev = self.tokens.device
-        first = torch.full((g,), self.count, dtype=torch.long, device=dev)
-        first = first.scatter_reduce(0, inverse, torch.arange(self.count, device=dev), reduce="amin")
-        order = torch.argsort(first)
+        if anchor is None:
+            uniq, inverse = torch.unique(group, return_inverse=True)
+            g = uniq.numel()
+            anchor = torch.full((g,), self.count, dtype=torch.long, device=dev)
+            anchor = anchor.scatter_reduce(0, inverse, torch.arange(self.count, device=dev), reduce="amin")
+        else:
+            anchor = anchor.to(device=dev, dtype=torch.long)
+            g = anchor.numel()
+            inverse = group
+            if self.count and (int(group.min()) < 0 or int(group.max()) >= g):
+                raise ValueError(f"merge() group ids must lie in [0, {g}) when anchors are given")
+            if not bool((group[anchor] == torch.arange(g, device=dev)).all()):
+                raise ValueError("merge(): every anchor row must belong to its own group")
+        order = torch.argsort(anchor)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(g, device=dev)
         out_row = rank[inverse]
-        if not bool((self.frame[first[order]][out_row] == self.frame).all()):
+        if not bool((self.frame[anchor][inverse] == self.frame).all()):
             raise ValueError("merge() groups must not mix frames")
-        sizes = torch.zeros(g, dtype=self.sizes.dtype, device=dev).index_add_(0, out_row, self.sizes)
-        weighted = self.tokens * self.sizes[:, None].to(self.tokens.dtype)
-        summed = torch.zeros(g, self.dim, dtype=self.tokens.dtype, device=dev).index_add_(
-            0, out_row, weighted
-        )
-        rep = first[order]
+        sizes = torch.zeros(g, dtype=self.sizes.dtype, device=dev).index_add_(0, inverse, self.sizes)
+        if tokens is None:
+            weighted = self.tokens * self.sizes[:, None].to(self.tokens.dtype)
+            summed = torch.zeros(g, self.dim, dtype=self.tokens.dtype, device=dev).index_add_(
+                0, inverse, weighted
+            )
+            tokens = summed / sizes[:, None].to(self.tokens.dtype)
+        elif tokens.shape[0] != g:
+            raise ValueError(f"merge() got {tokens.shape[0]} merged rows for {g} groups")
+        rep = anchor[order]
         alive = self.assign >= 0
         assign = torch.where(alive, out_row[self.assign.clamp(min=0)], self.assign)
         return replace(
             self,
-            tokens=summed / sizes[:, None].to(self.tokens.dtype),
+            tokens=tokens[order],
             frame=self.frame[rep],
             pos=self.pos[rep],
             source=self.source[rep],
-            sizes=sizes,
+            sizes=sizes[order],
             assign=assign,
         )

@@ -9,7 +9,7 @@ here; pruning happens on the pooled grid at ``pre_prefill``. The LLM is Qwen2 wi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,19 @@ class LlavaOnevisionTarget(Target):
         pooled = inner.apply_pooling(projected)
         p = math.ceil(g / 2)
         return run_stage(Stage.PRE_PREFILL, VisualTokens.from_frames(pooled, (p, p), chunk.first_frame))
+
+    def prefill_grid_map(self) -> Callable[[Tensor], Tensor]:
+        """Bilinear g×g → ceil(g/2)² resize, the same map ``apply_pooling`` applies to features."""
+        g = self._grid()
+        p = math.ceil(g / 2)
+
+        def to_pooled(x: Tensor) -> Tensor:
+            f, t, k = x.shape
+            grid = x.reshape(f, g, g, k).permute(0, 3, 1, 2)
+            pooled = F.interpolate(grid, size=(p, p), mode="bilinear")
+            return pooled.permute(0, 2, 3, 1).reshape(f, p * p, k)
+
+        return to_pooled
 
     def end_of_video(self, state: LLMState) -> None:
         if self.options.newline:

@@ -67,9 +67,11 @@ def test_llava_budget_uses_a_square_lattice() -> None:
 def test_every_budget_covers_the_whole_frame(grid: tuple[int, int]) -> None:
     rows, cols = grid
     pos = _grid_positions(rows, cols).double()
-    for k in range(1, rows * cols + 1):
+    n = rows * cols
+    budgets = range(1, n + 1) if n <= 64 else sorted({*range(1, 64), *range(64, n, 7), n})
+    for k in budgets:
         rank = keep_rank(rows, cols, k)
-        assert sorted(rank.tolist()) == list(range(rows * cols))  # a total order: no ties
+        assert sorted(rank.tolist()) == list(range(n))  # a total order: no ties
         a, b = lattice_shape(rows, cols, k)
         assert a * b <= k
         # no cell is farther from a kept token than half a lattice cell's diagonal, plus rounding
