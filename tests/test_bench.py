@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -96,7 +97,14 @@ def test_json_round_trip(result):
 
 def test_table_lists_every_ratio(result):
     table = format_table(result)
-    for label in ("ViT ms", "ViT GFLOPs", "prefill ms", "prefill GFLOPs", "time to first token", "KV cache tokens"):
+    for label in (
+        "ViT ms",
+        "ViT GFLOPs",
+        "prefill ms",
+        "prefill GFLOPs",
+        "time to first token",
+        "KV cache tokens",
+    ):
         assert label in table
 
 
@@ -106,6 +114,12 @@ def test_plot_written(result, tmp_path):
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_skipped_without_matplotlib(result, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    assert write_plot(result, tmp_path / "stc.png") is None
+    assert not (tmp_path / "stc.png").exists()
+
+
 def test_cli_bench(model, tmp_path, capsys):
     from tokencompress.tokenizer import byte_tokenizer
 
@@ -113,12 +127,22 @@ def test_cli_bench(model, tmp_path, capsys):
     model.save_pretrained(model_dir)
     byte_tokenizer("llava_onevision").save_pretrained(model_dir)
     config = tmp_path / "stc_tiny.yaml"
-    config.write_text(yaml.safe_dump({"name": "stc tiny", "stream": {"frames_per_chunk": 1, "fps": 0.5},
-                                      "stages": STC}))
+    config.write_text(
+        yaml.safe_dump({"name": "stc tiny", "stream": {"frames_per_chunk": 1, "fps": 0.5}, "stages": STC})
+    )
     out = tmp_path / "out"
     argv = [
-        "bench", str(config), "--model", str(model_dir), "--frames", "2", "--repeats", "1",
-        "--out", str(out), "--no-progress",
+        "bench",
+        str(config),
+        "--model",
+        str(model_dir),
+        "--frames",
+        "2",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -132,8 +156,11 @@ def test_cli_bench(model, tmp_path, capsys):
 
 def test_cli_bench_errors_are_one_line(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({"name": "bad", "stages": {"pre_prefill": [{"strategy": "stc_pruner",
-                                                                                   "tokens_per_frame": 0}]}}))
+    config.write_text(
+        yaml.safe_dump(
+            {"name": "bad", "stages": {"pre_prefill": [{"strategy": "stc_pruner", "tokens_per_frame": 0}]}}
+        )
+    )
     assert main(["bench", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err

@@ -275,23 +275,24 @@ def test_disable_argument_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # ----------------------------------------------------------------- hookspecs
-def test_check_pending_rejects_a_misspelt_hook() -> None:
+def test_a_misspelt_hook_is_reported_and_the_others_keep_working() -> None:
     def tokencompress_register_strategy(registrar):  # missing the final "s"
         registrar.add_strategy(KeepFirst)
 
     typo = plugin("pkg-typo", tokencompress_register_strategy=tokencompress_register_strategy)
-    with pytest.raises(pluggy.PluginValidationError, match="tokencompress_register_strategy"):
-        Registry(plugins=[typo])
+    reg = Registry(plugins=[typo])
+    assert [f.package for f in reg.failures] == ["pkg-typo"]
+    assert "tokencompress_register_strategy" in reg.failures[0].error
+    assert BUILTIN_STRATEGIES <= set(reg.strategies)
 
 
-def test_hook_with_wrong_argument_name_is_rejected() -> None:
+def test_hook_with_wrong_argument_name_is_reported() -> None:
     def tokencompress_register_strategies(registry):
         pass
 
-    with pytest.raises(pluggy.PluginValidationError):
-        Registry(
-            plugins=[plugin("pkg-args", tokencompress_register_strategies=tokencompress_register_strategies)]
-        )
+    reg = Registry(plugins=[plugin("pkg-args", tokencompress_register_strategies=tokencompress_register_strategies)])
+    assert [f.package for f in reg.failures] == ["pkg-args"]
+    assert BUILTIN_STRATEGIES <= set(reg.strategies)
 
 
 # ------------------------------------------------------------------ observers
@@ -313,7 +314,7 @@ def test_stage_finished_sees_every_stage_of_every_chunk(tiny_llava_ov: nn.Module
     assert got == [
         (stream.id, c, stage, n_in, n_out)
         for c in range(3)
-        for stage, n_in, n_out in ((Stage.POST_VIT, 64, 64), (Stage.PRE_PREFILL, 16, 5))
+        for stage, n_in, n_out in ((Stage.PRE_VIT_BLOCK, 64, 64), (Stage.POST_VIT, 64, 64), (Stage.PRE_PREFILL, 16, 5))
     ]
     assert all(isinstance(e, StageEvent) and e.seconds >= 0 for e in events)
 

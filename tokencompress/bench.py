@@ -65,7 +65,9 @@ RATIOS: tuple[tuple[str, str], ...] = (
 _TINY_CHUNK_MS = 50.0
 
 
-def _cpu_sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+def _cpu_sdpa_flops(
+    query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
     """torch's counter has formulas for the CUDA attention kernels only; on CPU, SDPA lowers to
     this op and would count as zero, losing the 2·T²·C attention term of every layer."""
     return sdpa_flop_count(query, key, value)
@@ -185,9 +187,15 @@ def run_benchmark(
 ) -> BenchResult:
     """Measure ``pipeline`` against the same config without stages on ``frames`` ``[N, H, W, 3]``.
 
-    Per variant: one untimed FLOP-counting pass (also gives tokens, KV size and peak memory),
-    ``warmup`` untimed runs, then ``repeats`` measured runs alternating between the variants.
-    A run is a fresh stream over all frames followed by a one-token answer.
+    Three kinds of run, each a fresh stream over all frames followed by a one-token answer:
+
+    * one untimed FLOP-counting pass per variant (also tokens per stage, KV size, peak memory);
+    * ``warmup`` + ``repeats`` chunk-interleaved runs: both variants' streams advance in lock
+      step (baseline chunk 0, pipeline chunk 0, baseline chunk 1, ...), so the load swings of
+      a shared machine, which last seconds, land on both alike. Per-chunk times and time to
+      first token are the medians over the ``repeats`` of these;
+    * ``repeats`` whole-stream runs per variant under ``torch.utils.benchmark.Timer``,
+      alternating the variants, for the end-to-end figure.
     """
     from tqdm import tqdm
 
@@ -204,21 +212,24 @@ def run_benchmark(
         _Runner("baseline", Pipeline(base_cfg, pipeline.registry).bind(model), tokenizer, frames, question),
         _Runner(pipeline.name, pipeline.bind(model), tokenizer, frames, question),
     ]
-    # Per variant: FLOP pass, warm-ups, and per repeat the Timer's probe run plus the measured one.
-    total = len(runners) * (1 + warmup + 2 * repeats)
-    with tqdm(total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr, leave=False) as bar:
+    # Per variant: FLOP pass, interleaved warm-ups and repeats, then per repeat the Timer's
+    # probe run plus the measured one.
+    total = len(runners) * (1 + warmup + 3 * repeats)
+    with tqdm(
+        total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr, leave=False
+    ) as bar:
         for r in runners:
             r.bar = bar
             bar.set_postfix_str(f"{r.label}: counting FLOPs")
             r.count()
-        for r in runners:
-            bar.set_postfix_str(f"{r.label}: warm-up")
-            for _ in range(warmup):
-                r.run()
+        for i in range(warmup + repeats):
+            what = "warm-up" if i < warmup else f"repeat {i - warmup + 1}/{repeats}"
+            bar.set_postfix_str(f"interleaved {what}")
+            # Alternate who goes first, so neither always runs on the caches the other left.
+            _interleaved(runners if i % 2 == 0 else runners[::-1], keep=i >= warmup)
         for i in range(repeats):
-            # Alternate the order so slow drift of a shared machine hits both variants alike.
             for r in runners if i % 2 == 0 else runners[::-1]:
-                bar.set_postfix_str(f"{r.label}: repeat {i + 1}/{repeats}")
+                bar.set_postfix_str(f"{r.label}: whole stream {i + 1}/{repeats}")
                 r.measure()
     load = [load_before, _load_average()]
     baseline, compressed = (r.result() for r in runners)
@@ -243,10 +254,32 @@ def run_benchmark(
     )
 
 
+def _interleaved(runners: Sequence[_Runner], keep: bool) -> None:
+    """One run of every variant, chunk by chunk in turn; each variant's patch is on only for its own
+    calls, so the other runs on the stock model in between."""
+    streams = [r.bound.stream(tokenizer=r.tokenizer) for r in runners]
+    frames = runners[0].frames
+    step = runners[0].bound.config.stream.frames_per_chunk
+    for start in range(0, len(frames), step):
+        for r, stream in zip(runners, streams, strict=True):
+            with r.bound.patch:
+                stream.add_frames(frames[start : start + step])
+    for r, stream in zip(runners, streams, strict=True):
+        with r.bound.patch:
+            stream.flush()  # a short last chunk stays pending until flushed
+            answer = stream.ask(r.question, max_new_tokens=1)
+        if keep:
+            r.measured.append((list(stream.history), answer.first_token_ms))
+        if r.bar is not None:
+            r.bar.update(1)
+
+
 class _Runner:
     """Streams one variant, and keeps what its runs produced."""
 
-    def __init__(self, label: str, bound: BoundPipeline, tokenizer: Any, frames: np.ndarray, question: Any) -> None:
+    def __init__(
+        self, label: str, bound: BoundPipeline, tokenizer: Any, frames: np.ndarray, question: Any
+    ) -> None:
         from torch.utils.benchmark import Timer
 
         self.label = label
@@ -255,7 +288,6 @@ class _Runner:
         self.frames = frames
         self.question = question
         self.bar: Any = None
-        self.runs: list[tuple[list[ChunkStats], float]] = []
         self.measured: list[tuple[list[ChunkStats], float]] = []
         self.measurements: list[Any] = []
         self.flops: list[dict[str, int]] = []
@@ -277,24 +309,17 @@ class _Runner:
         return stream
 
     def run(self) -> None:
+        """The statement the Timer times: a whole stream and a one-token answer."""
         # The patch goes on per run so the other variant can run in between on the same model.
         with self.bound.patch:
-            stream = self._stream()
-            answer = stream.ask(self.question, max_new_tokens=1)
-        self.runs.append((list(stream.history), answer.first_token_ms))
+            self._stream().ask(self.question, max_new_tokens=1)
         if self.bar is not None:
             self.bar.update(1)
 
     def measure(self) -> None:
-        """One measured run, preceded by the Timer's block-size probe, which runs the stream once
-        untimed: so a measured run never pays for switching from the other variant."""
-        before = len(self.runs)
-        m = self.timer.blocked_autorange(min_run_time=0.0)
-        n = m.number_per_run * len(m.raw_times)
-        if len(self.runs) - before < n:  # pragma: no cover - Timer internals changed
-            raise RuntimeError("torch.utils.benchmark ran fewer statements than it timed")
-        self.measured.extend(self.runs[-n:])
-        self.measurements.append(m)
+        """One measured whole stream, preceded by the Timer's block-size probe, which runs the
+        stream once untimed: so a measured run never pays for switching from the other variant."""
+        self.measurements.append(self.timer.blocked_autorange(min_run_time=0.0))
 
     def count(self) -> None:
         """Untimed pass: FLOPs per chunk (ViT, whole vision path, visual prefill), token counts per
@@ -410,7 +435,9 @@ def _check_frames(frames: Any) -> np.ndarray:
 def _question(question: str | Tensor | Sequence[int], tokenizer: Any) -> str | Tensor:
     if isinstance(question, str):
         if tokenizer is None:
-            raise TokenCompressError("a text question needs a tokenizer: pass a LoadedModel, or give token ids")
+            raise TokenCompressError(
+                "a text question needs a tokenizer: pass a LoadedModel, or give token ids"
+            )
         return question
     ids = torch.as_tensor(question, dtype=torch.long).flatten()
     if ids.numel() == 0:
@@ -461,8 +488,11 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
         start = torch.cuda.memory_allocated(device)
         yield out
         torch.cuda.synchronize(device)
-        out.update(bytes=int(torch.cuda.max_memory_allocated(device) - start),
-                   method="cuda max_memory_allocated", approximate=False)
+        out.update(
+            bytes=int(torch.cuda.max_memory_allocated(device) - start),
+            method="cuda max_memory_allocated",
+            approximate=False,
+        )
         return
     _trim_heap()
     rss = _rss_reader()
@@ -494,8 +524,10 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     yield out
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
-    out.update(bytes=int(grown * scale),
-               method="process max-RSS growth (approximate; 0 if an earlier peak was higher)")
+    out.update(
+        bytes=int(grown * scale),
+        method="process max-RSS growth (approximate; 0 if an earlier peak was higher)",
+    )
 
 
 def _rss_reader() -> Callable[[], int] | None:
@@ -534,8 +566,9 @@ def _notes(
     baseline: VariantResult, compressed: VariantResult, model: nn.Module, load: list[float | None]
 ) -> list[str]:
     notes = [
-        "times: per-chunk medians over the measured repeats; end-to-end: torch.utils.benchmark "
-        "Timer median of whole streams (all frames + a one-token answer)",
+        "times: per-chunk and first-token medians over repeats of chunk-interleaved runs (baseline and "
+        "pipeline take turns chunk by chunk); end-to-end: torch.utils.benchmark Timer median of whole "
+        "streams (all frames + a one-token answer), variants alternating",
         "FLOPs: torch.utils.flop_counter, full attention rectangle (no causal halving), "
         "norms/activations not counted; 'prefill' is the visual prefill only",
     ]
@@ -576,8 +609,10 @@ def sample_frames(video: str | os.PathLike[str], fps: float, n: int) -> tuple[np
         if faster is not None and faster > fps:
             more = [f.rgb for f in iter_frames(video, fps=faster, max_frames=n)]
             if len(more) > len(got):
-                note = (f"{Path(video).name} ({info.duration_s:.1f} s) gives only {len(got)} frame(s) at the "
-                        f"pipeline's {fps:g} fps; sampled at {faster:.3g} fps instead to get {len(more)}")
+                note = (
+                    f"{Path(video).name} ({info.duration_s:.1f} s) gives only {len(got)} frame(s) at the "
+                    f"pipeline's {fps:g} fps; sampled at {faster:.3g} fps instead to get {len(more)}"
+                )
                 got, fps = more, faster
         if len(got) < n:
             extra = f"{note}; " if note else ""
@@ -606,8 +641,12 @@ def format_table(result: BenchResult) -> str:
         ("ViT ms / chunk", b["vit_ms_per_chunk"], p["vit_ms_per_chunk"], ratios["vit_ms"]),
         ("ViT GFLOPs / chunk", b["vit_gflops_per_chunk"], p["vit_gflops_per_chunk"], ratios["vit_gflops"]),
         ("prefill ms / chunk", b["prefill_ms_per_chunk"], p["prefill_ms_per_chunk"], ratios["prefill_ms"]),
-        ("prefill GFLOPs / chunk", b["prefill_gflops_per_chunk"], p["prefill_gflops_per_chunk"],
-         ratios["prefill_gflops"]),
+        (
+            "prefill GFLOPs / chunk",
+            b["prefill_gflops_per_chunk"],
+            p["prefill_gflops_per_chunk"],
+            ratios["prefill_gflops"],
+        ),
         ("end-to-end ms / chunk", b["e2e_ms_per_chunk"], p["e2e_ms_per_chunk"], ratios["e2e_ms_per_chunk"]),
         ("time to first token ms", b["ttft_ms"], p["ttft_ms"], ratios["ttft_ms"]),
         ("KV cache tokens", b["kv_tokens"], p["kv_tokens"], ratios["kv_tokens"]),

@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         help="hub id or local directory, 'builtin' (tiny) or 'builtin-medium' (real per-token widths, for latency)",
     )
-    bench.add_argument("--frames", type=int, default=8, help="frames to stream, sampled at the pipeline's fps")
+    bench.add_argument(
+        "--frames", type=int, default=8, help="frames to stream, sampled at the pipeline's fps"
+    )
     bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
     bench.add_argument("--out", default="bench_out", help="directory for <pipeline>.json and .png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,10 +63,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "validate" or getattr(args, "no_progress", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
     try:
-        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[args.command](
-            args
-        )
+        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[
+            args.command
+        ](args)
     except TokenCompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

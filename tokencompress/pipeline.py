@@ -187,6 +187,10 @@ class BoundPipeline:
         seconds = time.perf_counter() - start
         record.setdefault("tokens", {})[stage] = (n_in, tokens.count)
         record.setdefault("seconds", {})[stage] = seconds
-        if self._observed:
-            self.registry.notify(StageEvent(stream_id, chunk.index, stage, n_in, tokens.count, seconds))
+        self.observe(stage, chunk, n_in, tokens.count, seconds, stream_id)
         return tokens
+
+    def observe(self, stage: Stage, chunk: ChunkInfo, n_in: int, n_out: int, seconds: float, stream_id: int) -> None:
+        """Tell observer plugins a stage finished (skipped entirely when none is installed)."""
+        if self._observed:
+            self.registry.notify(StageEvent(stream_id, chunk.index, stage, n_in, n_out, seconds))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -192,13 +192,14 @@ def json_schema(registry: Registry) -> dict[str, Any]:
                     strategy=(Literal[name], ...),  # type: ignore[valid-type]
                 )
             )
-        if not variants:
+        if not variants:  # no strategy registered for this stage: only an empty list is valid
+            per_stage[stage.value] = (Annotated[list[Any], Field(max_length=0)] | None, None)
             continue
         union = (
             variants[0]
             if len(variants) == 1
-            else Annotated[tuple(variants), Field(discriminator="strategy")]
-        )  # noqa: UP007
+            else Annotated[Union[tuple(variants)], Field(discriminator="strategy")]  # noqa: UP007
+        )
         per_stage[stage.value] = (list[union] | None, None)  # type: ignore[valid-type]
     stages_model = create_model("Stages", __config__=ConfigDict(extra="forbid"), **per_stage)
     target_names = ["auto", *sorted(registry.targets)]

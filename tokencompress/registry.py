@@ -110,7 +110,6 @@ class Registry:
                 obj, "__name__", f"plugin{i}"
             )
             self._add(obj, f"{package}:{i}", package)
-        self.pm.check_pending()
 
         self.strategies: dict[str, Registration] = {}
         self.targets: dict[str, Registration] = {}
@@ -125,7 +124,16 @@ class Registry:
     def _add(self, obj: Any, name: str, package: str) -> None:
         if self.pm.is_registered(obj):
             return
-        self.pm.register(obj, name=name)
+        try:
+            self.pm.register(obj, name=name)
+        except Exception as exc:  # e.g. a hookimpl with a wrong signature
+            self._fail(name, package, f"registration failed: {type(exc).__name__}: {exc}")
+            return
+        unknown = [c.name for c in self.pm.get_hookcallers(obj) or [] if c.spec is None]
+        if unknown:
+            self.pm.unregister(obj)
+            self._fail(name, package, f"implements unknown hook(s) {', '.join(unknown)} (misspelt?)")
+            return
         version = _version(package)
         self._package_of[id(obj)] = (package, version)
         self.plugins.append(PluginInfo(name, package, version, getattr(obj, "__name__", type(obj).__name__)))

@@ -105,7 +105,7 @@ class Stream:
         if not self._prefixed:
             self._prefixed = True
             if self.tokenizer is not None:
-                self.target.prefill_text(self.llm, self._ids(self.prefix_text()))
+                self.target.prefill_text(self.llm, self._ids(self.prefix_text()), logits=False)
 
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting); returns last-token logits."""
@@ -166,6 +166,9 @@ class Stream:
         record["preprocess"] = record["vit_start"] - t0
 
         def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
+            if stage == Stage.POST_VIT:  # the tower just finished
+                seconds = time.perf_counter() - record["vit_start"]
+                self.bound.observe(Stage.PRE_VIT_BLOCK, chunk, tokens.count, tokens.count, seconds, self.id)
             return self.bound.run_stage(stage, tokens, self.states, chunk, record, self.id)
 
         with self.bound.patch.chunk(self.bound.block_states(self.states), chunk):

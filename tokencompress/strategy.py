@@ -200,6 +200,8 @@ def select_per_frame(scores: Tensor, frame: Tensor, budgets: Tensor, first_frame
     Ties go to the lower index (stable sort), so results never depend on top-k's tie order.
     Rows must be frame-major, as in :class:`VisualTokens`.
     """
+    if scores.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
     counts = torch.bincount(frame - first_frame, minlength=budgets.numel())
     starts = torch.cumsum(counts, 0) - counts
     uniform = bool((counts == counts[0]).all()) and bool((budgets == budgets[0]).all())

@@ -137,22 +137,26 @@ class Target(ABC):
         return tokens.tokens.to(self.dtype).contiguous()
 
     @torch.inference_mode()
-    def prefill(self, state: LLMState, embeds: Tensor, positions: Tensor) -> Tensor:
-        """Append ``embeds`` ``[L, D]`` at ``positions`` to the cache; return last-token logits ``[V]``."""
+    def prefill(self, state: LLMState, embeds: Tensor, positions: Tensor, logits: bool = True) -> Tensor | None:
+        """Append ``embeds`` ``[L, D]`` at ``positions`` to the cache; return last-token logits ``[V]``.
+
+        ``logits=False`` skips the vocabulary projection, which on a 150k-token vocabulary costs
+        as much as prefilling dozens of tokens and is never read after a visual chunk.
+        """
         out = self.language_model(
             inputs_embeds=embeds[None].to(self.dtype),
             position_ids=positions,
             cache=state.cache,
             use_cache=True,
         )
-        return self.model.lm_head(out.last_hidden_state[0, -1]).float()
+        return self.model.lm_head(out.last_hidden_state[0, -1]).float() if logits else None
 
-    def prefill_text(self, state: LLMState, ids: Tensor) -> Tensor:
-        return self.prefill(state, self.embed(ids), self.text_positions(state, ids.numel()))
+    def prefill_text(self, state: LLMState, ids: Tensor, logits: bool = True) -> Tensor | None:
+        return self.prefill(state, self.embed(ids), self.text_positions(state, ids.numel()), logits=logits)
 
-    def prefill_visual(self, state: LLMState, tokens: VisualTokens) -> Tensor:
+    def prefill_visual(self, state: LLMState, tokens: VisualTokens) -> None:
         state.visual_tokens += tokens.count
-        return self.prefill(state, self.visual_embeds(tokens), self.visual_positions(state, tokens))
+        self.prefill(state, self.visual_embeds(tokens), self.visual_positions(state, tokens), logits=False)
 
     def end_of_video(self, state: LLMState) -> None:  # noqa: B027 - optional hook
         """Called before a question is prefilled (e.g. LLaVA-OV's optional newline token)."""

@@ -46,7 +46,7 @@ class LlavaOnevisionTarget(Target):
     provides = {
         Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER}),
         Stage.POST_VIT: frozenset(),
-        Stage.PRE_PREFILL: frozenset(),
+        Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
     }
     tokenizer_layout = "llava_onevision"
 
@@ -141,4 +141,4 @@ class LlavaOnevisionTarget(Target):
     def end_of_video(self, state: LLMState) -> None:
         if self.options.newline:
             newline = self.model.model.image_newline[None]
-            self.prefill(state, newline, self.text_positions(state, 1))
+            self.prefill(state, newline, self.text_positions(state, 1), logits=False)
