@@ -13,7 +13,6 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import pluggy
 import pytest
 import torch
 from torch import nn
@@ -290,7 +289,9 @@ def test_hook_with_wrong_argument_name_is_reported() -> None:
     def tokencompress_register_strategies(registry):
         pass
 
-    reg = Registry(plugins=[plugin("pkg-args", tokencompress_register_strategies=tokencompress_register_strategies)])
+    reg = Registry(
+        plugins=[plugin("pkg-args", tokencompress_register_strategies=tokencompress_register_strategies)]
+    )
     assert [f.package for f in reg.failures] == ["pkg-args"]
     assert BUILTIN_STRATEGIES <= set(reg.strategies)
 
@@ -314,7 +315,11 @@ def test_stage_finished_sees_every_stage_of_every_chunk(tiny_llava_ov: nn.Module
     assert got == [
         (stream.id, c, stage, n_in, n_out)
         for c in range(3)
-        for stage, n_in, n_out in ((Stage.PRE_VIT_BLOCK, 64, 64), (Stage.POST_VIT, 64, 64), (Stage.PRE_PREFILL, 16, 5))
+        for stage, n_in, n_out in (
+            (Stage.PRE_VIT_BLOCK, 64, 64),
+            (Stage.POST_VIT, 64, 64),
+            (Stage.PRE_PREFILL, 16, 5),
+        )
     ]
     assert all(isinstance(e, StageEvent) and e.seconds >= 0 for e in events)
 

@@ -56,7 +56,9 @@ def test_qwen_chat_template(llava, qwen2vl) -> None:
     msgs = [{"role": "user", "content": "hi"}]
     assert llava.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == SYSTEM + GEN_PROMPT
     media = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "hi"}]}]
-    assert "<|vision_start|><|video_pad|><|vision_end|>hi" in qwen2vl.apply_chat_template(media, tokenize=False)
+    assert "<|vision_start|><|video_pad|><|vision_end|>hi" in qwen2vl.apply_chat_template(
+        media, tokenize=False
+    )
 
 
 def _entries(root: Path) -> list[Path]:
@@ -111,10 +113,13 @@ def test_missing_tiktoken_gives_none(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(tok) == 270
 
 
-@pytest.mark.parametrize(("layout", "size", "token", "token_id"), [
-    ("llava_onevision", 261, "<video>", 260),
-    ("qwen2_vl", 270, "<|video_pad|>", 269),
-])
+@pytest.mark.parametrize(
+    ("layout", "size", "token", "token_id"),
+    [
+        ("llava_onevision", 261, "<video>", 260),
+        ("qwen2_vl", 270, "<|video_pad|>", 269),
+    ],
+)
 def test_byte_tokenizer(layout: tk.Layout, size: int, token: str, token_id: int) -> None:
     tok = tk.byte_tokenizer(layout)
     assert len(tok) == size

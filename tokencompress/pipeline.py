@@ -190,7 +190,9 @@ class BoundPipeline:
         self.observe(stage, chunk, n_in, tokens.count, seconds, stream_id)
         return tokens
 
-    def observe(self, stage: Stage, chunk: ChunkInfo, n_in: int, n_out: int, seconds: float, stream_id: int) -> None:
+    def observe(
+        self, stage: Stage, chunk: ChunkInfo, n_in: int, n_out: int, seconds: float, stream_id: int
+    ) -> None:
         """Tell observer plugins a stage finished (skipped entirely when none is installed)."""
         if self._observed:
             self.registry.notify(StageEvent(stream_id, chunk.index, stage, n_in, n_out, seconds))

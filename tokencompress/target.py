@@ -137,7 +137,9 @@ class Target(ABC):
         return tokens.tokens.to(self.dtype).contiguous()
 
     @torch.inference_mode()
-    def prefill(self, state: LLMState, embeds: Tensor, positions: Tensor, logits: bool = True) -> Tensor | None:
+    def prefill(
+        self, state: LLMState, embeds: Tensor, positions: Tensor, logits: bool = True
+    ) -> Tensor | None:
         """Append ``embeds`` ``[L, D]`` at ``positions`` to the cache; return last-token logits ``[V]``.
 
         ``logits=False`` skips the vocabulary projection, which on a 150k-token vocabulary costs

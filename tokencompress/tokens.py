@@ -121,7 +121,9 @@ class VisualTokens:
         remap = torch.full((self.count,), -1, dtype=torch.long, device=index.device)
         remap[index] = torch.arange(index.numel(), device=index.device)
         alive = self.assign >= 0
-        assign = torch.where(alive, remap[self.assign.clamp(min=0)], self.assign) if self.count else self.assign
+        assign = (
+            torch.where(alive, remap[self.assign.clamp(min=0)], self.assign) if self.count else self.assign
+        )
         return replace(
             self,
             tokens=self.tokens[index],
