@@ -105,7 +105,7 @@ class BlockPatch:
             active = self._active
             if active is not None:
                 hidden = args[0] if args else kwargs["hidden_states"]
-                active.chunk.probes[index] = LayerProbe(hidden, adapter)
+                active.chunk.probes[index] = LayerProbe(hidden, adapter, len(self.layers))
 
         return probe
 

@@ -74,6 +74,8 @@ class LayerProbe:
     hidden: Tensor
     """``[F, T, C]`` input of the layer."""
     adapter: BlockAdapter
+    num_layers: int = 0
+    """Depth of the tower, so a strategy can resolve negative layer indices."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,12 @@ class Strategy(ABC):
     def new_state(self) -> Any:
         """Fresh per-stream state (None for stateless strategies)."""
         return None
+
+    @classmethod
+    def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
+        """Parameters that fit a stage with this layout, for the strategy × target matrix and
+        ``tokencompress.testing``; override when a parameter has no default or must scale."""
+        return {}
 
     def probe_layers(self, num_layers: int) -> tuple[int, ...]:
         """Encoder layers (non-negative indices) whose inputs this strategy reads via ``chunk.probes``."""

@@ -76,6 +76,15 @@ class Target(ABC):
     def matches(cls, model: Any) -> bool:
         """True if this target knows ``model`` (used by ``target: auto``)."""
 
+    @classmethod
+    def tiny_model(cls, seed: int = 0) -> nn.Module:
+        """A tiny random-weight model of this family built from a config (no download).
+
+        The strategy × target conformance matrix builds one per registered target, so a
+        third-party target is covered by the same tests once it implements this.
+        """
+        raise NotImplementedError(f"target '{cls.name}' offers no tiny model for conformance tests")
+
     @abstractmethod
     def stage_info(self) -> dict[Stage, StageInfo]:
         """Token layout at every stage, for build-time budget and shape checks."""

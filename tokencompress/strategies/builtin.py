@@ -5,9 +5,10 @@ from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
 from .tome import ToMe
 from .vidcom2 import VidCom2
+from .visionzip import VisionZip
 
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (StcCacher, StcPruner, ToMe, VidCom2):
+    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VisionZip):
         registrar.add_strategy(cls)

@@ -13,14 +13,14 @@ float32 scoring whatever the input dtype (P10), a deterministic tie order, and n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as nnf
 from pydantic import Field
 from torch import Tensor
 
-from ..stages import Stage
+from ..stages import Stage, StageInfo
 from ..strategy import ChunkInfo, ScoringPruner, StrategyParams
 from ..tokens import VisualTokens
 
@@ -96,6 +96,10 @@ class StcPruner(ScoringPruner):
     summary = "STC-Pruner: keep per frame the tokens least like the frame mean and a running stream memory"
     paper = "https://arxiv.org/abs/2512.00891"
     reference = "lern-to-write/STC (model/prune.py)"
+
+    @classmethod
+    def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
+        return {"tokens_per_frame": max(1, info.tokens_per_frame * 60 // 196)}
 
     params: StcPrunerParams
 

@@ -38,6 +38,7 @@ import torch
 from pydantic import Field, NonNegativeInt, model_validator
 from torch import Tensor
 
+from ..stages import StageInfo
 from ..strategy import BlockCall, BlockStrategy, ChunkInfo, Need, StrategyParams
 from .tome_merge import (
     capped_r,
@@ -170,6 +171,10 @@ class ToMe(BlockStrategy):
     summary = "Token Merging: merge r similar tokens per ViT layer (bipartite soft matching on keys)"
     paper = "https://arxiv.org/abs/2210.09461"
     reference = "facebookresearch/ToMe (tome/merge.py, tome/patch/timm.py)"
+
+    @classmethod
+    def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
+        return {"r": max(1, info.tokens_per_frame // 8)}
     params: ToMeParams
 
     def __init__(self, params: ToMeParams | None = None, **kwargs: Any) -> None:

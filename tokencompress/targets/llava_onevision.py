@@ -56,6 +56,27 @@ class LlavaOnevisionTarget(Target):
 
         return isinstance(model, LlavaOnevisionForConditionalGeneration)
 
+    @classmethod
+    def tiny_model(cls, seed: int = 0) -> nn.Module:
+        """112 px SigLIP (8×8 = 64 tokens, pooled to 4×4 = 16) + 2-layer Qwen2, vocabulary 1000."""
+        from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+        config = LlavaOnevisionConfig(
+            vision_config=dict(
+                model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, image_size=112, patch_size=14, vision_use_head=False,
+            ),
+            text_config=dict(
+                model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, max_position_embeddings=4096,
+            ),
+            image_token_index=998, video_token_index=999, vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )  # fmt: skip
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return LlavaOnevisionForConditionalGeneration(config).eval()
+
     # ------------------------------------------------------------ geometry
     @property
     def _vcfg(self) -> Any:

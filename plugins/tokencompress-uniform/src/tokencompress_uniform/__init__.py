@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from tokencompress import ChunkInfo, ScoringPruner, Stage, StrategyParams, VisualTokens, hookimpl
+from tokencompress import ChunkInfo, ScoringPruner, Stage, StageInfo, StrategyParams, VisualTokens, hookimpl
 from tokencompress.hooks import Registrar
 
 __all__ = [
@@ -103,6 +103,10 @@ class UniformGrid(ScoringPruner):
     summary = "Uniform lattice: keep per frame the tokens on an evenly spread grid (content-blind baseline)"
 
     params: UniformGridParams
+
+    @classmethod
+    def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
+        return {"tokens_per_frame": max(1, info.tokens_per_frame // 4)}
 
     def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Tensor:
         """Earlier in :func:`keep_rank` scores higher; ``pos`` keeps it right after other pruners too."""
