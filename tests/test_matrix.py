@@ -30,7 +30,8 @@ def pipeline_for(strategy_name: str, target_name: str, model: torch.nn.Module) -
     info = REGISTRY.target(target_name)(model).stage_info()[cls.stage]
     step = {"strategy": strategy_name, **cls.conformance_params(info)}
     return Pipeline.from_dict(
-        {"target": target_name, "stream": {"frames_per_chunk": 2}, "stages": {cls.stage.value: [step]}}, REGISTRY
+        {"target": target_name, "stream": {"frames_per_chunk": 2}, "stages": {cls.stage.value: [step]}},
+        REGISTRY,
     )
 
 

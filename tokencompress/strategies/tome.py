@@ -175,6 +175,7 @@ class ToMe(BlockStrategy):
     @classmethod
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
         return {"r": max(1, info.tokens_per_frame // 8)}
+
     params: ToMeParams
 
     def __init__(self, params: ToMeParams | None = None, **kwargs: Any) -> None:
