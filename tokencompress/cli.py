@@ -104,6 +104,8 @@ def _validate(args: argparse.Namespace) -> int:
         loaded = load_model(args.model)
         bound = pipeline.bind(loaded.model)
         where = f"model {args.model or 'builtin'} (target {bound.target.name})"
+        for note in bound.notes:
+            print(f"note: {note}")
     steps = ", ".join(
         f"{st.value}: {[s.name for s in ss]}" for st, ss in pipeline.config.stages.items() if ss
     )
@@ -136,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"pipeline: {cfg.name} on target {bound.target.name}; {cfg.stream.frames_per_chunk} frame(s)/chunk at {fps:g} fps"
         )
+        for note in bound.notes:
+            print(f"note: {note}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
         chunks = _stream_with_progress(
             stream, video, fps, args.max_frames, expected, cfg.stream.frames_per_chunk, args.no_progress
