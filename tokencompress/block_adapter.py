@@ -18,13 +18,27 @@ class BlockAdapter(ABC):
     """Pre-norm transformer layer ``h' = h + out(attn(ln1 h)); h'' = h' + mlp(ln2 h')``.
 
     All tensors are ``[F, n, C]`` (frames, tokens, model width); heads are split and merged
-    inside :meth:`attention`.
+    inside :meth:`attention`. Encoders whose layers see a packed sequence and per-call extras
+    (Qwen-VL: ``[N, C]`` with ``cu_seqlens`` and rotary tables) override :meth:`bind`,
+    :meth:`to_frames` and :meth:`from_frames`; SigLIP-style layers need none of that.
     """
 
     def __init__(self, layer: nn.Module, num_heads: int, head_dim: int) -> None:
         self.layer = layer
         self.num_heads = num_heads
         self.head_dim = head_dim
+
+    def bind(self, args: tuple, kwargs: dict) -> BlockAdapter:
+        """The adapter for one call of the layer, given the call's arguments after the hidden states."""
+        return self
+
+    def to_frames(self, hidden: Tensor) -> Tensor:
+        """The layer's hidden-state layout → ``[F, T, C]`` (one row per frame or temporal slice)."""
+        return hidden
+
+    def from_frames(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`to_frames`."""
+        return x
 
     @abstractmethod
     def ln1(self, x: Tensor) -> Tensor: ...
@@ -40,11 +54,17 @@ class BlockAdapter(ABC):
 
     @abstractmethod
     def attention(
-        self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None, key_bias: Tensor | None = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_index: Tensor | None = None,
+        key_bias: Tensor | None = None,
     ) -> Tensor:
         """Attention of queries ``q`` ``[F, n, C]`` over keys/values ``[F, T, C]``, heads merged.
 
-        ``q_index`` ``[F, n]`` gives the token position of every query (for rotary encoders);
+        ``q_index`` ``[F, n]`` gives the token position of every query (rotary encoders rotate
+        queries and keys by position; windowed encoders mask keys outside the query's window);
         ``None`` means the queries are all ``T`` tokens in order. ``key_bias`` ``[F, T]`` is added
         to every logit of key ``t`` (all heads and queries), e.g. ToMe's ``log(size)``.
         """

@@ -104,8 +104,10 @@ class BlockPatch:
         def probe(_layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             active = self._active
             if active is not None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                active.chunk.probes[index] = LayerProbe(hidden, adapter, len(self.layers))
+                hidden, rest = (args[0], args[1:]) if args else (kwargs["hidden_states"], ())
+                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                bound = adapter.bind(rest, kw)
+                active.chunk.probes[index] = LayerProbe(bound.to_frames(hidden), bound, len(self.layers))
 
         return probe
 
@@ -119,14 +121,15 @@ class BlockPatch:
             active = patch._active
             if active is None:
                 return stock(hidden_states, *args, **kwargs)
+            bound = adapter.bind(args, kwargs)
 
             def run(j: int, h: Tensor) -> Tensor:
                 if j == len(strategies):
-                    return stock(h, *args, **kwargs)
-                call = BlockCall(adapter, index, n_layers, active.states[j], active.chunk)
+                    return bound.to_frames(stock(bound.from_frames(h), *args, **kwargs))
+                call = BlockCall(bound, index, n_layers, active.states[j], active.chunk)
                 return strategies[j].block_forward(call, h, lambda nxt: run(j + 1, nxt))
 
-            return run(0, hidden_states)
+            return bound.from_frames(run(0, bound.to_frames(hidden_states)))
 
         forward.__tokencompress_patch__ = patch  # type: ignore[attr-defined]
         return forward

@@ -51,6 +51,9 @@ class Need(str, Enum):
     """Attention keys of a chosen encoder layer."""
     CLS_TOKEN = "cls_token"
     """A class token in the encoder output."""
+    POSITION_FREE_ATTENTION = "position_free_attention"
+    """Encoder attention that depends on token content only (no rotary), so merged tokens can
+    attend without a position of their own (ToMe)."""
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value

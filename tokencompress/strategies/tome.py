@@ -176,13 +176,14 @@ class ToMe(BlockStrategy):
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
         return {"r": max(1, info.tokens_per_frame // 8)}
 
+    needs = frozenset({Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION})
     params: ToMeParams
 
     def __init__(self, params: ToMeParams | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.changes_count = self.params.output == "compact"  # type: ignore[misc]
         if self.params.class_token:
-            self.needs = BlockStrategy.needs | {Need.CLS_TOKEN}  # type: ignore[misc]
+            self.needs = self.needs | {Need.CLS_TOKEN}  # type: ignore[misc]
 
     @property
     def protected(self) -> int:
