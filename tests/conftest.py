@@ -4,50 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 
-def tiny_llava_ov_config(**over):
-    from transformers import LlavaOnevisionConfig
+def build_tiny_llava_ov(seed: int = 0):
+    """The library's tiny LLaVA-OV: 8x8 = 64 ViT tokens, 4x4 = 16 pooled tokens per frame."""
+    from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
 
-    vision = dict(
-        model_type="siglip_vision_model",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=112,
-        patch_size=14,
-        vision_use_head=False,
-    )
-    text = dict(
-        model_type="qwen2",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=4096,
-    )
-    vision.update(over.pop("vision_config", {}))
-    text.update(over.pop("text_config", {}))
-    kw = dict(
-        image_token_index=998,
-        video_token_index=999,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-    )
-    kw.update(over)
-    return LlavaOnevisionConfig(vision_config=vision, text_config=text, **kw)
-
-
-def build_tiny_llava_ov(seed: int = 0, **over):
-    """8x8 = 64 ViT tokens, 4x4 = 16 pooled tokens per frame."""
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    torch.manual_seed(seed)
-    return LlavaOnevisionForConditionalGeneration(tiny_llava_ov_config(**over)).eval()
+    return LlavaOnevisionTarget.tiny_model(seed)
 
 
 @pytest.fixture(scope="session")

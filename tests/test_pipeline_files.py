@@ -43,5 +43,7 @@ def test_pipeline_file_runs(path: Path, builtin, clip: np.ndarray) -> None:
 
 
 def test_every_strategy_has_a_ready_file() -> None:
-    used = {s.name for p in PIPELINES for steps in Pipeline.from_yaml(p).config.stages.values() for s in steps}
+    used = {
+        s.name for p in PIPELINES for steps in Pipeline.from_yaml(p).config.stages.values() for s in steps
+    }
     assert {"stc_cacher", "stc_pruner", "tome", "visionzip", "vidcom2"} <= used

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +10,7 @@ from pydantic import ValidationError
 from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from tests.fixture_cases import Case, params
+from tests.fixture_cases import Case, params, parse_tolerance
 from tokencompress.block_patch import BlockPatch
 from tokencompress.strategies.stc_cacher import (
     CacherState,
@@ -38,13 +36,6 @@ CONFIG_KEYS = (
     "vision_use_head",
 )
 PROPERTY_SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def atol(spec: str) -> float:
-    """Tolerance from a sidecar string such as ``"atol 1e-5"`` or ``"atol 1e-5 (why ...)"``."""
-    match = re.search(r"atol\s+([0-9.eE+-]+)", spec)
-    assert match, f"unparseable tolerance {spec!r}"
-    return float(match.group(1))
 
 
 def build_siglip(model_params: dict, weights: dict[str, Tensor]) -> SiglipVisionModel:
@@ -149,13 +140,13 @@ def test_stc_cacher_fixture(case: Case) -> None:
         else:
             assert key in mine, f"fixture key {key!r} is not checked"
             errors[key] = (mine[key] - value).abs().max().item()
-            assert errors[key] <= atol(tol[key]), (key, errors[key])
+            assert errors[key] <= case.tolerance(key)["atol"], (key, errors[key])
     assert "encoder_output" in want or "hidden_states" in want
 
     plain_tol = plain_meta["tolerances"]
     ref = torch.tensor(is_ref)
     err = (hidden_all[-1][ref] - plain_out["encoder_output"][ref]).abs().max().item()
-    assert err <= atol(plain_tol.get("encoder_output", plain_tol["all"]))
+    assert err <= parse_tolerance(plain_tol.get("encoder_output", plain_tol["all"]))["atol"]
     print(f"{case.name}: max abs error {errors}, reference frames vs plain {err:.3g}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.fixture_cases import Case, collect, params
+from tests.fixture_cases import Case, collect, is_exact, params
+from tests.strategies.streams import streams
 from tokencompress.errors import BudgetError
 from tokencompress.stages import Stage, StageInfo
 from tokencompress.strategies.stc_pruner import StcPruner, StcPrunerState
@@ -31,23 +31,12 @@ def _need(case: Case, section: str, key: str):
         pytest.fail(f"{case.name}: sidecar {section!r} lacks {key!r}")
 
 
-def _atol(case: Case, key: str) -> float:
-    """0.0 for "exact ...", else the number after "atol" (e.g. "atol 1e-5")."""
-    text = str(_need(case, "tolerances", key)).strip()
-    if text.startswith("exact"):
-        return 0.0
-    m = re.fullmatch(r"atol\s+([0-9.eE+-]+)", text)
-    if m is None:
-        pytest.fail(f"{case.name}: cannot parse tolerance {key!r} = {text!r}")
-    return float(m.group(1))
-
-
 def _compare(case: Case, key: str, got: torch.Tensor, want: torch.Tensor, where: str) -> None:
-    tol = _atol(case, key)
-    if tol == 0.0:
+    tol = case.tolerance(key)
+    if is_exact(tol):
         assert torch.equal(got, want.to(got.dtype)), f"{where}: {key} differs"
     else:
-        torch.testing.assert_close(got, want.float(), atol=tol, rtol=0, msg=lambda m: f"{where}: {key}: {m}")
+        torch.testing.assert_close(got, want.float(), **tol, msg=lambda m: f"{where}: {key}: {m}")
 
 
 def _grid(t: int) -> tuple[int, int]:
@@ -127,18 +116,6 @@ def test_pruning_invariants(tok: VisualTokens, k: int, ratio: float, mode: str, 
     t = tok.count // tok.num_frames
     for out in outs:
         assert out.counts().tolist() == [min(k, t)] * tok.num_frames
-
-
-@st.composite
-def streams(draw: st.DrawFn, chunks: int = 3) -> list[VisualTokens]:
-    """Consecutive chunks of one stream: same grid, width and frames per chunk."""
-    f, h, w, d = (
-        draw(st.integers(1, 3)),
-        draw(st.integers(1, 5)),
-        draw(st.integers(1, 5)),
-        draw(st.integers(1, 12)),
-    )
-    return [draw(visual_tokens(frames=f, grid=(h, w), dim=d, first_frame=c * f)) for c in range(chunks)]
 
 
 @PROPS

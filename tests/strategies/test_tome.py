@@ -14,7 +14,7 @@ from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tests.conftest import random_frames
-from tests.fixture_cases import Case, params
+from tests.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
 from tokencompress.block_patch import BlockPatch
 from tokencompress.errors import CompatibilityError
 from tokencompress.pipeline import Pipeline
@@ -35,8 +35,8 @@ from tokencompress.strategy import ChunkInfo
 from tokencompress.targets.siglip_block import SiglipBlockAdapter
 
 # Tolerances of tests/fixtures/tome/README.md, used where a sidecar carries none of its own.
-README_STEP_TOL = {"atol": 1e-5, "rtol": 1e-5}  # x_out, x_mean_out, x_unmerged; the rest exact
-README_E2E_TOL = {"atol": 1e-4, "rtol": 1e-4}  # tokens; sizes, source, owner, counts exact
+README_STEP_TOL = parse_tolerance("atol 1e-5, rtol 1e-5")  # x_out, x_mean_out, x_unmerged; the rest exact
+README_E2E_TOL = parse_tolerance("atol/rtol 1e-4")  # tokens; sizes, source, owner, counts exact
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODEL_PROPS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -44,18 +44,10 @@ MODEL_PROPS = settings(max_examples=8, deadline=None, suppress_health_check=[Hea
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _need(meta: dict, *keys: str):
-    value = meta
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            pytest.fail(f"sidecar lacks {'.'.join(keys)!r}")
-        value = value[key]
-    return value
-
-
-def _tol(case: Case, default: dict) -> dict:
-    tol = case.meta.get("tolerance", default)
-    return {"atol": float(tol.get("atol", default["atol"])), "rtol": float(tol.get("rtol", default["rtol"]))}
+def _tol(case: Case, default: dict[str, float]) -> dict[str, float]:
+    """The sidecar's ``tolerance`` atol and rtol, each falling back to the README's."""
+    own = case.meta.get("tolerance", {})
+    return parse_tolerance({key: own.get(key, value) for key, value in default.items()})
 
 
 def _decode_r(spec):
@@ -72,40 +64,11 @@ def _decode_r(spec):
     return list(spec) if isinstance(spec, list) else int(spec)
 
 
-class Checker:
-    """Compares results with a case's expected tensors and insists every expected key is checked."""
-
-    def __init__(self, case: Case, expected: dict[str, Tensor], tol: dict) -> None:
-        self.case, self.expected, self.tol = case, expected, tol
-        self.checked: set[str] = set()
-        self.errors: dict[str, float] = {}
-
-    def close(self, key: str, got: Tensor) -> None:
-        want = self.expected[key]
-        assert got.shape == want.shape, (self.case.name, key, tuple(got.shape), tuple(want.shape))
-        torch.testing.assert_close(
-            got.float(), want.float(), **self.tol, msg=lambda m: f"{self.case.name}: {key}: {m}"
-        )
-        self.errors[key] = (got.float() - want.float()).abs().max().item() if want.numel() else 0.0
-        self.checked.add(key)
-
-    def exact(self, key: str, got: Tensor) -> None:
-        want = self.expected[key]
-        assert got.shape == want.shape, (self.case.name, key, tuple(got.shape), tuple(want.shape))
-        assert torch.equal(got.to(want.dtype), want), f"{self.case.name}: {key} differs"
-        self.checked.add(key)
-
-    def done(self) -> dict[str, float]:
-        left = set(self.expected) - self.checked
-        assert not left, f"{self.case.name}: expected tensors not checked: {sorted(left)}"
-        return self.errors
-
-
 # --------------------------------------------------------------------------------------- fixture kinds
 
 
 def check_step(case: Case) -> dict[str, float]:
-    p = _need(case.meta, "params")
+    p = need(case.meta, "params")
     t = case.tensors()
     x, metric = t["x"], t["metric"]
     size_in, source_in = t.get("size_in"), t.get("source_in")
@@ -137,7 +100,7 @@ def check_step(case: Case) -> dict[str, float]:
             want = set(zip(expected["src_idx"][b].tolist(), expected["dst_idx"][b].tolist(), strict=True))
             got = set(zip(match.src_idx[b].tolist(), match.dst_idx[b].tolist(), strict=True))
             assert got == want, f"{case.name}: sample {b}: (src, dst) pairs {sorted(got)} != {sorted(want)}"
-        check.checked |= {"src_idx", "dst_idx"}
+        check.used("src_idx", "dst_idx")
     if "x_unmerged" in expected:
         check.close("x_unmerged", unmerge(x_out))
     # the owner index must say what the dense source says, and un-merge to the grid through it
@@ -148,8 +111,8 @@ def check_step(case: Case) -> dict[str, float]:
 
 
 def check_chain(case: Case) -> dict[str, float]:
-    p = _need(case.meta, "params")
-    steps = _need(case.meta, "steps")
+    p = need(case.meta, "params")
+    steps = need(case.meta, "steps")
     t = case.tensors()
     x0 = x = t["x"]
     size = source = owner = None
@@ -179,7 +142,7 @@ def check_chain(case: Case) -> dict[str, float]:
 
 def check_schedule(case: Case) -> dict[str, float]:
     t = case.tensors()
-    entries = _need(case.meta, "entries")
+    entries = need(case.meta, "entries")
     for entry in entries:
         r, layers = _decode_r(entry["r"]), entry["num_layers"]
         if "raises" in entry:
@@ -199,7 +162,7 @@ def check_schedule(case: Case) -> dict[str, float]:
 
 
 def _siglip_from(case: Case, weights: dict[str, Tensor]) -> SiglipVisionModel:
-    cfg = dict(_need(case.meta, "model", "config"))
+    cfg = dict(need(case.meta, "model", "config"))
     cfg["hidden_act"] = str(cfg["hidden_act"]).split()[0]  # "gelu_pytorch_tanh (GELU, tanh approximation)"
     model = SiglipVisionModel._from_config(SiglipVisionConfig(**cfg), attn_implementation="sdpa")
     result = model.load_state_dict(weights, strict=False)
@@ -232,7 +195,7 @@ def check_siglip_e2e(case: Case) -> dict[str, float]:
     n_layers = len(model.encoder.layers)
 
     check.close("nomerge_last_hidden_state", model(pixel_values=pixels).last_hidden_state)
-    spec = _decode_r(_need(case.meta, "r_schedule", "spec"))
+    spec = _decode_r(need(case.meta, "r_schedule", "spec"))
     assert parse_r(spec, n_layers)[:n_layers] == case.meta["r_schedule"]["per_layer"][:n_layers]
     r = spec
 
@@ -273,12 +236,7 @@ KINDS: dict[str, Callable[[Case], dict[str, float]]] = {
 
 @pytest.mark.parametrize("case", params("tome"))
 def test_tome_fixture(case: Case) -> None:
-    check = KINDS.get(case.kind)  # type: ignore[arg-type]
-    if check is None:
-        pytest.fail(f"{case.name}: unknown ToMe fixture kind {case.kind!r}; known: {sorted(KINDS)}")
-    errors = check(case)
-    worst = max(errors.values(), default=0.0)
-    print(f"{case.name} [{case.kind}]: max abs error {worst:.3g} {errors}")
+    run_case(case, case.kind, KINDS, "ToMe fixture kind")
 
 
 def test_an_unknown_fixture_kind_fails(tmp_path) -> None:

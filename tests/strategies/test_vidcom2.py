@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.fixture_cases import Case, collect, params
+from tests.fixture_cases import Case, collect, is_exact, need, params
+from tests.strategies.streams import streams
 from tokencompress.errors import BudgetError
 from tokencompress.stages import Stage, StageInfo
 from tokencompress.strategies.vidcom2 import VidCom2, VidCom2Analysis, VidCom2State, reconcile_budgets
@@ -27,43 +27,15 @@ STREAMING_VARIANTS = {"stc_streaming_baseline"}
 
 
 # ------------------------------------------------------------------ fixtures
-def _need(meta: dict, where: str, *keys: str):
-    value = meta
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            pytest.fail(f"{where}: sidecar lacks {'.'.join(keys)!r}")
-        value = value[key]
-    return value
-
-
-def _tolerance(case: Case, *keys: str) -> tuple[float, float] | None:
-    """``None`` for "exact"/"bit-exact ...", else ``(rtol, atol)`` read from e.g. "rtol 1e-5, atol 1e-6"."""
-    for key in keys:
-        text = case.meta.get("tolerances", {}).get(key)
-        if text is None:
-            continue
-        text = str(text).strip()
-        if re.match(r"(bit-)?exact", text):
-            return None
-        found = dict(re.findall(r"(rtol|atol)\s+([0-9.eE+-]+)", text))
-        if not found:
-            pytest.fail(f"{case.name}: cannot parse tolerance {key!r} = {text!r}")
-        return float(found.get("rtol", 0.0)), float(found.get("atol", 0.0))
-    pytest.fail(f"{case.name}: sidecar has none of the tolerances {keys}")
-
-
 def _compare(case: Case, keys: tuple[str, ...], got: torch.Tensor, want: torch.Tensor, what: str) -> float:
-    """Assert ``got`` matches ``want`` within the case's tolerance; return the max abs error."""
-    tol = _tolerance(case, *keys)
+    """Assert ``got`` matches ``want`` within the first of ``keys``'s tolerance; return the max abs error."""
+    tol = case.tolerance(*keys)
     got = got.reshape(want.shape)
-    if tol is None:
+    if is_exact(tol):
         assert got.dtype == want.dtype or not want.is_floating_point(), f"{case.name}: {what} dtype"
         assert torch.equal(got.to(want.dtype), want), f"{case.name}: {what} differs"
         return 0.0
-    rtol, atol = tol
-    torch.testing.assert_close(
-        got.float(), want.float(), rtol=rtol, atol=atol, msg=lambda m: f"{case.name}: {what}: {m}"
-    )
+    torch.testing.assert_close(got.float(), want.float(), **tol, msg=lambda m: f"{case.name}: {what}: {m}")
     return float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
 
 
@@ -77,18 +49,18 @@ def _grid(case: Case, t: int) -> tuple[int, int]:
 
 def _features(case: Case, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     x = tensors["features"]
-    shape = tuple(_need(case.meta, case.name, "input", "shape"))
+    shape = tuple(need(case.meta, "input", "shape", where=case.name))
     assert tuple(x.shape) == shape, f"{case.name}: features have shape {tuple(x.shape)}, sidecar says {shape}"
     return x.float()
 
 
 def _offline_for(case: Case, **overrides) -> VidCom2:
-    p = _need(case.meta, case.name, "params")
+    p = need(case.meta, "params", where=case.name)
     kw = dict(
-        retention_ratio=_need(p, case.name, "retention_ratio"),
-        temperature=_need(p, case.name, "softmax_temperature"),
-        channel_fraction=_need(p, case.name, "channel_fraction"),
-        alphas=tuple(_need(p, case.name, "gaussian_alphas")),
+        retention_ratio=need(p, "retention_ratio", where=case.name),
+        temperature=need(p, "softmax_temperature", where=case.name),
+        channel_fraction=need(p, "channel_fraction", where=case.name),
+        alphas=tuple(need(p, "gaussian_alphas", where=case.name)),
     )
     return VidCom2(**{**kw, **overrides})
 
@@ -123,29 +95,29 @@ def _check_offline_case(case: Case) -> dict[str, float]:
 
     idx = ("indices_and_budgets", "indices")
     _compare(case, idx, a.budgets, tensors["frame_budgets"], "frame_budgets")
-    assert a.budgets.tolist() == _need(case.meta, case.name, "expected", "frame_budgets")
+    assert a.budgets.tolist() == need(case.meta, "expected", "frame_budgets", where=case.name)
     assert out.counts().tolist() == a.budgets.tolist()
-    assert out.count == _need(case.meta, case.name, "expected", "total_kept")
+    assert out.count == need(case.meta, "expected", "total_kept", where=case.name)
     _compare(case, idx, out.source % t, tensors["kept_local_indices"], "kept_local_indices")
-    want_local = _need(case.meta, case.name, "expected", "kept_local_indices")
+    want_local = need(case.meta, "expected", "kept_local_indices", where=case.name)
     assert [s.tolist() for s in torch.split(out.source % t, a.budgets.tolist())] == want_local
     chans = sorted(a.selected_channels.tolist())
     assert chans == sorted(tensors["selected_channels"].tolist()), (
         f"{case.name}: selected channels (as a set)"
     )
-    assert chans == _need(case.meta, case.name, "expected", "selected_channels_sorted")
+    assert chans == need(case.meta, "expected", "selected_channels_sorted", where=case.name)
 
     for key, got in (("video_score", a.video_score), ("frame_score", a.frame_score)):
         errors[key] = _compare(case, ("scores",), got, tensors[key], key)
     for key, got in (("frame_uniqueness", a.uniqueness), ("frame_scales", a.scales)):
         errors[key] = _compare(case, ("scales_and_uniqueness",), got, tensors[key], key)
 
-    layout = _need(case.meta, case.name, "params", "layout")
+    layout = need(case.meta, "params", "layout", where=case.name)
     if layout == "linear":
         _compare(case, idx, out.source, tensors["kept_global_indices"], "kept_global_indices")
         _compare(case, ("output",), out.tokens.to(tensors["output"].dtype), tensors["output"], "output")
     elif layout == "grid":
-        g = int(_need(case.meta, case.name, "grid"))
+        g = int(need(case.meta, "grid", where=case.name))
         assert g * g == t, f"{case.name}: grid {g} does not hold {t} tokens"
         index = _llava_video_grid_index(out.source, a.budgets, t, g)
         _compare(case, idx, index, tensors["kept_global_indices"], "kept_global_indices (grid)")
@@ -165,14 +137,14 @@ def _check_streaming_case(case: Case) -> dict[str, float]:
     tensors = case.tensors()
     x = _features(case, tensors)
     f, t, _ = x.shape
-    p = _need(case.meta, case.name, "params")
-    per_chunk = int(_need(p, case.name, "chunk_frames"))
-    chunks = int(_need(p, case.name, "num_chunks"))
-    k = int(_need(p, case.name, "tokens_kept_per_frame"))
+    p = need(case.meta, "params", where=case.name)
+    per_chunk = int(need(p, "chunk_frames", where=case.name))
+    chunks = int(need(p, "num_chunks", where=case.name))
+    k = int(need(p, "tokens_kept_per_frame", where=case.name))
     assert per_chunk * chunks == f and p.get("tokens_per_frame", t) == t, (
         f"{case.name}: params disagree with shape"
     )
-    modes = _need(p, case.name, "modes")
+    modes = need(p, "modes", where=case.name)
     if not modes:
         pytest.fail(f"{case.name}: no streaming modes in the sidecar")
     errors: dict[str, float] = {}
@@ -181,8 +153,8 @@ def _check_streaming_case(case: Case) -> dict[str, float]:
             mode="streaming",
             tokens_per_frame=k,
             stream_score=mode,
-            channel_fraction=_need(p, case.name, "channel_fraction"),
-            alphas=tuple(_need(p, case.name, "gaussian_alphas")),
+            channel_fraction=need(p, "channel_fraction", where=case.name),
+            alphas=tuple(need(p, "gaussian_alphas", where=case.name)),
         )
         state = strategy.new_state()
         local, rows, analyses = [], [], []
@@ -198,7 +170,7 @@ def _check_streaming_case(case: Case) -> dict[str, float]:
         _compare(
             case, ("indices",), torch.cat(local), tensors[f"{mode}/kept_local_indices"], f"{mode} indices"
         )
-        want_local = _need(case.meta, case.name, "expected", mode, "kept_local_indices")
+        want_local = need(case.meta, "expected", mode, "kept_local_indices", where=case.name)
         assert torch.cat(local).tolist() == [i for frame in want_local for i in frame]
         out_rows = torch.cat(rows).to(tensors[f"{mode}/output"].dtype)
         _compare(case, ("output",), out_rows, tensors[f"{mode}/output"], f"{mode} output")
@@ -343,17 +315,6 @@ def test_ragged_input(tok: VisualTokens, keep: st.DataObject, ratio: float, exac
     assert bool((kept <= have).all()) and bool((kept[have > 0] >= 1).all())
     if exact:
         assert out.count == strategy.exact_target(have)
-
-
-@st.composite
-def streams(draw: st.DrawFn, chunks: int = 3) -> list[VisualTokens]:
-    f, h, w, d = (
-        draw(st.integers(1, 3)),
-        draw(st.integers(1, 5)),
-        draw(st.integers(1, 5)),
-        draw(st.integers(1, 12)),
-    )
-    return [draw(visual_tokens(frames=f, grid=(h, w), dim=d, first_frame=c * f)) for c in range(chunks)]
 
 
 @PROPS

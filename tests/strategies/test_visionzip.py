@@ -19,7 +19,7 @@ from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from tests.conftest import random_frames
-from tests.fixture_cases import Case, params
+from tests.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
 from tokencompress.block_adapter import BlockAdapter
 from tokencompress.block_patch import BlockPatch
 from tokencompress.errors import BudgetError, CompatibilityError, ConfigError
@@ -41,7 +41,8 @@ from tokencompress.targets.siglip_block import SiglipBlockAdapter
 from tokencompress.testing import check_token_strategy, visual_tokens
 from tokencompress.tokens import VisualTokens
 
-README_TOL = {"atol": 1e-5, "rtol": 1e-5}  # tests/fixtures/visionzip/README.md: floats; indices exact
+# tests/fixtures/visionzip/README.md's float tolerance (indices exact), where a sidecar has none
+README_TOL = parse_tolerance("`rtol = 1e-5`, `atol = 1e-5`")
 CLS_ROW_ATOL = 1e-6  # README: the recomputed CLS row matches the eager one within 3e-7
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INDEX_KEYS = (
@@ -60,59 +61,16 @@ FLOAT_KEYS = ("dominant_tokens", "contextual_tokens", "output_tokens")
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _need(meta: dict, *keys: str) -> Any:
-    value = meta
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            pytest.fail(f"sidecar lacks {'.'.join(keys)!r}")
-        value = value[key]
-    return value
-
-
-def _tol(case: Case) -> dict:
-    tol = case.meta.get("tolerance", {}).get("float_tensors", README_TOL)
-    return {
-        "atol": float(tol.get("atol", README_TOL["atol"])),
-        "rtol": float(tol.get("rtol", README_TOL["rtol"])),
-    }
-
-
-class Checker:
-    """Compares results with a case's tensors and insists every stored tensor is accounted for."""
-
-    def __init__(self, case: Case, tensors: dict[str, Tensor]) -> None:
-        self.case, self.t, self.tol = case, tensors, _tol(case)
-        self.checked: set[str] = set()
-        self.errors: dict[str, float] = {}
-
-    def close(self, key: str, got: Tensor, **tol: float) -> None:
-        want = self.t[key]
-        assert got.shape == want.shape, (self.case.name, key, tuple(got.shape), tuple(want.shape))
-        torch.testing.assert_close(
-            got.float(), want.float(), **(tol or self.tol), msg=lambda m: f"{self.case.name}: {key}: {m}"
-        )
-        self.errors[key] = (got.float() - want.float()).abs().max().item() if want.numel() else 0.0
-        self.checked.add(key)
-
-    def exact(self, key: str, got: Tensor) -> None:
-        want = self.t[key]
-        assert got.shape == want.shape, (self.case.name, key, tuple(got.shape), tuple(want.shape))
-        assert torch.equal(got.to(want.dtype), want), f"{self.case.name}: {key} differs:\n{got}\n{want}"
-        self.checked.add(key)
-
-    def used(self, *keys: str) -> None:
-        self.checked.update(keys)
-
-    def done(self) -> dict[str, float]:
-        left = set(self.t) - self.checked
-        assert not left, f"{self.case.name}: stored tensors not checked: {sorted(left)}"
-        return self.errors
+def _tol(case: Case) -> dict[str, float]:
+    """The sidecar's ``tolerance.float_tensors``, each bound falling back to the README's."""
+    own = case.meta.get("tolerance", {}).get("float_tensors", {})
+    return parse_tolerance({key: own.get(key, value) for key, value in README_TOL.items()})
 
 
 def check_selection(case: Case, check: Checker, score: Tensor, has_cls: bool) -> None:
     """The kernel on the stored inputs against every stored intermediate."""
-    t, budget = check.t, _need(case.meta, "budget")
-    k, c = int(_need(budget, "dominant")), int(_need(budget, "contextual"))
+    t, budget = check.expected, need(case.meta, "budget")
+    k, c = int(need(budget, "dominant")), int(need(budget, "contextual"))
     assert bool(budget.get("dominant_includes_cls", has_cls)) == has_cls, f"{case.name}: CLS flag disagrees"
     assert int(budget.get("topk_k", k - has_cls)) == k - has_cls
     check.close("selection_score", score)
@@ -125,14 +83,14 @@ def check_selection(case: Case, check: Checker, score: Tensor, has_cls: bool) ->
     for key in FLOAT_KEYS:
         check.close(key, getattr(sel, key))
     check.used("hidden_states", "keys_head_mean")
-    assert sel.output_tokens.shape[1] == _need(budget, "output_tokens_per_frame")
+    assert sel.output_tokens.shape[1] == need(budget, "output_tokens_per_frame")
 
 
 def check_reference_cls(case: Case) -> dict[str, float]:
-    if not _need(case.meta, "encoder", "has_cls_token"):
+    if not need(case.meta, "encoder", "has_cls_token"):
         pytest.fail(f"{case.name}: the reference CLS variant on an encoder without a CLS token")
     t = case.tensors()
-    check = Checker(case, t)
+    check = Checker(case, t, _tol(case))
     if "attn_weights" in t:  # the stored CLS row is the eager attention's row 0 over the patches
         check.close("cls_attention", t["attn_weights"][:, :, 0, 1:])
         check.used("attn_weights")
@@ -144,10 +102,10 @@ def check_reference_cls(case: Case) -> dict[str, float]:
 
 
 def check_no_cls(case: Case) -> dict[str, float]:
-    if _need(case.meta, "encoder", "has_cls_token"):
+    if need(case.meta, "encoder", "has_cls_token"):
         pytest.fail(f"{case.name}: a no-CLS variant on an encoder with a CLS token")
     t = case.tensors()
-    check = Checker(case, t)
+    check = Checker(case, t, _tol(case))
     check_selection(case, check, mean_received_from_attention(t["attn_weights"]), has_cls=False)
     check.used("attn_weights")
     return check.done()
@@ -157,11 +115,11 @@ def check_no_cls(case: Case) -> dict[str, float]:
 def check_clip_tower(case: Case, check: Checker) -> None:
     """Rebuild the encoder with SDPA, capture layer L-2's input with the framework's probe, recompute
     the CLS row and keys from it, and check the kernel's and the strategy's outputs."""
-    t = check.t
-    spec = _need(case.meta, "e2e_model")
-    config = CLIPVisionConfig.from_dict(dict(_need(spec, "config")))
+    t = check.expected
+    spec = need(case.meta, "e2e_model")
+    config = CLIPVisionConfig.from_dict(dict(need(spec, "config")))
     model = CLIPVisionModel._from_config(config, attn_implementation="sdpa")
-    weights = load_file(str(case.path.with_name(_need(spec, "weights_file"))))
+    weights = load_file(str(case.path.with_name(need(spec, "weights_file"))))
     result = model.load_state_dict(weights, strict=False)
     assert not result.unexpected_keys and set(result.missing_keys) <= {"embeddings.position_ids"}
     model = model.float().eval()
@@ -169,7 +127,7 @@ def check_clip_tower(case: Case, check: Checker) -> None:
     layers = model.encoder.layers
     n_layers = len(layers)
     ell = n_layers - 2
-    assert ell == _need(case.meta, "encoder", "selection_layer_index")
+    assert ell == need(case.meta, "encoder", "selection_layer_index")
     pixels = t["pixel_values"].float()
     info = ChunkInfo(0, 0, pixels.shape[0])
     with BlockPatch(layers, [SiglipBlockAdapter(layer) for layer in layers], [], probe_layers=[ell]) as patch:
@@ -227,13 +185,7 @@ VARIANTS: dict[str, Callable[[Case], dict[str, float]]] = {
 
 @pytest.mark.parametrize("case", params("visionzip"))
 def test_visionzip_fixture(case: Case) -> None:
-    variant = case.meta.get("variant")
-    check = VARIANTS.get(variant)  # type: ignore[arg-type]
-    if check is None:
-        pytest.fail(f"{case.name}: unknown VisionZip fixture variant {variant!r}; known: {sorted(VARIANTS)}")
-    errors = check(case)
-    worst = max(errors.values(), default=0.0)
-    print(f"{case.name} [{variant}]: max abs error {worst:.3g} {errors}")
+    run_case(case, case.meta.get("variant"), VARIANTS, "VisionZip fixture variant")
 
 
 def test_an_unreadable_fixture_fails(tmp_path) -> None:

@@ -97,35 +97,12 @@ def test_params() -> None:
 
 
 def test_example_pipeline_streams_on_llava_onevision_geometry() -> None:
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from tokencompress.models import default_model_config
 
     torch.manual_seed(0)
-    config = LlavaOnevisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=384,
-            patch_size=14,
-            vision_use_head=False,
-        ),
-        text_config=dict(
-            model_type="qwen2",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            vocab_size=300,
-            max_position_embeddings=4096,
-        ),
-        image_token_index=298,
-        video_token_index=299,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-    )
+    config = default_model_config(vocab_size=300, image_token_id=298, video_token_id=299)  # 384 px
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     pipeline = Pipeline.from_yaml(PIPELINE)
     with pipeline.apply(model) as bound:
