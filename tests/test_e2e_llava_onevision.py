@@ -166,3 +166,12 @@ def test_from_pretrained_roundtrip(tmp_path, frames):
         ans = s.ask("what?", max_new_tokens=4)
     assert len(ans.token_ids) <= 4
     assert np.isfinite(ans.first_logits.numpy()).all()
+
+
+def test_stream_outside_apply_is_refused_when_hooks_are_needed(tiny_llava_ov, frames):
+    bound = pipeline(STC).bind(tiny_llava_ov)
+    with pytest.raises(RuntimeError, match="apply"):
+        bound.stream().add_frames(frames[:1])
+    # a pipeline without encoder hooks needs no apply()
+    plain = pipeline({"pre_prefill": STC["pre_prefill"]}).bind(tiny_llava_ov)
+    assert [c.pre_prefill for c in plain.stream().add_frames(frames[:2])] == [(16, 6), (16, 6)]

@@ -91,6 +91,11 @@ class BlockPatch:
     @contextmanager
     def chunk(self, states: Sequence[Any], info: ChunkInfo) -> Iterator[None]:
         """Route layer calls through the strategies with these per-stream ``states``."""
+        if (self.strategies or self.probe_layers) and not (self.installed or self._handles):
+            raise RuntimeError(
+                "the pipeline's encoder hooks are not installed: open streams inside "
+                "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
+            )
         with self._lock:
             self._active = _Active(states, info)
             try:
