@@ -56,7 +56,8 @@ def test_strategy_runs_or_is_refused_on_target(strategy_name: str, target_name: 
             planned = bound.planned_tokens(Stage.PRE_PREFILL, chunk.frames)
             if planned is not None and not bound.by_stage[Stage.POST_VIT]:
                 assert chunk.pre_prefill[1] == planned
-        assert stream.llm.length == sum(c.pre_prefill[1] for c in stats)
+        # every kept token reaches the cache; a target may add delimiters (Qwen's vision start/end)
+        assert stream.llm.visual_tokens == sum(c.pre_prefill[1] for c in stats) <= stream.llm.length
         answer = stream.ask(torch.tensor([5, 6, 7]), max_new_tokens=2)
         assert torch.isfinite(answer.first_logits).all()
     assert not any("forward" in layer.__dict__ for layer in layers)

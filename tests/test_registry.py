@@ -374,7 +374,7 @@ def test_resolve_hook_overrides_auto(tiny_llava_ov: nn.Module) -> None:
         ]
     )
     assert reg.resolve_target(tiny_llava_ov) is CustomLlava
-    assert seen == [{"llava_onevision", "custom_llava"}]
+    assert len(seen) == 1 and {"llava_onevision", "custom_llava"} <= seen[0]  # plus the other built-ins
     # an explicit name still wins over the hook, and None from the hook falls back to matching
     assert reg.resolve_target(tiny_llava_ov, "llava_onevision") is LlavaOnevisionTarget
     with pytest.raises(CompatibilityError):

@@ -158,7 +158,8 @@ class BoundPipeline:
         return [states[self._index[id(s)]] for s in self.patch.strategies]
 
     def planned_tokens(self, stage: Stage, frames: int) -> int | None:
-        """Tokens a chunk of ``frames`` frames leaves ``stage`` with, if known from shapes alone."""
+        """Tokens a chunk of ``frames`` video frames leaves ``stage`` with, if known from shapes alone."""
+        frames = self.target.token_frames(frames)
         n = self.target.stage_info()[stage].tokens_per_frame * frames
         for s in self.by_stage[stage]:
             per = n // frames if frames else 0

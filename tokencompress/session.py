@@ -83,6 +83,7 @@ class Stream:
         self.states = self.bound.new_states()
         self.llm = self.target.new_llm_state()
         self.frames_seen = 0
+        self.token_frames_seen = 0
         self.chunks_done = 0
         self._pending: list[np.ndarray] = []
         self._prefixed = False
@@ -157,6 +158,7 @@ class Stream:
             first_frame=self.frames_seen,
             num_frames=len(frames),
             to_prefill_grid=self.target.prefill_grid_map(),
+            first_token_frame=self.token_frames_seen,
         )
         for strategy, state in zip(self.bound.steps, self.states, strict=True):
             strategy.start_chunk(state, chunk)
@@ -175,6 +177,7 @@ class Stream:
             tokens = self.target.encode(pixels, chunk, runner)
         self.chunks_done += 1
         self.frames_seen += len(frames)
+        self.token_frames_seen += self.target.token_frames(len(frames))
         return tokens, chunk
 
     def _encode_chunk(self, frames: np.ndarray) -> ChunkStats:
@@ -193,7 +196,7 @@ class Stream:
             chunk=chunk.index,
             first_frame=chunk.first_frame,
             frames=chunk.num_frames,
-            vit_tokens=per_frame * chunk.num_frames,
+            vit_tokens=per_frame * self.target.token_frames(chunk.num_frames),
             post_vit=counts.get(Stage.POST_VIT, (0, 0)),
             pre_prefill=counts.get(Stage.PRE_PREFILL, (0, 0)),
             preprocess_ms=1e3 * record["preprocess"],

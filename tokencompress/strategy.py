@@ -94,6 +94,9 @@ class ChunkInfo:
     to_prefill_grid: Callable[[Tensor], Tensor] | None = field(default=None, compare=False, repr=False)
     """Carries a per-token ViT quantity ``[F, T_vit, K]`` to the pre_prefill grid ``[F, T_pre, K]``
     exactly as the target pools features (None where the target has no such map)."""
+    first_token_frame: int | None = None
+    """Stream index of the chunk's first token frame (a row of the frame axis of
+    :class:`VisualTokens`: one video frame, or a Qwen temporal slice of 2 frames); None = ``first_frame``."""
 
 
 @dataclass

@@ -85,6 +85,12 @@ class Target(ABC):
         """
         raise NotImplementedError(f"target '{cls.name}' offers no tiny model for conformance tests")
 
+    def token_frames(self, frames: int) -> int:
+        """Token frames (rows of the frame axis of :class:`VisualTokens`, the unit of per-frame
+        budgets) that a chunk of ``frames`` video frames yields: the same number unless the
+        encoder fuses frames (Qwen-VL: 2 per temporal slice)."""
+        return frames
+
     @abstractmethod
     def stage_info(self) -> dict[Stage, StageInfo]:
         """Token layout at every stage, for build-time budget and shape checks."""

@@ -2,8 +2,11 @@
 
 from ..hooks import Registrar, hookimpl
 from .llava_onevision import LlavaOnevisionTarget
+from .qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
 
 
 @hookimpl
 def tokencompress_register_targets(registrar: Registrar) -> None:
     registrar.add_target(LlavaOnevisionTarget)
+    registrar.add_target(Qwen2VLTarget)
+    registrar.add_target(Qwen2_5_VLTarget)

@@ -1,0 +1,186 @@
+"""Block adapter for the Qwen2-VL and Qwen2.5-VL vision blocks (packed sequence, rotary, windows).
+
+Both ``Qwen2VLVisionBlock`` (LayerNorm, ``fc1/act/fc2`` MLP) and ``Qwen2_5_VLVisionBlock``
+(RMSNorm, SwiGLU MLP) name their parts ``norm1``, ``attn.qkv`` (fused), ``attn.proj``,
+``norm2`` and ``mlp``, and compute ``h + proj(attn(norm1 h))`` then ``+ mlp(norm2 ·)``; the
+norms and MLPs are called as the model's own modules, so one adapter serves both.
+
+What differs from SigLIP is the call: the block sees one packed ``[N, C]`` sequence with
+``cu_seqlens`` (attention segments: whole temporal slices, or Qwen2.5-VL windows) and the
+vision rotary table ``position_embeddings = (cos, sin)``, each ``[N, head_dim]``. :meth:`bind`
+turns one call into ``[F, T, C]`` frames (see :mod:`.qwen_layout`), the rotary rows of every
+token and, in windowed blocks, the window of every token, so :meth:`attention` can run any
+subset of queries against all keys exactly as the block would.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..block_adapter import BlockAdapter
+from .qwen_layout import ChunkLayout, LayoutSlot
+
+__all__ = ["QwenVisionBlockAdapter"]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Per-call data, already in frames order."""
+
+    layout: ChunkLayout
+    cos: Tensor
+    """``[F, T, head_dim]`` rotary cosines of every token."""
+    sin: Tensor
+    segments: Tensor | None
+    """``[T]`` attention segment (window) of every slice position; None = the whole slice."""
+
+
+class QwenVisionBlockAdapter(BlockAdapter):
+    """Adapter over one Qwen-VL vision block; :meth:`bind` it to a call before using the parts.
+
+    ``slot`` holds the running chunk's :class:`ChunkLayout`. ``windowed`` says the tower packs
+    tokens in window order (Qwen2.5-VL): then the layout is required. Without it (Qwen2-VL used
+    outside a target's ``encode``), every ``cu_seqlens`` segment is taken to be one slice.
+    """
+
+    def __init__(self, layer: nn.Module, slot: LayoutSlot | None = None, windowed: bool = False) -> None:
+        attn = layer.attn
+        super().__init__(layer, attn.num_heads, attn.head_dim)
+        self._attn = attn
+        self._dim = attn.num_heads * attn.head_dim
+        self._slot = slot
+        self._windowed = windowed
+        self._call: _Call | None = None
+
+    # ------------------------------------------------------------- binding
+    def bind(self, args: tuple, kwargs: dict) -> QwenVisionBlockAdapter:
+        cu = args[0] if args else kwargs["cu_seqlens"]
+        cos, sin = args[1] if len(args) > 1 else kwargs["position_embeddings"]
+        layout = self._layout(cu)
+        bound = copy.copy(self)
+        bound._call = _Call(layout, layout.to_frames(cos), layout.to_frames(sin), self._segments(cu, layout))
+        return bound
+
+    def _layout(self, cu_seqlens: Tensor) -> ChunkLayout:
+        layout = self._slot.current if self._slot is not None else None
+        n = int(cu_seqlens[-1])
+        if layout is not None:
+            t, h, w = layout.grid
+            if t * h * w != n:
+                raise RuntimeError(
+                    f"chunk layout {layout.grid} does not cover the {n} tokens of this block call"
+                )
+            return layout
+        if self._windowed:
+            raise RuntimeError(
+                "this vision tower packs tokens in window order: its block adapter needs the chunk layout, "
+                "which the target sets while its encode() runs the tower"
+            )
+        lengths = torch.diff(cu_seqlens)
+        if not bool((lengths == lengths[0]).all()):
+            raise RuntimeError(f"temporal slices of one chunk must have equal sizes, got {lengths.tolist()}")
+        return ChunkLayout((lengths.numel(), 1, int(lengths[0])), merge=1)
+
+    @staticmethod
+    def _segments(cu_seqlens: Tensor, layout: ChunkLayout) -> Tensor | None:
+        """Window id of every slice position, taken from the call's own ``cu_seqlens``.
+
+        Segments must be the same in every slice and never span two (true for slices and for
+        Qwen2.5-VL windows), so one ``[T]`` vector describes the whole chunk.
+        """
+        n = int(cu_seqlens[-1])
+        pos = torch.arange(n, device=cu_seqlens.device)
+        seg = torch.searchsorted(cu_seqlens[1:].to(pos.dtype), pos, right=True)
+        frames = layout.to_frames(seg)  # [F, T]
+        low, high = frames.min(dim=1).values, frames.max(dim=1).values
+        local = frames - low[:, None]
+        if bool((high[:-1] >= low[1:]).any()) or not bool((local == local[:1]).all()):
+            raise RuntimeError("attention segments differ between the temporal slices of a chunk")
+        return None if int(local[0].max()) == 0 else local[0]
+
+    def _bound(self) -> _Call:
+        if self._call is None:
+            raise RuntimeError("bind() the Qwen vision block adapter to a layer call first")
+        return self._call
+
+    def to_frames(self, hidden: Tensor) -> Tensor:
+        """Packed ``[N, C]`` → ``[F, T, C]``."""
+        return self._bound().layout.to_frames(hidden)
+
+    def from_frames(self, x: Tensor) -> Tensor:
+        """``[F, T, C]`` → packed ``[N, C]``."""
+        return self._bound().layout.from_frames(x)
+
+    # --------------------------------------------------------------- parts
+    def ln1(self, x: Tensor) -> Tensor:
+        return self.layer.norm1(x)
+
+    def _project(self, x: Tensor, which: int) -> Tensor:
+        """Rows ``which·C … (which+1)·C`` of the fused ``qkv``: only the requested projection runs."""
+        rows = slice(which * self._dim, (which + 1) * self._dim)
+        bias = self._attn.qkv.bias
+        return F.linear(x, self._attn.qkv.weight[rows], None if bias is None else bias[rows])
+
+    def q(self, x: Tensor) -> Tensor:
+        return self._project(x, 0)
+
+    def k(self, x: Tensor) -> Tensor:
+        return self._project(x, 1)
+
+    def v(self, x: Tensor) -> Tensor:
+        return self._project(x, 2)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[F, n, C]`` → ``[F, n, H, d]``."""
+        f, n, _ = x.shape
+        return x.view(f, n, self.num_heads, self.head_dim)
+
+    @staticmethod
+    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Vision RoPE on ``x`` ``[F, n, H, d]`` with ``cos``/``sin`` ``[F, n, d]``, in float32 like
+        transformers' ``apply_rotary_pos_emb_vision``; returns ``[F, H, n, d]`` in ``x``'s dtype."""
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import rotate_half
+
+        xf = x.float()
+        cos, sin = cos[:, :, None].float(), sin[:, :, None].float()
+        return (xf * cos + rotate_half(xf) * sin).to(x.dtype).transpose(1, 2)
+
+    def attention(
+        self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None, key_bias: Tensor | None = None
+    ) -> Tensor:
+        """Queries ``[F, n, C]`` at slice positions ``q_index`` ``[F, n]`` over all ``T`` keys of
+        their slice (their window in windowed blocks); returns ``[F, n, C]`` heads merged."""
+        call = self._bound()
+        f, n, _ = q.shape
+        if q_index is None:
+            cos_q, sin_q = call.cos, call.sin
+        else:
+            idx = q_index[..., None].expand(-1, -1, call.cos.shape[-1])
+            cos_q, sin_q = torch.gather(call.cos, 1, idx), torch.gather(call.sin, 1, idx)
+        qh = self._rotate(self._heads(q), cos_q, sin_q)
+        kh = self._rotate(self._heads(k), call.cos, call.sin)
+        vh = self._heads(v).transpose(1, 2)
+        mask: Tensor | None = None
+        if call.segments is not None:
+            seg = call.segments
+            q_seg = seg.expand(f, -1) if q_index is None else seg[q_index]
+            mask = (q_seg[:, :, None] == seg[None, None, :])[:, None]  # [F, 1, n, T]
+        if key_bias is not None:
+            bias = key_bias.to(qh.dtype)[:, None, None, :]
+            mask = bias if mask is None else bias.expand(-1, -1, n, -1).masked_fill(~mask, float("-inf"))
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self._attn.scaling)
+        return o.transpose(1, 2).reshape(f, n, self._dim)
+
+    def out(self, o: Tensor) -> Tensor:
+        return self._attn.proj(o)
+
+    def ln2(self, x: Tensor) -> Tensor:
+        return self.layer.norm2(x)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.layer.mlp(x)
