@@ -403,14 +403,18 @@ def saved_qwen2vl(tmp_path_factory) -> Path:
     return path
 
 
-def test_livecc_pipeline_runs_through_cli(saved_qwen2vl, capsys):
+@pytest.mark.parametrize("target_cls", [Qwen2VLTarget, Qwen2_5_VLTarget], ids=["qwen2_vl", "qwen2_5_vl"])
+def test_livecc_pipeline_runs_through_cli(target_cls, tmp_path, capsys):
     from tokencompress.cli import main
+    from tokencompress.tokenizer import byte_tokenizer
 
+    tiny(target_cls).save_pretrained(tmp_path)
+    byte_tokenizer("qwen2_vl").save_pretrained(tmp_path)
     path = Path(__file__).parent.parent / "pipelines" / "livecc_stc.yaml"
-    args = ["run", str(path), "--model", str(saved_qwen2vl), "--max-frames", "4", "--ask", "what?"]
+    args = ["run", str(path), "--model", str(tmp_path), "--max-frames", "4", "--ask", "what?"]
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "on target qwen2_vl; 2 frame(s)/chunk at 2 fps" in out
+    assert f"on target {target_cls.name}; 2 frame(s)/chunk at 2 fps" in out
     assert "256→78" in out  # 448x448 frames: 16x16 merged tokens per slice, 78 kept
     assert "Q: what?" in out
 
