@@ -188,7 +188,11 @@ def match_bipartite(
     with torch.no_grad():
         m = metric.float()
         m = m / m.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        scores = m[:, ::2] @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
+        # one 2-D matmul per sample on a fresh copy: batched matmuls (and views at an offset) round a sample's scores
+        # differently depending on the rest of the batch, which would let other frames flip its near ties
+        scores = torch.stack(
+            [x.clone() @ y.clone().T for x, y in zip(m[:, ::2], m[:, 1::2], strict=True)]
+        )  # [B, |A|, |B|]
         if class_token:
             scores[:, 0, :] = -torch.inf
         if distill_token:

@@ -265,7 +265,10 @@ def select(
     kn = nnf.normalize(kbar.float(), dim=-1, eps=_EPS)
     kt = torch.gather(kn, 1, targets[..., None].expand(b, c, kn.shape[-1]))
     km = torch.gather(kn, 1, members[..., None].expand(b, members.shape[1], kn.shape[-1]))
-    sim = torch.matmul(km, kt.transpose(1, 2))  # [B, R-C, C] cosine similarity
+    # per-sample matmuls keep every frame's result independent of the others in the batch
+    sim = torch.stack(
+        [x.clone() @ y.clone().T for x, y in zip(km, kt, strict=True)]
+    )  # [B, R-C, C] cosine similarity
     assignment = torch.argmax(sim, dim=2)  # first maximum wins
     counts = torch.zeros(b, c, dtype=torch.long, device=dev).scatter_add_(
         1, assignment, torch.ones_like(assignment)
