@@ -354,7 +354,7 @@ def test_decode_after_pruning_continues_from_the_counter(target_cls):
     question, *steps = calls
     assert question[0].shape == (3, 1, len(QUESTION))
     assert torch.equal(question[0][:, 0], torch.arange(counter, counter + 3).expand(3, -1))
-    assert len(steps) == 4
+    assert len(steps) == 3  # the 4th token's logits are never needed, so it is not prefilled
     for i, (pos, deltas, cache_len) in enumerate(steps):
         assert pos.shape == (3, 1, 1) and bool((pos == counter + 3 + i).all())
         assert cache_len == cached + 3 + i

@@ -2,8 +2,8 @@
 
 transformers 5 records hidden states with hooks on the layer classes, so the layer modules must
 stay in place: the patch sets an instance ``forward`` (kept out of the class) and deletes it on
-exit. While no chunk is active the layers run their stock forward, so a model inside
-``apply()`` but outside a stream behaves exactly as before.
+exit. Outside a stream's chunk, and in every thread other than the one running that chunk,
+the layers run their stock forward, so other users of the model are unaffected.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .block_adapter import BlockAdapter
+from .errors import TokenCompressError
 from .strategy import BlockCall, BlockStrategy, ChunkInfo, LayerProbe
 
 __all__ = ["BlockPatch"]
@@ -29,14 +30,15 @@ _MISSING = object()
 class _Active:
     states: Sequence[Any]
     chunk: ChunkInfo
+    thread: int
 
 
 class BlockPatch:
     """Installs ``strategies`` on ``layers`` for the duration of a ``with`` block.
 
-    ``chunk(states, info)`` activates the chain for one chunk with one stream's states; only one
-    chunk runs through a patched model at a time (a lock enforces it), so streams sharing a
-    model take turns and never see each other's state.
+    ``chunk(states, info)`` activates the chain for one chunk with one stream's states, for the
+    calling thread only; chunks of streams sharing a model take turns (a lock), so no stream
+    ever sees another's state.
     """
 
     def __init__(
@@ -59,19 +61,25 @@ class BlockPatch:
         self.installed = False
 
     def __enter__(self) -> BlockPatch:
-        for i in self.probe_layers:
-            self._handles.append(
-                self.layers[i].register_forward_pre_hook(self._make_probe(i), with_kwargs=True)
-            )
-        if not self.strategies:
-            return self
         for layer in self.layers:
-            if getattr(layer.forward, "__tokencompress_patch__", None) is not None:
-                raise RuntimeError("this model is already inside a tokencompress apply(); leave it first")
-        self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
-        for i, layer in enumerate(self.layers):
-            layer.forward = types.MethodType(self._make_forward(i, layer.forward), layer)
-        self.installed = True
+            if getattr(layer.forward, "__tokencompress_patch__", None) is not None or any(
+                getattr(h, "__tokencompress_probe__", False) for h in layer._forward_pre_hooks.values()
+            ):
+                raise TokenCompressError(
+                    "this model is already inside a tokencompress apply(); leave it first"
+                )
+        try:
+            for i in self.probe_layers:
+                hook = self._make_probe(i)
+                self._handles.append(self.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+            if self.strategies:
+                self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
+                for i, layer in enumerate(self.layers):
+                    layer.forward = types.MethodType(self._make_forward(i, layer.forward), layer)
+                self.installed = True
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -97,7 +105,7 @@ class BlockPatch:
                 "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
             )
         with self._lock:
-            self._active = _Active(states, info)
+            self._active = _Active(states, info, threading.get_ident())
             try:
                 yield
             finally:
@@ -108,12 +116,13 @@ class BlockPatch:
 
         def probe(_layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             active = self._active
-            if active is not None:
+            if active is not None and active.thread == threading.get_ident():
                 hidden, rest = (args[0], args[1:]) if args else (kwargs["hidden_states"], ())
                 kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
                 bound = adapter.bind(rest, kw)
                 active.chunk.probes[index] = LayerProbe(bound.to_frames(hidden), bound, len(self.layers))
 
+        probe.__tokencompress_probe__ = True  # type: ignore[attr-defined]
         return probe
 
     def _make_forward(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -124,7 +133,7 @@ class BlockPatch:
 
         def forward(_layer: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             active = patch._active
-            if active is None:
+            if active is None or active.thread != threading.get_ident():
                 return stock(hidden_states, *args, **kwargs)
             bound = adapter.bind(args, kwargs)
 

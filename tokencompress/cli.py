@@ -130,7 +130,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"model: {loaded.description}")
     print(f"tokenizer: {loaded.tokenizer_description}")
     cfg = pipeline.config
-    fps = args.fps or cfg.stream.fps
+    fps = cfg.stream.fps if args.fps is None else args.fps
+    if fps <= 0:
+        raise TokenCompressError(f"--fps must be > 0, got {fps}")
     expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
     if args.max_frames and expected:
         expected = min(expected, args.max_frames)
@@ -169,8 +171,11 @@ def _run(args: argparse.Namespace) -> int:
                 "text": answer.text,
                 "first_token_ms": answer.first_token_ms,
             }
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+        try:
+            with open(args.json, "w") as fh:
+                json.dump(payload, fh, indent=2)
+        except OSError as exc:
+            raise TokenCompressError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
         print(f"wrote {args.json}")
     return 0
 

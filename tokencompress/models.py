@@ -135,7 +135,7 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32) -> 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, config=config, dtype=dtype).eval()
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # a broken checkpoint must read as one line, whatever raised
         where = "directory" if path.exists() else "model id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokenCompressError(f"cannot load model {where} '{name_or_path}': {first}") from None

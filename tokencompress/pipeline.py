@@ -8,7 +8,6 @@ strategy, the target and the unmet need), installs the block hooks and yields a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from .registry import Registry
 from .stages import Stage
 from .strategy import BlockStrategy, ChunkInfo, Strategy, TokenStrategy
 from .target import Target
+from .timing import now
 from .tokens import VisualTokens
 
 if TYPE_CHECKING:
@@ -179,13 +179,13 @@ class BoundPipeline:
         stream_id: int = 0,
     ) -> VisualTokens:
         """Apply ``stage``'s strategies in YAML order, recording counts and time in ``record``."""
-        start = time.perf_counter()
-        record.setdefault("stage_start", {})[stage] = start
+        start = now(self.target.device)
+        record.setdefault("stage_start", {}).setdefault(stage, start)
         n_in = tokens.count
         for strategy in self.by_stage[stage]:
             assert isinstance(strategy, TokenStrategy)
             tokens = strategy.apply(tokens, states[self._index[id(strategy)]], chunk)
-        seconds = time.perf_counter() - start
+        seconds = now(self.target.device) - start
         record.setdefault("tokens", {})[stage] = (n_in, tokens.count)
         record.setdefault("seconds", {})[stage] = seconds
         self.observe(stage, chunk, n_in, tokens.count, seconds, stream_id)

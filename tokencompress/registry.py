@@ -12,6 +12,7 @@ import difflib
 import importlib
 import importlib.metadata as md
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +58,26 @@ def close_matches(word: str, options: Iterable[str]) -> str:
     return " (did you mean " + " or ".join(f"'{h}'" for h in hits) + "?)"
 
 
+def _check_stage_kind(cls: type) -> None:
+    """A strategy's base class decides how it is called; its declared stage must agree."""
+    from .stages import Stage
+    from .strategy import BlockStrategy, TokenStrategy
+
+    stage = getattr(cls, "stage", None)
+    if not isinstance(stage, Stage):
+        raise TypeError(f"{cls.__qualname__}.stage must be a tokencompress.Stage, got {stage!r}")
+    if (stage == Stage.PRE_VIT_BLOCK) != issubclass(cls, BlockStrategy):
+        want = "BlockStrategy" if stage == Stage.PRE_VIT_BLOCK else "TokenStrategy"
+        raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")
+    if stage != Stage.PRE_VIT_BLOCK and not issubclass(cls, TokenStrategy):
+        raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass TokenStrategy")
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 normalised package name, so ``tokencompress_uniform`` blocks ``tokencompress-uniform``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _version(package: str) -> str:
     try:
         return md.version(package)
@@ -81,14 +102,14 @@ class Registry:
         self.blocked: list[str] = []
         self._package_of: dict[int, tuple[str, str]] = {}
         disable = os.environ.get(DISABLE_ENV, "") if disable is None else disable
-        blocked = {s.strip() for s in disable.split(",") if s.strip()}
+        blocked = {_canonical(s.strip()) for s in disable.split(",") if s.strip()}
 
         loaded_builtin = False
         if entry_points:
             for ep in md.entry_points(group=PROJECT):
                 package = ep.dist.name if ep.dist is not None else "unknown"
                 is_builtin = package == BUILTIN_PACKAGE and ep.value in BUILTIN_MODULES
-                if not is_builtin and (blocked & {"1", "all", "*", ep.name, package}):
+                if not is_builtin and (blocked & {"1", "all", "*", _canonical(ep.name), _canonical(package)}):
                     self.blocked.append(f"{package}:{ep.name}")
                     continue
                 try:
@@ -152,6 +173,8 @@ class Registry:
                 for reg in regs:
                     if not (isinstance(reg.cls, type) and issubclass(reg.cls, base)):
                         raise TypeError(f"{reg.cls!r} is not a tokencompress {base.__name__} subclass")
+                    if kind == "strategies":
+                        _check_stage_kind(reg.cls)
             except Exception as exc:
                 self._fail(
                     impl.plugin_name, package, f"registering {kind} failed: {type(exc).__name__}: {exc}"

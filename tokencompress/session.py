@@ -8,7 +8,6 @@ interleaved freely; ``reset()`` drops it all.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import VideoError
 from .stages import Stage
 from .strategy import ChunkInfo
+from .timing import now
 from .tokens import VisualTokens
 
 if TYPE_CHECKING:
@@ -115,26 +116,26 @@ class Stream:
 
     # --------------------------------------------------------------- frames
     def add_frames(self, frames: np.ndarray | Tensor) -> list[ChunkStats]:
-        """Queue ``[N, H, W, 3]`` uint8 frames; encode and prefill every full chunk."""
-        arr = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
-        if arr.ndim == 3:
-            arr = arr[None]
+        """Queue ``[N, H, W, 3]`` (or one ``[H, W, 3]``) uint8 RGB frames; encode every full chunk.
+
+        Frames are checked before they are queued, so bad input is refused without touching the
+        stream's state. A frame's size may change from one frame to the next.
+        """
+        arr = _as_frames(frames)
         self._pending.extend(arr)
         done = []
         while len(self._pending) >= self.frames_per_chunk:
-            batch, self._pending = (
-                self._pending[: self.frames_per_chunk],
-                self._pending[self.frames_per_chunk :],
-            )
-            done.append(self._encode_chunk(np.stack(batch)))
+            done.append(self._encode_chunk(self._pending[: self.frames_per_chunk]))
+            del self._pending[: self.frames_per_chunk]  # only once the chunk went through
         return done
 
     def flush(self) -> list[ChunkStats]:
         """Encode leftover frames as one more (short) chunk, never with a stale chunk index."""
         if not self._pending:
             return []
-        batch, self._pending = np.stack(self._pending), []
-        return [self._encode_chunk(batch)]
+        stats = self._encode_chunk(list(self._pending))
+        self._pending.clear()
+        return [stats]
 
     def add_video(
         self, path: str | Path, fps: float | None = None, max_frames: int | None = None
@@ -149,10 +150,14 @@ class Stream:
 
     def encode_only(self, frames: np.ndarray | Tensor) -> VisualTokens:
         """Run the vision path of one chunk (strategies included) without touching the LLM."""
-        arr = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
-        return self._vision(arr, {})[0]
+        return self._vision(list(_as_frames(frames)), {})[0]
 
-    def _vision(self, frames: np.ndarray, record: dict[str, Any]) -> tuple[VisualTokens, ChunkInfo]:
+    def _vision(self, frames: list[np.ndarray], record: dict[str, Any]) -> tuple[VisualTokens, ChunkInfo]:
+        device = self.target.device
+        t0 = now(device)
+        pixels = self.target.preprocess(frames)  # before any strategy state moves
+        record["vit_start"] = now(device)
+        record["preprocess"] = record["vit_start"] - t0
         chunk = ChunkInfo(
             index=self.chunks_done,
             first_frame=self.frames_seen,
@@ -162,14 +167,11 @@ class Stream:
         )
         for strategy, state in zip(self.bound.steps, self.states, strict=True):
             strategy.start_chunk(state, chunk)
-        t0 = time.perf_counter()
-        pixels = self.target.preprocess(frames)
-        record["vit_start"] = time.perf_counter()
-        record["preprocess"] = record["vit_start"] - t0
 
         def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
             if stage == Stage.POST_VIT:  # the tower just finished
-                seconds = time.perf_counter() - record["vit_start"]
+                record.setdefault("stage_start", {})[Stage.POST_VIT] = vit_end = now(device)
+                seconds = vit_end - record["vit_start"]
                 self.bound.observe(Stage.PRE_VIT_BLOCK, chunk, tokens.count, tokens.count, seconds, self.id)
             return self.bound.run_stage(stage, tokens, self.states, chunk, record, self.id)
 
@@ -180,14 +182,15 @@ class Stream:
         self.token_frames_seen += self.target.token_frames(len(frames))
         return tokens, chunk
 
-    def _encode_chunk(self, frames: np.ndarray) -> ChunkStats:
+    def _encode_chunk(self, frames: list[np.ndarray]) -> ChunkStats:
         self._ensure_prefix()
         record: dict[str, Any] = {}
-        t0 = time.perf_counter()
+        device = self.target.device
+        t0 = now(device)
         tokens, chunk = self._vision(frames, record)
-        t1 = time.perf_counter()
+        t1 = now(device)
         self.target.prefill_visual(self.llm, tokens)
-        t2 = time.perf_counter()
+        t2 = now(device)
         per_frame = self.target.stage_info()[Stage.PRE_VIT_BLOCK].tokens_per_frame
         counts = record.get("tokens", {})
         secs = record.get("seconds", {})
@@ -211,23 +214,42 @@ class Stream:
 
     # ------------------------------------------------------------ questions
     def ask(self, question: str | Tensor, max_new_tokens: int = 32) -> Answer:
-        """Answer from the cache (greedy), then rewind so the stream can go on with more frames."""
+        """Answer from the cache (greedy), then rewind so the stream can go on with more frames.
+
+        Frames still waiting for a full chunk are encoded first (as a short chunk), so the answer
+        sees every frame so far; later chunk boundaries therefore depend on when questions come.
+        """
+        ids = self._ids(self.question_text(question)) if isinstance(question, str) else question
         self.flush()
         self._ensure_prefix()
         length, position = self.llm.length, self.llm.next_position
-        t0 = time.perf_counter()
-        self.target.end_of_video(self.llm)
-        ids = self._ids(self.question_text(question)) if isinstance(question, str) else question
-        logits = self.target.prefill_text(self.llm, ids)
-        t1 = time.perf_counter()
-        stop = set()
-        if self.tokenizer is not None:
-            for tok in ("<|im_end|>", "<|endoftext|>"):
-                tid = self.tokenizer.convert_tokens_to_ids(tok)
-                if isinstance(tid, int) and tid >= 0:
-                    stop.add(tid)
-        out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
-        t2 = time.perf_counter()
-        self.target.rewind(self.llm, length, position)
+        device = self.target.device
+        try:
+            t0 = now(device)
+            self.target.end_of_video(self.llm)
+            logits = self.target.prefill_text(self.llm, ids)
+            t1 = now(device)
+            stop = set()
+            if self.tokenizer is not None:
+                for tok in ("<|im_end|>", "<|endoftext|>"):
+                    tid = self.tokenizer.convert_tokens_to_ids(tok)
+                    if isinstance(tid, int) and tid >= 0:
+                        stop.add(tid)
+            out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
+            t2 = now(device)
+        finally:  # the question and answer never stay in the cache, even when decoding fails
+            self.target.rewind(self.llm, length, position)
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits)
+
+
+def _as_frames(frames: np.ndarray | Tensor) -> list[np.ndarray]:
+    """Frames as a list of ``[H, W, 3]`` uint8 arrays, or a one-line error naming what is wrong."""
+    arr = frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise VideoError(f"frames must be RGB [N, H, W, 3] (or one [H, W, 3]), got shape {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise VideoError(f"frames must be uint8 RGB (0-255), got {arr.dtype}; convert with .astype(np.uint8)")
+    return list(arr)

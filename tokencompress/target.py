@@ -104,8 +104,9 @@ class Target(ABC):
         """A :class:`BlockAdapter` over one of :meth:`vit_layers`."""
 
     @abstractmethod
-    def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
-        """``[F, H, W, 3]`` uint8 RGB frames to the vision tower's pixel input."""
+    def preprocess(self, frames: Sequence[np.ndarray] | np.ndarray | Tensor) -> Tensor:
+        """uint8 RGB frames (``[F, H, W, 3]``, or a list of ``[H, W, 3]`` whose sizes may differ)
+        to the vision tower's pixel input (see :func:`tokencompress.frames.resize_frames`)."""
 
     @abstractmethod
     def encode(self, pixels: Tensor, chunk: ChunkInfo, run_stage: StageRunner) -> VisualTokens:
@@ -189,6 +190,8 @@ class Target(ABC):
             if nxt in stop_ids:
                 break
             out.append(nxt)
+            if len(out) == max_new_tokens:
+                break  # the last token's logits would never be read
             logits = self.prefill_text(state, torch.tensor([nxt], device=self.device))
         return out
 

@@ -60,7 +60,7 @@ class VisualTokens:
             frame=idx // t + first_frame,
             pos=torch.stack((local // w, local % w), dim=1),
             source=idx,
-            sizes=torch.ones(n0, dtype=x.dtype, device=dev),
+            sizes=torch.ones(n0, dtype=torch.float32, device=dev),  # counts stay exact in bf16/fp16 models
             assign=idx.clone(),
             grid=(h, w),
             num_frames=f,
@@ -170,11 +170,11 @@ class VisualTokens:
             raise ValueError("merge() groups must not mix frames")
         sizes = torch.zeros(g, dtype=self.sizes.dtype, device=dev).index_add_(0, inverse, self.sizes)
         if tokens is None:
-            weighted = self.tokens * self.sizes[:, None].to(self.tokens.dtype)
-            summed = torch.zeros(g, self.dim, dtype=self.tokens.dtype, device=dev).index_add_(
+            weighted = self.tokens.float() * self.sizes[:, None].float()  # float32 sums, cast back once
+            summed = torch.zeros(g, self.dim, dtype=torch.float32, device=dev).index_add_(
                 0, inverse, weighted
             )
-            tokens = summed / sizes[:, None].to(self.tokens.dtype)
+            tokens = (summed / sizes[:, None].float()).to(self.tokens.dtype)
         elif tokens.shape[0] != g:
             raise ValueError(f"merge() got {tokens.shape[0]} merged rows for {g} groups")
         rep = anchor[order]

@@ -19,6 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..block_adapter import BlockAdapter
+from ..frames import resize_frames
 from ..stages import Stage, StageInfo
 from ..strategy import ChunkInfo, Need
 from ..target import LLMState, StageRunner, Target, TargetOptions
@@ -106,17 +107,10 @@ class LlavaOnevisionTarget(Target):
         return SiglipBlockAdapter(layer)
 
     # ---------------------------------------------------------------- frames
-    def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
+    def preprocess(self, frames: Sequence[np.ndarray] | np.ndarray | Tensor) -> Tensor:
         """Resize every frame to the tower's square input (bicubic, antialiased) and SigLIP-normalise."""
-        x = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-        if x.dim() != 4 or x.shape[-1] != 3:
-            raise ValueError(f"frames must be [F, H, W, 3] RGB, got shape {tuple(x.shape)}")
-        x = x.permute(0, 3, 1, 2).float() / 255.0
         s = self._vcfg.image_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False).clamp_(
-                0, 1
-            )
+        x = resize_frames(frames, (s, s))
         mean = torch.tensor(SIGLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(SIGLIP_STD).view(1, 3, 1, 1)
         dtype = self.model.model.vision_tower.embeddings.patch_embedding.weight.dtype

@@ -10,11 +10,13 @@ the Conv3d patch embedding, with rows in 2×2 merge-block order.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..frames import resize_frames
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "fit_to_grid", "frames_to_patches"]
 
@@ -43,7 +45,7 @@ def fit_to_grid(height: int, width: int, factor: int, min_pixels: int, max_pixel
 
 
 def frames_to_patches(
-    frames: np.ndarray | Tensor,
+    frames: Sequence[np.ndarray] | np.ndarray | Tensor,
     size: tuple[int, int],
     patch: int,
     merge: int,
@@ -58,16 +60,10 @@ def frames_to_patches(
     not a multiple of ``temporal`` repeats its last frame, the Qwen/LiveCC convention for a
     trailing odd frame, so every temporal slice holds ``temporal`` real frames.
     """
-    x = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-    if x.dim() != 4 or x.shape[-1] != 3:
-        raise ValueError(f"frames must be [F, H, W, 3] RGB, got shape {tuple(x.shape)}")
     height, width = size
     if height % (patch * merge) or width % (patch * merge):
         raise ValueError(f"frame size {height}x{width} is not a multiple of {patch * merge}")
-    x = x.to(device).permute(0, 3, 1, 2).float() / 255.0
-    if tuple(x.shape[-2:]) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp_(0.0, 1.0)
+    x = resize_frames(frames, (height, width), device)
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std

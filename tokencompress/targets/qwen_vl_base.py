@@ -149,8 +149,8 @@ class QwenVLTarget(Target):
         return self._slot.use(layout)
 
     # ---------------------------------------------------------------- frames
-    def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
-        """``[F, H, W, 3]`` uint8 → ``pixel_values_videos`` ``[t·h·w, 3·2·14·14]`` (merge-block order)."""
+    def preprocess(self, frames: Sequence[np.ndarray] | np.ndarray | Tensor) -> Tensor:
+        """uint8 RGB frames → ``pixel_values_videos`` ``[t·h·w, 3·2·14·14]`` (merge-block order)."""
         vc = self._vcfg
         pixels, _ = frames_to_patches(
             frames,
