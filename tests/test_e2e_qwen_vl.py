@@ -42,7 +42,7 @@ def pipeline(stages=None, fpc=2, **options) -> Pipeline:
     return Pipeline.from_dict(
         {
             "name": "t",
-            "stream": {"frames_per_chunk": fpc},
+            "stream": {"frames_per_chunk": fpc, "fps": 2},  # 2-frame slices span 1 s, as plain inputs say
             "stages": stages or {},
             "target_options": {**SMALL, **options},
         }
@@ -475,3 +475,14 @@ def test_position_dependent_strategies_are_refused(target_cls, strategy, need):
     with pytest.raises(CompatibilityError) as err:
         pipe.bind(tiny(target_cls))
     assert strategy in str(err.value) and target_cls.name in str(err.value) and need in str(err.value)
+
+
+def test_qwen25_slice_duration_follows_the_stream_fps():
+    model = tiny(Qwen2_5_VLTarget)
+    for fps, seconds in ((2, 1.0), (1, 2.0), (0.5, 4.0)):
+        bound = Pipeline.from_dict({"stream": {"fps": fps}}).bind(model)
+        assert bound.target.rope_index_kwargs()["second_per_grid_ts"].tolist() == [seconds]
+    fixed = Pipeline.from_dict({"stream": {"fps": 1}, "target_options": {"second_per_grid_t": 0.5}}).bind(
+        model
+    )
+    assert fixed.target.rope_index_kwargs()["second_per_grid_ts"].tolist() == [0.5]

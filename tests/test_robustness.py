@@ -153,3 +153,15 @@ def test_cli_run_bad_options_are_one_line_errors(tmp_path, capsys, extra, needle
     code = main([*args, *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_pruner_after_an_adaptive_strategy(tiny_llava_ov):
+    stages = {
+        "pre_prefill": [
+            {"strategy": "vidcom2", "retention_ratio": 0.5},
+            {"strategy": "stc_pruner", "tokens_per_frame": 4},
+        ]
+    }
+    with pipeline(stages, stream={"frames_per_chunk": 4}).apply(tiny_llava_ov) as bound:
+        (stats,) = bound.stream().add_frames(random_frames(4, seed=3))
+    assert stats.pre_prefill[1] <= 16 and stats.pre_prefill[1] >= 4

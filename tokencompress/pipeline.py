@@ -64,6 +64,7 @@ class Pipeline:
                 format_validation_error("target_options", err, list(target_cls.Options.model_fields))
             ) from None
         target = target_cls(model, options)
+        target.configure_stream(self.config.stream)
         check_compatibility(self.config, target)
         return BoundPipeline(self, target)
 

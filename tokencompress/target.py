@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from .block_adapter import BlockAdapter
 from .stages import Stage, StageInfo
 from .strategy import ChunkInfo, Need
 from .tokens import VisualTokens
+
+if TYPE_CHECKING:
+    from .pipeline_config import StreamConfig
 
 __all__ = ["Target", "TargetOptions", "LLMState", "StageRunner"]
 
@@ -114,6 +117,9 @@ class Target(ABC):
 
         Returns the visual tokens in LLM width, ready for :meth:`prefill_visual`.
         """
+
+    def configure_stream(self, stream: StreamConfig) -> None:  # noqa: B027 - optional hook
+        """Learn the pipeline's stream shape (fps, frames per chunk) when the pipeline is bound."""
 
     def prefill_grid_map(self) -> Callable[[Tensor], Tensor] | None:
         """How a per-token ViT quantity ``[F, T_vit, K]`` reaches the pre_prefill grid, if it can."""

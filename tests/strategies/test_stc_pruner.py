@@ -14,7 +14,7 @@ from tests.fixture_cases import Case, collect, is_exact, params
 from tests.strategies.streams import streams
 from tokencompress.errors import BudgetError
 from tokencompress.stages import Stage, StageInfo
-from tokencompress.strategies.stc_pruner import StcPruner, StcPrunerState
+from tokencompress.strategies.stc_pruner import StcPruner, StcPrunerState, gaussian_similarity
 from tokencompress.strategy import ChunkInfo
 from tokencompress.testing import check_token_strategy, visual_tokens
 from tokencompress.tokens import VisualTokens
@@ -197,12 +197,22 @@ def test_bad_parameters_name_the_field(kwargs: dict, field: str) -> None:
         StcPruner(**kwargs)
 
 
-def test_frames_with_different_counts_are_refused() -> None:
-    tok = VisualTokens.from_frames(torch.randn(2, 4, 6), (2, 2))
-    ragged = tok.take(torch.tensor([0, 1, 2, 4, 5, 6, 7]))
+def test_frames_with_different_counts_use_their_own_anchor() -> None:
+    """After an adaptive strategy frames hold different counts; each frame's anchor is its own mean."""
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    tok = VisualTokens.from_frames(x, (2, 2))
+    ragged = tok.take(torch.tensor([0, 1, 2, 4, 5, 6, 7]))  # frame 0 holds 3 rows, frame 1 holds 4
     pruner = StcPruner(tokens_per_frame=2)
-    with pytest.raises(ValueError, match="different token counts"):
-        pruner.apply(ragged, pruner.new_state(), ChunkInfo(0, 0, 2))
+    (out,) = check_token_strategy(pruner, [ragged])
+    assert out.counts().tolist() == [2, 2]
+    # frame 1 is complete: scoring it alone (same channels and memory) picks the same rows
+    state = pruner.new_state()
+    pruner.apply(ragged, state, ChunkInfo(0, 0, 2))
+    xn = torch.nn.functional.normalize(ragged.tokens[3:, state.last.selected_channels], dim=-1, eps=1e-12)
+    anchor = xn.mean(0)
+    alphas = torch.tensor(pruner.params.alphas)
+    want = gaussian_similarity(xn, anchor, alphas)
+    torch.testing.assert_close(state.last.frame_scores[3:], want)
 
 
 def test_missing_state_is_refused() -> None:

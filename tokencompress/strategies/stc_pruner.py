@@ -54,8 +54,8 @@ class StcPrunerDebug:
 
     selected_channels: Tensor  # [D'] long, ascending variance
     memory_mean: Tensor  # [D'] float32, temporal anchor before normalisation
-    frame_scores: Tensor  # [F, T] float32
-    memory_scores: Tensor  # [F, T] float32
+    frame_scores: Tensor  # [F, T] float32 ([N] when frames hold different counts)
+    memory_scores: Tensor  # [F, T] float32 ([N] when frames hold different counts)
 
 
 @dataclass
@@ -118,24 +118,37 @@ class StcPruner(ScoringPruner):
         return torch.sort(var, stable=True).indices[:keep]
 
     def score(self, tokens: VisualTokens, state: StcPrunerState, chunk: ChunkInfo) -> Tensor:
-        """``[N]`` negated combined similarity, so the base keeps the k lowest (ties: lower index)."""
+        """``[N]`` negated combined similarity, so the base keeps the k lowest (ties: lower index).
+
+        Frames may hold different counts (after an adaptive strategy such as VidCom²): each
+        frame's anchor is then the mean over its own rows. With equal counts the computation is
+        laid out exactly as the reference's, which the fixtures check bit for bit.
+        """
         if not isinstance(state, StcPrunerState):
             raise TypeError("stc_pruner is stateful: pass the object from new_state()")
+        counts = tokens.counts()
+        ragged = tokens.num_frames > 1 and not bool((counts == counts[0]).all())
         with torch.no_grad():
-            x = tokens.dense().float()  # [F, T, D]; every frame must hold the same count
-            f, t, d = x.shape
-            flat = x.reshape(f * t, d)
+            flat = tokens.tokens.float()  # [N, D], frame-major
             chans = self.select_channels(flat)
-            xs = x[..., chans]  # [F, T, D']
+            xs = flat[:, chans]  # [N, D']
             if self.params.memory == "faithful":
-                mem = state.add(xs.reshape(f * t, -1).mean(0))  # positional, this chunk's order
+                mem = state.add(xs.mean(0))  # positional, this chunk's channel order
             else:
                 mem = state.add(flat.mean(0))[chans]  # full-width history, channels picked now
-            xn = nnf.normalize(xs, dim=-1, eps=_EPS)
-            frame_anchor = xn.mean(dim=1, keepdim=True)  # [F, 1, D'], deliberately not normalised
             mem_anchor = nnf.normalize(mem, dim=0, eps=_EPS)  # [D']
-            alphas = torch.tensor(self.params.alphas, dtype=torch.float32, device=x.device)
-            frame_scores = gaussian_similarity(xn, frame_anchor, alphas)  # [F, T]
-            memory_scores = gaussian_similarity(xn, mem_anchor, alphas)  # [F, T]
+            alphas = torch.tensor(self.params.alphas, dtype=torch.float32, device=flat.device)
+            if ragged:
+                xn = nnf.normalize(xs, dim=-1, eps=_EPS)  # [N, D']
+                fidx = tokens.frame - tokens.first_frame
+                sums = torch.zeros(tokens.num_frames, xn.shape[1], device=xn.device).index_add_(0, fidx, xn)
+                frame_anchor = (sums / counts.clamp(min=1)[:, None].float())[fidx]  # not normalised (P6)
+            else:
+                xn = nnf.normalize(
+                    xs.view(tokens.num_frames, -1, xs.shape[1]), dim=-1, eps=_EPS
+                )  # [F, T, D']
+                frame_anchor = xn.mean(dim=1, keepdim=True)  # [F, 1, D'], deliberately not normalised
+            frame_scores = gaussian_similarity(xn, frame_anchor, alphas)  # [F, T], or [N] when ragged
+            memory_scores = gaussian_similarity(xn, mem_anchor, alphas)
             state.last = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
             return -(memory_scores + frame_scores).reshape(-1)

@@ -8,13 +8,16 @@ Qwen2.5-VL packs its tower in window order (windowed blocks attend within 112-px
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from .qwen_vl_base import QwenVLOptions, QwenVLTarget
+
+if TYPE_CHECKING:
+    from ..pipeline_config import StreamConfig
 
 __all__ = ["Qwen2VLTarget", "Qwen2_5_VLTarget", "Qwen2_5_VLOptions"]
 
@@ -61,11 +64,11 @@ class Qwen2VLTarget(QwenVLTarget):
 
 
 class Qwen2_5_VLOptions(QwenVLOptions):
-    second_per_grid_t: float = Field(
-        1.0,
+    second_per_grid_t: float | None = Field(
+        None,
         gt=0,
-        description="Seconds one temporal slice spans (temporal_patch_size / fps): 1.0 for 2-frame slices "
-        "at 2 fps, as LiveCC streams. Scales the M-RoPE time axis of multi-slice chunks.",
+        description="Seconds one temporal slice spans. Default: temporal_patch_size / stream.fps, as the "
+        "stock processor computes it (1.0 for 2-frame slices at 2 fps). Scales the M-RoPE time axis.",
     )
 
 
@@ -97,6 +100,11 @@ class Qwen2_5_VLTarget(QwenVLTarget):
         )  # fmt: skip
         return _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config), seed)
 
+    def configure_stream(self, stream: StreamConfig) -> None:
+        self._fps = stream.fps
+
     def rope_index_kwargs(self) -> dict[str, Any]:
-        seconds: float = self.options.second_per_grid_t  # type: ignore[attr-defined]
-        return {"second_per_grid_ts": torch.tensor([seconds], device=self.device)}
+        seconds = self.options.second_per_grid_t  # type: ignore[attr-defined]
+        if seconds is None:
+            seconds = self._vcfg.temporal_patch_size / getattr(self, "_fps", 2.0)
+        return {"second_per_grid_ts": torch.tensor([float(seconds)], device=self.device)}
