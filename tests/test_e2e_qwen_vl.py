@@ -392,6 +392,32 @@ def test_stc_cacher_on_qwen(target_cls):
             assert float((c - p).abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize(("target_cls", "variants"), [(Qwen2VLTarget, 1), (Qwen2_5_VLTarget, 2)], ids=IDS)
+def test_block_call_data_is_derived_once_per_chunk_and_variant(target_cls, variants, monkeypatch):
+    """Binding a block reuses what was derived from the same ``cu_seqlens`` earlier in the chunk
+    (Qwen2-VL: one variant; Qwen2.5-VL: windowed and full), never what another chunk derived."""
+    from tokencompress.targets import qwen_vision_block
+
+    derive, derived = qwen_vision_block._derive_call, []
+
+    def counting(cu_seqlens, *args):
+        derived.append(cu_seqlens)
+        return derive(cu_seqlens, *args)
+
+    monkeypatch.setattr(qwen_vision_block, "_derive_call", counting)
+    model = tiny(target_cls)
+    stages = {"pre_vit_block": [{"strategy": "stc_cacher", "update_token_ratio": 0.25, "cache_interval": 2}]}
+    with pipeline(stages).apply(model) as bound:
+        slot = bound.target._slot
+        s = bound.stream()
+        for i in range(0, 6, 2):  # a reference chunk, a cached one, a reference one
+            derived.clear()
+            s.encode_only(FRAMES[i : i + 2])
+            assert len(derived) == variants < len(bound.target.vit_layers())
+            assert len({id(cu) for cu in derived}) == variants
+            assert slot.current is None and slot._memo is None  # dropped with the chunk
+
+
 # ----------------------------------------------------------------- pipeline file
 @pytest.fixture(scope="module")
 def saved_qwen2vl(tmp_path_factory) -> Path:

@@ -11,20 +11,24 @@ A layout depends on the chunk (its grid), not on the layer, and a windowed block
 not reveal the slice length (its ``cu_seqlens`` are windows). The target therefore publishes
 the running chunk's layout in a :class:`LayoutSlot` that its block adapters read. Chunks run
 one at a time through a patched model (``BlockPatch`` holds a lock), so one slot per target
-is enough.
+is enough. The slot also memoizes what the adapters derive from a block call's arguments
+(frames-order rotary tables, window ids): the tower passes the same ``cu_seqlens`` and rotary
+tensors to every block, so that work is done once per chunk and variant, not once per layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = ["ChunkLayout", "LayoutSlot", "merge_block_positions"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -98,15 +102,44 @@ def merge_block_positions(h: int, w: int, merge: int, device: torch.device | Non
 
 
 class LayoutSlot:
-    """The layout of the chunk running through the tower now (None between chunks)."""
+    """The layout of the chunk running through the tower now (None between chunks).
+
+    Each :meth:`use` also opens a memo (:meth:`memoize`) that lives exactly as long as that
+    use: it is dropped when the chunk ends, and a later chunk (or the same layout published
+    again) starts from an empty one, so nothing derived for one chunk is seen by another.
+    """
+
+    max_memo_entries = 8
+    """Distinct keys memoized per chunk (Qwen2-VL needs 1, Qwen2.5-VL 2); past it, derive uncached."""
 
     def __init__(self) -> None:
         self.current: ChunkLayout | None = None
+        self._memo: dict[tuple[Any, ...], tuple[tuple[Tensor, ...], Any]] | None = None
 
     @contextmanager
     def use(self, layout: ChunkLayout) -> Iterator[ChunkLayout]:
-        previous, self.current = self.current, layout
+        previous = self.current, self._memo
+        self.current, self._memo = layout, {}
         try:
             yield layout
         finally:
-            self.current = previous
+            self.current, self._memo = previous
+
+    def memoize(self, key: tuple[Tensor, ...], derive: Callable[[], _T]) -> _T:
+        """``derive()``, computed once per distinct ``key`` tensors while the current chunk runs.
+
+        Tensors are matched by identity (plus shape), with no host sync. The memo holds the key
+        tensors, so their ids cannot be reused by other tensors while it lives. Outside
+        :meth:`use` nothing is memoized.
+        """
+        memo = self._memo
+        if memo is None:
+            return derive()
+        ident = tuple((id(t), tuple(t.shape)) for t in key)
+        hit = memo.get(ident)
+        if hit is not None and all(a is b for a, b in zip(hit[0], key, strict=True)):
+            return hit[1]
+        value = derive()
+        if len(memo) < self.max_memo_entries:
+            memo[ident] = (key, value)
+        return value

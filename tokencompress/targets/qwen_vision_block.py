@@ -10,7 +10,9 @@ What differs from SigLIP is the call: the block sees one packed ``[N, C]`` seque
 vision rotary table ``position_embeddings = (cos, sin)``, each ``[N, head_dim]``. :meth:`bind`
 turns one call into ``[F, T, C]`` frames (see :mod:`.qwen_layout`), the rotary rows of every
 token and, in windowed blocks, the window of every token, so :meth:`attention` can run any
-subset of queries against all keys exactly as the block would.
+subset of queries against all keys exactly as the block would. That per-call data depends only
+on ``cu_seqlens`` and the rotary tables, which the tower shares between its blocks, so it is
+derived once per chunk and ``cu_seqlens`` variant and memoized in the chunk's layout slot.
 """
 
 from __future__ import annotations
@@ -40,6 +42,47 @@ class _Call:
     """``[T]`` attention segment (window) of every slice position; None = the whole slice."""
 
 
+def _derive_call(cu_seqlens: Tensor, cos: Tensor, sin: Tensor, layout: ChunkLayout | None) -> _Call:
+    """Everything :meth:`QwenVisionBlockAdapter.attention` needs of one block call, in frames order.
+
+    ``layout`` is the running chunk's (checked against ``cu_seqlens``); None takes every
+    ``cu_seqlens`` segment as one slice. This is the costly part of binding (gathers and host
+    syncs); it depends only on the arguments, so callers memoize it per chunk.
+    """
+    layout = _call_layout(cu_seqlens, layout)
+    return _Call(layout, layout.to_frames(cos), layout.to_frames(sin), _segments(cu_seqlens, layout))
+
+
+def _call_layout(cu_seqlens: Tensor, layout: ChunkLayout | None) -> ChunkLayout:
+    n = int(cu_seqlens[-1])
+    if layout is not None:
+        t, h, w = layout.grid
+        if t * h * w != n:
+            raise RuntimeError(f"chunk layout {layout.grid} does not cover the {n} tokens of this block call")
+        return layout
+    lengths = torch.diff(cu_seqlens)
+    if not bool((lengths == lengths[0]).all()):
+        raise RuntimeError(f"temporal slices of one chunk must have equal sizes, got {lengths.tolist()}")
+    return ChunkLayout((lengths.numel(), 1, int(lengths[0])), merge=1)
+
+
+def _segments(cu_seqlens: Tensor, layout: ChunkLayout) -> Tensor | None:
+    """Window id of every slice position, taken from the call's own ``cu_seqlens``.
+
+    Segments must be the same in every slice and never span two (true for slices and for
+    Qwen2.5-VL windows), so one ``[T]`` vector describes the whole chunk.
+    """
+    n = int(cu_seqlens[-1])
+    pos = torch.arange(n, device=cu_seqlens.device)
+    seg = torch.searchsorted(cu_seqlens[1:].to(pos.dtype), pos, right=True)
+    frames = layout.to_frames(seg)  # [F, T]
+    low, high = frames.min(dim=1).values, frames.max(dim=1).values
+    local = frames - low[:, None]
+    if bool((high[:-1] >= low[1:]).any()) or not bool((local == local[:1]).all()):
+        raise RuntimeError("attention segments differ between the temporal slices of a chunk")
+    return None if int(local[0].max()) == 0 else local[0]
+
+
 class QwenVisionBlockAdapter(BlockAdapter):
     """Adapter over one Qwen-VL vision block; :meth:`bind` it to a call before using the parts.
 
@@ -59,49 +102,24 @@ class QwenVisionBlockAdapter(BlockAdapter):
 
     # ------------------------------------------------------------- binding
     def bind(self, args: tuple, kwargs: dict) -> QwenVisionBlockAdapter:
+        """The adapter for one block call. What it derives from the call's ``cu_seqlens`` and
+        rotary tables is memoized in the slot for the running chunk (every block of a tower gets
+        the same tensors), so only the first block of each ``cu_seqlens`` variant pays for it."""
         cu = args[0] if args else kwargs["cu_seqlens"]
         cos, sin = args[1] if len(args) > 1 else kwargs["position_embeddings"]
-        layout = self._layout(cu)
-        bound = copy.copy(self)
-        bound._call = _Call(layout, layout.to_frames(cos), layout.to_frames(sin), self._segments(cu, layout))
-        return bound
-
-    def _layout(self, cu_seqlens: Tensor) -> ChunkLayout:
         layout = self._slot.current if self._slot is not None else None
-        n = int(cu_seqlens[-1])
-        if layout is not None:
-            t, h, w = layout.grid
-            if t * h * w != n:
+        if layout is None:
+            if self._windowed:
                 raise RuntimeError(
-                    f"chunk layout {layout.grid} does not cover the {n} tokens of this block call"
+                    "this vision tower packs tokens in window order: its block adapter needs the chunk "
+                    "layout, which the target sets while its encode() runs the tower"
                 )
-            return layout
-        if self._windowed:
-            raise RuntimeError(
-                "this vision tower packs tokens in window order: its block adapter needs the chunk layout, "
-                "which the target sets while its encode() runs the tower"
-            )
-        lengths = torch.diff(cu_seqlens)
-        if not bool((lengths == lengths[0]).all()):
-            raise RuntimeError(f"temporal slices of one chunk must have equal sizes, got {lengths.tolist()}")
-        return ChunkLayout((lengths.numel(), 1, int(lengths[0])), merge=1)
-
-    @staticmethod
-    def _segments(cu_seqlens: Tensor, layout: ChunkLayout) -> Tensor | None:
-        """Window id of every slice position, taken from the call's own ``cu_seqlens``.
-
-        Segments must be the same in every slice and never span two (true for slices and for
-        Qwen2.5-VL windows), so one ``[T]`` vector describes the whole chunk.
-        """
-        n = int(cu_seqlens[-1])
-        pos = torch.arange(n, device=cu_seqlens.device)
-        seg = torch.searchsorted(cu_seqlens[1:].to(pos.dtype), pos, right=True)
-        frames = layout.to_frames(seg)  # [F, T]
-        low, high = frames.min(dim=1).values, frames.max(dim=1).values
-        local = frames - low[:, None]
-        if bool((high[:-1] >= low[1:]).any()) or not bool((local == local[:1]).all()):
-            raise RuntimeError("attention segments differ between the temporal slices of a chunk")
-        return None if int(local[0].max()) == 0 else local[0]
+            call = _derive_call(cu, cos, sin, None)
+        else:
+            call = self._slot.memoize((cu, cos, sin), lambda: _derive_call(cu, cos, sin, layout))
+        bound = copy.copy(self)
+        bound._call = call
+        return bound
 
     def _bound(self) -> _Call:
         if self._call is None:
