@@ -188,6 +188,59 @@ def test_adapter_pieces_equal_stock_block(target_cls):
     assert windowed == expected
 
 
+def _dense_masked_attention(a, q, k, v, q_index, key_bias):
+    """The windowed attention as one dense SDPA over all ``T`` keys, a window mask per query."""
+    call, (f, n, c), heads = a._call, q.shape, a.num_heads
+
+    def rotate(x, index):
+        cos, sin = (
+            torch.gather(t, 1, index[..., None].expand(-1, -1, t.shape[-1])) for t in (call.cos, call.sin)
+        )
+        return a._rotate(x.view(f, -1, heads, c // heads), cos, sin).transpose(1, 2)
+
+    every = torch.arange(k.shape[1]).expand(f, -1)
+    qh, kh, vh = rotate(q, q_index), rotate(k, every), v.view(f, -1, heads, c // heads).transpose(1, 2)
+    mask = (call.segments[q_index][:, :, None] == call.segments[None, None, :])[:, None]
+    if key_bias is not None:
+        mask = key_bias[:, None, None, :].expand(-1, -1, n, -1).masked_fill(~mask, float("-inf"))
+    o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=a._attn.scaling)
+    return o.transpose(1, 2).reshape(f, n, c)
+
+
+def test_windowed_attention_equals_dense_masked_attention():
+    """Per-window attention (uneven windows: 140 px frames are 5x5 merged, windows of 2x2 merged)
+    gives the dense window-masked attention for any query subset, with and without key bias."""
+    model = tiny(Qwen2_5_VLTarget)
+    target = Qwen2_5_VLTarget(model, Qwen2_5_VLTarget.Options(frame_size=(140, 140)))
+    pixels = target.preprocess(FRAMES[:4])
+    grid = target.grid_thw(pixels)
+    assert grid.tolist() == [[2, 10, 10]]
+    calls = []
+    layer = target.vit_layers()[0]
+    hook = layer.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)), with_kwargs=True)
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.inference_mode(), target.using_layout(target.chunk_layout(grid)):
+            model.model.visual(pixels, grid_thw=grid)
+            args, kwargs = calls[0]
+            a = target.block_adapter(layer).bind(args[1:], kwargs)
+            assert sorted(torch.bincount(a._call.segments).tolist()) == [4] + [8] * 4 + [16] * 4
+            f, t, c = 2, 100, a.num_heads * a.head_dim
+            k, v = (torch.randn(f, t, c, generator=gen) for _ in range(2))
+            for n in (1, 5, 9, 16, 17, 40, 100):
+                index = torch.stack([torch.randperm(t, generator=gen)[:n] for _ in range(f)])
+                q = torch.randn(f, n, c, generator=gen)
+                for bias in (None, torch.randn(f, t, generator=gen)):
+                    got = a.attention(q, k, v, q_index=index, key_bias=bias)
+                    want = _dense_masked_attention(a, q, k, v, index, bias)
+                    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+            q = torch.randn(f, t, c, generator=gen)
+            want = _dense_masked_attention(a, q, k, v, torch.arange(t).expand(f, -1), None)
+            torch.testing.assert_close(a.attention(q, k, v), want, atol=1e-6, rtol=1e-6)
+    finally:
+        hook.remove()
+
+
 def test_windowed_adapter_refuses_without_layout():
     target = Qwen2_5_VLTarget(tiny(Qwen2_5_VLTarget), Qwen2_5_VLTarget.Options(**SMALL))
     adapter = target.block_adapter(target.vit_layers()[0])

@@ -40,6 +40,41 @@ class _Call:
     sin: Tensor
     segments: Tensor | None
     """``[T]`` attention segment (window) of every slice position; None = the whole slice."""
+    windows: _Windows | None = None
+    """How slice positions group into windows; None when ``segments`` is."""
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Windows of a slice as a padded ``[W, L]`` table (``L`` = the largest window's size).
+
+    Windows are not contiguous in frames (merge-block) order, so keys are gathered per window:
+    ``keys[w]`` lists window ``w``'s slice positions in ascending order, padded with position 0
+    where ``valid`` is False (edge windows are smaller). ``dest[t] = w·L + j`` is the padded slot
+    of position ``t`` (``keys.view(-1)[dest] == arange(T)``).
+    """
+
+    keys: Tensor
+    valid: Tensor
+    dest: Tensor
+    full: bool
+    """Every window has ``L`` positions: no padding, no key mask."""
+
+    @classmethod
+    def of(cls, segments: Tensor) -> _Windows:
+        t = segments.numel()
+        counts = torch.bincount(segments)
+        w, length = counts.numel(), int(counts.max())
+        order = torch.argsort(segments, stable=True)  # grouped by window, ascending inside one
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(segments)
+        slot[order] = torch.arange(t, device=segments.device) - starts[segments[order]]
+        dest = segments * length + slot
+        keys = torch.zeros(w * length, dtype=segments.dtype, device=segments.device)
+        keys[dest] = torch.arange(t, device=segments.device)
+        valid = torch.zeros(w * length, dtype=torch.bool, device=segments.device)
+        valid[dest] = True
+        return cls(keys.view(w, length), valid.view(w, length), dest, bool(valid.all()))
 
 
 def _derive_call(cu_seqlens: Tensor, cos: Tensor, sin: Tensor, layout: ChunkLayout | None) -> _Call:
@@ -50,7 +85,9 @@ def _derive_call(cu_seqlens: Tensor, cos: Tensor, sin: Tensor, layout: ChunkLayo
     syncs); it depends only on the arguments, so callers memoize it per chunk.
     """
     layout = _call_layout(cu_seqlens, layout)
-    return _Call(layout, layout.to_frames(cos), layout.to_frames(sin), _segments(cu_seqlens, layout))
+    segments = _segments(cu_seqlens, layout)
+    windows = None if segments is None else _Windows.of(segments)
+    return _Call(layout, layout.to_frames(cos), layout.to_frames(sin), segments, windows)
 
 
 def _call_layout(cu_seqlens: Tensor, layout: ChunkLayout | None) -> ChunkLayout:
@@ -161,18 +198,19 @@ class QwenVisionBlockAdapter(BlockAdapter):
     @staticmethod
     def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Vision RoPE on ``x`` ``[F, n, H, d]`` with ``cos``/``sin`` ``[F, n, d]``, in float32 like
-        transformers' ``apply_rotary_pos_emb_vision``; returns ``[F, H, n, d]`` in ``x``'s dtype."""
+        transformers' ``apply_rotary_pos_emb_vision``; returns ``[F, n, H, d]`` in ``x``'s dtype."""
         from transformers.models.qwen2_vl.modeling_qwen2_vl import rotate_half
 
         xf = x.float()
         cos, sin = cos[:, :, None].float(), sin[:, :, None].float()
-        return (xf * cos + rotate_half(xf) * sin).to(x.dtype).transpose(1, 2)
+        return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
     def attention(
         self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None, key_bias: Tensor | None = None
     ) -> Tensor:
-        """Queries ``[F, n, C]`` at slice positions ``q_index`` ``[F, n]`` over all ``T`` keys of
-        their slice (their window in windowed blocks); returns ``[F, n, C]`` heads merged."""
+        """Queries ``[F, n, C]`` at slice positions ``q_index`` ``[F, n]`` (distinct within a
+        frame) over all ``T`` keys of their slice (their window in windowed blocks); returns
+        ``[F, n, C]`` heads merged."""
         call = self._bound()
         f, n, _ = q.shape
         if q_index is None:
@@ -182,17 +220,64 @@ class QwenVisionBlockAdapter(BlockAdapter):
             cos_q, sin_q = torch.gather(call.cos, 1, idx), torch.gather(call.sin, 1, idx)
         qh = self._rotate(self._heads(q), cos_q, sin_q)
         kh = self._rotate(self._heads(k), call.cos, call.sin)
-        vh = self._heads(v).transpose(1, 2)
-        mask: Tensor | None = None
-        if call.segments is not None:
-            seg = call.segments
-            q_seg = seg.expand(f, -1) if q_index is None else seg[q_index]
-            mask = (q_seg[:, :, None] == seg[None, None, :])[:, None]  # [F, 1, n, T]
-        if key_bias is not None:
-            bias = key_bias.to(qh.dtype)[:, None, None, :]
-            mask = bias if mask is None else bias.expand(-1, -1, n, -1).masked_fill(~mask, float("-inf"))
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self._attn.scaling)
+        vh = self._heads(v)
+        if call.windows is not None:
+            return self._window_attention(call.windows, qh, kh, vh, q_index, key_bias)
+        mask = None if key_bias is None else key_bias.to(qh.dtype)[:, None, None, :]
+        o = F.scaled_dot_product_attention(
+            qh.transpose(1, 2),
+            kh.transpose(1, 2),
+            vh.transpose(1, 2),
+            attn_mask=mask,
+            scale=self._attn.scaling,
+        )
         return o.transpose(1, 2).reshape(f, n, self._dim)
+
+    def _window_attention(
+        self,
+        win: _Windows,
+        qh: Tensor,
+        kh: Tensor,
+        vh: Tensor,
+        q_index: Tensor | None,
+        key_bias: Tensor | None,
+    ) -> Tensor:
+        """Windowed attention batched over (frame, window): each query sees only its window's keys.
+
+        Heads in ``[F, ·, H, d]``. Keys and values are gathered into ``[F·W, H, L, d]`` blocks; queries
+        are placed in ``[F·W, H, Q, d]``: all queries at their key slots (``Q = L``), a subset by rank
+        among the window's selected queries (``Q`` = the most any window holds, or the bound
+        ``min(n, L)`` off CPU); empty slots are zeros whose output rows are dropped. Padded key slots
+        get ``-inf``, which only edge windows (or ``key_bias``) need.
+        """
+        f, n, heads, d = qh.shape
+        nw, length = win.keys.shape
+        keys = win.keys.view(-1)
+        kw = kh.index_select(1, keys).view(f * nw, length, heads, d).transpose(1, 2)
+        vw = vh.index_select(1, keys).view(f * nw, length, heads, d).transpose(1, 2)
+        if q_index is None:
+            slots, dest = length, win.dest.expand(f, -1)
+            qw = qh.index_select(1, keys)
+        else:
+            q_seg = win.dest[q_index] // length  # [F, n] window of every query
+            seg_sorted, order = torch.sort(q_seg, dim=1, stable=True)
+            first = torch.searchsorted(seg_sorted, seg_sorted)  # first sorted slot of each window
+            rank = torch.empty_like(q_seg).scatter_(1, order, torch.arange(n, device=q_seg.device) - first)
+            # one code path on every device: the fullest window's count (a host read, one per layer)
+            slots = int(rank.max()) + 1 if n else 1
+            dest = q_seg * slots + rank
+            qw = qh.new_zeros(f, nw * slots, heads, d)
+            qw.scatter_(1, dest[..., None, None].expand(-1, -1, heads, d), qh)
+        qw = qw.view(f * nw, slots, heads, d).transpose(1, 2)
+        mask: Tensor | None = None
+        if key_bias is not None:
+            bias = key_bias.to(qh.dtype)[:, keys].view(f, nw, length)
+            mask = bias.masked_fill(~win.valid, float("-inf")).view(f * nw, 1, 1, length)
+        elif not win.full:
+            mask = win.valid[None, :, None, None, :].expand(f, -1, -1, -1, -1).reshape(f * nw, 1, 1, length)
+        o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, scale=self._attn.scaling)
+        o = o.transpose(1, 2).reshape(f, nw * slots, self._dim)
+        return torch.gather(o, 1, dest[..., None].expand(-1, -1, self._dim))
 
     def out(self, o: Tensor) -> Tensor:
         return self._attn.proj(o)
