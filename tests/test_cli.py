@@ -67,6 +67,9 @@ def test_plugins_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     listing = json.loads(out)
     assert {"stc_cacher", "stc_pruner"} <= {s["name"] for s in listing["strategies"]}
     assert all({"name", "package", "version"} <= set(s) for s in listing["strategies"] + listing["targets"])
+    rows = {s["name"]: s for s in listing["strategies"]}
+    assert rows["stc_pruner"]["stateful"] is True and rows["stc_pruner"]["stage"] == "pre_prefill"
+    assert rows["tome"]["needs"] == ["block_adapter", "position_free_attention"]
 
 
 def test_schema_prints_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

@@ -255,8 +255,10 @@ class Registry:
                     "class": f"{r.cls.__module__}.{r.cls.__qualname__}",
                 }
                 stage = getattr(r.cls, "stage", None)
-                if stage is not None:
+                if stage is not None:  # a strategy: what the pipeline checks it against
                     row["stage"] = stage.value
+                    row["needs"] = sorted(n.value for n in r.cls.needs)
+                    row["stateful"] = bool(r.cls.stateful)
                 out.append(row)
             return out
 

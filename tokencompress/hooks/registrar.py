@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,3 @@ def _name(cls: Any) -> str:
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls!r} needs a non-empty class attribute 'name'")
     return name
-
-
-Callback = Callable[[Registrar], None]
