@@ -18,8 +18,9 @@ from dataclasses import replace
 import torch
 from hypothesis import strategies as st
 
-from .strategy import ChunkInfo, TokenStrategy
+from .strategy import TokenStrategy
 from .tokens import VisualTokens
+from .types import ChunkInfo
 
 __all__ = ["visual_tokens", "check_token_strategy"]
 
