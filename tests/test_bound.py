@@ -7,7 +7,7 @@ import torch
 
 from tokencompress import Pipeline
 from tokencompress.chunk_seam import ChunkTiming, EncodedChunk, StageCount, StreamPosition
-from tokencompress.types import ChatFormat, Stage
+from tokencompress.types import Stage
 
 STC = {
     "stream": {"frames_per_chunk": 1},
@@ -57,56 +57,6 @@ def test_missing_stage_reads_as_zero_counts():
     assert timing.tokens(Stage.POST_VIT) == (0, 0)
     assert timing.tokens(Stage.PRE_PREFILL) == (10, 4)
     assert timing.compress_s == 0.5
-
-
-class _Recorder:
-    """A tokenizer stand-in that records the text a stream asks it to encode."""
-
-    def __init__(self):
-        self.texts: list[str] = []
-
-    def __len__(self) -> int:
-        return 100
-
-    def encode(self, text, add_special_tokens=False):
-        self.texts.append(text)
-        return [1 + (ord(c) % 50) for c in text[:8]] or [1]
-
-    def convert_tokens_to_ids(self, token):
-        return {"<stop-a>": 7, "<stop-b>": 9}.get(token, -1)
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
-def test_stream_uses_its_targets_chat_format(tiny_llava_ov, frames, monkeypatch):
-    """No prompt text or stop token is hard-coded in the stream: the target's format decides."""
-    fmt = ChatFormat(prefix="[SYS]", question="<Q>{question}</Q>", stop_tokens=("<stop-a>", "<stop-b>"))
-    with Pipeline.from_dict({"stages": {}}).apply(tiny_llava_ov) as bound:
-        monkeypatch.setattr(bound.target, "chat_format", lambda: fmt)
-        tok = _Recorder()
-        stream = bound.stream(tokenizer=tok)
-        stream.add_frames(frames[:1])
-        seen = {}
-        original = bound.target.greedy_decode
-
-        def capture(state, logits, max_new_tokens, stop_ids):
-            seen["stop"] = stop_ids
-            return original(state, logits, max_new_tokens, stop_ids)
-
-        monkeypatch.setattr(bound.target, "greedy_decode", capture)
-        stream.ask("why {braces}?", max_new_tokens=2)
-    assert tok.texts[0] == "[SYS]"
-    assert tok.texts[1] == "<Q>why {braces}?</Q>"
-    assert seen["stop"] == {7, 9}
-
-
-def test_default_chat_format_is_chatml(tiny_llava_ov):
-    with Pipeline.from_dict({"stages": {}}).apply(tiny_llava_ov) as bound:
-        fmt = bound.target.chat_format()
-    assert fmt.prefix.startswith("<|im_start|>system\n") and fmt.prefix.endswith("<|im_start|>user\n")
-    assert fmt.question_text("Q?") == "\nQ?<|im_end|>\n<|im_start|>assistant\n"
-    assert "<|im_end|>" in fmt.stop_tokens
 
 
 def test_encode_chunk_leaves_counters_to_the_stream(tiny_llava_ov, frames):
