@@ -60,14 +60,18 @@ class LlavaNextVideoTarget(Target):
         return isinstance(model, LlavaNextVideoForConditionalGeneration)
 
     @classmethod
-    def tiny_model(cls, seed: int = 0) -> nn.Module:
-        """specs/targets.md §2.4: 56 px CLIP (4×4 patches + CLS, pooled to 2×2) + 2-layer Llama, vocabulary 1000."""
+    def tiny_model(cls, seed: int = 0, image_size: int = 56) -> nn.Module:
+        """specs/targets.md §2.4: 56 px CLIP (4×4 patches + CLS, pooled to 2×2) + 2-layer Llama, vocabulary 1000.
+
+        ``image_size=336`` gives the real checkpoints' token geometry (24×24 + CLS → 144 pooled) on
+        the same tiny widths, for pipelines whose budgets are set for it.
+        """
         from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
         config = LlavaNextVideoConfig(
             vision_config=dict(
                 model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, image_size=56, patch_size=14, projection_dim=64,
+                num_attention_heads=4, image_size=image_size, patch_size=14, projection_dim=64,
             ),
             text_config=dict(
                 model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
