@@ -183,3 +183,22 @@ def test_tome_protects_the_class_token_and_compact_is_refused():
         CompatibilityError, match="tome.*changes the token count at pre_vit_block.*llava_next_video"
     ):
         pipeline(compact).bind(tiny())
+
+
+# ------------------------------------------------------------------ pipeline file
+def test_visionzip_pipeline_runs_through_cli(tmp_path, capsys):
+    """The ready file at the real checkpoints' geometry (336 px: 576 patches, 144 after pooling):
+    the selection replaces the pooler, and the summary compares against the pooler's 144."""
+    from pathlib import Path
+
+    from tokencompress.cli import main
+    from tokencompress.tokenizer import byte_tokenizer
+
+    LlavaNextVideoTarget.tiny_model(image_size=336).save_pretrained(tmp_path)
+    byte_tokenizer("llava_onevision").save_pretrained(tmp_path)
+    path = Path(__file__).parent.parent / "pipelines" / "llava_next_video_visionzip.yaml"
+    args = ["run", str(path), "--model", str(tmp_path), "--max-frames", "2", "--ask", "what?"]
+    assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "on target llava_next_video" in out
+    assert "576→64" in out and "LLM visual tokens 288 → 128" in out

@@ -307,3 +307,19 @@ def test_pruned_tokens_keep_their_unpruned_positions(budget, fpc, cacher, timest
         assert int(first_video) > start
         start = int(span[-1]) + 1
     assert s.llm.next_position == int(full[0, start])  # where the stock model puts the question
+
+
+# ------------------------------------------------------------------ pipeline file
+def test_livecc_qwen3_pipeline_runs_through_cli(tmp_path, capsys):
+    from pathlib import Path
+
+    from tokencompress.cli import main
+
+    tiny().save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    path = Path(__file__).parent.parent / "pipelines" / "livecc_qwen3_stc.yaml"
+    args = ["run", str(path), "--model", str(tmp_path), "--max-frames", "4", "--ask", "what?"]
+    assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "on target qwen3_vl; 2 frame(s)/chunk at 2 fps" in out
+    assert "196→60" in out and "LLM visual tokens 392 → 120" in out  # 448x448: 14x14 merged per slice
