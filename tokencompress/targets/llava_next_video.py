@@ -31,10 +31,9 @@ from torch import Tensor, nn
 
 from ..block_adapter import BlockAdapter
 from ..frames import resize_frames
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, Need
 from ..target import StageRunner, Target
 from ..tokens import VisualTokens
+from ..types import ChatFormat, ChunkInfo, Need, Stage, StageInfo
 from .qwen_patches import CLIP_MEAN, CLIP_STD
 from .siglip_block import SiglipBlockAdapter
 
@@ -51,7 +50,9 @@ class LlavaNextVideoTarget(Target):
         Stage.POST_VIT: frozenset({Need.ATTENTION, Need.KEYS, Need.CLS_TOKEN}),
         Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS, Need.CLS_TOKEN}),
     }
-    tokenizer_layout = "llava_onevision"  # ChatML with a <video> placeholder; the ids come from the config
+    tokenizer_layout = (
+        "llava_onevision"  # a fallback tokenizer needs <video>; the model reads ids from its config
+    )
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -83,6 +84,11 @@ class LlavaNextVideoTarget(Target):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return LlavaNextVideoForConditionalGeneration(config).eval()
+
+    def chat_format(self) -> ChatFormat:
+        """Vicuna's ``USER: <video>\n{question} ASSISTANT:``, the template of the 7B checkpoints
+        (the 34B ones use their own; override this for them)."""
+        return ChatFormat(prefix="USER: ", question="\n{question} ASSISTANT:", stop_tokens=("</s>",))
 
     # ------------------------------------------------------------ geometry
     @property

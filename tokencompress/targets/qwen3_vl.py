@@ -35,10 +35,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..stages import Stage
-from ..strategy import ChunkInfo
 from ..target import LLMState, StageRunner, TargetOptions
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Stage
 from .qwen_patches import frames_to_patches
 from .qwen_vl_base import QwenVLOptions, QwenVLTarget
 

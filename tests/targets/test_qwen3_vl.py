@@ -317,7 +317,7 @@ def test_livecc_qwen3_pipeline_runs_through_cli(tmp_path, capsys):
 
     tiny().save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)
-    path = Path(__file__).parent.parent / "pipelines" / "livecc_qwen3_stc.yaml"
+    path = Path(__file__).parents[2] / "pipelines" / "livecc_qwen3_stc.yaml"
     args = ["run", str(path), "--model", str(tmp_path), "--max-frames", "4", "--ask", "what?"]
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -196,7 +196,7 @@ def test_visionzip_pipeline_runs_through_cli(tmp_path, capsys):
 
     LlavaNextVideoTarget.tiny_model(image_size=336).save_pretrained(tmp_path)
     byte_tokenizer("llava_onevision").save_pretrained(tmp_path)
-    path = Path(__file__).parent.parent / "pipelines" / "llava_next_video_visionzip.yaml"
+    path = Path(__file__).parents[2] / "pipelines" / "llava_next_video_visionzip.yaml"
     args = ["run", str(path), "--model", str(tmp_path), "--max-frames", "2", "--ask", "what?"]
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
