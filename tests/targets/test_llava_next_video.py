@@ -202,3 +202,10 @@ def test_visionzip_pipeline_runs_through_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "on target llava_next_video" in out
     assert "576→64" in out and "LLM visual tokens 288 → 128" in out
+
+
+def test_target_conformance_kit():
+    """The framework's target check (the matrix covers the strategies, so none are repeated here)."""
+    from tokencompress.testing import check_target
+
+    assert check_target(LlavaNextVideoTarget, strategies=[]) == []

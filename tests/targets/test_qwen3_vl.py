@@ -323,3 +323,10 @@ def test_livecc_qwen3_pipeline_runs_through_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "on target qwen3_vl; 2 frame(s)/chunk at 2 fps" in out
     assert "196→60" in out and "LLM visual tokens 392 → 120" in out  # 448x448: 14x14 merged per slice
+
+
+def test_target_conformance_kit():
+    """The framework's target check (the matrix covers the strategies, so none are repeated here)."""
+    from tokencompress.testing import check_target
+
+    assert check_target(Qwen3VLTarget, strategies=[]) == []
