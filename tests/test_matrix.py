@@ -25,6 +25,9 @@ REFUSED: dict[tuple[str, str], str] = {
     ("tome", "qwen2_5_vl"): "position_free_attention",
     ("visionzip", "qwen2_vl"): "attention",
     ("visionzip", "qwen2_5_vl"): "attention",
+    # qwen3_vl shares the Qwen target base and block adapter: these follow the Qwen towers' support
+    ("tome", "qwen3_vl"): "position_free_attention",
+    ("visionzip", "qwen3_vl"): "attention",
 }
 """Built-in pairs that are refused, and the capability each refusal names."""
 

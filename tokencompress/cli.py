@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import TokenCompressError
+from .stages import Stage
 
 __all__ = ["main"]
 
@@ -211,7 +212,9 @@ def _table(chunks: list[Any]) -> str:
 
 def _summary(chunks: list[Any], stream: Any) -> dict[str, Any]:
     frames = sum(c.frames for c in chunks)
-    pooled = sum(c.pre_prefill[0] for c in chunks)
+    # the stock model's count: a post_vit selection may replace the pooling (llava_next_video)
+    per_frame = stream.target.stage_info()[Stage.PRE_PREFILL].tokens_per_frame
+    pooled = sum(per_frame * stream.target.token_frames(c.frames) for c in chunks)
     kept = sum(c.pre_prefill[1] for c in chunks)
     return {
         "chunks": len(chunks),

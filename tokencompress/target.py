@@ -55,6 +55,8 @@ class LLMState:
     cache: DynamicCache
     next_position: int = 0
     visual_tokens: int = 0
+    tokenizer: Any = None
+    """The stream's tokenizer, for targets that put text inside a visual chunk (Qwen3-VL timestamps)."""
 
     @property
     def length(self) -> int:
