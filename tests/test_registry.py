@@ -22,13 +22,13 @@ from tokencompress import (
     ChunkInfo,
     CompatibilityError,
     ConfigError,
+    PerFrameParams,
     Pipeline,
     PluginError,
     Registry,
     ScoringPruner,
     Stage,
     StageEvent,
-    StrategyParams,
     TokenStrategy,
     VisualTokens,
     hookimpl,
@@ -55,7 +55,7 @@ needs_uniform = pytest.mark.skipif(
 
 
 # ----------------------------------------------------------------- helpers
-class KeepFirstParams(StrategyParams):
+class KeepFirstParams(PerFrameParams):
     tokens_per_frame: int = 4
 
 

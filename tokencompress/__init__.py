@@ -19,6 +19,7 @@ from .models import LoadedModel, load_model
 from .pipeline import BoundPipeline, Pipeline
 from .pipeline_config import PipelineConfig, StreamConfig
 from .registry import Registry
+from .scoring_pruner import PerFrameParams, Plan, ScoringPruner
 from .session import Answer, ChunkStats, Stream
 from .stages import Stage, StageInfo
 from .strategy import (
@@ -26,7 +27,6 @@ from .strategy import (
     BlockStrategy,
     ChunkInfo,
     Need,
-    ScoringPruner,
     Strategy,
     StrategyParams,
     TokenStrategy,
@@ -50,8 +50,10 @@ __all__ = [
     "LLMState",
     "LoadedModel",
     "Need",
+    "PerFrameParams",
     "Pipeline",
     "PipelineConfig",
+    "Plan",
     "PluginError",
     "Registry",
     "ScoringPruner",
