@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from tokencompress.strategy import ChunkInfo
 from tokencompress.strategies.stc_pruner import StcPruner
+from tokencompress.strategy import ChunkInfo
 from tokencompress.tokens import VisualTokens
 
 

@@ -38,6 +38,7 @@ from .kernels import frame_similarity, gaussian_similarity, select_channels, uni
 __all__ = [
     "VidCom2",
     "VidCom2Params",
+    "ScoringParams",
     "VidCom2Analysis",
     "ChunkScores",
     "chunk_scores",
@@ -45,7 +46,18 @@ __all__ = [
 ]
 
 
-class VidCom2Params(StrategyParams):
+class ScoringParams(StrategyParams):
+    """How VidCom² and its streaming baseline score tokens (spec §3.1, §3.3)."""
+
+    channel_fraction: float = Field(
+        0.5, gt=0, le=1, description="fraction of the lowest-variance channels used for scoring"
+    )
+    alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (0.125, 0.25, 0.5, 1.0, 2.0), min_length=1, description="Gaussian-kernel bandwidths"
+    )
+
+
+class VidCom2Params(ScoringParams):
     retention_ratio: float = Field(
         0.25, gt=0, le=1, description="base fraction of tokens kept (r); 1.0 keeps every token"
     )
@@ -57,12 +69,6 @@ class VidCom2Params(StrategyParams):
             "reconcile the per-frame rounding (largest remainder) so the chunk keeps exactly "
             "planned_count tokens; the reference rounds each frame on its own, so its total drifts"
         ),
-    )
-    channel_fraction: float = Field(
-        0.5, gt=0, le=1, description="fraction of the lowest-variance channels used for scoring"
-    )
-    alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(
-        (0.125, 0.25, 0.5, 1.0, 2.0), min_length=1, description="Gaussian-kernel bandwidths"
     )
 
     @model_validator(mode="before")

@@ -12,7 +12,7 @@ only in :meth:`VidCom2Stream.commit`, after the chunk went through.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -23,12 +23,12 @@ from ..stages import Stage, StageInfo
 from ..strategy import ChunkInfo
 from ..tokens import VisualTokens
 from .kernels import ChunkMeanMemory, MemoryStep, gaussian_similarity, unit
-from .vidcom2 import chunk_scores
+from .vidcom2 import ScoringParams, chunk_scores
 
 __all__ = ["VidCom2Stream", "VidCom2StreamParams", "VidCom2StreamState", "VidCom2StreamAnalysis"]
 
 
-class VidCom2StreamParams(PerFrameParams):
+class VidCom2StreamParams(PerFrameParams, ScoringParams):
     tokens_per_frame: int = Field(ge=1, description="tokens kept in every frame (the baseline's fixed K)")
     stream_score: Literal["original", "two_score", "only_memory"] = Field(
         "original",
@@ -36,12 +36,6 @@ class VidCom2StreamParams(PerFrameParams):
             "token score. original: chunk mean + frame mean (the unmodified VidCom2 score per chunk); "
             "two_score: stream memory + frame mean; only_memory: stream memory"
         ),
-    )
-    channel_fraction: float = Field(
-        0.5, gt=0, le=1, description="fraction of the lowest-variance channels used for scoring"
-    )
-    alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(
-        (0.125, 0.25, 0.5, 1.0, 2.0), min_length=1, description="Gaussian-kernel bandwidths"
     )
 
 
