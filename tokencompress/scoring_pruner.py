@@ -23,9 +23,9 @@ from pydantic import Field
 from torch import Tensor
 
 from .errors import BudgetError
-from .stages import StageInfo
-from .strategy import ChunkInfo, StrategyParams, TokenStrategy
+from .strategy import StrategyParams, TokenStrategy
 from .tokens import VisualTokens
+from .types import ChunkInfo, StageInfo
 
 __all__ = ["FrameLayout", "PerFrameParams", "Plan", "ScoringPruner", "select_per_frame"]
 

@@ -23,9 +23,8 @@ from pydantic import Field
 from torch import Tensor
 
 from ..scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Stage, StageInfo
 from .kernels import ChunkMeanMemory, MemoryStep, frame_similarity, gaussian_similarity, select_channels, unit
 
 __all__ = ["StcPruner", "StcPrunerParams", "StcPrunerState", "StcPrunerDebug", "gaussian_similarity"]

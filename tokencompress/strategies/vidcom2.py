@@ -30,9 +30,9 @@ from torch import Tensor
 
 from ..errors import BudgetError
 from ..scoring_pruner import FrameLayout, Plan, ScoringPruner
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, StrategyParams
+from ..strategy import StrategyParams
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Stage, StageInfo
 from .kernels import frame_similarity, gaussian_similarity, select_channels, unit
 
 __all__ = [

@@ -19,9 +19,8 @@ from pydantic import Field
 from torch import Tensor
 
 from ..scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Stage, StageInfo
 from .kernels import ChunkMeanMemory, MemoryStep, gaussian_similarity, unit
 from .vidcom2 import ScoringParams, chunk_scores
 

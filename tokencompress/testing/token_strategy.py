@@ -1,4 +1,4 @@
-"""Test helpers for strategy authors: hypothesis inputs and a conformance check.
+"""The conformance check every token strategy (``post_vit`` / ``pre_prefill``) owes the pipeline.
 
 Every token strategy, built-in or plugin, owes the pipeline the same promises (DESIGN §8):
 the count it announced, the original order, rows copied rather than altered when pruning,
@@ -16,54 +16,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from hypothesis import strategies as st
 
-from .scoring_pruner import ScoringPruner
-from .strategy import ChunkInfo, TokenStrategy
-from .tokens import VisualTokens
+from ..scoring_pruner import ScoringPruner
+from ..strategy import TokenStrategy
+from ..tokens import VisualTokens
+from ..types import ChunkInfo
 
-__all__ = ["visual_tokens", "check_token_strategy"]
-
-_IntLike = int | st.SearchStrategy[int]
-_FRAMES = st.integers(1, 3)
-_GRID = st.tuples(st.integers(1, 6), st.integers(1, 6))
-_DIM = st.integers(1, 16)
-
-
-def _draw_int(draw: st.DrawFn, value: _IntLike) -> int:
-    return value if isinstance(value, int) else draw(value)
-
-
-@st.composite
-def visual_tokens(
-    draw: st.DrawFn,
-    frames: _IntLike = _FRAMES,
-    grid: tuple[int, int] | st.SearchStrategy[tuple[int, int]] = _GRID,
-    dim: _IntLike = _DIM,
-    first_frame: _IntLike = 0,
-) -> VisualTokens:
-    """A float32 :class:`VisualTokens` chunk built with ``from_frames`` (``[F*H*W, D]`` rows).
-
-    Each argument is a fixed value or a hypothesis strategy. Values come from a seeded
-    generator (drawing thousands of floats one by one is slow and shrinks badly); the scale
-    varies over orders of magnitude, values are sometimes rounded to a coarse grid, and rows
-    are sometimes copied onto others (within and across frames), because exact ties are where
-    top-k and tie-break bugs hide.
-    """
-    f = _draw_int(draw, frames)
-    h, w = grid if isinstance(grid, tuple) else draw(grid)
-    d = _draw_int(draw, dim)
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
-    x = torch.randn(f * h * w, d, generator=gen) * draw(st.sampled_from([1e-3, 1.0, 1e3]))
-    if draw(st.booleans()):
-        x = torch.round(x * 2) / 2
-    if draw(st.booleans()):
-        n = x.shape[0]
-        copies = draw(st.integers(1, max(1, n // 2)))
-        dst = torch.randint(n, (copies,), generator=gen)
-        src = torch.randint(n, (copies,), generator=gen)
-        x[dst] = x[src]
-    return VisualTokens.from_frames(x.reshape(f, h * w, d), (h, w), first_frame=_draw_int(draw, first_frame))
+__all__ = ["check_token_strategy"]
 
 
 def _fail(message: str) -> None:
@@ -82,12 +41,15 @@ def _chunk_inputs(tokens: VisualTokens | Sequence[VisualTokens], chunks: int) ->
 
 
 def _run(
-    strategy: TokenStrategy, inputs: list[VisualTokens], dropped_plans: bool = False
+    strategy: TokenStrategy,
+    inputs: list[VisualTokens],
+    infos: Sequence[ChunkInfo] | None = None,
+    dropped_plans: bool = False,
 ) -> list[VisualTokens]:
     state = strategy.new_state()
     out = []
     for i, tok in enumerate(inputs):
-        chunk = ChunkInfo(index=i, first_frame=tok.first_frame, num_frames=tok.num_frames)
+        chunk = infos[i] if infos is not None else ChunkInfo(i, tok.first_frame, tok.num_frames)
         if dropped_plans and isinstance(strategy, ScoringPruner) and tok.count:
             strategy.plan(tok, state, chunk)  # planned and dropped: must leave the state as it was
         out.append(strategy.apply(tok, state, chunk))
@@ -142,6 +104,7 @@ def check_token_strategy(
     tokens: VisualTokens | Sequence[VisualTokens],
     chunks: int = 2,
     copies_rows: bool = True,
+    chunk_infos: Sequence[ChunkInfo] | None = None,
 ) -> list[VisualTokens]:
     """Run ``strategy`` over a stream and assert the DESIGN §8 invariants; return every chunk's output.
 
@@ -151,12 +114,16 @@ def check_token_strategy(
     also plans every chunk once and drops the plan, which must not change the state, so a chunk that
     fails after its plan leaves the stream as it was). Set ``copies_rows=False``
     only for a strategy that legitimately rewrites features without merging them.
+    ``chunk_infos`` gives each chunk's :class:`ChunkInfo` (with the layer probes a target filled
+    in) where the strategy reads more than the tokens; by default bare infos are built.
     """
     inputs = _chunk_inputs(tokens, chunks)
-    first = _run(strategy, inputs, dropped_plans=True)
+    if chunk_infos is not None and len(chunk_infos) != len(inputs):
+        raise ValueError(f"{len(chunk_infos)} chunk_infos for {len(inputs)} chunks")
+    first = _run(strategy, inputs, chunk_infos, dropped_plans=True)
     for i, (inp, out) in enumerate(zip(inputs, first, strict=True)):
         _check_chunk(strategy, inp, out, f"{strategy.name} chunk {i}", copies_rows)
-    second = _run(strategy, inputs)
+    second = _run(strategy, inputs, chunk_infos)
     for i, (a, b) in enumerate(zip(first, second, strict=True)):
         if not _same(a, b):
             _fail(
