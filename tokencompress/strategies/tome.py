@@ -232,9 +232,9 @@ class ToMe(BlockStrategy):
 
         r = p.schedule(call.num_layers)[call.layer_index]
         removed = 0
-        metric = None
+        tracing = state.trace is not None
+        metric = key_metric(k, a.num_heads) if r > 0 or tracing else None
         if r > 0:
-            metric = key_metric(k, a.num_heads)
             match = match_bipartite(metric, r, p.class_token, p.distill_token)
             size = state.size
             if size is None:
@@ -253,11 +253,16 @@ class ToMe(BlockStrategy):
         x_after_merge = x
         out = x + a.mlp(a.ln2(x))
 
-        if state.trace is not None and metric is not None and state.owner is not None:
-            state.trace.append(
-                ToMeTraceRecord(
-                    call.layer_index, removed, metric, x_after_merge, state.size, state.owner, out
-                )  # type: ignore[arg-type]
+        if tracing:
+            # Every layer is recorded, merging or not (r = 0 keeps sizes and owners as they were:
+            # ones and the identity before the first merge).
+            n, dev = x_after_merge.shape[1], x.device
+            size = state.size if state.size is not None else torch.ones(x.shape[0], n, 1, device=dev)
+            owner = (
+                state.owner if state.owner is not None else torch.arange(n, device=dev).expand(x.shape[0], -1)
+            )
+            state.trace.append(  # type: ignore[union-attr]
+                ToMeTraceRecord(call.layer_index, removed, metric, x_after_merge, size, owner, out)  # type: ignore[arg-type]
             )
         if p.output == "unmerge" and state.owner is not None:
             return unmerge_to_grid(out, state.owner)
