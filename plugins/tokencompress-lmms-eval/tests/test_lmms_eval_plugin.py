@@ -112,11 +112,14 @@ def test_model_module_without_lmms_eval_names_the_install() -> None:
 
 # ----------------------------------------------------------------- through lmms-eval itself (its venv)
 @pytest.mark.slow
-def test_lmms_eval_registers_and_resolves_the_model(lmms) -> None:
+def test_lmms_eval_registers_and_resolves_the_model(lmms, tmp_path: Path) -> None:
     # (`lmms-eval models` prints only lmms-eval's built-in table, not entry-point models: the
     # registry below is what `--model` resolves through)
     script = str(PLUGIN / "tests" / "venv_contract.py")
-    proc = subprocess.run([str(lmms.python), script], capture_output=True, text=True, env=lmms.env())
+    stats = tmp_path / "stats.jsonl"
+    proc = subprocess.run(
+        [str(lmms.python), script, str(stats)], capture_output=True, text=True, env=lmms.env()
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     path = "tokencompress_lmms_eval.model.TokencompressLMM"
@@ -140,7 +143,14 @@ def test_lmms_eval_registers_and_resolves_the_model(lmms) -> None:
         "the tokencompress model takes video paths, PIL images or [H, W, 3] uint8 arrays"
     )
     assert out["loglikelihood"].startswith("NotImplementedError: task 'tc_mc' asks for loglikelihood")
-    assert out["multi_round"].startswith("NotImplementedError: task 'tc_mr' is multi-round")
+    rounds = out["multi_round"]
+    assert rounds["calls"] == [
+        [1, rounds["rounds"][:1], None],
+        [2, rounds["rounds"][:2], {"after": 1}],
+        [3, rounds["rounds"][:3], {"after": 2}],
+    ]
+    assert rounds["rounds"] == rounds["singles"]  # each round is its own stream over that round's visuals
+    assert (rounds["frames"], rounds["round_field"]) == ([1, 2, 3], [0, 1, 2])
 
 
 def _reference(docs: list[dict], prompts: list[str]) -> list[tuple[str, list[int], list[int]]]:

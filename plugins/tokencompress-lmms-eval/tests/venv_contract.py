@@ -7,6 +7,7 @@ its ``Instance``), the way the evaluator calls a model.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 from lmms_eval.api.instance import GenerationResult, Instance
@@ -37,7 +38,10 @@ out: dict = {
     "unknown_key": error_of(lambda: cls.create_from_arg_string("pipeline=none,fsp=1", {"batch_size": 1})),
     "batch_size_4": error_of(lambda: cls.create_from_arg_string("pipeline=none", {"batch_size": 4})),
 }
-lm = cls.create_from_arg_string("pipeline=none,max_new_tokens=4", {"batch_size": "1", "device": None})
+stats = sys.argv[1]
+lm = cls.create_from_arg_string(
+    f"pipeline=none,max_new_tokens=4,stats={stats}", {"batch_size": "1", "device": None}
+)
 out["rank_world"] = [lm.rank, lm.world_size]
 out["pipeline"] = lm.pipeline.name
 
@@ -69,7 +73,40 @@ out["loglikelihood"] = error_of(
         [request("loglikelihood", ("x", " A", lambda d: [], 0, "tc_mc", "test"), "tc_mc")]
     )
 )
-out["multi_round"] = error_of(
-    lambda: lm.generate_until_multi_round([request("generate_until_multi_round", (), "tc_mr")])
+# Multi-round: round 0 from the request, then the task's doc_to_text until it says terminal.
+frames = [np.full((48, 64, 3), 40 * (i + 1), np.uint8) for i in range(3)]
+lm.task_dict["tc_rounds"] = {"test": [{"frames": frames}]}
+calls = []
+
+
+def rounds_doc_to_text(doc, previous_output=None, round_idx=None, previous_round_info=None):
+    calls.append([round_idx, list(previous_output), previous_round_info])
+    if round_idx == 3:
+        return None, None, True, previous_output, None
+    return doc["frames"][: round_idx + 1], f"round {round_idx}", False, previous_output, {"after": round_idx}
+
+
+args = ("round 0", greedy, lambda d: d["frames"][:1], rounds_doc_to_text, 0, "tc_rounds", "test")
+(rounds,) = lm.generate_until_multi_round([request("generate_until_multi_round", args, "tc_rounds")])
+# the same prompts and frames as single requests, for comparison
+lm.task_dict["tc_single"] = {"test": [{"frames": frames[: i + 1]} for i in range(3)]}
+singles = lm.generate_until(
+    [
+        request(
+            "generate_until",
+            (f"round {i}", greedy, lambda d: d["frames"], i, "tc_single", "test"),
+            "tc_single",
+        )
+        for i in range(3)
+    ]
 )
+with open(stats) as fh:
+    entries = [json.loads(line) for line in fh]
+out["multi_round"] = {
+    "rounds": rounds,
+    "singles": [r.text for r in singles],
+    "calls": calls,
+    "frames": [e["frames"] for e in entries if e["task"] == "tc_rounds"],
+    "round_field": [e["round"] for e in entries if e["task"] == "tc_rounds"],
+}
 print(json.dumps(out))

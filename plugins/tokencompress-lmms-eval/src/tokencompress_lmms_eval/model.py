@@ -10,9 +10,11 @@ calls or after lmms-eval's ``clean()``.
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import os
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from . import INSTALL_HINT, TESTED_LMMS_EVAL
@@ -77,25 +79,63 @@ class TokencompressLMM(lmms):
     def batch_size(self) -> int:
         return 1
 
-    def generate_until(self, requests: list) -> list:
-        """One answer per request, in request order."""
-        out = []
+    @contextmanager
+    def _running(self, requests: list) -> Iterator[tuple[Any, Callable[[dict], None], Any]]:
+        """The pipeline installed, the stats file open and a progress bar, for one batch of requests."""
         with ExitStack() as stack:
             bound = stack.enter_context(self.pipeline.apply(self.loaded.model))
             stats = stack.enter_context(open(self.args.stats, "a")) if self.args.stats else None
             bar = stack.enter_context(
                 tqdm(total=len(requests), desc="tokencompress", disable=self.rank != 0, leave=False)
             )
+
+            def record(entry: dict) -> None:
+                if stats is not None:
+                    stats.write(json.dumps(entry) + "\n")
+
+            yield bound, record, bar
+
+    def generate_until(self, requests: list) -> list:
+        """One answer per request, in request order."""
+        out = []
+        with self._running(requests) as (bound, record, bar):
             for request in requests:
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
                 visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-                text, record = self._answer(bound, context, gen_kwargs or {}, visuals, task, doc_id)
-                if stats is not None:
-                    stats.write(json.dumps({"task": task, "split": split, "doc_id": doc_id, **record}) + "\n")
+                text, entry = self._answer(bound, context, gen_kwargs or {}, visuals, task, doc_id)
+                record({"task": task, "split": split, "doc_id": doc_id, **entry})
                 counts = TokenCounts(
-                    input_tokens=record["input_tokens"], output_tokens=len(record["token_ids"])
+                    input_tokens=entry["input_tokens"], output_tokens=len(entry["token_ids"])
                 )
                 out.append(GenerationResult(text=text, token_counts=counts))
+                bar.update(1)
+        return out
+
+    def generate_until_multi_round(self, requests: list) -> list:
+        """One list of answers per request: round 0 from the request, later rounds from the task.
+
+        Each round is answered from a fresh stream over that round's visuals (for OVO-Bench
+        forward probes, the prefix clip up to the probe), as the benchmark's reference scripts
+        do. The task's ``doc_to_text(doc, previous_output=..., round_idx=r,
+        previous_round_info=...)`` gives ``(visuals, prompt, terminal, previous_output, info)``.
+        """
+        out = []
+        with self._running(requests) as (bound, record, bar):
+            for request in requests:
+                context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+                doc = self.task_dict[task][split][doc_id]
+                visuals, rounds, info = doc_to_visual(doc), [], None
+                for round_idx in itertools.count():
+                    if round_idx:
+                        visuals, context, terminal, _, info = doc_to_text(
+                            doc, previous_output=list(rounds), round_idx=round_idx, previous_round_info=info
+                        )
+                        if terminal:
+                            break
+                    text, entry = self._answer(bound, context, gen_kwargs or {}, visuals, task, doc_id)
+                    record({"task": task, "split": split, "doc_id": doc_id, "round": round_idx, **entry})
+                    rounds.append(text)
+                out.append(rounds)
                 bar.update(1)
         return out
 
@@ -141,13 +181,6 @@ class TokencompressLMM(lmms):
             f"task '{task}' asks for loglikelihood (output_type loglikelihood/multiple_choice), which the "
             "tokencompress model does not score: it answers from a compressed KV cache by greedy decoding; "
             "use a generate_until variant of the task"
-        )
-
-    def generate_until_multi_round(self, requests: list) -> list:
-        task = requests[0].task_name if requests else "?"
-        raise NotImplementedError(
-            f"task '{task}' is multi-round (output_type generate_until_multi_round), which the tokencompress "
-            "model does not answer yet; run OVO-Bench forward tasks with `tokencompress eval --benchmark ovo-bench`"
         )
 
 
