@@ -74,14 +74,14 @@ out["loglikelihood"] = error_of(
     )
 )
 # Multi-round: round 0 from the request, then the task's doc_to_text until it says terminal.
-frames = [np.full((48, 64, 3), 40 * (i + 1), np.uint8) for i in range(3)]
+frames = [np.full((48, 64, 3), 40 * (i + 1), np.uint8) for i in range(2)]
 lm.task_dict["tc_rounds"] = {"test": [{"frames": frames}]}
 calls = []
 
 
 def rounds_doc_to_text(doc, previous_output=None, round_idx=None, previous_round_info=None):
     calls.append([round_idx, list(previous_output), previous_round_info])
-    if round_idx == 3:
+    if round_idx == 2:
         return None, None, True, previous_output, None
     return doc["frames"][: round_idx + 1], f"round {round_idx}", False, previous_output, {"after": round_idx}
 
@@ -89,7 +89,7 @@ def rounds_doc_to_text(doc, previous_output=None, round_idx=None, previous_round
 args = ("round 0", greedy, lambda d: d["frames"][:1], rounds_doc_to_text, 0, "tc_rounds", "test")
 (rounds,) = lm.generate_until_multi_round([request("generate_until_multi_round", args, "tc_rounds")])
 # the same prompts and frames as single requests, for comparison
-lm.task_dict["tc_single"] = {"test": [{"frames": frames[: i + 1]} for i in range(3)]}
+lm.task_dict["tc_single"] = {"test": [{"frames": frames[: i + 1]} for i in range(2)]}
 singles = lm.generate_until(
     [
         request(
@@ -97,7 +97,7 @@ singles = lm.generate_until(
             (f"round {i}", greedy, lambda d: d["frames"], i, "tc_single", "test"),
             "tc_single",
         )
-        for i in range(3)
+        for i in range(2)
     ]
 )
 with open(stats) as fh:

@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import INSTALL_HINT, TESTED_LMMS_EVAL
@@ -70,6 +71,18 @@ class TokencompressLMM(lmms):
             f"tokencompress model: pipeline '{self.pipeline.name}' ({path or 'no compression'}) on {self._device}"
         )
 
+    @property
+    def stats_path(self) -> str | None:
+        """``stats``, or ``stats`` with ``.rankR`` before the suffix when several ranks run (one writer per file).
+
+        Under several ranks lmms-eval pads the shorter shards with copies of their last request,
+        so a rank's file can hold one request twice; lmms-eval drops the copies from its results.
+        """
+        if not self.args.stats or self.world_size == 1:
+            return self.args.stats
+        path = Path(self.args.stats)
+        return str(path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}"))
+
     # lmms-eval reads these (device for its cross-rank gathers).
     @property
     def device(self) -> torch.device:
@@ -84,7 +97,7 @@ class TokencompressLMM(lmms):
         """The pipeline installed, the stats file open and a progress bar, for one batch of requests."""
         with ExitStack() as stack:
             bound = stack.enter_context(self.pipeline.apply(self.loaded.model))
-            stats = stack.enter_context(open(self.args.stats, "a")) if self.args.stats else None
+            stats = stack.enter_context(open(self.stats_path, "a")) if self.stats_path else None
             bar = stack.enter_context(
                 tqdm(total=len(requests), desc="tokencompress", disable=self.rank != 0, leave=False)
             )
