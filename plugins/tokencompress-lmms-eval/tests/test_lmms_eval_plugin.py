@@ -131,6 +131,10 @@ def test_lmms_eval_registers_and_resolves_the_model(lmms, tmp_path: Path) -> Non
     )
     assert out["unknown_key"].startswith("ValueError: --model_args: unknown key 'fsp' (did you mean 'fps'?)")
     assert out["batch_size_4"].startswith("ValueError: --model_args batch_size: Value error, got 4;")
+    assert (
+        out["missing_pipeline"].startswith("ConfigError: ")
+        and "/nonexistent/stc.yaml" in out["missing_pipeline"]
+    )
     assert (out["rank_world"], out["pipeline"]) == ([0, 1], "baseline")
     assert out["image_answer"] == {
         "type": "GenerationResult",

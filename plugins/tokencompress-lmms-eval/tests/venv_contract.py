@@ -37,6 +37,7 @@ out: dict = {
     "is_simple": cls.is_simple,
     "unknown_key": error_of(lambda: cls.create_from_arg_string("pipeline=none,fsp=1", {"batch_size": 1})),
     "batch_size_4": error_of(lambda: cls.create_from_arg_string("pipeline=none", {"batch_size": 4})),
+    "missing_pipeline": error_of(lambda: cls.create_from_arg_string("pipeline=/nonexistent/stc.yaml", {})),
 }
 stats = sys.argv[1]
 lm = cls.create_from_arg_string(

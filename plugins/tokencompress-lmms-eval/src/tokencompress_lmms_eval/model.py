@@ -59,11 +59,11 @@ class TokencompressLMM(lmms):
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         self._device = _pick_device(self.args.device)
-        dtype = getattr(torch, self.args.dtype)
-        self.loaded = load_model(self.args.model_name, dtype=dtype)
-        self.loaded.model.to(self._device)
         path = self.args.pipeline_path
+        # the pipeline file first: a typo in it is reported before minutes of model loading
         self.pipeline = Pipeline.from_yaml(path) if path else Pipeline.from_dict(_BASELINE)
+        self.loaded = load_model(self.args.model_name, dtype=getattr(torch, self.args.dtype))
+        self.loaded.model.to(self._device)
         self.pipeline.bind(self.loaded.model)  # budget and compatibility errors now, not mid-run
         if self.loaded.random_weights:
             logger.warning(f"tokencompress model: {self.loaded.description}")
