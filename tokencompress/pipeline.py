@@ -22,7 +22,7 @@ from .hooks.events import StageEvent
 from .pipeline_config import PipelineConfig, format_validation_error, load_config, parse_config
 from .registry import Registry
 from .stages import Stage
-from .strategy import BlockStrategy, ChunkInfo, Strategy, TokenStrategy
+from .strategy import BlockStrategy, ChunkInfo, Strategy, TokenStrategy, provided_needs
 from .target import Target
 from .timing import now
 from .tokens import VisualTokens
@@ -87,7 +87,7 @@ def check_compatibility(config: PipelineConfig, target: Target) -> None:
                 raise CompatibilityError(
                     f"{where}: strategy '{strategy.name}' runs at {stage.value}, which target '{target.name}' does not expose"
                 )
-            missing = strategy.needs - target.provides[stage]
+            missing = strategy.needs - provided_needs(target.provides[stage])
             if missing:
                 raise CompatibilityError(
                     f"{where}: strategy '{strategy.name}' needs {', '.join(sorted(m.value for m in missing))} at "

@@ -240,6 +240,8 @@ class VisionZip(TokenStrategy):
         h = probe.hidden
         adapter = probe.adapter
         t_enc = h.shape[1]
+        if vit_tokens is None and getattr(adapter, "cls_tokens", None) is not None:
+            vit_tokens = t_enc - adapter.cls_tokens
         if vit_tokens is None:
             vit_tokens = t_enc if math.isqrt(t_enc) ** 2 == t_enc else t_enc - 1
         extra = t_enc - vit_tokens
@@ -260,14 +262,19 @@ class VisionZip(TokenStrategy):
         x = adapter.ln1(h)
         heads = adapter.num_heads
         scale = adapter.head_dim**-0.5
-        k = split_heads(adapter.k(x), heads)  # [F, H, T_enc, dh]
-        kbar = k.float().mean(dim=1)  # [F, T_enc, dh]
+        k_flat = adapter.k(x)  # [F, T_enc, H*dh]
+        # the key metric is content only: head-mean keys before any rotary
+        kbar = split_heads(k_flat, heads).float().mean(dim=1)  # [F, T_enc, dh]
+        # logits as the layer computes them: the adapter positions q/k (rotary) and masks (windows)
         if mode == "cls":
-            q_cls = split_heads(adapter.q(x[:, :1]), heads)[:, :, 0]  # [F, H, dh]
-            score = dominant_scores_cls(cls_row_from_qk(q_cls, k, scale))  # [F, T_enc - 1]
+            cls_index = torch.zeros(h.shape[0], 1, dtype=torch.long, device=h.device)
+            q_cls, k = adapter.positioned(adapter.q(x[:, :1]), k_flat, cls_index)
+            mask = adapter.logit_mask(cls_index)
+            score = dominant_scores_cls(cls_row_from_qk(q_cls[:, :, 0], k, scale, mask))  # [F, T_enc - 1]
         else:
-            q = split_heads(adapter.q(x), heads)
-            score = dominant_scores_mean_received(q, k, scale, _QUERY_BLOCK)[:, extra:]
+            q, k = adapter.positioned(adapter.q(x), k_flat)
+            mask = adapter.logit_mask()
+            score = dominant_scores_mean_received(q, k, scale, _QUERY_BLOCK, mask)[:, extra:]
         return torch.cat([score[..., None], kbar[:, extra:]], dim=-1), has_cls
 
     # ----------------------------------------------------------------------- apply

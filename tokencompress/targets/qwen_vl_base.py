@@ -73,10 +73,12 @@ class QwenVLTarget(Target):
 
     Options = QwenVLOptions
     provides = {
-        # Rotary attention: a merged token has no position of its own, so no POSITION_FREE_ATTENTION.
-        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER}),
+        # Rotary attention is not position-free, but the adapter places any token subset at chosen
+        # positions (merged tokens at their anchor's (h, w) and window): SUBSET_ATTENTION.
+        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.SUBSET_ATTENTION}),
         Stage.POST_VIT: frozenset(),
-        Stage.PRE_PREFILL: frozenset(),
+        # a probed layer's attention (rotary, windows) and keys, carried onto the merged grid
+        Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
     }
     tokenizer_layout = "qwen2_vl"
     windowed: ClassVar[bool] = False
