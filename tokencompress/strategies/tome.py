@@ -15,7 +15,16 @@ reference timm/SWAG patch places it:
 
 Sizes and the owner map (which slot holds every original token) live in a per-stream
 :class:`ToMeState` and are reset at every chunk: frames never merge with each other and a chunk
-never depends on the previous one.
+never depends on the previous one. A "frame" is a row of the adapter's ``[F, T, C]`` view: a
+video frame, or one temporal slice on packed Qwen towers.
+
+Position rule. Every slot keeps one *anchor*: the original token that was never merged away
+(each step's destination keeps its slot, so the anchor is the destination of every merge into
+it, and an unmerged token's own). Where attention depends on position (rotary towers, windowed
+attention), the slot stands at its anchor's position: the strategy hands the anchors to the
+target's adapter (``BlockAdapter.at``), which gives the slot the anchor's rotary angles (its
+(h, w) on Qwen) and window; position-free towers ignore them. The metric stays the un-rotated
+keys (content only).
 
 Output modes. Stock pooling after the tower needs the full grid in raster order (LLaVA-OV's
 27×27 bilinear resize, Qwen's 2×2 merger; specs/targets.md §0.4), and merged tokens come out
@@ -115,6 +124,8 @@ class ToMeTraceRecord:
     """``[F, N0]`` slot of every original token after this layer."""
     out: Tensor
     """``[F, n - r, C]`` layer output before any un-merge to the grid."""
+    anchor: Tensor | None = None
+    """``[F, n - r]`` original position each slot stands at from the next layer on."""
 
     @property
     def source(self) -> Tensor:
@@ -261,7 +272,14 @@ class ToMe(BlockStrategy):
         if state.trace is not None and metric is not None and state.owner is not None:
             state.trace.append(
                 ToMeTraceRecord(
-                    call.layer_index, removed, metric, x_after_merge, state.size, state.owner, out
+                    call.layer_index,
+                    removed,
+                    metric,
+                    x_after_merge,
+                    state.size,
+                    state.owner,
+                    out,
+                    state.anchor,
                 )  # type: ignore[arg-type]
             )
         if p.output == "unmerge" and state.owner is not None:
