@@ -12,6 +12,10 @@ block adapter: ``k = adapter.k(adapter.ln1(h))`` for the head-averaged key metri
 CLS query's softmax row (CLIP-style towers) or, for CLS-free towers (SigLIP), the attention every
 token receives averaged over heads and query rows, computed in query blocks (the community
 LLaVA-OneVision variant of HoliTom/DyToK, not the authors' reference; ``specs/visionzip.md`` §3).
+The logits are the layer's own: the adapter positions queries and keys (``adapter.positioned``:
+the vision RoPE on Qwen towers) and masks what a query cannot see (``adapter.logit_mask``: keys
+outside its window in Qwen2.5-VL's windowed blocks, which then receive 0 from it; the mean still
+runs over all query rows of the frame). The key metric stays the un-rotated keys (content only).
 
 Where it runs (``placement``):
 
@@ -20,7 +24,9 @@ Where it runs (``placement``):
   there at build time.
 * ``after_pool``: at ``pre_prefill``, on the pooled, projected tokens, as DyToK
   (``pooling=True``) and HoliTom do: the score map and the keys are computed on the ViT grid and
-  carried to the pooled grid with the target's own pooling map (``chunk.to_prefill_grid``).
+  carried to the pooled grid with the target's own pooling map (``chunk.to_prefill_grid``;
+  on Qwen towers the mean over the 2×2 merge block of ViT tokens that the merger folds into
+  one LLM token, so a merged token's score is the mean of its four patches' scores).
 * ``auto``: ``before_pool`` where ``post_vit`` is not count-locked, otherwise ``after_pool``; the
   pipeline reports the move in ``BoundPipeline.notes``.
 
