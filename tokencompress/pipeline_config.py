@@ -13,24 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from .errors import ConfigError
 from .registry import Registry, close_matches
-from .stages import Stage
 from .strategy import Strategy
+from .types import Stage, StreamConfig
 
 __all__ = ["StreamConfig", "PipelineConfig", "load_config", "parse_config", "json_schema"]
 
 TOP_KEYS = ("name", "target", "target_options", "stream", "stages")
-
-
-class StreamConfig(BaseModel):
-    """How frames are fed: sampled at ``fps`` and grouped ``frames_per_chunk`` at a time."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    frames_per_chunk: int = Field(1, ge=1, description="Frames encoded and prefilled together")
-    fps: float = Field(0.5, gt=0, description="Frames sampled per second of video")
 
 
 @dataclass

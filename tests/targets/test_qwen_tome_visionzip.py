@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import random_frames
-from tests.test_e2e_qwen_vl import (
+from tests.targets.test_qwen_vl import (
     FRAMES,
     IDS,
     SMALL,
