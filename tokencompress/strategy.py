@@ -37,6 +37,13 @@ class StrategyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def count_undeclared(cls: type) -> str:
+    return (
+        f"{cls.__qualname__} changes the token count but does not say how many tokens it keeps: "
+        "override planned_count(tokens_per_frame, frames), or set dynamic_count = True if it depends on the data"
+    )
+
+
 class Strategy(ABC):
     """A compression method. Instances are immutable recipes; all mutable data lives in states.
 
@@ -53,6 +60,10 @@ class Strategy(ABC):
     needs: ClassVar[frozenset[Need]] = frozenset()
     changes_count: ClassVar[bool] = True
     """False when the stage's token count is unchanged (shape-preserving)."""
+    dynamic_count: ClassVar[bool] = False
+    """True when the output count depends on the data. A strategy that changes the count must
+    either say so here or override :meth:`planned_count`: a serving engine sizes buffers from it,
+    so a silent "unknown" is refused at registration."""
     stateful: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -70,8 +81,16 @@ class Strategy(ABC):
         return f"{type(self).__name__}({fields})"
 
     def planned_count(self, tokens_per_frame: int, frames: int) -> int | None:
-        """Output tokens for an input of ``frames`` x ``tokens_per_frame``; None if data-dependent."""
-        return None if self.changes_count else tokens_per_frame * frames
+        """Output tokens for an input of ``frames`` x ``tokens_per_frame``; None if data-dependent.
+
+        The default covers shape-preserving strategies (the input count) and ones that declare
+        ``dynamic_count`` (None); every other count-changing strategy overrides it.
+        """
+        if not self.changes_count:
+            return tokens_per_frame * frames
+        if self.dynamic_count:
+            return None
+        raise TypeError(count_undeclared(type(self)))
 
     def check(self, info: StageInfo) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters the target's token layout cannot satisfy."""

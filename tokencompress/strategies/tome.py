@@ -181,6 +181,7 @@ class ToMe(BlockStrategy):
     stateful = False
     """The state is per-chunk scratch (sizes, owner map); nothing carries from chunk to chunk."""
     computes_layer = True
+    dynamic_count = True  # with output: compact, the count left depends on the merges (and r caps)
     summary = "Token Merging: merge r similar tokens per ViT layer (bipartite soft matching on keys)"
     paper = "https://arxiv.org/abs/2210.09461"
     reference = "facebookresearch/ToMe (tome/merge.py, tome/patch/timm.py)"
