@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata as md
 
 import pytest
+import torch
 
 from tests.plugin_fakes import (
     FakeEntryPoint,
