@@ -32,7 +32,9 @@ class Call:
 
 
 class ScriptedEngine:
-    """``script[qid]`` is a string, ``None`` (an inference error) or a callable ``(now, prompt) -> str``."""
+    """``script[qid]`` is a string, ``None`` (an inference error) or a callable ``(query, now, prompt)``."""
+
+    needs_pixels = False  # it only counts frames and reads their times
 
     def __init__(self, script: Script, name: str = "scripted", key: str = "fake") -> None:
         self.script = script
@@ -50,7 +52,7 @@ class ScriptedEngine:
         if callable(self.script):
             return self.script(query, now, prompt)
         value = self.script.get(query.qid, "Z")
-        return value(now, prompt) if callable(value) else value
+        return value(query, now, prompt) if callable(value) else value
 
 
 class _Session:

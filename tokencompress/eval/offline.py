@@ -8,6 +8,7 @@ path: ``{video_id, video_path, duration, conversations: [...]}``), scored as ReK
 from __future__ import annotations
 
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
     items = []
     for v, entry in enumerate(videos):
         try:
-            video = str((path.parent / field_of(entry, "video_path", str)).resolve())
+            video = os.path.abspath(path.parent / field_of(entry, "video_path", str))
             convs = field_of(entry, "conversations", list)
             vid = str(entry.get("video_id", v))
         except RecordError as err:

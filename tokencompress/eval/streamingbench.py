@@ -9,6 +9,7 @@ resolved against the annotation file's directory, as ``scripts/preprocess.sh`` w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def _questions(
     history: list[dict[str, str]] = []
     for e, entry in enumerate(entries):
         try:
-            video = str((data / field_of(entry, "video_path", str)).resolve())
+            video = os.path.abspath(data / field_of(entry, "video_path", str))  # links stay links
             questions = field_of(entry, "questions", list)
         except RecordError as err:
             skips.skip(f"{family}:{prefix}{e}", err)

@@ -160,10 +160,11 @@ def build_streamingbench(root: Path) -> dict[str, Any]:
     for name, entries in (("real", real), ("omni", omni), ("sqa", sqa), ("proactive", proactive)):
         _write(data / f"questions_{name}.json", entries)
 
-    def item1(now: float | None, prompt: str) -> str:
-        if "output the content" in prompt or now is None:
+    def item1(query: Any, now: float | None, prompt: str) -> str:
+        """Says no until now = 5, then yes; asked the instruction itself, answers "2"."""
+        if prompt == query.poll.final_prompt:
             return "2"
-        return "Yes" if now >= 5 else "No"
+        return "Yes" if now is not None and now >= 5 else "No"
 
     responses: dict[str, Any] = {
         "real:0:0": "A", "real:0:1": " B", "real:1:0": "C", "real:2:0": "D", "real:2:1": "A",

@@ -18,16 +18,25 @@ __all__ = ["VideoSource", "probe_times"]
 
 
 def probe_times(path: str) -> tuple[list[float], float, float]:
-    """(presentation time of every frame, container average fps, duration in seconds)."""
+    """(presentation time of every frame, container average fps, duration in seconds).
+
+    Times come from the packets' timestamps, sorted into presentation order (no decoding);
+    a stream with untimed packets is decoded instead.
+    """
     p = _check_path(path)
     container = _open(p)
     try:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        times = []
         try:
-            for i, frame in enumerate(container.decode(video=0)):
-                times.append(float(frame.time) if frame.time is not None else i / fps)
+            pts = [pk.pts for pk in container.demux(stream) if pk.size]
+            if pts and None not in pts and stream.time_base is not None:
+                times = sorted(float(t * stream.time_base) for t in pts)
+            else:
+                container.seek(0)
+                times = [
+                    float(f.time) if f.time is not None else i / fps for i, f in enumerate(container.decode(video=0))
+                ]
         except _DECODE_ERRORS as exc:
             raise VideoError(f"cannot decode video {p}: {_reason(exc)}") from exc
         if not times:
