@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
     try:
-        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench, "eval": _eval}[
+        if args.command == "eval":
+            return _eval(args)
+        return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[
             args.command
         ](args)
     except TokenCompressError as exc:

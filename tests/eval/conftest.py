@@ -11,7 +11,10 @@ from tokencompress.eval.synthetic import build
 def synth(tmp_path_factory):
     """kind -> manifest; OVO's 20 chunk files included."""
     root = tmp_path_factory.mktemp("synthetic")
-    return {k: build(k, root / k) for k in ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema", "rekv")}
+    return {
+        k: build(k, root / k)
+        for k in ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema", "rekv")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ from tokencompress.eval.runner import Settings, evaluate
 from tokencompress.eval.sampling import FrameRule
 
 
-def run_scripted(bench, data, out, script, protocol="reference", fps=1.0, scoring="official", extra=(), **opts):
+def run_scripted(
+    bench, data, out, script, protocol="reference", fps=1.0, scoring="official", extra=(), **opts
+):
     loaded = load_benchmark(bench, Path(data), LoadOptions(**opts))
     engines = [ScriptedEngine(script, "baseline", "b"), *extra]
     settings = Settings(bench, protocol=protocol, rule=FrameRule("rekv_stride", fps), scoring=scoring)

@@ -35,12 +35,14 @@ def test_every_benchmark_and_protocol_runs(builtin_model, synth, tmp_path, bench
         "--fps", "0.25", "--limit", "1", "--max-new-tokens", "2", "--out", tmp_path,
     )  # fmt: skip
     assert [v["name"] for v in results["variants"]] == ["baseline", "stc"]
-    assert results["protocol"] == protocol and results["frames"] == {"rule": "rekv_stride", "fps": 0.5}
+    assert results["protocol"] == protocol and results["frames"] == {"rule": "rekv_stride", "fps": 0.25}
     assert results["random_weights"] is True and results["versions"]["eval_harness"]
     n = results["queries"]
     assert len(preds) == 2 * n and all(p["error"] is None for p in preds)
     stc = results["variants"][1]
-    assert stc["speed"]["visual_tokens_per_query"] < results["variants"][0]["speed"]["visual_tokens_per_query"]
+    assert (
+        stc["speed"]["visual_tokens_per_query"] < results["variants"][0]["speed"]["visual_tokens_per_query"]
+    )
     assert {"retention", "delta"} <= set(stc["retention"]["total"])
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     assert (tmp_path / "retention.png").read_bytes()[:4] == b"\x89PNG"
@@ -56,7 +58,9 @@ def test_reference_equals_incremental_for_stateless_pipelines(builtin_model, syn
     common = ["--benchmark", "ovo-bench", "--data", synth["ovo-bench"]["root"], "--tasks", "SSR"]
     common += ["--fps", "0.5", "--max-new-tokens", "3"]
     _, ref = eval_cli(builtin_model, PIPES / "visionzip.yaml", *common, "--out", tmp_path / "p")
-    _, inc = eval_cli(builtin_model, PIPES / "visionzip.yaml", *common, "--protocol", "incremental", "--out", tmp_path / "i")
+    _, inc = eval_cli(
+        builtin_model, PIPES / "visionzip.yaml", *common, "--protocol", "incremental", "--out", tmp_path / "i"
+    )
     ref, inc = _by_key(ref), _by_key(inc)
     assert ref.keys() == inc.keys() and len(ref) == 8
     fields = ("response", "frames", "visual_tokens", "cache_tokens")
@@ -67,7 +71,9 @@ def test_reference_equals_incremental_for_stateless_pipelines(builtin_model, syn
     from tokencompress.target import Target
 
     monkeypatch.setattr(Target, "rewind", lambda self, state, length, position: None)  # the mistake
-    _, leak = eval_cli(builtin_model, PIPES / "visionzip.yaml", *common, "--protocol", "incremental", "--out", tmp_path / "l")
+    _, leak = eval_cli(
+        builtin_model, PIPES / "visionzip.yaml", *common, "--protocol", "incremental", "--out", tmp_path / "l"
+    )
     leak = _by_key(leak)
     assert any(ref[k]["cache_tokens"] != leak[k]["cache_tokens"] for k in ref)
 
@@ -82,14 +88,27 @@ def cli_error(capsys, *argv):
 def test_one_line_errors_before_the_model_loads(synth, tmp_path, capsys):
     ovo = synth["ovo-bench"]["root"]
     stc = PIPES / "stc.yaml"
-    assert "missing data/ovo_bench_new.json" in cli_error(capsys, stc, "--benchmark", "ovo-bench", "--data", tmp_path)
+    assert "missing data/ovo_bench_new.json" in cli_error(
+        capsys, stc, "--benchmark", "ovo-bench", "--data", tmp_path
+    )
     err = cli_error(capsys, stc, "--benchmark", "ovo-bench", "--data", ovo, "--fps", "30")
     assert "--fps 30 is above the source rate 25 fps" in err
     err = cli_error(capsys, stc, "--benchmark", "ovo-bench", "--data", ovo, "--scoring", "stc-ish")
     assert "--scoring stc-ish" in err
     err = cli_error(capsys, stc, "--benchmark", "ovo-bench", "--data", ovo, "--tasks", "NOPE")
     assert "--tasks NOPE: unknown task" in err
-    err = cli_error(capsys, stc, "--benchmark", "ovo-bench", "--data", ovo, "--protocol", "incremental", "--frame-rule", "uniform_k")
+    err = cli_error(
+        capsys,
+        stc,
+        "--benchmark",
+        "ovo-bench",
+        "--data",
+        ovo,
+        "--protocol",
+        "incremental",
+        "--frame-rule",
+        "uniform_k",
+    )
     assert "uniform_k" in err
 
 
@@ -97,10 +116,24 @@ def test_a_pipeline_the_model_cannot_run(builtin_model, synth, tmp_path):
     from tokencompress.errors import TokenCompressError
 
     bad = tmp_path / "big.yaml"
-    bad.write_text("name: big\nstages:\n  pre_prefill:\n    - {strategy: stc_pruner, tokens_per_frame: 500}\n")
+    bad.write_text(
+        "name: big\nstages:\n  pre_prefill:\n    - {strategy: stc_pruner, tokens_per_frame: 500}\n"
+    )
     args = _parser().parse_args(
-        ["eval", str(bad), "--benchmark", "videomme", "--data", synth["videomme"]["root"], "--out", str(tmp_path / "o")]
+        [
+            "eval",
+            str(bad),
+            "--benchmark",
+            "videomme",
+            "--data",
+            synth["videomme"]["root"],
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     with pytest.raises(TokenCompressError, match="tokens_per_frame"):
         run(args, loaded_model=builtin_model)
-    assert not (tmp_path / "o" / "preds.rank0.jsonl").exists() or not (tmp_path / "o" / "preds.rank0.jsonl").read_text()
+    assert (
+        not (tmp_path / "o" / "preds.rank0.jsonl").exists()
+        or not (tmp_path / "o" / "preds.rank0.jsonl").read_text()
+    )

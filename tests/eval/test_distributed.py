@@ -18,7 +18,10 @@ VOLATILE = ("rank", "timings")
 
 
 def _strip(preds):
-    return sorted(({k: v for k, v in p.items() if k not in VOLATILE} for p in preds), key=lambda p: (p["qid"], p["pipeline"]))
+    return sorted(
+        ({k: v for k, v in p.items() if k not in VOLATILE} for p in preds),
+        key=lambda p: (p["qid"], p["pipeline"]),
+    )
 
 
 def test_two_ranks_equal_one(builtin_model, synth, tmp_path):

@@ -107,7 +107,9 @@ def test_egoschema_scores_the_index():
     assert score_call(q("egoschema", "mmmu_parse", "4", opts), "C")[1] == 0
 
 
-@pytest.mark.parametrize("response,letter", [("B) bikes", "B"), ("C", "C"), (" A) x", "A"), ("", ""), ("xy)z", "y")])
+@pytest.mark.parametrize(
+    "response,letter", [("B) bikes", "B"), ("C", "C"), (" A) x", "A"), ("", ""), ("xy)z", "y")]
+)
 def test_rekv_paren(response, letter):
     assert rekv_paren(response) == letter
 
@@ -126,7 +128,10 @@ def test_proactive_trigger_and_score():
     assert poll_says_yes(" YES ")
     assert not poll_says_yes("No")
     assert not poll_says_yes(None)
-    dialog = [{"role": "assistant", "content": "No", "time": 3}, {"role": "assistant", "content": "it is 2", "time": 6}]
+    dialog = [
+        {"role": "assistant", "content": "No", "time": 3},
+        {"role": "assistant", "content": "it is 2", "time": 6},
+    ]
     assert score_proactive(dialog, 5, "2") == {"time": 1, "answer": 1}
     assert score_proactive(dialog, 9, "2") == {"time": 0, "answer": 0}  # the last turn decides
     assert score_proactive(dialog[:1], 5, "2") == {"time": 1, "answer": 0}

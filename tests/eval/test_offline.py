@@ -10,7 +10,9 @@ from .helpers import run_scripted
 
 
 def total(bench, m, tmp_path, scoring="official", data=None):
-    res, engines, loaded = run_scripted(bench, data or m["root"], tmp_path / scoring, m["responses"], fps=0.5, scoring=scoring)
+    res, engines, loaded = run_scripted(
+        bench, data or m["root"], tmp_path / scoring, m["responses"], fps=0.5, scoring=scoring
+    )
     return res["variants"][0]["scores"], engines[0], loaded
 
 
@@ -18,8 +20,17 @@ def test_videomme_micro(synth, tmp_path):
     s, eng, loaded = total("videomme", synth["videomme"], tmp_path)
     assert round(s["total"], 2) == 66.67
     assert set(s["categories"]) == {"short", "medium", "long"}
-    assert {c.qid: c.frames for c in eng.calls} == {"001-1": 5, "002-1": 2, "003-1": 3}  # whole video at 0.5 fps
-    assert loaded.queries[0].prompt.split("\n")[1:5] == ["Which option fits clip 0?", "A. one", "B. two", "C. three"]
+    assert {c.qid: c.frames for c in eng.calls} == {
+        "001-1": 5,
+        "002-1": 2,
+        "003-1": 3,
+    }  # whole video at 0.5 fps
+    assert loaded.queries[0].prompt.split("\n")[1:5] == [
+        "Which option fits clip 0?",
+        "A. one",
+        "B. two",
+        "C. three",
+    ]
 
 
 def test_egoschema_fraction(synth, tmp_path):
@@ -52,6 +63,10 @@ def test_missing_layout(tmp_path):
     from tokencompress.eval.loaders import load_benchmark
     from tokencompress.eval.loading import LoadOptions
 
-    for bench, name in (("videomme", "videomme/videomme.json"), ("egoschema", "egoschema/subset.json"), ("mlvu", "mlvu/dev.json")):
+    for bench, name in (
+        ("videomme", "videomme/videomme.json"),
+        ("egoschema", "egoschema/subset.json"),
+        ("mlvu", "mlvu/dev.json"),
+    ):
         with pytest.raises(TokenCompressError, match=f"missing {name}"):
             load_benchmark(bench, Path(tmp_path), LoadOptions())

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tokencompress.errors import TokenCompressError
 from tokencompress.eval.loaders import load_benchmark
 from tokencompress.eval.loading import LoadOptions
 from tokencompress.eval.video_source import probe_times
-from tokencompress.errors import TokenCompressError
 
 from .helpers import run_scripted
 
@@ -63,7 +63,11 @@ def test_official_scores_and_totals(synth, tmp_path):
         "REC": 66.67, "SSR": 75.0, "CRR": 50.0,
     }  # fmt: skip
     cats = {c: round(v["score"], 2) for c, v in s["categories"].items()}
-    assert cats == {"Backward Tracing": 66.67, "Real-Time Visual Perception": 50.0, "Forward Active Responding": 63.89}
+    assert cats == {
+        "Backward Tracing": 66.67,
+        "Real-Time Visual Perception": 50.0,
+        "Forward Active Responding": 63.89,
+    }
     assert round(s["total"], 2) == 60.19 and round(s["total_v1"], 2) == 57.64
     lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 20 and {x["qid"] for x in lines} == set(m["responses"])
@@ -99,8 +103,14 @@ def test_user_prompts_file_replaces_a_template(synth, tmp_path):
     from tokencompress.eval.prompts import load_prompts
 
     m = synth["ovo-bench"]
-    by = {q.qid: q for q in load_benchmark("ovo-bench", Path(m["root"]), LoadOptions(prompts=load_prompts(f))).queries}
-    assert by["0"].prompt == "Q: What passed the camera first? | A. a bus; B. a dog; C. a cyclist in red; D. a tram;"
+    by = {
+        q.qid: q
+        for q in load_benchmark("ovo-bench", Path(m["root"]), LoadOptions(prompts=load_prompts(f))).queries
+    }
+    assert (
+        by["0"].prompt
+        == "Q: What passed the camera first? | A. a bus; B. a dog; C. a cyclist in red; D. a tram;"
+    )
     f.write_text('ovo-bench:\n  nope: "x"\n')
     with pytest.raises(TokenCompressError, match="unknown key ovo-bench.nope"):
         load_prompts(f)

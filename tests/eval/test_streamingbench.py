@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tokencompress.errors import TokenCompressError
 from tokencompress.eval.fakes import ScriptedEngine
 from tokencompress.eval.loaders import load_benchmark
 from tokencompress.eval.loading import LoadOptions
@@ -13,14 +14,16 @@ from tokencompress.eval.records import Loaded
 from tokencompress.eval.runner import Settings, evaluate
 from tokencompress.eval.sampling import FrameRule
 from tokencompress.eval.streamingbench import parse_time
-from tokencompress.errors import TokenCompressError
 
 
 def load(m, **kw):
     return load_benchmark("streamingbench", Path(m["root"]), LoadOptions(**kw))
 
 
-@pytest.mark.parametrize("stamp,t", [("00:00:03", 3), ("00:00:8", 8), ("00:09", 9), ("0:00:02", 2), ("1:02:03", 3723), ("00:12450", 12450)])
+@pytest.mark.parametrize(
+    "stamp,t",
+    [("00:00:03", 3), ("00:00:8", 8), ("00:09", 9), ("0:00:02", 2), ("1:02:03", 3723), ("00:12450", 12450)],
+)
 def test_time_parsing(stamp, t):
     assert parse_time(stamp) == t
 
@@ -39,7 +42,13 @@ def test_real_windows_and_clip_names(synth):
 
 def run(m, tmp_path, loaded, scoring="official", protocol="reference", context=-1.0):
     eng = ScriptedEngine(m["responses"], "baseline", "b")
-    settings = Settings("streamingbench", protocol=protocol, rule=FrameRule("rekv_stride", 1.0), scoring=scoring, context=context)
+    settings = Settings(
+        "streamingbench",
+        protocol=protocol,
+        rule=FrameRule("rekv_stride", 1.0),
+        scoring=scoring,
+        context=context,
+    )
     return evaluate(loaded, [eng], settings, tmp_path), eng
 
 
@@ -50,7 +59,9 @@ def test_official_vs_stc_scorer(synth, tmp_path):
     loaded = Loaded(full.bench, [q for q in full.queries if q.qid != "real:2:1"], {}, full.source)
     res, eng = run(m, tmp_path / "o", loaded)
     assert res["variants"][0]["scores"]["total"] == 75.0
-    assert {c.qid: c.frames for c in eng.calls} == {k: v for k, v in m["frames_1fps"].items() if k != "real:2:1"}
+    assert {c.qid: c.frames for c in eng.calls} == {
+        k: v for k, v in m["frames_1fps"].items() if k != "real:2:1"
+    }
     res, _ = run(m, tmp_path / "s", loaded, scoring="stc")
     assert res["variants"][0]["scores"]["total"] == 100.0
 

@@ -25,7 +25,9 @@ def _acc(values: list[float]) -> float:
     return 100.0 * sum(values) / len(values)
 
 
-def aggregate(bench: str, queries: dict[str, Query], records: Iterable[dict[str, Any]], mode: str) -> dict[str, Any]:
+def aggregate(
+    bench: str, queries: dict[str, Query], records: Iterable[dict[str, Any]], mode: str
+) -> dict[str, Any]:
     """``records``: scored predictions of one variant (``score`` 0/1, ``None`` = not counted)."""
     by_task: dict[str, list[float]] = defaultdict(list)
     by_cat: dict[str, list[float]] = defaultdict(list)
@@ -76,7 +78,11 @@ def aggregate(bench: str, queries: dict[str, Query], records: Iterable[dict[str,
             "answer_accuracy": sum(p["answer"] for p in proactive) / n,
         }
         out["proactive"] = pro
-        out["tasks"]["PO"] = {"score": 100.0 * pro["answer_accuracy"], "n": n, "time": 100.0 * pro["time_accuracy"]}
+        out["tasks"]["PO"] = {
+            "score": 100.0 * pro["answer_accuracy"],
+            "n": n,
+            "time": 100.0 * pro["time_accuracy"],
+        }
         if out["total"] is None:
             out["total"] = 100.0 * pro["answer_accuracy"]
             out["total_formula"] = "proactive answer accuracy"

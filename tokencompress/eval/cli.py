@@ -20,10 +20,18 @@ ONLINE = ("ovo-bench", "streamingbench")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help="accuracy retention of pipelines vs the uncompressed baseline on a benchmark")
-    p.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml", help="pipeline YAML files (the baseline always runs)")
+    p = sub.add_parser(
+        "eval", help="accuracy retention of pipelines vs the uncompressed baseline on a benchmark"
+    )
+    p.add_argument(
+        "pipelines", nargs="+", metavar="PIPELINE.yaml", help="pipeline YAML files (the baseline always runs)"
+    )
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    p.add_argument("--data", required=True, help="benchmark root in its own layout (offline sets: or a ReKV-format .json)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="benchmark root in its own layout (offline sets: or a ReKV-format .json)",
+    )
     p.add_argument("--model", help="hub id or local directory (default: built-in random-weight model)")
     p.add_argument("--protocol", default="reference", choices=("reference", "incremental"))
     p.add_argument("--fps", type=float, help="sampling fps (default 1 for OVO/StreamingBench, 0.5 offline)")
@@ -31,12 +39,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=32, help="frames per query under uniform_k")
     p.add_argument("--scoring", help="scorer mode (official, strict, lmms, stc; per benchmark)")
     p.add_argument("--prompts", help="YAML file replacing prompt templates key by key")
-    p.add_argument("--prompt-wrap", default="chat", choices=("chat", "raw"), help="raw: no assistant header (STC/ReKV)")
+    p.add_argument(
+        "--prompt-wrap", default="chat", choices=("chat", "raw"), help="raw: no assistant header (STC/ReKV)"
+    )
     p.add_argument("--context", type=float, default=-1.0, help="StreamingBench context seconds (-1: from 0)")
     p.add_argument("--max-new-tokens", type=int, help="answer length (default 128 online, 16 offline)")
     p.add_argument("--limit", type=int, help="first N annotation records (after --tasks)")
     p.add_argument("--tasks", nargs="+", help="task codes to keep (e.g. EPM STU REC, OP CT, plotQA)")
-    p.add_argument("--strict", action="store_true", help="fail on a bad annotation record instead of skipping it")
+    p.add_argument(
+        "--strict", action="store_true", help="fail on a bad annotation record instead of skipping it"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda:LOCAL_RANK when available)")
     p.add_argument("--out", default="eval_out", help="output directory (resumes from its prediction logs)")
     p.add_argument("--no-progress", action="store_true")
@@ -59,28 +71,40 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     fps = args.fps if args.fps is not None else (1.0 if args.benchmark in ONLINE else 0.5)
     rule = FrameRule(args.frame_rule, fps, args.num_frames)
     if args.protocol == "incremental" and rule.name == "uniform_k":
-        raise TokenCompressError("--frame-rule uniform_k spreads k frames over each window; --protocol incremental needs rekv_stride or time_slots")
+        raise TokenCompressError(
+            "--frame-rule uniform_k spreads k frames over each window; --protocol incremental needs rekv_stride or time_slots"
+        )
     max_new = args.max_new_tokens or (128 if args.benchmark in ONLINE else 16)
     if max_new < 1:
         raise TokenCompressError(f"--max-new-tokens must be >= 1, got {max_new}")
     prompts = load_prompts(args.prompts)
-    opts = LoadOptions(tasks=args.tasks, limit=args.limit, strict=args.strict, context=args.context, prompts=prompts)
+    opts = LoadOptions(
+        tasks=args.tasks, limit=args.limit, strict=args.strict, context=args.context, prompts=prompts
+    )
     data = load_benchmark(args.benchmark, Path(args.data), opts)
-    scoring = args.scoring or (data.scoring_default if data.scoring_default in MODES[args.benchmark] else MODES[args.benchmark][0])
+    scoring = args.scoring or (
+        data.scoring_default if data.scoring_default in MODES[args.benchmark] else MODES[args.benchmark][0]
+    )
     check_mode(args.benchmark, scoring)
     if not data.queries:
-        raise TokenCompressError(f"--data {args.data}: no {args.benchmark} queries left (skipped: {data.skipped or 'none'}; check --tasks/--limit)")
+        raise TokenCompressError(
+            f"--data {args.data}: no {args.benchmark} queries left (skipped: {data.skipped or 'none'}; check --tasks/--limit)"
+        )
     preflight(data, rule)
     pipelines = [Pipeline.from_yaml(p) for p in args.pipelines]
     pipelines = _drop_baselines(pipelines)
     names = [p.name for p in pipelines]
     if len(set(names)) != len(names):
-        raise TokenCompressError(f"two pipelines are named '{next(n for n in names if names.count(n) > 1)}'; give each YAML its own name")
+        raise TokenCompressError(
+            f"two pipelines are named '{next(n for n in names if names.count(n) > 1)}'; give each YAML its own name"
+        )
     shard = Shard.from_env(args.device)
     rank0 = shard.rank == 0
     try:
         say = print if rank0 else (lambda *a, **k: None)
-        say(f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {data.skipped or 'none'}")
+        say(
+            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {data.skipped or 'none'}"
+        )
         for w in data.warnings[:5]:
             say(f"warning: {w}")
         if loaded_model is None:
@@ -93,13 +117,17 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
             model.to(device)
         say(f"model: {loaded_model.description}")
         if loaded_model.random_weights:
-            say("note: random weights: answers are noise, so are scores and retention (speed figures still hold)")
+            say(
+                "note: random weights: answers are noise, so are scores and retention (speed figures still hold)"
+            )
         from ..pipeline_config import PipelineConfig
 
         first = pipelines[0].config if pipelines else PipelineConfig()
         base_cfg = dataclasses.replace(first, name="baseline", stages={})
         bound = [Pipeline(base_cfg, pipelines[0].registry if pipelines else None).bind(model)]
-        bound += [p.bind(model) for p in pipelines]  # a pipeline the model cannot run fails here, before any query
+        bound += [
+            p.bind(model) for p in pipelines
+        ]  # a pipeline the model cannot run fails here, before any query
         engines = [StreamEngine(b, loaded_model.tokenizer, max_new, args.prompt_wrap) for b in bound]
         settings = Settings(
             benchmark=args.benchmark,
@@ -113,7 +141,9 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
             prompts=f"{prompts.source} sha256:{prompts.digest}",
             context=args.context,
         )
-        say(f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}")
+        say(
+            f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
+        )
         results = evaluate(data, engines, settings, Path(args.out), shard, progress=not args.no_progress)
     finally:
         shard.close()
@@ -124,7 +154,10 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
         errors = sum(v["speed"]["errors"] for v in results["variants"])
         if errors:
             print(f"note: {errors} inference error(s) scored 0 (see 'error' in predictions.jsonl)")
-        print(f"wrote {Path(args.out) / 'results.json'}, results.md, predictions.jsonl" + (", retention.png" if results.get("plot") else ""))
+        print(
+            f"wrote {Path(args.out) / 'results.json'}, results.md, predictions.jsonl"
+            + (", retention.png" if results.get("plot") else "")
+        )
     return 0
 
 
@@ -135,7 +168,9 @@ def _drop_baselines(pipelines: list[Any]) -> list[Any]:
     for p in pipelines:
         if p.name == "baseline":
             if any(p.config.stages.values()):
-                raise TokenCompressError("pipeline name 'baseline' is reserved for the uncompressed run; rename it")
+                raise TokenCompressError(
+                    "pipeline name 'baseline' is reserved for the uncompressed run; rename it"
+                )
             print("note: the uncompressed baseline always runs; baseline.yaml skipped")
             continue
         out.append(p)
@@ -146,5 +181,9 @@ def _device(choice: str, shard: Any) -> str:
     import torch
 
     if choice == "auto":
-        return shard.device if shard.backend == "nccl" else ("cuda" if torch.cuda.is_available() and shard.world == 1 else "cpu")
+        return (
+            shard.device
+            if shard.backend == "nccl"
+            else ("cuda" if torch.cuda.is_available() and shard.world == 1 else "cpu")
+        )
     return choice

@@ -52,7 +52,9 @@ _STAGE_KEYS = ("preprocess_ms", "vit_ms", "compress_ms", "prefill_ms", "total_ms
 class StreamEngine:
     """One variant on the shared model: ``bound`` is installed only inside :meth:`active`."""
 
-    def __init__(self, bound: Any, tokenizer: Any, max_new_tokens: int, wrap: str = "chat", key: str = "") -> None:
+    def __init__(
+        self, bound: Any, tokenizer: Any, max_new_tokens: int, wrap: str = "chat", key: str = ""
+    ) -> None:
         self.bound = bound
         self.name = bound.config.name
         self.key = key or config_key(bound.config.to_dict())

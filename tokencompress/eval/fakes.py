@@ -72,4 +72,6 @@ class _Session:
         text = self.engine.respond(query, prompt, now)
         if text is None:
             raise RuntimeError("scripted inference error")
-        return Reply(text, timings={"e2e_ms": 1.0, "prefill_ms": 1.0, "vit_ms": 1.0}, visual_tokens=self.frames)
+        return Reply(
+            text, timings={"e2e_ms": 1.0, "prefill_ms": 1.0, "vit_ms": 1.0}, visual_tokens=self.frames
+        )

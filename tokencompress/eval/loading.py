@@ -83,7 +83,9 @@ class Durations:
         return self._seen[path]
 
 
-def keep(items: Iterable[Any], task_of: Callable[[Any], str], opts: LoadOptions, known: Iterable[str]) -> list[Any]:
+def keep(
+    items: Iterable[Any], task_of: Callable[[Any], str], opts: LoadOptions, known: Iterable[str]
+) -> list[Any]:
     """Apply ``--tasks`` (validated against ``known``) and then ``--limit`` on records."""
     items = list(items)
     if opts.tasks:

@@ -7,7 +7,6 @@ path: ``{video_id, video_path, duration, conversations: [...]}``), scored as ReK
 
 from __future__ import annotations
 
-
 import os
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,18 @@ __all__ = ["LAYOUTS", "MLVU_TYPES", "load"]
 MLVU_TYPES = ("anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning")
 LAYOUTS = {
     # bench: (annotation candidates, video directory, id field, extensions)
-    "videomme": (("videomme/videomme.json", "videomme/*.parquet"), "videomme/data", "videoID", (".mp4", ".MP4", ".mkv")),
-    "egoschema": (("egoschema/subset.json", "egoschema/Subset/*.parquet"), "egoschema/videos", "video_idx", (".mp4",)),
+    "videomme": (
+        ("videomme/videomme.json", "videomme/*.parquet"),
+        "videomme/data",
+        "videoID",
+        (".mp4", ".MP4", ".mkv"),
+    ),
+    "egoschema": (
+        ("egoschema/subset.json", "egoschema/Subset/*.parquet"),
+        "egoschema/videos",
+        "video_idx",
+        (".mp4",),
+    ),
     "mlvu": (("mlvu/dev.json", "mlvu/*.parquet"), "mlvu", "video_name", ("",)),
 }
 
@@ -83,7 +92,9 @@ def _find_video(folder: Path, stem: str, exts: tuple[str, ...]) -> str:
     return str(folder / f"{stem}{exts[0]}")
 
 
-def _parse_row(bench: str, row: dict[str, Any], folder: Path, id_field: str, exts: tuple[str, ...], n: int) -> dict[str, Any]:
+def _parse_row(
+    bench: str, row: dict[str, Any], folder: Path, id_field: str, exts: tuple[str, ...], n: int
+) -> dict[str, Any]:
     video = _find_video(folder, str(field_of(row, id_field)), exts)
     question = field_of(row, "question", str)
     if bench == "videomme":
@@ -127,7 +138,9 @@ def _query(bench: str, item: dict[str, Any], order: int, opts: LoadOptions) -> Q
     if bench == "mlvu":  # the question already lists the lettered options
         prompt, kind = p.fill("mlvu", "mc", question=item["question"]), "mcq_extract"
     else:
-        lines = "\n".join(p.fill(bench, "option", text=o, letter="ABCDEFGH"[i]) for i, o in enumerate(item["options"]))
+        lines = "\n".join(
+            p.fill(bench, "option", text=o, letter="ABCDEFGH"[i]) for i, o in enumerate(item["options"])
+        )
         prompt = p.fill(bench, "mc", question=item["question"], options=lines)
         kind = "mcq_extract" if bench == "videomme" else "mmmu_parse"
     return Query(
@@ -172,7 +185,14 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
                     raise RecordError(f"answer '{answer[:40]}' is neither a choice nor its letter")
                 task = str(conv.get("question_type") or conv.get("task_type") or bench)
                 items.append(
-                    {"qid": f"{vid}:{c}", "task": task, "video": video, "question": field_of(conv, "question", str), "choices": choices, "gt": gt}
+                    {
+                        "qid": f"{vid}:{c}",
+                        "task": task,
+                        "video": video,
+                        "question": field_of(conv, "question", str),
+                        "choices": choices,
+                        "gt": gt,
+                    }
                 )
             except RecordError as err:
                 skips.skip(f"video {v} conversation {c}", err)
@@ -181,7 +201,9 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
     queries = []
     for item in keep(items, lambda r: r["task"], opts, {r["task"] for r in items}):
         durations(item["video"], item["qid"])
-        lines = "\n".join(p.fill("rekv", "option", letter="ABCDEFGH"[i], text=c) for i, c in enumerate(item["choices"]))
+        lines = "\n".join(
+            p.fill("rekv", "option", letter="ABCDEFGH"[i], text=c) for i, c in enumerate(item["choices"])
+        )
         queries.append(
             Query(
                 bench=bench,
@@ -199,5 +221,3 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
             )
         )
     return Loaded(bench, queries, dict(skips.counts), f"ReKV JSON {path.name}", scoring_default="stc")
-
-

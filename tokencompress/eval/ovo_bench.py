@@ -54,7 +54,9 @@ def load(root: Path, opts: LoadOptions) -> Loaded:
     return Loaded(BENCH, queries, dict(skips.counts), ANNOTATION)
 
 
-def _queries(root: Path, rec: dict[str, Any], opts: LoadOptions, durations: Durations, start: int) -> list[Query]:
+def _queries(
+    root: Path, rec: dict[str, Any], opts: LoadOptions, durations: Durations, start: int
+) -> list[Query]:
     task, rid = rec["task"], rec["id"]
     video = str(root / "data" / "src_videos" / rec["video"])  # opaque: '&' and '=' stay as they are
     chunks = root / "data" / "chunked_videos"
@@ -72,7 +74,10 @@ def _queries(root: Path, rec: dict[str, Any], opts: LoadOptions, durations: Dura
             if task == "REC":
                 prompt, gt = p.fill(BENCH, "rec", question=question), field_of(probe, "count", int)
             elif task == "SSR":
-                prompt, gt = p.fill(BENCH, "ssr", step=field_of(probe, "step", str)), field_of(probe, "type", int)
+                prompt, gt = (
+                    p.fill(BENCH, "ssr", step=field_of(probe, "step", str)),
+                    field_of(probe, "type", int),
+                )
             else:
                 prompt, gt = p.fill(BENCH, "crr", question=question), field_of(probe, "type", int)
             kind = "count_digits" if task == "REC" else "yes_no_ovo"

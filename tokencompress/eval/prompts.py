@@ -64,7 +64,9 @@ def load_prompts(path: str | Path | None = None) -> Prompts:
             )
         for section, keys in user.items():
             if section not in table:
-                raise TokenCompressError(f"--prompts {p}: unknown section '{section}'; known: {', '.join(table)}")
+                raise TokenCompressError(
+                    f"--prompts {p}: unknown section '{section}'; known: {', '.join(table)}"
+                )
             for key, value in keys.items():
                 if key not in table[section]:
                     raise TokenCompressError(

@@ -69,7 +69,9 @@ class _Runner:
 
     def feed(self, session: Session, idx: list[int]) -> None:
         if idx:
-            pixels = self.source.frames(idx) if getattr(self.engine, "needs_pixels", True) else [None] * len(idx)
+            pixels = (
+                self.source.frames(idx) if getattr(self.engine, "needs_pixels", True) else [None] * len(idx)
+            )
             session.feed(pixels, [self.source.times[i] for i in idx])
 
     def record(self, q: Query, reply: Reply, idx: list[int], **extra: Any) -> dict[str, Any]:

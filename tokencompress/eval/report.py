@@ -52,7 +52,17 @@ def format_table(results: dict[str, Any]) -> str:
     base = variants[0]
     cats = list(base["scores"]["categories"])[:6]
     unit = "" if results["benchmark"] == "egoschema" and results["scoring"] == "official" else ""
-    head = ["method", *cats, "total", "retention %", "Δ pts", "ViT ×", "prefill ×", "e2e ×", "visual tok/query"]
+    head = [
+        "method",
+        *cats,
+        "total",
+        "retention %",
+        "Δ pts",
+        "ViT ×",
+        "prefill ×",
+        "e2e ×",
+        "visual tok/query",
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for v in variants:
         s = v["scores"]
@@ -60,7 +70,13 @@ def format_table(results: dict[str, Any]) -> str:
         sp = v.get("speed_ratios", {})
         cells = [v["name"]]
         cells += [_f(s["categories"].get(c, {}).get("score")) for c in cats]
-        cells += [_f(s["total"], ".4f" if results["benchmark"] == "egoschema" and results["scoring"] == "official" else ".2f") + unit]
+        cells += [
+            _f(
+                s["total"],
+                ".4f" if results["benchmark"] == "egoschema" and results["scoring"] == "official" else ".2f",
+            )
+            + unit
+        ]
         if v is base:
             cells += ["100.0", "0.00", "1.00", "1.00", "1.00"]
         else:

@@ -96,7 +96,14 @@ def evaluate(
     records: list[dict[str, Any]] = []
     from tqdm import tqdm
 
-    bar = tqdm(total=len(mine) * len(engines), unit="run", desc="eval", disable=not progress or shard.rank != 0, file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=len(mine) * len(engines),
+        unit="run",
+        desc="eval",
+        disable=not progress or shard.rank != 0,
+        file=sys.stderr,
+        leave=False,
+    )
     try:
         for key, qs in mine:
             source: VideoSource | None = None

@@ -58,7 +58,9 @@ def clip_indices(times: Sequence[float], a: float, b: float) -> list[int]:
     return [i for i, t in enumerate(times) if a - _EPS <= t < b - _EPS]
 
 
-def select(rule: FrameRule, times: Sequence[float], avg_fps: float, a: float, b: float, video: str = "") -> list[int]:
+def select(
+    rule: FrameRule, times: Sequence[float], avg_fps: float, a: float, b: float, video: str = ""
+) -> list[int]:
     """Source frame indices the query's window ``[a, b)`` feeds, in time order.
 
     Sampling restarts at the window start, as a cut clip would (specs §4.1, W protocol).

@@ -48,7 +48,9 @@ def check_mode(bench: str, mode: str) -> None:
         )
 
 
-def score_call(query: Query, response: str | None, mode: str = "official", rng: Any = None) -> tuple[str, Any]:
+def score_call(
+    query: Query, response: str | None, mode: str = "official", rng: Any = None
+) -> tuple[str, Any]:
     """(extracted, score) for one call; ``response`` ``None`` is an inference error (scored 0)."""
     kind, gt = query.score_kind, query.gt
     if response is None:

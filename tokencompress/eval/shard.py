@@ -26,7 +26,9 @@ def assign(groups: Sequence[T], rank: int, world: int) -> list[T]:
 
 
 class Shard:
-    def __init__(self, rank: int = 0, world: int = 1, owned: bool = False, backend: str | None = None) -> None:
+    def __init__(
+        self, rank: int = 0, world: int = 1, owned: bool = False, backend: str | None = None
+    ) -> None:
         self.rank = rank
         self.world = world
         self.owned = owned

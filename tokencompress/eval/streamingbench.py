@@ -163,12 +163,16 @@ def _query(item: dict[str, Any], order: int, opts: LoadOptions, durations: Durat
     duration = durations(video, item["qid"])
     stem = Path(video).stem
     meta: dict[str, Any] = {"time_stamp": item["time_stamp"], "t": t}
-    common = dict(bench=BENCH, task=item["task"], category=CATEGORY[item["task"]], qid=item["qid"], video=video)
+    common = dict(
+        bench=BENCH, task=item["task"], category=CATEGORY[item["task"]], qid=item["qid"], video=video
+    )
     if item["task"] == "PO":
         t0, gt_time = float(t), float(item["gt_time"])
         final = p.fill(BENCH, "proactive", query=item["question"])
         poll_q = p.fill(BENCH, "proactive_poll", question=item["question"], output=item["gt_output"])
-        poll = Poll(t0, gt_time, item["gt_output"], p.fill(BENCH, "proactive", query=poll_q), final, gt_time + 4)
+        poll = Poll(
+            t0, gt_time, item["gt_output"], p.fill(BENCH, "proactive", query=poll_q), final, gt_time + 4
+        )
         return Query(
             **common,
             window=(t0, min(gt_time + 4, duration)),
@@ -182,11 +186,17 @@ def _query(item: dict[str, Any], order: int, opts: LoadOptions, durations: Durat
     start = max(0, t - opts.context) if opts.context > 0 else 0
     a, b = int(start), int(t)
     if b > duration:
-        meta["warning"] = f"{item['qid']}: time_stamp {item['time_stamp']} lies beyond the video ({duration:.2f} s); clamped"
+        meta["warning"] = (
+            f"{item['qid']}: time_stamp {item['time_stamp']} lies beyond the video ({duration:.2f} s); clamped"
+        )
     options = "\n".join(item["options"])
     if item["family"] == "sqa":
         prompt = p.fill(
-            BENCH, "sqa", context=_sqa_context(item["history"], opts), question=item["question"], options=options
+            BENCH,
+            "sqa",
+            context=_sqa_context(item["history"], opts),
+            question=item["question"],
+            options=options,
         )
     else:
         prompt = p.fill(BENCH, "mc", question=item["question"], options=options)

@@ -23,22 +23,156 @@ __all__ = ["KINDS", "build"]
 
 KINDS = ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema", "rekv")
 BIKES, CAR, BBB = "bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4"
-OVO_VIDEOS = {BIKES: "Ego4D/clips/synth-bikes.mp4", CAR: "COIN/synth_carphone.mp4", BBB: "YouTube_Games/PLsynth&index=1.mp4"}
+OVO_VIDEOS = {
+    BIKES: "Ego4D/clips/synth-bikes.mp4",
+    CAR: "COIN/synth_carphone.mp4",
+    BBB: "YouTube_Games/PLsynth&index=1.mp4",
+}
 
 # id, task, clip, realtime or probes, extra fields
 OVO_TABLE: list[tuple[int, str, str, Any, dict[str, Any]]] = [
-    (0, "EPM", BIKES, 3.2, {"question": "What passed the camera first?", "answer": "a cyclist in red", "options": ["a bus", "a dog", "a cyclist in red", "a tram"], "gt": 2}),
-    (1, "HLD", BIKES, 9, {"question": "What colour is the sky?", "answer": "Unable to answer", "options": ["green", "Unable to answer", "red", "blue"], "gt": 1}),
-    (2, "ASI", CAR, 2.5, {"question": "What happened first ", "answer": "he lifted the phone", "options": ["lift the phone", "drive off", "wave"], "gt": 0}),
-    (3, "STU", BBB, 4, {"question": "Where is the rabbit?", "answer": "on the grass", "options": ["in a tree", "in the sky", "under water", "on the grass"], "gt": 3}),
-    (4, "OJR", BBB, 0.03, {"question": "What is on screen?", "answer": "a title", "options": ["a title", "a car", "a boat", "a cat"], "gt": 0}),
-    (5, "ATR", BIKES, 12.5, {"question": "What colour is the last bike?", "answer": "blue", "options": ["red", "blue", "black", "white"], "gt": 1}),
-    (6, "ACR", CAR, 4.0, {"question": "What is the man doing?", "answer": "talking", "options": ["talking", "eating", "sleeping", "running"], "gt": 0}),
-    (7, "OCR", BIKES, 5.5, {"question": "What does the sign say?", "answer": "stop", "options": ["go", "slow; down", "park", "exit", "stop"], "gt": 4}),
-    (8, "FPD", BBB, 2.0, {"question": "What happens next?", "answer": "he wakes up", "options": ["A baker man arrives", "he wakes up"], "gt": 1}),
-    (9, "REC", BIKES, [3, 7, 9.5], {"activity": "ride past the camera", "start_times": [0, 4], "end_times": [3, 7], "counts": [1, 2, 2]}),
-    (10, "SSR", CAR, [1, 3, 1, 2.5], {"tutorial": "SyntheticCall", "all_steps": ["lift the phone", "talk"], "start_time": [0, 2], "end_time": [1, 3], "steps": ["lift the phone", "lift the phone", "talk", "talk"], "types": [1, 0, 0, 1]}),
-    (11, "CRR", BBB, [1, 2, 3, 5], {"question": "What does the rabbit hold after waking up?", "answer": "nothing", "ask_time": 1, "clue_time": 3, "types": [0, 0, 1, 1]}),
+    (
+        0,
+        "EPM",
+        BIKES,
+        3.2,
+        {
+            "question": "What passed the camera first?",
+            "answer": "a cyclist in red",
+            "options": ["a bus", "a dog", "a cyclist in red", "a tram"],
+            "gt": 2,
+        },
+    ),
+    (
+        1,
+        "HLD",
+        BIKES,
+        9,
+        {
+            "question": "What colour is the sky?",
+            "answer": "Unable to answer",
+            "options": ["green", "Unable to answer", "red", "blue"],
+            "gt": 1,
+        },
+    ),
+    (
+        2,
+        "ASI",
+        CAR,
+        2.5,
+        {
+            "question": "What happened first ",
+            "answer": "he lifted the phone",
+            "options": ["lift the phone", "drive off", "wave"],
+            "gt": 0,
+        },
+    ),
+    (
+        3,
+        "STU",
+        BBB,
+        4,
+        {
+            "question": "Where is the rabbit?",
+            "answer": "on the grass",
+            "options": ["in a tree", "in the sky", "under water", "on the grass"],
+            "gt": 3,
+        },
+    ),
+    (
+        4,
+        "OJR",
+        BBB,
+        0.03,
+        {
+            "question": "What is on screen?",
+            "answer": "a title",
+            "options": ["a title", "a car", "a boat", "a cat"],
+            "gt": 0,
+        },
+    ),
+    (
+        5,
+        "ATR",
+        BIKES,
+        12.5,
+        {
+            "question": "What colour is the last bike?",
+            "answer": "blue",
+            "options": ["red", "blue", "black", "white"],
+            "gt": 1,
+        },
+    ),
+    (
+        6,
+        "ACR",
+        CAR,
+        4.0,
+        {
+            "question": "What is the man doing?",
+            "answer": "talking",
+            "options": ["talking", "eating", "sleeping", "running"],
+            "gt": 0,
+        },
+    ),
+    (
+        7,
+        "OCR",
+        BIKES,
+        5.5,
+        {
+            "question": "What does the sign say?",
+            "answer": "stop",
+            "options": ["go", "slow; down", "park", "exit", "stop"],
+            "gt": 4,
+        },
+    ),
+    (
+        8,
+        "FPD",
+        BBB,
+        2.0,
+        {
+            "question": "What happens next?",
+            "answer": "he wakes up",
+            "options": ["A baker man arrives", "he wakes up"],
+            "gt": 1,
+        },
+    ),
+    (
+        9,
+        "REC",
+        BIKES,
+        [3, 7, 9.5],
+        {"activity": "ride past the camera", "start_times": [0, 4], "end_times": [3, 7], "counts": [1, 2, 2]},
+    ),
+    (
+        10,
+        "SSR",
+        CAR,
+        [1, 3, 1, 2.5],
+        {
+            "tutorial": "SyntheticCall",
+            "all_steps": ["lift the phone", "talk"],
+            "start_time": [0, 2],
+            "end_time": [1, 3],
+            "steps": ["lift the phone", "lift the phone", "talk", "talk"],
+            "types": [1, 0, 0, 1],
+        },
+    ),
+    (
+        11,
+        "CRR",
+        BBB,
+        [1, 2, 3, 5],
+        {
+            "question": "What does the rabbit hold after waking up?",
+            "answer": "nothing",
+            "ask_time": 1,
+            "clue_time": 3,
+            "types": [0, 0, 1, 1],
+        },
+    ),
 ]
 OVO_RESPONSES: dict[str, str | None] = {
     "0": "C", "1": "b", "2": "B. A tire", "3": "The answer is D.", "4": None, "5": "C", "6": "A", "7": "E", "8": "A",
@@ -85,14 +219,23 @@ def build_ovo(root: Path, chunks: bool = True) -> dict[str, Any]:
         if isinstance(when, list):
             extra = dict(extra)
             if task == "REC":
-                rec.update(activity=extra["activity"], start_times=extra["start_times"], end_times=extra["end_times"])
-                rec["test_info"] = [{"realtime": t, "count": c} for t, c in zip(when, extra["counts"], strict=True)]
+                rec.update(
+                    activity=extra["activity"], start_times=extra["start_times"], end_times=extra["end_times"]
+                )
+                rec["test_info"] = [
+                    {"realtime": t, "count": c} for t, c in zip(when, extra["counts"], strict=True)
+                ]
             elif task == "SSR":
                 rec.update({k: extra[k] for k in ("tutorial", "all_steps", "start_time", "end_time")})
-                rec["test_info"] = [{"realtime": t, "step": s, "type": y} for t, s, y in zip(when, extra["steps"], extra["types"], strict=True)]
+                rec["test_info"] = [
+                    {"realtime": t, "step": s, "type": y}
+                    for t, s, y in zip(when, extra["steps"], extra["types"], strict=True)
+                ]
             else:
                 rec.update({k: extra[k] for k in ("question", "answer", "ask_time", "clue_time")})
-                rec["test_info"] = [{"realtime": t, "type": y} for t, y in zip(when, extra["types"], strict=True)]
+                rec["test_info"] = [
+                    {"realtime": t, "type": y} for t, y in zip(when, extra["types"], strict=True)
+                ]
             for i, t in enumerate(when):
                 cuts.setdefault(clip, []).append((f"{rid}_{i}.mp4", min(math.ceil(t), duration)))
         else:
@@ -114,8 +257,17 @@ def build_ovo(root: Path, chunks: bool = True) -> dict[str, Any]:
     }
 
 
-def _mc(task: str, question: str, stamp: str, options: list[str], answer: str, **extra: Any) -> dict[str, Any]:
-    return {"task_type": task, "question": question, "time_stamp": stamp, "options": options, "answer": answer, **extra}
+def _mc(
+    task: str, question: str, stamp: str, options: list[str], answer: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "task_type": task,
+        "question": question,
+        "time_stamp": stamp,
+        "options": options,
+        "answer": answer,
+        **extra,
+    }
 
 
 PREFIXED = ["A. A bicycle.", "B. A car.", "C. A bus.", "D. A truck."]
@@ -151,7 +303,12 @@ def build_streamingbench(root: Path) -> dict[str, Any]:
         {"time": "[0:00:03 - 0:00:06]", "video_path": "./videos/sample_1_real.mp4", "questions": [_mc("Sequential Question Answering", "And the person mentioned in the last question?", "00:00:06", PLAIN, "C")]},
         {"time": "[0:00:06 - 0:00:09]", "video_path": "./videos/sample_1_real.mp4", "questions": [_mc("Sequential Question Answering", "Who rides last?", "00:00:09", PLAIN, "A")]},
     ]]  # fmt: skip
-    pro = {"task_type": "Proactive Output", "time_stamp": "00:00:02", "ground_truth_time_stamp": "00:00:05", "required_ability": "working memory"}
+    pro = {
+        "task_type": "Proactive Output",
+        "time_stamp": "00:00:02",
+        "ground_truth_time_stamp": "00:00:05",
+        "required_ability": "working memory",
+    }
     proactive = [
         {"time": "[0:00:02 - 0:00:09]", "video_path": "./videos/sample_1_real.mp4",
          "questions": [dict(pro, question='When the second cyclist appears, output "2".', ground_truth_output="2"),
@@ -193,7 +350,11 @@ def build_offline(kind: str, root: Path) -> dict[str, Any]:
                          "videoID": vid, "question_id": f"00{i + 1}-1", "task_type": "Object Recognition", "question": f"Which option fits clip {i}?",
                          "options": ["A. one", "B. two", "C. three", "D. four"], "answer": gt})  # fmt: skip
         _write(root / "videomme" / "videomme.json", rows)
-        return {"kind": kind, "root": str(root), "responses": {"001-1": "B", "002-1": "The best answer is (C).", "003-1": "I cannot tell"}}
+        return {
+            "kind": kind,
+            "root": str(root),
+            "responses": {"001-1": "B", "002-1": "The best answer is (C).", "003-1": "I cannot tell"},
+        }
     if kind == "egoschema":
         rows = []
         for i, (clip, gt) in enumerate(zip(clips[:2], ("2", "4"), strict=True)):
@@ -204,14 +365,29 @@ def build_offline(kind: str, root: Path) -> dict[str, Any]:
         return {"kind": kind, "root": str(root), "responses": {"q0": "C", "q1": "I think (E)"}}
     if kind == "mlvu":
         rows = []
-        spec = [(BIKES, "plotQA", "A", "A"), (CAR, "plotQA", "B", "C"), (BBB, "count", "C", "C"), (BIKES, "count", "D", "D")]
+        spec = [
+            (BIKES, "plotQA", "A", "A"),
+            (CAR, "plotQA", "B", "C"),
+            (BBB, "count", "C", "C"),
+            (BIKES, "count", "D", "D"),
+        ]
         responses = {}
         for i, (clip, task, gt, said) in enumerate(spec):
             name = f"{i + 1}_{task}/clip{i}.mp4"
             _link(sample_video_path(clip), root / "mlvu" / name)
             cands = ["one", "two", "three", "four"]
             q = f"What fits clip {i}?\n" + "\n".join(f"({'ABCD'[k]}) {c}" for k, c in enumerate(cands))
-            rows.append({"video_name": name, "duration": 5.0, "question": q, "candidates": cands, "answer": gt, "task_type": task, "question_id": f"m{i}"})
+            rows.append(
+                {
+                    "video_name": name,
+                    "duration": 5.0,
+                    "question": q,
+                    "candidates": cands,
+                    "answer": gt,
+                    "task_type": task,
+                    "question_id": f"m{i}",
+                }
+            )
             responses[f"m{i}"] = said
         _write(root / "mlvu" / "dev.json", rows)
         return {"kind": kind, "root": str(root), "responses": responses}
@@ -221,7 +397,12 @@ def build_offline(kind: str, root: Path) -> dict[str, Any]:
         {"question": "What passes the camera?", "choices": ["a bus", "bikes", "a dog", "a tram"], "answer": "bikes", "question_type": "plotQA"},
         {"question": "How many riders?", "choices": ["A. one", "B. two", "C. three", "D. four"], "answer": "C", "question_type": "count"}]}]  # fmt: skip
     _write(root / "rekv.json", anno)
-    return {"kind": kind, "root": str(root), "annotation": str(root / "rekv.json"), "responses": {"rekv0:0": "B) bikes", "rekv0:1": "C"}}
+    return {
+        "kind": kind,
+        "root": str(root),
+        "annotation": str(root / "rekv.json"),
+        "responses": {"rekv0:0": "B) bikes", "rekv0:1": "C"},
+    }
 
 
 def build(kind: str, root: str | Path, chunks: bool = True) -> dict[str, Any]:

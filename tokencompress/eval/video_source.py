@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import VideoError
-from ..video import _check_path, _DECODE_ERRORS, _open, _reason, _stream_fps
+from ..video import _DECODE_ERRORS, _check_path, _open, _reason, _stream_fps
 
 __all__ = ["VideoSource", "probe_times"]
 
@@ -35,7 +35,8 @@ def probe_times(path: str) -> tuple[list[float], float, float]:
             else:
                 container.seek(0)
                 times = [
-                    float(f.time) if f.time is not None else i / fps for i, f in enumerate(container.decode(video=0))
+                    float(f.time) if f.time is not None else i / fps
+                    for i, f in enumerate(container.decode(video=0))
                 ]
         except _DECODE_ERRORS as exc:
             raise VideoError(f"cannot decode video {p}: {_reason(exc)}") from exc
@@ -79,4 +80,3 @@ class VideoSource:
         lost = wanted - self._pixels.keys()
         if lost:
             raise VideoError(f"{self.path}: frames {sorted(lost)[:3]} vanished on a second decode")
-
