@@ -42,7 +42,8 @@ def test_on_the_real_carphone_clip():
 def test_window_sampling_restarts_at_the_window_start():
     times = [i / 25 for i in range(250)]
     assert clip_indices(times, 2, 3) == list(range(50, 75))
-    assert select(FrameRule("rekv_stride", 1.0), times, 25.0, 2.5, 5) == [63, 88, 113]  # 2.52 s, 3.52 s, 4.52 s
+    # 2.52 s, 3.52 s, 4.52 s
+    assert select(FrameRule("rekv_stride", 1.0), times, 25.0, 2.5, 5) == [63, 88, 113]
     assert select(FrameRule("uniform_k", 1.0, k=3), times, 25.0, 0, 4) == [0, 49, 99]
 
 
