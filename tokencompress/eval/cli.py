@@ -140,6 +140,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
             random_weights=loaded_model.random_weights,
             prompts=f"{prompts.source} sha256:{prompts.digest}",
             context=args.context,
+            device=device,
         )
         say(
             f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
@@ -178,12 +179,13 @@ def _drop_baselines(pipelines: list[Any]) -> list[Any]:
 
 
 def _device(choice: str, shard: Any) -> str:
+    """``auto``: this rank's GPU (ranks beyond the GPU count share them, round robin), else CPU."""
+    import os
+
     import torch
 
-    if choice == "auto":
-        return (
-            shard.device
-            if shard.backend == "nccl"
-            else ("cuda" if torch.cuda.is_available() and shard.world == 1 else "cpu")
-        )
-    return choice
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"

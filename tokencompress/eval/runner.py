@@ -48,6 +48,7 @@ class Settings:
     random_weights: bool | None = None
     prompts: str = ""
     context: float = -1.0
+    device: str = "cpu"
 
     def run_key(self) -> str:
         """What makes two answers to the same query interchangeable on resume (scoring is not:
@@ -187,6 +188,9 @@ def _finish(
         "skipped": loaded.skipped,
         "warnings": loaded.warnings,
         "ranks": shard.world,
+        "device": settings.device,
+        # speed ratios are only valid with one rank per device (specs §7)
+        "ranks_per_device": _ranks_per_device(settings.device, shard.world),
         "stale_log_lines": stale,
         "versions": _versions(),
         "variants": variants,
@@ -200,6 +204,14 @@ def _finish(
         atomic_write(out / "retention.png", png)
     results["plot"] = str(out / "retention.png") if png is not None else None
     return results
+
+
+def _ranks_per_device(device: str, world: int) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return -(-world // max(1, torch.cuda.device_count()))
+    return world
 
 
 def _versions() -> dict[str, str]:

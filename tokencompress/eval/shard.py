@@ -49,12 +49,6 @@ class Shard:
         dist.init_process_group(backend=backend, timeout=timedelta(hours=24))
         return cls(dist.get_rank(), dist.get_world_size(), True, backend)
 
-    @property
-    def device(self) -> str:
-        if self.backend == "nccl":
-            return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        return "cpu"
-
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` on rank 0 (``None`` elsewhere); a rank with no work still joins."""
         if self.world == 1:
