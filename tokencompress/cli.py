@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
     bench.add_argument("--out", default="bench_out", help="directory for <pipeline>.json and .png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .eval.cli import add_parser as add_eval_parser  # argparse only: no heavy imports here
+
+    add_eval_parser(sub)
     return p
 
 
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
     try:
+        if args.command == "eval":
+            return _eval(args)
         return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[
             args.command
         ](args)
@@ -277,6 +283,12 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {png}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval.cli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
