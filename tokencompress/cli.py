@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .chunk_summary import summarize
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -150,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     if not chunks:
         raise TokenCompressError(f"{video}: no frames were sampled")
     print(_table(chunks))
-    summary = _summary(chunks, stream)
+    summary = summarize(chunks, stream.llm.length)
     print(_summary_text(summary))
     if answer is not None:
         note = " (random weights: noise)" if loaded.random_weights else ""
@@ -207,24 +208,6 @@ def _table(chunks: list[Any]) -> str:
             f"{f'{c.pre_prefill[0]}→{c.pre_prefill[1]}':>11} {c.vit_ms:>8.1f} {c.compress_ms:>11.2f} {c.prefill_ms:>10.1f} {c.cache_tokens:>6}"
         )
     return "\n".join(rows)
-
-
-def _summary(chunks: list[Any], stream: Any) -> dict[str, Any]:
-    frames = sum(c.frames for c in chunks)
-    pooled = sum(c.pre_prefill[0] for c in chunks)
-    kept = sum(c.pre_prefill[1] for c in chunks)
-    return {
-        "chunks": len(chunks),
-        "frames": frames,
-        "vit_tokens": sum(c.vit_tokens for c in chunks),
-        "llm_tokens_before": pooled,
-        "llm_tokens_after": kept,
-        "llm_token_ratio": kept / pooled if pooled else 1.0,
-        "mean_vit_ms": sum(c.vit_ms for c in chunks) / len(chunks),
-        "mean_prefill_ms": sum(c.prefill_ms for c in chunks) / len(chunks),
-        "mean_total_ms": sum(c.total_ms for c in chunks) / len(chunks),
-        "kv_cache_tokens": stream.llm.length,
-    }
 
 
 def _summary_text(s: dict[str, Any]) -> str:
