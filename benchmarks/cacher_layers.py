@@ -91,7 +91,9 @@ def main() -> None:
     patch_macs = t * 588 * c
     layers_n = v["num_hidden_layers"]
     limit = (layers_n * macs.non_reference + patch_macs) / (layers_n * macs.full + patch_macs)
-    print(f"load {load0:.2f} -> {load1:.2f}, {args.threads} threads, {len(rounds)} rounds, ratio {args.ratio}")
+    print(
+        f"load {load0:.2f} -> {load1:.2f}, {args.threads} threads, {len(rounds)} rounds, ratio {args.ratio}"
+    )
     print(f"plain tower ms/frame: {spread([r[0] for r in rounds])}")
     print(f"reference / plain:     {spread([r[1] / r[0] for r in rounds])}")
     print(f"non-reference / plain: {spread([r[2] / r[0] for r in rounds])}  (FLOP limit {limit:.3f})")

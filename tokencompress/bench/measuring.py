@@ -32,7 +32,16 @@ def _cpu_sdpa_flops(
     return sdpa_flop_count(query, key, value)
 
 
-_CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+def _packed_linear_flops(x: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """oneDNN linears on prepacked weights (:mod:`tokencompress.packed_linear`): 2·M·K·N, read off
+    the input ``[M, K]`` and output ``[M, N]`` shapes, since the packed weight's shape is opaque."""
+    rows, inner = x  # the counter passes shapes
+    return 2 * rows * inner * out_shape[-1]
+
+
+_CUSTOM_FLOPS: dict[Any, Any] = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _CUSTOM_FLOPS[torch.ops.mkldnn._linear_pointwise] = _packed_linear_flops  # both overloads
 
 
 @dataclass

@@ -21,9 +21,9 @@ def notes_for(
     baseline: VariantResult, compressed: VariantResult, model: nn.Module, load: list[float | None]
 ) -> list[str]:
     notes = [
-        "times: per-chunk and first-token medians over repeats of chunk-interleaved runs (baseline and "
-        "pipeline take turns chunk by chunk); end-to-end: torch.utils.benchmark Timer median of whole "
-        "streams (all frames + a one-token answer), variants alternating",
+        "times: chunk-interleaved runs (baseline and pipeline take turns chunk by chunk); 'per repeat' "
+        "figures are one ratio per repeat (medians over the chunks of each kind inside it), given as "
+        "median [min-max] over repeats; end-to-end = a repeat's chunks plus its one-token answer",
         "FLOPs: torch.utils.flop_counter, full attention rectangle (no causal halving), "
         "norms/activations not counted; 'prefill' is the visual prefill only",
     ]
@@ -35,16 +35,18 @@ def notes_for(
         )
     before, after = load
     threads = torch.get_num_threads()
-    if before is not None and after is not None and (before > 0.5 or after > threads + 0.5):
+    if before is not None and after is not None:
+        busy = before > threads + 0.5 or after > threads + 0.5
         notes.append(
-            f"1-min load average {before:g} before / {after:g} after on {os.cpu_count()} CPUs ({threads} threads "
-            "used here): other processes competed, so time ratios are noisier than usual"
+            f"load: 1-min load average {before:g} before / {after:g} after on {os.cpu_count()} CPUs, "
+            f"{threads} threads used"
+            + ("; other processes competed, so time ratios are noisier than usual" if busy else "")
         )
     for v in (baseline, compressed):
         if v.flops_note:
             notes.append(f"{v.name}: {v.flops_note}")
     if any(p.device.type == "cuda" for p in model.parameters()):
-        notes.append("CUDA: per-chunk times are host-side and unsynchronised; trust the end-to-end figure")
+        notes.append("CUDA: per-chunk times are read after a device synchronise (timing.now)")
     return notes
 
 
@@ -94,8 +96,55 @@ def format_table(result: BenchResult) -> str:
         f"of {result.frames_per_chunk}; median of {result.repeats} after {result.warmup} warm-up; "
         f"{result.device}, {result.threads} threads, torch {result.torch_version}"
     )
+    lines.extend(_spread_lines(result, len(head)))
     lines.extend(f"note: {n}" for n in result.notes)
     return "\n".join(lines)
+
+
+SPREAD_ROWS: tuple[tuple[str, str], ...] = (
+    ("vit_ms", "ViT time, whole stream"),
+    ("vit_ms_reference", "ViT time, reference chunks"),
+    ("vit_ms_non_reference", "ViT time, non-reference chunks"),
+    ("prefill_ms", "visual prefill, whole stream"),
+    ("prefill_ms_chunk_median", "visual prefill, per-chunk median"),
+    ("prefill_with_stage_ms", "token stages + prefill, whole stream"),
+    ("stage_share_of_prefill", "token stages / own prefill"),
+    ("e2e_ms_per_chunk", "end-to-end per chunk"),
+    ("ttft_ms", "time to first token"),
+)
+"""Per-repeat figures of the report, in order: (spread key, label)."""
+
+
+def fmt_spread(s: dict[str, Any] | None, percent: bool = False) -> str:
+    if not s:
+        return "n/a"
+    if percent:
+        return f"{100 * s['median']:.2f} % [{100 * s['min']:.2f}-{100 * s['max']:.2f}]"
+    return f"{s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def _spread_lines(result: BenchResult, width: int) -> list[str]:
+    lines = ["", f"{'per repeat (pipeline / baseline)':<40} {'median [min-max]':>26}", "-" * width]
+    for key, label in SPREAD_ROWS:
+        s = result.spreads.get(key)
+        if s is not None:
+            lines.append(f"{label:<40} {fmt_spread(s, percent=key == 'stage_share_of_prefill'):>26}")
+    for key, value in result.flop_ratios.items():
+        lines.append(
+            f"{'ViT GFLOPs, ' + key.rsplit('_', 2)[-2].replace('non', 'non-') + ' chunks':<40} {value:>26.3f}"
+        )
+    over = result.stage_overhead.get("vit_time_over_flop_line")
+    if over is not None:
+        lines.append(f"{'ViT time above its FLOP line':<40} {100 * over:>24.1f} %")
+    fid = result.fidelity
+    if fid:
+        cos, kl = fid.get("token_cosine_mean"), fid.get("first_token_kl")
+        lines.append(
+            f"fidelity: visual-token cosine to baseline {_fmt(cos) if cos is not None else 'n/a'}"
+            f" (min {_fmt(fid.get('token_cosine_min'))}; {', '.join(fid.get('token_cosine_matched') or []) or 'no match'}),"
+            f" first-token KL {_fmt(kl) if kl is not None else 'n/a'}; {fid.get('proxy_note')}"
+        )
+    return lines
 
 
 def _fmt_ratio(ratio: float | None) -> str:

@@ -39,6 +39,10 @@ class VariantResult:
     tokens: dict[str, Any]
     peak_memory: dict[str, Any]
     flops_note: str | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    """Per measured repeat: ``chunks`` (per-chunk ms), ``first_token_ms``, ``answer_ms``."""
+    chunk_kinds: list[str] = field(default_factory=list)
+    """Per chunk: ``reference`` / ``non_reference`` (STC-Cacher) or ``all``."""
 
     @property
     def e2e_ms(self) -> float:
@@ -88,7 +92,12 @@ class VariantResult:
 
 @dataclass
 class BenchResult:
-    """Both variants, their ratios and how they were measured."""
+    """Both variants, their ratios and how they were measured.
+
+    ``ratios`` are taken between the variants' summaries (per-chunk medians over repeats);
+    ``spreads`` are the per-repeat ratios as median [min-max] (:mod:`.spreads`), the figures to
+    quote; ``fidelity`` compares the pipeline's output with the baseline's (:mod:`.fidelity`).
+    """
 
     pipeline_name: str
     model: str
@@ -106,6 +115,8 @@ class BenchResult:
     baseline: VariantResult
     pipeline: VariantResult
     notes: list[str] = field(default_factory=list)
+    spreads: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ratios(self) -> dict[str, float | None]:
@@ -113,10 +124,41 @@ class BenchResult:
         b, p = self.baseline.summary(), self.pipeline.summary()
         return {key: (p[key] / b[key] if b[key] else None) for key, _ in RATIOS}
 
+    @property
+    def flop_ratios(self) -> dict[str, float | None]:
+        """FLOP ratios per chunk kind (deterministic): ViT over all, reference and non-reference chunks."""
+        kinds = self.pipeline.chunk_kinds or ["all"] * len(self.pipeline.chunks)
+        out: dict[str, float | None] = {}
+        for kind in sorted(set(kinds) - {"all"}):
+            ix = [i for i, k in enumerate(kinds) if k == kind]
+            b = sum(self.baseline.chunks[i]["vit_flops"] for i in ix)
+            out[f"vit_gflops_{kind}"] = (
+                sum(self.pipeline.chunks[i]["vit_flops"] for i in ix) / b if b else None
+            )
+        return out
+
+    @property
+    def stage_overhead(self) -> dict[str, Any]:
+        """What the strategies' own work costs, as a share of the stage it serves.
+
+        Token stages (post_vit, pre_prefill): their time over the pipeline's prefill time. Strategies
+        inside the ViT (pre_vit_block): the ViT time ratio over the ViT FLOP ratio, minus one (the
+        time spent above the FLOP line, as a share of the ideal).
+        """
+        r, s = self.ratios, self.spreads
+        share = s.get("stage_share_of_prefill")
+        vit_t, vit_f = (s.get("vit_ms") or {}).get("median"), r.get("vit_gflops")
+        return {
+            "token_stages_share_of_prefill": share["median"] if share else None,
+            "vit_time_over_flop_line": (vit_t / vit_f - 1) if vit_t and vit_f else None,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["baseline"] = self.baseline.as_dict()
         d["pipeline"] = self.pipeline.as_dict()
         d["notes"] = list(self.notes)
         d["ratios"] = self.ratios
+        d["flop_ratios"] = self.flop_ratios
+        d["stage_overhead"] = self.stage_overhead
         return d

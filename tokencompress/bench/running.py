@@ -23,9 +23,11 @@ from ..errors import TokenCompressError
 from ..models import LoadedModel
 from ..pipeline import BoundPipeline, Pipeline
 from ..session import ChunkStats, Stream, _as_frames
+from .fidelity import fidelity
 from .measuring import count_flops, kv_bytes, load_average, peak_memory
 from .reporting import notes_for
 from .results import BenchResult, VariantResult
+from .spreads import per_repeat_ratios
 
 __all__ = ["DEFAULT_QUESTION", "run_benchmark"]
 
@@ -43,15 +45,15 @@ def run_benchmark(
 ) -> BenchResult:
     """Measure ``pipeline`` against the same config without stages on ``frames`` ``[N, H, W, 3]``.
 
-    Three kinds of run, each a fresh stream over all frames followed by a one-token answer:
+    Two kinds of run, each a fresh stream over all frames followed by a one-token answer:
 
-    * one untimed FLOP-counting pass per variant (also KV size and peak memory);
+    * one untimed counting pass per variant: FLOPs, KV size, peak memory, and the final visual
+      tokens and first-token logits that the fidelity figures compare;
     * ``warmup`` + ``repeats`` chunk-interleaved runs: both variants' streams advance in lock
       step (baseline chunk 0, pipeline chunk 0, baseline chunk 1, ...), so the load swings of
-      a shared machine, which last seconds, land on both alike. Per-chunk times and time to
-      first token are the medians over the ``repeats`` of these;
-    * ``repeats`` whole-stream runs per variant under ``torch.utils.benchmark.Timer``,
-      alternating the variants, for the end-to-end figure.
+      a shared machine, which last seconds, land on both alike. Each repeat gives one ratio per
+      figure (:mod:`.spreads`), reported as median [min-max] over repeats; end-to-end time is
+      the repeat's chunks plus its answer.
     """
     from tqdm import tqdm
 
@@ -68,9 +70,7 @@ def run_benchmark(
         _Runner("baseline", Pipeline(base_cfg, pipeline.registry).bind(model), tokenizer, frames, question),
         _Runner(pipeline.name, pipeline.bind(model), tokenizer, frames, question),
     ]
-    # Per variant: FLOP pass, interleaved warm-ups and repeats, then per repeat the Timer's
-    # probe run plus the measured one.
-    total = len(runners) * (1 + warmup + 3 * repeats)
+    total = len(runners) * (1 + warmup + repeats)  # per variant: counting pass, interleaved runs
     with tqdm(
         total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr, leave=False
     ) as bar:
@@ -83,12 +83,9 @@ def run_benchmark(
             bar.set_postfix_str(f"interleaved {what}")
             # Alternate who goes first, so neither always runs on the caches the other left.
             _interleaved(runners if i % 2 == 0 else runners[::-1], keep=i >= warmup)
-        for i in range(repeats):
-            for r in runners if i % 2 == 0 else runners[::-1]:
-                bar.set_postfix_str(f"{r.label}: whole stream {i + 1}/{repeats}")
-                r.measure()
     load = [load_before, load_average()]
     baseline, compressed = (r.result() for r in runners)
+    base_r, pipe_r = runners
     target = runners[1].bound.target
     return BenchResult(
         pipeline_name=pipeline.name,
@@ -106,6 +103,8 @@ def run_benchmark(
         baseline=baseline,
         pipeline=compressed,
         notes=notes_for(baseline, compressed, model, load),
+        spreads=per_repeat_ratios(baseline.runs, compressed.runs, compressed.chunk_kinds),
+        fidelity=fidelity(base_r.final_tokens, pipe_r.final_tokens, base_r.first_logits, pipe_r.first_logits),
     )
 
 
@@ -115,18 +114,30 @@ def _interleaved(runners: Sequence[_Runner], keep: bool) -> None:
     streams = [r.bound.stream(tokenizer=r.tokenizer) for r in runners]
     frames = runners[0].frames
     step = runners[0].bound.config.stream.frames_per_chunk
+    kinds: list[list[str]] = [[] for _ in runners]
     for start in range(0, len(frames), step):
-        for r, stream in zip(runners, streams, strict=True):
+        for r, stream, kind in zip(runners, streams, kinds, strict=True):
             with r.bound.patch:
                 stream.add_frames(frames[start : start + step])
-    for r, stream in zip(runners, streams, strict=True):
+                stream.flush()  # a short last chunk is a chunk of its own, as at the end of a stream
+            kind.append(_chunk_kind(stream.states))
+    for r, stream, kind in zip(runners, streams, kinds, strict=True):
         with r.bound.patch:
-            stream.flush()  # a short last chunk stays pending until flushed
             answer = stream.ask(r.question, max_new_tokens=1)
         if keep:
-            r.measured.append((list(stream.history), answer.first_token_ms))
+            r.measured.append((list(stream.history), answer.first_token_ms, answer.total_ms))
+            r.kinds = kind
         if r.bar is not None:
             r.bar.update(1)
+
+
+def _chunk_kind(states: Sequence[Any]) -> str:
+    """``reference`` / ``non_reference`` for a chunk a reference-caching strategy (STC-Cacher) just
+    encoded, read off its per-stream state; ``all`` otherwise."""
+    flags = [s.is_reference for s in states if isinstance(getattr(s, "is_reference", None), bool)]
+    if not flags:
+        return "all"
+    return "reference" if any(flags) else "non_reference"
 
 
 class _Runner:
@@ -135,51 +146,25 @@ class _Runner:
     def __init__(
         self, label: str, bound: BoundPipeline, tokenizer: Any, frames: np.ndarray, question: Any
     ) -> None:
-        from torch.utils.benchmark import Timer
-
         self.label = label
         self.bound = bound
         self.tokenizer = tokenizer
         self.frames = frames
         self.question = question
         self.bar: Any = None
-        self.measured: list[tuple[list[ChunkStats], float]] = []
-        self.measurements: list[Any] = []
+        self.measured: list[tuple[list[ChunkStats], float, float]] = []
+        """Per kept repeat: chunk stats, first-token ms and answer ms."""
+        self.kinds: list[str] = []
         self.flops: list[dict[str, int]] = []
         self.counted: dict[str, Any] = {}
-        # Timer defaults to one thread; the stream must run as it would in use.
-        self.timer = Timer(
-            stmt="run()",
-            globals={"run": self.run},
-            num_threads=torch.get_num_threads(),
-            label="tokencompress bench",
-            sub_label=label,
-            description="whole stream + first answer token",
-        )
-
-    def _stream(self) -> Stream:
-        stream = self.bound.stream(tokenizer=self.tokenizer)
-        stream.add_frames(self.frames)
-        stream.flush()
-        return stream
-
-    def run(self) -> None:
-        """The statement the Timer times: a whole stream and a one-token answer."""
-        # The patch goes on per run so the other variant can run in between on the same model.
-        with self.bound.patch:
-            self._stream().ask(self.question, max_new_tokens=1)
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def measure(self) -> None:
-        """One measured whole stream, preceded by the Timer's block-size probe, which runs the
-        stream once untimed: so a measured run never pays for switching from the other variant."""
-        self.measurements.append(self.timer.blocked_autorange(min_run_time=0.0))
+        self.final_tokens: list[Any] = []
+        self.first_logits: Tensor | None = None
 
     def count(self) -> None:
         """Untimed pass through the stream's public steps, chunk by chunk: FLOPs of the vision path
-        (its ViT part through the target's vision seam) and of the visual prefill, KV-cache size
-        and peak memory."""
+        (its ViT part through the target's vision seam) and of the visual prefill, KV-cache size,
+        peak memory, and for the fidelity figures the final visual tokens and the first answer
+        token's logits."""
         target = self.bound.target
         step = self.bound.config.stream.frames_per_chunk
         missing_tower = False
@@ -192,15 +177,18 @@ class _Runner:
                     tokens = stream.encode_only(self.frames[start : start + step])
                 with count_flops(target) as prefill:
                     target.prefill_visual(stream.llm, tokens)
+                self.final_tokens.append(tokens)
                 missing_tower = missing_tower or encode.vision_calls == 0
                 vit = encode.vision if encode.vision_calls else encode.total
                 self.flops.append(
                     {"vit_flops": vit, "encode_flops": encode.total, "prefill_flops": prefill.total}
                 )
+            kv = (stream.llm.length, stream.llm.visual_tokens, kv_bytes(stream.llm.cache))
+            self.first_logits = stream.ask(self.question, max_new_tokens=1).first_logits
         self.counted = {
-            "kv_tokens": stream.llm.length,
-            "kv_visual_tokens": stream.llm.visual_tokens,
-            "kv_bytes": kv_bytes(stream.llm.cache),
+            "kv_tokens": kv[0],
+            "kv_visual_tokens": kv[1],
+            "kv_bytes": kv[2],
             "peak_memory": memory,
             "flops_note": (
                 "ViT FLOPs include the projector and pooling: the target's vision module was never called"
@@ -236,7 +224,18 @@ class _Runner:
             "pre_prefill": [s["llm_tokens_before"], s["llm_tokens_after"]],
             "llm_visual": s["llm_tokens_after"],
         }
-        e2e = [1e3 * t for m in self.measurements for t in m.times]
+        runs = [
+            {
+                "chunks": [
+                    {k: getattr(c, k) for k in ("vit_ms", "compress_ms", "prefill_ms", "total_ms")}
+                    for c in hist
+                ],
+                "first_token_ms": first,
+                "answer_ms": answer,
+            }
+            for hist, first, answer in self.measured
+        ]
+        e2e = [sum(c["total_ms"] for c in run["chunks"]) + run["answer_ms"] for run in runs]
         return VariantResult(
             name=self.label,
             config=self.bound.config.to_dict(),
@@ -249,6 +248,8 @@ class _Runner:
             tokens=tokens,
             peak_memory=self.counted["peak_memory"],
             flops_note=self.counted["flops_note"],
+            runs=runs,
+            chunk_kinds=list(self.kinds),
         )
 
 
