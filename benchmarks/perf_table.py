@@ -57,15 +57,15 @@ def spread_text(s: dict | None) -> str:
 
 def table(rows: list[dict], meta: dict) -> str:
     head = (
-        "| pipeline | ViT time | ViT time, non-ref. chunks | ViT FLOPs | prefill time (whole stream) "
+        "| pipeline | ViT time | ViT time, ref. chunks | ViT time, non-ref. chunks | ViT FLOPs | prefill time (whole stream) "
         "| prefill time (chunk median) | prefill FLOPs | token stages / prefill | end-to-end / chunk "
         "| LLM tokens | token cosine | first-token KL | load |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    lines.append("| baseline | 1 | 1 | 1 | 1 | 1 | 1 | – | 1 | 1 | 1 | 0 | |")
+    lines.append("| baseline | 1 | – | – | 1 | 1 | 1 | 1 | – | 1 | 1 | 1 | 0 | |")
     for row in rows:
         if "missing" in row:
-            lines.append(f"| `{row['name']}` | {row['missing']} |" + " |" * 11)
+            lines.append(f"| `{row['name']}` | {row['missing']} |" + " |" * 12)
             continue
         s, r, f = row["spreads"], row["ratios"], row["fidelity"]
         share = s.get("stage_share_of_prefill")
@@ -74,7 +74,8 @@ def table(rows: list[dict], meta: dict) -> str:
         kl = f.get("first_token_kl")
         load = row.get("load_average") or []
         lines.append(
-            f"| `{row['name']}` | {spread_text(s.get('vit_ms'))} | {spread_text(s.get('vit_ms_non_reference'))} "
+            f"| `{row['name']}` | {spread_text(s.get('vit_ms'))} | {spread_text(s.get('vit_ms_reference'))} "
+            f"| {spread_text(s.get('vit_ms_non_reference'))} "
             f"| {r['vit_gflops']:.3f} | {spread_text(s.get('prefill_ms'))} | {spread_text(s.get('prefill_ms_chunk_median'))} "
             f"| {r['prefill_gflops']:.3f} | {share_t} | {spread_text(s.get('e2e_ms_per_chunk'))} "
             f"| {r['llm_visual_tokens']:.3f} | {'–' if cos is None else f'{cos:.3f}'} | {'–' if kl is None else f'{kl:.2g}'} "
@@ -95,6 +96,48 @@ def table(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row(name: str, d: dict) -> dict:
+    return {k: d[k] for k in ("spreads", "ratios", "fidelity", "load_average")} | {"name": name}
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    """The table from committed results: rows in PIPELINES order, a 'not run' row where none is."""
+    meta = json.loads((RESULTS / "machine.json").read_text()) if (RESULTS / "machine.json").exists() else {}
+    rows = []
+    for name in PIPELINES:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            yaml = ROOT / "pipelines" / f"{name}.yaml"
+            rows.append(
+                {"name": name, "missing": "not run yet" if yaml.exists() else f"no pipelines/{name}.yaml yet"}
+            )
+            continue
+        d = json.loads(path.read_text())
+        rows.append(_row(name, d))
+        meta.setdefault("machine", machine() | {"threads_used": d["threads"], "torch": d["torch_version"]})
+        meta.update(
+            model=d["model"], video=d["video"], fps=d["fps"], frames=d["frames"], repeats=d["repeats"]
+        )
+    if args.note:
+        meta["note"] = args.note
+    (RESULTS / "machine.json").write_text(json.dumps(meta, indent=2))
+    text = table(rows, meta)
+    (RESULTS / "table.md").write_text(text)
+    write_readme(text)
+    print(text)
+    return 0
+
+
+def write_readme(text: str) -> None:
+    """Put ``text`` between the README's perf-table markers (nothing else of the README changes)."""
+    readme = ROOT / "README.md"
+    start, end = "<!-- perf-table:start -->\n", "<!-- perf-table:end -->"
+    s = readme.read_text()
+    if start in s and end in s:
+        i, j = s.index(start) + len(start), s.index(end)
+        readme.write_text(s[:i] + text + s[j:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=16)
@@ -103,7 +146,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", help="comma-separated subset of pipelines")
     ap.add_argument("--note", help="a line to print under the table (e.g. why a run was reduced)")
+    ap.add_argument(
+        "--from-results", action="store_true", help="rebuild table.md from the JSON in benchmarks/results/"
+    )
     args = ap.parse_args()
+    if args.from_results:
+        return rebuild(args)
     torch.set_num_threads(args.threads)
 
     from tokencompress.bench import DEFAULT_QUESTION, run_benchmark, sample_frames
@@ -152,6 +200,7 @@ def main() -> int:
     (RESULTS / "machine.json").write_text(json.dumps(meta, indent=2))
     text = table(rows, meta)
     (RESULTS / "table.md").write_text(text)
+    write_readme(text)
     print(text)
     return 0
 
