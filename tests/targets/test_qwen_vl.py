@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import random_frames
 from tokencompress import Pipeline, Stage, load_model
+from tokencompress.target import cache_argument
 from tokencompress.targets.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
 from tokencompress.targets.qwen_patches import fit_to_grid, frames_to_patches
 
@@ -388,7 +389,11 @@ def test_decode_after_pruning_continues_from_the_counter(target_cls):
 
     def hook(_m, _args, kwargs):
         calls.append(
-            (kwargs["position_ids"].clone(), model.model.rope_deltas, kwargs["cache"].get_seq_length())
+            (
+                kwargs["position_ids"].clone(),
+                model.model.rope_deltas,
+                kwargs[cache_argument(model.model.language_model)].get_seq_length(),
+            )
         )
 
     handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)

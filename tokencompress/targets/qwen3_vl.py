@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..target import LLMState, StageRunner, TargetOptions
+from ..target import LLMState, StageRunner, TargetOptions, cache_argument
 from ..tokens import VisualTokens
 from ..types import ChunkInfo, Stage
 from .qwen_patches import frames_to_patches
@@ -300,10 +300,11 @@ class Qwen3VLTarget(QwenVLTarget):
         embeds, mask = self._chunk_embeds(state, tokens)
         positions = self.visual_positions(state, tokens)
         kept = tokens.deepstack_kept() if isinstance(tokens, DeepStackTokens) else []
-        self.language_model(
+        lm = self.language_model
+        lm(
             inputs_embeds=embeds[None].to(self.dtype),
             position_ids=positions,
-            cache=state.cache,
+            **{cache_argument(lm): state.cache},
             use_cache=True,
             visual_pos_masks=mask[None],
             deepstack_visual_embeds=[d.to(self.dtype) for d in kept] if kept else None,
