@@ -19,6 +19,8 @@ from torch import nn
 from .block_patch import BlockPatch
 from .errors import CompatibilityError, ConfigError
 from .hooks.events import StageEvent
+from .kv_patch import KVPatch
+from .kv_strategy import KVBuild, KVCacheStrategy
 from .pipeline_config import PipelineConfig, format_validation_error, load_config, parse_config
 from .registry import Registry
 from .stages import Stage
@@ -72,7 +74,7 @@ class Pipeline:
     def apply(self, model: nn.Module) -> Iterator[BoundPipeline]:
         """Install the pipeline on ``model`` for the ``with`` block; restores every forward on exit."""
         bound = self.bind(model)
-        with bound.patch:
+        with bound.patch, bound.kv_patch:
             yield bound
 
 
@@ -80,6 +82,8 @@ def check_compatibility(config: PipelineConfig, target: Target) -> None:
     """Refuse at build time what would fail (or silently misbehave) at run time."""
     infos = target.stage_info()
     for declared, steps in config.stages.items():
+        if declared == Stage.KV_CACHE:
+            continue  # checked by kv_build once the token stages are known to be sound
         for i, strategy in enumerate(steps):
             where = f"stages.{declared.value}[{i}]"
             stage = strategy.effective_stage(infos)
@@ -109,6 +113,51 @@ def check_compatibility(config: PipelineConfig, target: Target) -> None:
                 )
 
 
+def kv_build(config: PipelineConfig, target: Target, planned: Any) -> tuple[KVCacheStrategy | None, KVBuild | None]:
+    """The pipeline's kv_cache strategy checked against ``target`` (both None without one).
+
+    ``planned(strategy_list)`` gives (tokens per token frame after pre_prefill or None, the
+    strategy that makes it data-dependent).
+    """
+    steps = config.strategies(Stage.KV_CACHE)
+    if not steps:
+        return None, None
+    if len(steps) > 1:
+        raise CompatibilityError(
+            f"stages.kv_cache: at most one strategy decides the decoder's memory, got {', '.join(s.name for s in steps)}"
+        )
+    strategy = steps[0]
+    where = "stages.kv_cache[0]"
+    assert isinstance(strategy, KVCacheStrategy)
+    if strategy.name not in target.kv_cache_strategies:
+        supported = ", ".join(sorted(target.kv_cache_strategies)) or "none"
+        reason = target.kv_cache_refusals.get(strategy.name)
+        raise CompatibilityError(
+            f"{where}: kv_cache strategy '{strategy.name}' is not supported by target '{target.name}' "
+            f"(it supports: {supported})" + (f"; {reason}" if reason else "")
+        )
+    layout = target.decoder_layout()
+    if layout is None:
+        raise CompatibilityError(f"{where}: target '{target.name}' does not expose its decoder (decoder_layout)")
+    missing = strategy.needs - target.provides.get(Stage.KV_CACHE, frozenset())
+    if missing:
+        raise CompatibilityError(
+            f"{where}: strategy '{strategy.name}' needs {', '.join(sorted(m.value for m in missing))} at "
+            f"kv_cache, which target '{target.name}' cannot provide"
+        )
+    per, by = planned
+    build = KVBuild(
+        target=target.name,
+        layout=layout,
+        tokens_per_frame=per,
+        variable_count_by=by,
+        frames_per_chunk=target.token_frames(config.stream.frames_per_chunk),
+        extra_tokens_per_chunk=target.kv_extra_tokens_per_chunk(),
+    )
+    strategy.check_build(build)
+    return strategy, build
+
+
 class BoundPipeline:
     """A pipeline bound to one model through its target; opens any number of independent streams."""
 
@@ -117,9 +166,11 @@ class BoundPipeline:
         self.config = pipeline.config
         self.registry = pipeline.registry
         self.target = target
-        self.steps: list[Strategy] = [s for stage in Stage for s in self.config.strategies(stage)]
+        self.steps: list[Strategy] = [
+            s for stage in Stage if stage != Stage.KV_CACHE for s in self.config.strategies(stage)
+        ]
         infos = target.stage_info()
-        self.by_stage: dict[Stage, list[Strategy]] = {stage: [] for stage in Stage}
+        self.by_stage: dict[Stage, list[Strategy]] = {stage: [] for stage in Stage if stage != Stage.KV_CACHE}
         self.notes: list[str] = []
         for strategy in self.steps:
             where = strategy.effective_stage(infos)
@@ -136,6 +187,10 @@ class BoundPipeline:
         probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
         layers = target.vit_layers() if (block or probes) else []
         self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block, probes)
+        self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
+        self.kv_patch = KVPatch(
+            self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()
+        )
         self._index = {id(s): i for i, s in enumerate(self.steps)}
         self._observed = self.registry.has_observers()
         self._next_stream_id = 0
@@ -157,6 +212,36 @@ class BoundPipeline:
     def block_states(self, states: Sequence[Any]) -> list[Any]:
         """The entries of a stream's ``states`` that belong to the installed block strategies."""
         return [states[self._index[id(s)]] for s in self.patch.strategies]
+
+    def _kv_attends(self) -> bool:
+        """Whether the kv_cache strategy computes attention itself (so the decoder must be patched)."""
+        from .kv_strategy import KVMemory
+
+        assert self.kv is not None and self.kv_build is not None
+        probe = self.kv.new_memory(self.target, self.kv_build, 0)
+        return isinstance(probe, KVMemory) and probe.custom_attention
+
+    def tokens_per_frame(self) -> tuple[int | None, str | None]:
+        """Tokens one token frame leaves pre_prefill with, or (None, the strategy that makes it vary).
+
+        A count change before pre_prefill (only possible where the target is not count-locked)
+        reaches the LLM through the target's own pooling, so it is treated as data-dependent; so is a
+        pre_prefill strategy whose chunk total is not frames x its one-frame count (VidCom² with
+        several frames per chunk spreads its budget by frame uniqueness).
+        """
+        infos = self.target.stage_info()
+        for stage in (Stage.PRE_VIT_BLOCK, Stage.POST_VIT):
+            for s in self.by_stage[stage]:
+                if s.changes_count:
+                    return None, s.name
+        n: int = infos[Stage.PRE_PREFILL].tokens_per_frame
+        f = self.target.token_frames(self.config.stream.frames_per_chunk)
+        for s in self.by_stage[Stage.PRE_PREFILL]:
+            one, chunk = s.planned_count(n, 1), s.planned_count(n, f)
+            if one is None or chunk != f * one:  # per-frame counts follow the data
+                return None, s.name
+            n = one
+        return n, None
 
     def planned_tokens(self, stage: Stage, frames: int) -> int | None:
         """Tokens a chunk of ``frames`` video frames leaves ``stage`` with, if known from shapes alone."""

@@ -8,7 +8,8 @@ interleaved freely; ``reset()`` drops it all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import VideoError
+from .errors import ConfigError, VideoError
+from .positions import PositionGuard
 from .stages import Stage
 from .strategy import ChunkInfo
 from .timing import now
@@ -45,6 +47,11 @@ class ChunkStats:
     prefill_ms: float
     total_ms: float
     cache_tokens: int
+    """Tokens resident in the decoder's attention cache after the chunk (per layer)."""
+    stored_tokens: int = 0
+    """Tokens per layer a kv_cache strategy keeps outside the attention cache (ReKV's block store)."""
+    stored_bytes: int = 0
+    """Host bytes of that store, all layers."""
 
     @property
     def llm_tokens(self) -> int:
@@ -61,6 +68,10 @@ class Answer:
     first_token_ms: float
     total_ms: float
     first_logits: Tensor = field(repr=False)
+    retrieval_ms: float = 0.0
+    """Time of the kv_cache strategy's retrieval pass (ReKV), included in ``first_token_ms``."""
+    retrieved: list[list[int]] | None = None
+    """Frames each decoder layer retrieved for this question (ReKV), else None."""
 
 
 class Stream:
@@ -82,7 +93,7 @@ class Stream:
     def reset(self) -> None:
         """Forget the video: new strategy states, empty KV cache, counters at zero."""
         self.states = self.bound.new_states()
-        self.llm = self.target.new_llm_state()
+        self._reset_memory()
         self.frames_seen = 0
         self.token_frames_seen = 0
         self.chunks_done = 0
@@ -107,12 +118,18 @@ class Stream:
         if not self._prefixed:
             self._prefixed = True
             if self.tokenizer is not None:
-                self.target.prefill_text(self.llm, self._ids(self.prefix_text()), logits=False)
+                ids = self._ids(self.prefix_text())
+                self.guard.check(self.llm.next_position + ids.numel(), "the system prompt")
+                self.target.prefill_text(self.llm, ids, logits=False)
+                self._after_encode()
 
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting); returns last-token logits."""
         self._prefixed = True
-        return self.target.prefill_text(self.llm, ids)
+        self.guard.check(self.llm.next_position + ids.numel(), "prefill_ids")
+        logits = self.target.prefill_text(self.llm, ids)
+        self._after_encode()
+        return logits
 
     # --------------------------------------------------------------- frames
     def add_frames(self, frames: np.ndarray | Tensor) -> list[ChunkStats]:
@@ -188,9 +205,12 @@ class Stream:
         device = self.target.device
         t0 = now(device)
         tokens, chunk = self._vision(frames, record)
+        self._check_chunk(tokens, chunk)
         t1 = now(device)
         self.target.prefill_visual(self.llm, tokens)
+        self._after_encode()
         t2 = now(device)
+        self._observe_memory(chunk, tokens.count, t2 - t1)
         per_frame = self.target.stage_info()[Stage.PRE_VIT_BLOCK].tokens_per_frame
         counts = record.get("tokens", {})
         secs = record.get("seconds", {})
@@ -207,25 +227,41 @@ class Stream:
             compress_ms=1e3 * sum(secs.values()),
             prefill_ms=1e3 * (t2 - t1),
             total_ms=1e3 * (t2 - t0),
-            cache_tokens=self.llm.length,
+            cache_tokens=self.cache_tokens(),
+            stored_tokens=self.kv.stored_tokens() if self.kv is not None else 0,
+            stored_bytes=self.kv.stored_bytes() if self.kv is not None else 0,
         )
         self.history.append(stats)
         return stats
 
     # ------------------------------------------------------------ questions
-    def ask(self, question: str | Tensor, max_new_tokens: int = 32) -> Answer:
+    def ask(
+        self, question: str | Tensor, max_new_tokens: int = 32, frames: Sequence[int] | None = None
+    ) -> Answer:
         """Answer from the cache (greedy), then rewind so the stream can go on with more frames.
 
         Frames still waiting for a full chunk are encoded first (as a short chunk), so the answer
         sees every frame so far; later chunk boundaries therefore depend on when questions come.
+        With a retrieving kv_cache strategy (ReKV) the bare question (``question`` itself; the
+        same ids when given as ids) first chooses what the answer sees; ``frames`` hands it the
+        stream frame indices to use instead (external retrieval).
         """
         ids = self._ids(self.question_text(question)) if isinstance(question, str) else question
+        bare = self._ids(question) if isinstance(question, str) else question
+        if frames is not None and self.kv is None:
+            raise ConfigError("ask(frames=...): external retrieval needs a kv_cache strategy such as rekv")
         self.flush()
         self._ensure_prefix()
+        self.guard.check(self.llm.next_position + 2 * ids.numel() + max_new_tokens + 1, "this question")
         length, position = self.llm.length, self.llm.next_position
         device = self.target.device
+        retrieval_ms, retrieved = 0.0, None
         try:
             t0 = now(device)
+            if self.kv is not None:
+                self.kv.retrieve(self.target, self.llm, bare, None if frames is None else list(frames))
+                retrieval_ms = 1e3 * (now(device) - t0)
+                retrieved = self.kv.retrieved()
             self.target.end_of_video(self.llm)
             logits = self.target.prefill_text(self.llm, ids)
             t1 = now(device)
@@ -238,9 +274,72 @@ class Stream:
             out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
             t2 = now(device)
         finally:  # the question and answer never stay in the cache, even when decoding fails
+            if self.kv is not None:
+                self.kv.end_question(self.llm)
             self.target.rewind(self.llm, length, position)
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
-        return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits)
+        return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits, retrieval_ms, retrieved)
+
+    # -------------------------------------------------------------- kv_cache
+    def _reset_memory(self) -> None:
+        """A fresh decoder memory: the kv_cache strategy's (if any) or the stock cache."""
+        bound, target = self.bound, self.target
+        kv = getattr(bound, "kv", None)
+        prefix = self._ids(self.prefix_text()).numel() if self.tokenizer is not None else 0
+        self.kv = kv.new_memory(target, bound.kv_build, prefix) if kv is not None else None
+        self.llm = self.kv.new_llm_state(target) if self.kv is not None else target.new_llm_state()
+        layout = target.decoder_layout()
+        self.guard = PositionGuard(
+            layout.max_positions if layout is not None else 0,
+            target.kv_cache_strategies,
+            bounded=self.kv is not None and self.kv.bounds_positions,
+        )
+
+    def _after_encode(self) -> None:
+        if self.kv is not None:
+            self.kv.after_encode(self.llm)
+
+    def _check_chunk(self, tokens: VisualTokens, chunk: ChunkInfo) -> None:
+        """Refuse a chunk that would pass the position limit or break the memory's frame grid."""
+        build = getattr(self.bound, "kv_build", None)
+        if self.kv is not None and build is not None and getattr(self.kv, "custom_attention", False):
+            per = build.tokens_per_frame
+            counts = tokens.counts()
+            if per is not None and counts.numel() and not bool((counts == per).all()):
+                raise ConfigError(
+                    f"chunk {chunk.index}: frames kept {counts.tolist()} tokens, but the kv_cache strategy stores "
+                    f"one block of {per} tokens per frame; use a pruner with a fixed per-frame budget"
+                )
+        if self.guard.active:
+            probe = dataclasses.replace(self.llm, position_log=None)
+            self.target.visual_positions(probe, tokens)
+            self.guard.check(probe.next_position + self.target.kv_extra_tokens_per_chunk(), f"chunk {chunk.index}")
+
+    def _observe_memory(self, chunk: ChunkInfo, n_in: int, seconds: float) -> None:
+        """Tell observers what the decoder memory holds after a chunk (stage kv_cache)."""
+        if self.kv is not None:
+            self.bound.observe(Stage.KV_CACHE, chunk, n_in, self.cache_tokens(), seconds, self.id)
+
+    def cache_tokens(self) -> int:
+        """Tokens resident in the decoder's attention cache (per layer)."""
+        return self.kv.resident_tokens(self.llm) if self.kv is not None else self.llm.length
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this stream's decoder memory holds, by device (``"cpu"``, ``"cuda:0"``, ...)."""
+        device = str(self.target.device)
+        if self.kv is None:
+            held = sum(
+                t.numel() * t.element_size()
+                for layer in self.llm.cache.layers
+                for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                if isinstance(t, Tensor)
+            )
+            return {device: held}
+        out = {device: self.kv.device_bytes(self.llm)}
+        stored = self.kv.stored_bytes(allocated=True)
+        if stored:
+            out["cpu"] = out.get("cpu", 0) + stored
+        return out
 
 
 def _as_frames(frames: np.ndarray | Tensor) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""The three places in a VideoLLM where a strategy may act."""
+"""The four places in a VideoLLM where a strategy may act."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ class Stage(str, Enum):
     """Encoder output (selected feature layer), before the projector and any pooling."""
     PRE_PREFILL = "pre_prefill"
     """Projected (and pooled) visual tokens in LLM width, before they are placed in the prompt."""
+    KV_CACHE = "kv_cache"
+    """The decoder's attention cache: what the LLM keeps and attends to while a stream encodes and
+    when a question is asked (contract in :mod:`tokencompress.hooks.kv_cache`)."""
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value

@@ -54,6 +54,11 @@ class Need(str, Enum):
     POSITION_FREE_ATTENTION = "position_free_attention"
     """Encoder attention that depends on token content only (no rotary), so merged tokens can
     attend without a position of their own (ToMe)."""
+    PRE_ROPE_PROJECTIONS = "pre_rope_projections"
+    """kv_cache: the decoder's q/k/v/o projections by name, so queries and keys can be read
+    before RoPE and attention computed by the strategy (ReKV)."""
+    ROPE_1D = "rope_1d"
+    """kv_cache: the decoder uses default 1-D RoPE, so positions can be renumbered freely."""
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value

@@ -115,9 +115,10 @@ class LayerMemory:
         }
 
     def resident_tokens(self) -> int:
-        """Tokens held on the compute device: sinks, window, unblocked frames and the answer cache."""
+        """Distinct tokens attention can reach on the compute device: the window, the sinks outside
+        it and, during an answer, the answer cache (unblocked frames are always inside the window)."""
         ans = 0 if self.answer_k is None else self.answer_k.shape[1]
-        return self.sink_k.shape[1] + self.win_k.shape[1] + self.pend_k.shape[1] + ans
+        return self.win_k.shape[1] + min(self.sink_k.shape[1], self.win_start) + ans
 
     def device_bytes(self) -> int:
         tensors = [

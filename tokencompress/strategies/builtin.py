@@ -1,6 +1,8 @@
 """Entry point that registers the built-in strategies."""
 
 from ..hooks import Registrar, hookimpl
+from .rekv import ReKV
+from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
 from .tome import ToMe
@@ -10,5 +12,5 @@ from .visionzip import VisionZip
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VisionZip):
+    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VisionZip, ReKV, SlidingWindow):
         registrar.add_strategy(cls)

@@ -48,8 +48,10 @@ class LlavaOnevisionTarget(Target):
         Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION}),
         Stage.POST_VIT: frozenset(),
         Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
+        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D}),
     }
     tokenizer_layout = "llava_onevision"
+    kv_cache_strategies = frozenset({"rekv", "sliding_window"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:
