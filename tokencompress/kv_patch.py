@@ -41,7 +41,9 @@ class KVPatch:
         assert self.layout is not None
         for attn in self.layout.attention:
             if getattr(attn.forward, "__tokencompress_kv__", None) is not None:
-                raise TokenCompressError("this model is already inside a tokencompress apply(); leave it first")
+                raise TokenCompressError(
+                    "this model is already inside a tokencompress apply(); leave it first"
+                )
         self._saved = [attn.__dict__.get("forward", _MISSING) for attn in self.layout.attention]
         for i, attn in enumerate(self.layout.attention):
             attn.forward = types.MethodType(self._make_forward(i, attn.forward), attn)

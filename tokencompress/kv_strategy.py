@@ -64,6 +64,10 @@ class KVMemory(ABC):
 
         return LLMState(cache=self.make_cache(target), position_log=[] if self.logs_positions else None)
 
+    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:  # noqa: B027 - optional hook
+        """Called before every encode-time prefill: ``kind`` is ``"text"`` or ``"frames"``; refuse
+        (a one-line :class:`~tokencompress.errors.TokenCompressError`) what the memory cannot hold."""
+
     def after_encode(self, llm: LLMState) -> None:  # noqa: B027 - optional hook
         """Called after every encode-time prefill (system prompt, each chunk)."""
 
@@ -127,5 +131,6 @@ class KVCacheStrategy(Strategy):
         """Refuse, at build time, parameters this target and token layout cannot run."""
 
     @abstractmethod
-    def new_memory(self, target: Target, build: KVBuild, prefix_tokens: int) -> KVMemory:
-        """A fresh memory for one stream whose system prompt is ``prefix_tokens`` long."""
+    def new_memory(self, target: Target, build: KVBuild) -> KVMemory:
+        """A fresh memory for one stream. The tokens prefilled before the first frame (the system
+        prompt) are the stream's sinks; memories learn their count in ``before_prefill``."""

@@ -113,7 +113,9 @@ def check_compatibility(config: PipelineConfig, target: Target) -> None:
                 )
 
 
-def kv_build(config: PipelineConfig, target: Target, planned: Any) -> tuple[KVCacheStrategy | None, KVBuild | None]:
+def kv_build(
+    config: PipelineConfig, target: Target, planned: Any
+) -> tuple[KVCacheStrategy | None, KVBuild | None]:
     """The pipeline's kv_cache strategy checked against ``target`` (both None without one).
 
     ``planned(strategy_list)`` gives (tokens per token frame after pre_prefill or None, the
@@ -138,7 +140,9 @@ def kv_build(config: PipelineConfig, target: Target, planned: Any) -> tuple[KVCa
         )
     layout = target.decoder_layout()
     if layout is None:
-        raise CompatibilityError(f"{where}: target '{target.name}' does not expose its decoder (decoder_layout)")
+        raise CompatibilityError(
+            f"{where}: target '{target.name}' does not expose its decoder (decoder_layout)"
+        )
     missing = strategy.needs - target.provides.get(Stage.KV_CACHE, frozenset())
     if missing:
         raise CompatibilityError(
@@ -218,7 +222,7 @@ class BoundPipeline:
         from .kv_strategy import KVMemory
 
         assert self.kv is not None and self.kv_build is not None
-        probe = self.kv.new_memory(self.target, self.kv_build, 0)
+        probe = self.kv.new_memory(self.target, self.kv_build)
         return isinstance(probe, KVMemory) and probe.custom_attention
 
     def tokens_per_frame(self) -> tuple[int | None, str | None]:

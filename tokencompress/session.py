@@ -120,6 +120,7 @@ class Stream:
             if self.tokenizer is not None:
                 ids = self._ids(self.prefix_text())
                 self.guard.check(self.llm.next_position + ids.numel(), "the system prompt")
+                self._before_prefill("text", ids.numel())
                 self.target.prefill_text(self.llm, ids, logits=False)
                 self._after_encode()
 
@@ -127,6 +128,7 @@ class Stream:
         """Append raw token ids (no chat formatting); returns last-token logits."""
         self._prefixed = True
         self.guard.check(self.llm.next_position + ids.numel(), "prefill_ids")
+        self._before_prefill("text", ids.numel())
         logits = self.target.prefill_text(self.llm, ids)
         self._after_encode()
         return logits
@@ -206,6 +208,7 @@ class Stream:
         t0 = now(device)
         tokens, chunk = self._vision(frames, record)
         self._check_chunk(tokens, chunk)
+        self._before_prefill("frames", tokens.count)
         t1 = now(device)
         self.target.prefill_visual(self.llm, tokens)
         self._after_encode()
@@ -285,8 +288,7 @@ class Stream:
         """A fresh decoder memory: the kv_cache strategy's (if any) or the stock cache."""
         bound, target = self.bound, self.target
         kv = getattr(bound, "kv", None)
-        prefix = self._ids(self.prefix_text()).numel() if self.tokenizer is not None else 0
-        self.kv = kv.new_memory(target, bound.kv_build, prefix) if kv is not None else None
+        self.kv = kv.new_memory(target, bound.kv_build) if kv is not None else None
         self.llm = self.kv.new_llm_state(target) if self.kv is not None else target.new_llm_state()
         layout = target.decoder_layout()
         self.guard = PositionGuard(
@@ -294,6 +296,10 @@ class Stream:
             target.kv_cache_strategies,
             bounded=self.kv is not None and self.kv.bounds_positions,
         )
+
+    def _before_prefill(self, kind: str, tokens: int) -> None:
+        if self.kv is not None:
+            self.kv.before_prefill(self.llm, kind, tokens)
 
     def _after_encode(self) -> None:
         if self.kv is not None:
@@ -313,7 +319,9 @@ class Stream:
         if self.guard.active:
             probe = dataclasses.replace(self.llm, position_log=None)
             self.target.visual_positions(probe, tokens)
-            self.guard.check(probe.next_position + self.target.kv_extra_tokens_per_chunk(), f"chunk {chunk.index}")
+            self.guard.check(
+                probe.next_position + self.target.kv_extra_tokens_per_chunk(), f"chunk {chunk.index}"
+            )
 
     def _observe_memory(self, chunk: ChunkInfo, n_in: int, seconds: float) -> None:
         """Tell observers what the decoder memory holds after a chunk (stage kv_cache)."""

@@ -33,9 +33,13 @@ __all__ = ["ReKVSettings", "LayerMemory", "QuestionInfo"]
 
 @dataclass(frozen=True)
 class ReKVSettings:
-    """Per-layer parameters (see :class:`tokencompress.strategies.rekv.ReKVParams` for their meaning)."""
+    """Per-layer parameters (see :class:`tokencompress.strategies.rekv.ReKVParams` for their meaning).
 
-    n_init: int
+    ``n_init`` None leaves the sink count open: every token is a sink until :meth:`LayerMemory.close_sinks`
+    (called when the first frame arrives) fixes it to the tokens encoded so far.
+    """
+
+    n_init: int | None
     n_local: int
     block_size: int
     topk: int
@@ -87,6 +91,7 @@ class LayerMemory:
         self.store = BlockStore(
             num_kv_heads, settings.block_size, head_dim, dtype, self.device, settings.slab_blocks, pin
         )
+        self.n_init = settings.n_init
         self.length = 0  # tokens encoded so far
         self.loaded = 0  # sinks attended at the fixed angle while encoding
         e = _empty(num_kv_heads, head_dim, None, dtype, self.device)
@@ -94,7 +99,7 @@ class LayerMemory:
         self.win_k, self.win_v = e.clone(), e.clone()  # stream tokens [win_start, length)
         self.win_start = 0
         self.pend_k, self.pend_v = e.clone(), e.clone()  # tokens [pend_start, length) not yet blocks
-        self.pend_start = settings.n_init
+        self.pend_start = settings.n_init or 0
         self.answer_k: Tensor | None = None
         self.answer_v: Tensor | None = None
         self.answer_sinks = 0
@@ -102,7 +107,13 @@ class LayerMemory:
     # ------------------------------------------------------------------ state
     @property
     def sinks_full(self) -> bool:
-        return self.loaded >= self.cfg.n_init
+        return self.n_init is not None and self.loaded >= self.n_init
+
+    def close_sinks(self) -> None:
+        """Fix the sink count to the tokens encoded so far (no-op once fixed)."""
+        if self.n_init is None:
+            self.n_init = self.length
+            self.pend_start = self.length
 
     def state(self) -> dict[str, Any]:
         """The counters the reference reports after each encode op."""
@@ -146,7 +157,7 @@ class LayerMemory:
             pe = min(ps + cfg.piece, start + length)
             self._take(k[:, ps - start : pe - start], v[:, ps - start : pe - start], ps)
             if not self.sinks_full and pe - self.loaded > cfg.n_local:
-                self.loaded = min(cfg.n_init, pe - cfg.n_local)
+                self.loaded = min(pe if self.n_init is None else self.n_init, pe - cfg.n_local)
             s0 = max(ps - cfg.n_local, 0)
             a, b = s0 - self.win_start, pe - self.win_start
             qpos = torch.arange(ps, pe, device=q.device) - s0
@@ -173,7 +184,8 @@ class LayerMemory:
 
     def _take(self, k: Tensor, v: Tensor, first: int) -> None:
         """File the piece's tokens: the stream's first ``n_init`` are sinks, the rest wait to be blocks."""
-        split = max(0, min(self.cfg.n_init - first, k.shape[1]))
+        n_init = first + k.shape[1] if self.n_init is None else self.n_init
+        split = max(0, min(n_init - first, k.shape[1]))
         if split:
             self.sink_k = torch.cat((self.sink_k, k[:, :split].to(self.dtype)), dim=1)
             self.sink_v = torch.cat((self.sink_v, v[:, :split].to(self.dtype)), dim=1)
@@ -199,7 +211,7 @@ class LayerMemory:
         bs = self.cfg.block_size
         if self.pend_k.shape[1] % bs:
             raise ValueError(
-                f"rekv: {self.pend_k.shape[1]} tokens after the {self.cfg.n_init} sinks are not whole frames of "
+                f"rekv: {self.pend_k.shape[1]} tokens after the {self.n_init} sinks are not whole frames of "
                 f"block_size {bs}; every chunk must prefill exactly block_size tokens per frame"
             )
         return "remainder", self.pend_k.shape[1] // bs, representatives(self.pend_k, bs)

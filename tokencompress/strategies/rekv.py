@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import BudgetError, CompatibilityError
+from ..errors import BudgetError, CompatibilityError, ConfigError
 from ..hooks.kv_cache import DecoderLayout, Phase
 from ..kv_strategy import KVBuild, KVCacheStrategy, KVMemory, MemoryCache
 from ..kvcache import LayerMemory, QuestionInfo, ReKVSettings
@@ -34,7 +34,9 @@ __all__ = ["ReKV", "ReKVParams", "ReKVMemory"]
 
 
 class ReKVParams(StrategyParams):
-    n_local: int = Field(15000, ge=1, description="Sliding-window length in tokens while encoding (reference 15000)")
+    n_local: int = Field(
+        15000, ge=1, description="Sliding-window length in tokens while encoding (reference 15000)"
+    )
     topk: int = Field(64, ge=1, description="Frames each layer retrieves per question (reference 64)")
     chunk_size: int = Field(1, ge=1, description="Retrieval granularity in consecutive frames (reference 1)")
     block_size: int | None = Field(
@@ -60,7 +62,13 @@ class ReKVMemory(KVMemory):
         self.settings = settings
         self.layers = [
             LayerMemory(
-                settings, layout.num_heads, layout.num_kv_heads, layout.head_dim, freqs, target.dtype, target.device
+                settings,
+                layout.num_heads,
+                layout.num_kv_heads,
+                layout.head_dim,
+                freqs,
+                target.dtype,
+                target.device,
             )
             for _ in range(layout.num_layers)
         ]
@@ -69,6 +77,17 @@ class ReKVMemory(KVMemory):
 
     def make_cache(self, target: Target) -> MemoryCache:
         return MemoryCache(self, target.model.config.get_text_config())
+
+    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
+        started = self.layers[0].n_init is not None
+        if kind == "frames":
+            for mem in self.layers:
+                mem.close_sinks()
+        elif started:
+            raise ConfigError(
+                "rekv: text prefilled after the first frame would break its frame grid (blocks are frames); "
+                "prefill text before the first frame, or ask a question (its tokens are never stored)"
+            )
 
     def attend(self, layer: int, q, k, v):  # type: ignore[no-untyped-def]
         mem = self.layers[layer]
@@ -81,7 +100,13 @@ class ReKVMemory(KVMemory):
 
     def retrieve(self, target: Target, llm: LLMState, ids, frames: list[int] | None = None) -> None:  # type: ignore[no-untyped-def, override]
         """The retrieval pass (spec §4.1): the bare question through every layer; lm_head skipped (Q8)."""
-        self.external = None if frames is None else [int(f) for f in frames]
+        self.external = None
+        if frames is not None:
+            first = self.layers[0]
+            try:
+                self.external = first.external_ids(frames, first.candidates()[1]).tolist()
+            except ValueError as exc:
+                raise ConfigError(f"ask(frames=...): {exc}") from None
         self.infos = [None] * len(self.layers)
         self.phase = Phase.RETRIEVE
         try:
@@ -119,8 +144,12 @@ class ReKV(KVCacheStrategy):
     name = "rekv"
     Params = ReKVParams
     needs = frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D})
-    summary = "ReKV: window + attention sinks while encoding, frames in host memory, per-layer top-k retrieval"
-    paper = "Di et al., Streaming Video Question-Answering with In-context Video KV-Cache Retrieval, ICLR 2025"
+    summary = (
+        "ReKV: window + attention sinks while encoding, frames in host memory, per-layer top-k retrieval"
+    )
+    paper = (
+        "Di et al., Streaming Video Question-Answering with In-context Video KV-Cache Retrieval, ICLR 2025"
+    )
     reference = "Becomebright/ReKV@63793f7"
 
     def block_size(self, build: KVBuild) -> int:
@@ -172,10 +201,10 @@ class ReKV(KVCacheStrategy):
                 f"rekv.topk = {p.topk} is not a multiple of chunk_size = {p.chunk_size}; make it one"
             )
 
-    def new_memory(self, target: Target, build: KVBuild, prefix_tokens: int) -> ReKVMemory:
+    def new_memory(self, target: Target, build: KVBuild) -> ReKVMemory:
         p: ReKVParams = self.params  # type: ignore[assignment]
         settings = ReKVSettings(
-            n_init=prefix_tokens, n_local=p.n_local, block_size=self.block_size(build), topk=p.topk,
+            n_init=None, n_local=p.n_local, block_size=self.block_size(build), topk=p.topk,
             chunk_size=p.chunk_size, count_sinks_once=p.count_sinks_once, similarity=p.similarity,
             slab_blocks=p.slab_blocks,
         )  # fmt: skip

@@ -41,11 +41,15 @@ class SlidingWindowMemory(KVMemory):
 
     logs_positions = True
 
-    def __init__(self, n_local: int, sinks: int, freqs: Tensor) -> None:
+    def __init__(self, n_local: int, sinks: int | None, freqs: Tensor) -> None:
         super().__init__()
         self.n_local, self.sinks, self.freqs = n_local, sinks, freqs
         self.positions: Tensor | None = None  # [R, T] position ids of the cached tokens
         self.evicted = 0
+
+    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
+        if kind == "frames" and self.sinks is None:
+            self.sinks = llm.length  # the system prompt (everything before the first frame)
 
     def _absorb(self, llm: LLMState) -> None:
         log = llm.position_log
@@ -58,6 +62,8 @@ class SlidingWindowMemory(KVMemory):
         self._absorb(llm)
         total = llm.length
         assert self.positions is not None and self.positions.shape[1] == total, "position log out of step"
+        if self.sinks is None:
+            return  # no frame yet: everything so far will be the sinks
         s = min(self.sinks, total)
         if total <= s + self.n_local:
             return
@@ -86,7 +92,9 @@ class SlidingWindow(KVCacheStrategy):
 
     name = "sliding_window"
     Params = SlidingWindowParams
-    summary = "StreamingLLM-style sliding window: attention sinks + the last n_local tokens, positions bounded"
+    summary = (
+        "StreamingLLM-style sliding window: attention sinks + the last n_local tokens, positions bounded"
+    )
     paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, ICLR 2024"
 
     def check_build(self, build: KVBuild) -> None:
@@ -99,13 +107,10 @@ class SlidingWindow(KVCacheStrategy):
                 f"'{build.target}'; use n_local >= {need}"
             )
 
-    def new_memory(self, target: Target, build: KVBuild, prefix_tokens: int) -> SlidingWindowMemory:
+    def new_memory(self, target: Target, build: KVBuild) -> SlidingWindowMemory:
         p: SlidingWindowParams = self.params  # type: ignore[assignment]
-        sinks = prefix_tokens if p.sink_tokens is None else p.sink_tokens
-        return SlidingWindowMemory(p.n_local, sinks, target.rope_inv_freq().to(target.device))
+        return SlidingWindowMemory(p.n_local, p.sink_tokens, target.rope_inv_freq().to(target.device))
 
     @classmethod
     def conformance_params(cls, info) -> dict:  # type: ignore[no-untyped-def]
         return {"n_local": 4 * info.tokens_per_frame}
-
-
