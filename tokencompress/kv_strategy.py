@@ -8,7 +8,7 @@ decoder layout and the token layout the earlier stages leave per frame.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,7 +41,7 @@ class KVBuild:
     """Tokens the target prefills around each chunk's visual tokens (Qwen's vision delimiters)."""
 
 
-class KVMemory(ABC):
+class KVMemory:
     """One stream's decoder memory. The defaults are the stock behaviour (keep everything)."""
 
     custom_attention: ClassVar[bool] = False
