@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared machine)"
     )
+    ap.add_argument("--n-local", type=int, help="override the kv_cache window (tokens)")
+    ap.add_argument("--topk", type=int, help="override rekv's topk")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

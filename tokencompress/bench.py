@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .errors import TokenCompressError
+from .kv_stats import kv_cache_note, retrieval_overhead
 from .models import LoadedModel
 from .pipeline import BoundPipeline, Pipeline
 from .session import ChunkStats, Stream
@@ -159,6 +160,8 @@ class BenchResult:
     baseline: VariantResult
     pipeline: VariantResult
     notes: list[str] = field(default_factory=list)
+    kv_cache: dict[str, float] | None = None
+    """Retrieval overhead per question when the pipeline has a retrieving kv_cache strategy."""
 
     @property
     def ratios(self) -> dict[str, float | None]:
@@ -234,6 +237,9 @@ def run_benchmark(
     load = [load_before, _load_average()]
     baseline, compressed = (r.result() for r in runners)
     notes = _notes(baseline, compressed, model, load)
+    kv_cache = retrieval_overhead(runners[1].answers)
+    if kv_cache is not None:
+        notes.append(kv_cache_note(kv_cache))
     target = runners[1].bound.target
     return BenchResult(
         pipeline_name=pipeline.name,
@@ -251,6 +257,7 @@ def run_benchmark(
         baseline=baseline,
         pipeline=compressed,
         notes=notes,
+        kv_cache=kv_cache,
     )
 
 
@@ -262,14 +269,15 @@ def _interleaved(runners: Sequence[_Runner], keep: bool) -> None:
     step = runners[0].bound.config.stream.frames_per_chunk
     for start in range(0, len(frames), step):
         for r, stream in zip(runners, streams, strict=True):
-            with r.bound.patch:
+            with r.bound.hooks():
                 stream.add_frames(frames[start : start + step])
     for r, stream in zip(runners, streams, strict=True):
-        with r.bound.patch:
+        with r.bound.hooks():
             stream.flush()  # a short last chunk stays pending until flushed
             answer = stream.ask(r.question, max_new_tokens=1)
         if keep:
             r.measured.append((list(stream.history), answer.first_token_ms))
+            r.answers.append(answer)
         if r.bar is not None:
             r.bar.update(1)
 
@@ -289,6 +297,7 @@ class _Runner:
         self.question = question
         self.bar: Any = None
         self.measured: list[tuple[list[ChunkStats], float]] = []
+        self.answers: list[Any] = []
         self.measurements: list[Any] = []
         self.flops: list[dict[str, int]] = []
         self.counted: dict[str, Any] = {}
@@ -311,7 +320,7 @@ class _Runner:
     def run(self) -> None:
         """The statement the Timer times: a whole stream and a one-token answer."""
         # The patch goes on per run so the other variant can run in between on the same model.
-        with self.bound.patch:
+        with self.bound.hooks():
             self._stream().ask(self.question, max_new_tokens=1)
         if self.bar is not None:
             self.bar.update(1)
@@ -354,7 +363,7 @@ class _Runner:
         target.encode = counted_encode  # type: ignore[method-assign]
         target.prefill_visual = counted_prefill  # type: ignore[method-assign]
         try:
-            with _peak_memory(target.device) as memory, self.bound.patch:
+            with _peak_memory(target.device) as memory, self.bound.hooks():
                 stream = self._stream()
         finally:
             del target.encode, target.prefill_visual

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["summarise_retrieval", "retrieval_overhead"]
+__all__ = ["summarise_retrieval", "retrieval_overhead", "kv_cache_note"]
 
 
 def summarise_retrieval(retrieved: Sequence[Sequence[int]] | None) -> dict[str, Any] | None:
@@ -49,3 +49,12 @@ def retrieval_overhead(answers: Sequence[Any]) -> dict[str, float] | None:
         "share": ms / total if total else 0.0,
         "questions": len(timed),
     }
+
+
+def kv_cache_note(overhead: dict[str, float]) -> str:
+    """One line for a benchmark report."""
+    return (
+        f"kv_cache retrieval: {overhead['retrieval_ms']:.1f} ms per question, "
+        f"{100 * overhead['share']:.1f}% of the answer time ({overhead['answer_ms']:.1f} ms, "
+        f"{int(overhead['questions'])} questions)"
+    )

@@ -74,7 +74,7 @@ class Pipeline:
     def apply(self, model: nn.Module) -> Iterator[BoundPipeline]:
         """Install the pipeline on ``model`` for the ``with`` block; restores every forward on exit."""
         bound = self.bind(model)
-        with bound.patch, bound.kv_patch:
+        with bound.hooks():
             yield bound
 
 
@@ -202,6 +202,12 @@ class BoundPipeline:
     @property
     def model(self) -> nn.Module:
         return self.target.model
+
+    @contextmanager
+    def hooks(self) -> Iterator[BoundPipeline]:
+        """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses it)."""
+        with self.patch, self.kv_patch:
+            yield self
 
     def stream(self, **kwargs: Any) -> Stream:
         """A new stream with its own strategy states and KV cache (see :class:`Stream`)."""

@@ -299,6 +299,11 @@ class Stream:
 
     def _before_prefill(self, kind: str, tokens: int) -> None:
         if self.kv is not None:
+            if self.kv.custom_attention and not self.bound.kv_patch.installed:
+                raise RuntimeError(
+                    "the pipeline's decoder hooks are not installed: open streams inside "
+                    "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
+                )
             self.kv.before_prefill(self.llm, kind, tokens)
 
     def _after_encode(self) -> None:

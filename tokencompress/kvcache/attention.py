@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .rope import cos_sin, rotate
@@ -34,27 +35,36 @@ def window_sink_attention(
     sink_v: Tensor | None = None,
     sink_allowed: Tensor | None = None,
 ) -> Tensor:
-    """Attention output ``[Lq, H * d]``; ``sink_allowed`` ``[Lq, S]`` masks the sink stage (None: no mask)."""
+    """Attention output ``[Lq, H * d]``; ``sink_allowed`` ``[Lq, S]`` masks the sink stage (None: no mask).
+
+    One fused ``scaled_dot_product_attention`` computes both stages: queries are ``[window-rotated
+    q ; fixed-angle q]`` and keys ``[window-rotated k ; 0]`` or ``[0 ; sink k]`` along the head
+    dimension, so each key meets only its own query rotation and both share one softmax. GQA
+    folds the query heads of a KV head into the query axis (no repeated keys).
+    """
     heads, lq, d = q.shape
-    groups = heads // k.shape[0]
+    kvh = k.shape[0]
+    groups = heads // kvh
     qc, qs = cos_sin(query_pos, freqs)
     kc, ks = cos_sin(key_pos, freqs)
-    qr = rotate(q, qc, qs)
-    kr = rotate(k, kc, ks).repeat_interleave(groups, dim=0)
+    qr = rotate(q, qc, qs)  # [H, Lq, d] float32
+    kr = rotate(k, kc, ks)  # [kvh, Lk, d]
     dist = query_pos[:, None] - key_pos[None, :]
-    allowed = (dist >= 0) & (dist < n_local)
-    logits = torch.matmul(qr, kr.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
-    values = v.to(torch.float32).repeat_interleave(groups, dim=0)
+    allowed = (dist >= 0) & (dist < n_local)  # [Lq, Lk]
+    values = v.to(torch.float32)
     if sink_k is not None and sink_k.shape[1] > 0:
+        n_sink = sink_k.shape[1]
         fixed = torch.full((lq,), n_local - 1, dtype=torch.long, device=q.device)
         fc, fs = cos_sin(fixed, freqs)
-        q_sink = rotate(q, fc, fs)
-        sk = sink_k.to(torch.float32).repeat_interleave(groups, dim=0)
-        sink_logits = torch.matmul(q_sink, sk.transpose(-1, -2))
-        if sink_allowed is not None:
-            sink_logits = sink_logits.masked_fill(~sink_allowed, float("-inf"))
-        logits = torch.cat((sink_logits, logits), dim=-1)
-        values = torch.cat((sink_v.to(torch.float32).repeat_interleave(groups, dim=0), values), dim=1)
-    probs = torch.softmax(logits / math.sqrt(d), dim=-1)
-    out = torch.matmul(probs, values)  # [H, Lq, d]
-    return out.transpose(0, 1).reshape(lq, heads * d).to(q.dtype)
+        qr = torch.cat((qr, rotate(q, fc, fs)), dim=-1)  # [H, Lq, 2d]
+        zeros_w = kr.new_zeros(kvh, kr.shape[1], d)
+        zeros_s = kr.new_zeros(kvh, n_sink, d)
+        sinks = torch.cat((zeros_s, sink_k.to(torch.float32)), dim=-1)
+        kr = torch.cat((sinks, torch.cat((kr, zeros_w), dim=-1)), dim=1)  # [kvh, S + Lk, 2d]
+        values = torch.cat((sink_v.to(torch.float32), values), dim=1)
+        sink_mask = sink_allowed if sink_allowed is not None else allowed.new_ones(lq, n_sink)
+        allowed = torch.cat((sink_mask, allowed), dim=1)
+    qg = qr.reshape(kvh, groups * lq, qr.shape[-1])
+    mask = allowed.repeat(groups, 1)
+    out = F.scaled_dot_product_attention(qg[None], kr[None], values[None], attn_mask=mask[None], scale=1 / math.sqrt(d))
+    return out[0].reshape(heads, lq, d).transpose(0, 1).reshape(lq, heads * d).to(q.dtype)
