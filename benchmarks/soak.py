@@ -54,9 +54,21 @@ def frame_pool(fps: float, per_clip: int) -> list[np.ndarray]:
 
 
 def soak(
-    name: str, path: Path, loaded, frames: int, every: int, ask_every: int, pool: list[np.ndarray]
+    name: str,
+    path: Path,
+    loaded,
+    frames: int,
+    every: int,
+    ask_every: int,
+    pool: list[np.ndarray],
+    overrides: dict | None = None,
 ) -> dict:
     pipeline = Pipeline.from_yaml(path)
+    if overrides:  # e.g. a smaller window, so that it fills within a short run
+        data = pipeline.config.to_dict()
+        for step in data["stages"].get("kv_cache", []):
+            step.update({k: v for k, v in overrides.items() if k in step})
+        pipeline = Pipeline.from_dict(data)
     records, answers, stopped = [], [], None
     with pipeline.apply(loaded.model) as bound:
         stream = bound.stream(tokenizer=loaded.tokenizer)
@@ -142,13 +154,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = build_default_model()
     pool = frame_pool(fps=0.5, per_clip=40)
+    overrides = {k: v for k, v in (("n_local", args.n_local), ("topk", args.topk)) if v is not None}
+    meta = {"frames": args.frames, "pool_frames": len(pool), "overrides": overrides, "threads": args.threads}
     results = []
     for name in args.variants.split(","):
-        results.append(soak(name, VARIANTS[name], loaded, args.frames, args.every, args.ask_every, pool))
-        out = Path(args.out)
-        out.write_text(
-            json.dumps({"frames": args.frames, "pool_frames": len(pool), "results": results}, indent=2)
+        results.append(
+            soak(name, VARIANTS[name], loaded, args.frames, args.every, args.ask_every, pool, overrides)
         )
+        out = Path(args.out)
+        out.write_text(json.dumps({**meta, "results": results}, indent=2))
     plot(results, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
 

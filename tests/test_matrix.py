@@ -27,7 +27,8 @@ def tiny(target_name: str) -> torch.nn.Module:
 
 def pipeline_for(strategy_name: str, target_name: str, model: torch.nn.Module) -> Pipeline:
     cls = REGISTRY.strategy(strategy_name)
-    info = REGISTRY.target(target_name)(model).stage_info()[cls.stage]
+    infos = REGISTRY.target(target_name)(model).stage_info()
+    info = infos.get(cls.stage, infos[Stage.PRE_PREFILL])  # kv_cache strategies size by the LLM tokens
     step = {"strategy": strategy_name, **cls.conformance_params(info)}
     return Pipeline.from_dict(
         {"target": target_name, "stream": {"frames_per_chunk": 2}, "stages": {cls.stage.value: [step]}},
@@ -57,11 +58,13 @@ def test_strategy_runs_or_is_refused_on_target(strategy_name: str, target_name: 
             if planned is not None and not bound.by_stage[Stage.POST_VIT]:
                 assert chunk.pre_prefill[1] == planned
         # every kept token reaches the cache; a target may add delimiters (Qwen's vision start/end)
-        assert stream.llm.visual_tokens == sum(c.pre_prefill[1] for c in stats) <= stream.llm.length
+        assert stream.llm.visual_tokens == sum(c.pre_prefill[1] for c in stats) <= stream.cache_tokens()
         answer = stream.ask(torch.tensor([5, 6, 7]), max_new_tokens=2)
         assert torch.isfinite(answer.first_logits).all()
     assert not any("forward" in layer.__dict__ for layer in layers)
     assert not any(layer._forward_pre_hooks for layer in layers)
+    layout = pipe.bind(model).target.decoder_layout()
+    assert layout is None or not any("forward" in attn.__dict__ for attn in layout.attention)
 
 
 def test_matrix_covers_every_registration() -> None:

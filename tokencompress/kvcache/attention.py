@@ -66,5 +66,7 @@ def window_sink_attention(
         allowed = torch.cat((sink_mask, allowed), dim=1)
     qg = qr.reshape(kvh, groups * lq, qr.shape[-1])
     mask = allowed.repeat(groups, 1)
-    out = F.scaled_dot_product_attention(qg[None], kr[None], values[None], attn_mask=mask[None], scale=1 / math.sqrt(d))
+    out = F.scaled_dot_product_attention(
+        qg[None], kr[None], values[None], attn_mask=mask[None], scale=1 / math.sqrt(d)
+    )
     return out[0].reshape(heads, lq, d).transpose(0, 1).reshape(lq, heads * d).to(q.dtype)

@@ -113,4 +113,4 @@ class SlidingWindow(KVCacheStrategy):
 
     @classmethod
     def conformance_params(cls, info) -> dict:  # type: ignore[no-untyped-def]
-        return {"n_local": 4 * info.tokens_per_frame}
+        return {"n_local": 64 * info.tokens_per_frame}
