@@ -8,7 +8,6 @@ interleaved freely; ``reset()`` drops it all.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,8 +208,10 @@ class Stream:
         tokens, chunk = self._vision(frames, record)
         self._check_chunk(tokens, chunk)
         self._before_prefill("frames", tokens.count)
+        undo = (self.llm.length, self.llm.next_position, self.llm.visual_tokens)
         t1 = now(device)
         self.target.prefill_visual(self.llm, tokens)
+        self._guard_chunk(chunk, *undo)
         self._after_encode()
         t2 = now(device)
         self._observe_memory(chunk, tokens.count, t2 - t1)
@@ -311,7 +312,7 @@ class Stream:
             self.kv.after_encode(self.llm)
 
     def _check_chunk(self, tokens: VisualTokens, chunk: ChunkInfo) -> None:
-        """Refuse a chunk that would pass the position limit or break the memory's frame grid."""
+        """Refuse a chunk that would break the memory's frame grid."""
         build = getattr(self.bound, "kv_build", None)
         if self.kv is not None and build is not None and getattr(self.kv, "custom_attention", False):
             per = build.tokens_per_frame
@@ -321,12 +322,19 @@ class Stream:
                     f"chunk {chunk.index}: frames kept {counts.tolist()} tokens, but the kv_cache strategy stores "
                     f"one block of {per} tokens per frame; use a pruner with a fixed per-frame budget"
                 )
-        if self.guard.active:
-            probe = dataclasses.replace(self.llm, position_log=None)
-            self.target.visual_positions(probe, tokens)
-            self.guard.check(
-                probe.next_position + self.target.kv_extra_tokens_per_chunk(), f"chunk {chunk.index}"
-            )
+
+    def _guard_chunk(self, chunk: ChunkInfo, length: int, position: int, visual: int) -> None:
+        """After a chunk's prefill: past the position limit, take the chunk back out and refuse it.
+
+        Checked after the fact because only the target knows where its positions end (M-RoPE
+        advances by the grid, not the token count); the wasted prefill happens once, at the limit.
+        """
+        try:
+            self.guard.check(self.llm.next_position, f"chunk {chunk.index}")
+        except Exception:
+            self.target.rewind(self.llm, length, position)
+            self.llm.visual_tokens = visual
+            raise
 
     def _observe_memory(self, chunk: ChunkInfo, n_in: int, seconds: float) -> None:
         """Tell observers what the decoder memory holds after a chunk (stage kv_cache)."""
