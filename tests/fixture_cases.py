@@ -128,6 +128,7 @@ _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?"
 _EXACT = re.compile(r"(?:bit-?)?exact(?:ly)?(?: as sets)?|bit[- ]for[- ]bit")
 _BOUND = re.compile(rf"(atol|rtol|atol/rtol|rtol/atol)\s*=?\s*({_NUMBER})")
 _COMMENT = re.compile(r"\s*\([^()]*\)$")
+_EXACT_LEAD = re.compile(r"(?:bit-?)?exact(?:ly)?(?:\s*\([^()]*\))?(?:;|\s+or\s)")
 
 
 def parse_tolerance(spec: str | Mapping[str, object]) -> dict[str, float]:
@@ -136,7 +137,8 @@ def parse_tolerance(spec: str | Mapping[str, object]) -> dict[str, float]:
     Strings: ``"atol 1e-5"``, ``"rtol 1e-5, atol 1e-6"``, ``"rtol = 1e-5, atol = 1e-5"`` (backticks
     allowed), ``"atol/rtol 1e-4"`` (both), each optionally followed by one ``"(comment)"``; a bound not
     named is 0. ``"exact"``, ``"exactly"``, ``"exact as sets"``, ``"bit-exact"`` and ``"bit for bit"``
-    (also with a comment) give both bounds 0: compare with ``is_exact``/``torch.equal``, and check
+    (also with a comment, or followed by ``"; ..."`` or ``" or <rule for other keys>"``, as the rekv
+    sidecars write their exact checks) give both bounds 0: compare with ``is_exact``/``torch.equal``, and check
     set semantics where the caller needs them. Mappings: ``{"atol": 1e-5, "rtol": 1e-5}``.
     Anything else raises ``ValueError``; nothing is defaulted.
     """
@@ -149,7 +151,7 @@ def parse_tolerance(spec: str | Mapping[str, object]) -> dict[str, float]:
     if not isinstance(spec, str):
         raise ValueError(f"unreadable tolerance {spec!r}: not a string or mapping")
     text = _COMMENT.sub("", spec.replace("`", "").strip().lower()).strip()
-    if _EXACT.fullmatch(text):
+    if _EXACT.fullmatch(text) or _EXACT_LEAD.match(text):
         return {"atol": 0.0, "rtol": 0.0}
     found: dict[str, float] = {}
     for part in text.split(","):

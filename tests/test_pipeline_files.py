@@ -47,7 +47,7 @@ def test_every_strategy_has_a_ready_file() -> None:
     used = {
         s.name for p in ALL_PIPELINES for steps in Pipeline.from_yaml(p).config.stages.values() for s in steps
     }
-    assert {"stc_cacher", "stc_pruner", "tome", "visionzip", "vidcom2"} <= used
+    assert {"stc_cacher", "stc_pruner", "tome", "visionzip", "vidcom2", "rekv", "sliding_window"} <= used
 
 
 # ------------------------------------------------ files for one target: its tiny model, real counts

@@ -8,7 +8,8 @@ comes back; any number of streams may share one bound pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,8 +18,11 @@ from torch import nn
 from .block_patch import BlockPatch
 from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
 from .hooks.events import StageEvent
+from .kv_patch import KVPatch
+from .kv_placement import kv_build
+from .kv_strategy import KVMemory
 from .pipeline_config import PipelineConfig
-from .placement import Placement
+from .placement import TOKEN_PATH, Placement
 from .registry import Registry
 from .strategy import BlockStrategy, Strategy, TokenStrategy
 from .target import Target
@@ -43,13 +47,18 @@ class BoundPipeline:
         self.target = target
         self.by_stage = placement.by_stage
         self.notes = list(placement.notes)
-        self.steps: list[Strategy] = [s for stage in Stage for s in self.config.strategies(stage)]
-        """Every strategy in YAML order: the order of a stream's ``states``."""
+        self.steps: list[Strategy] = [s for stage in TOKEN_PATH for s in self.config.strategies(stage)]
+        """Every token-path strategy in YAML order: the order of a stream's ``states``."""
         block = [s for s in self.by_stage[Stage.PRE_VIT_BLOCK] if isinstance(s, BlockStrategy)]
         n_layers = len(target.vit_layers())
         probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
         layers = target.vit_layers() if (block or probes) else []
         self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block, probes)
+        self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
+        """The kv_cache strategy and what it was built for (both None without one)."""
+        self.kv_patch = KVPatch(
+            self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()
+        )
         self._index = {id(s): i for i, s in enumerate(self.steps)}
         self._observed = self.registry.has_observers()
         self._next_stream_id = 0
@@ -61,6 +70,40 @@ class BoundPipeline:
     @property
     def stream_config(self) -> StreamConfig:
         return self.config.stream
+
+    @contextmanager
+    def hooks(self) -> Iterator[BoundPipeline]:
+        """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses it)."""
+        with self.patch, self.kv_patch:
+            yield self
+
+    def _kv_attends(self) -> bool:
+        """Whether the kv_cache strategy computes attention itself (so the decoder must be patched)."""
+        assert self.kv is not None and self.kv_build is not None
+        probe = self.kv.new_memory(self.target, self.kv_build)
+        return isinstance(probe, KVMemory) and probe.custom_attention
+
+    def tokens_per_frame(self) -> tuple[int | None, str | None]:
+        """Tokens one token frame leaves pre_prefill with, or (None, the strategy that makes it vary).
+
+        A count change before pre_prefill (only possible where the target is not count-locked)
+        reaches the LLM through the target's own pooling, so it is treated as data-dependent; so is a
+        pre_prefill strategy whose chunk total is not frames x its one-frame count (VidCom² with
+        several frames per chunk spreads its budget by frame uniqueness).
+        """
+        infos = self.target.stage_info()
+        for stage in (Stage.PRE_VIT_BLOCK, Stage.POST_VIT):
+            for s in self.by_stage[stage]:
+                if s.changes_count:
+                    return None, s.name
+        n: int = infos[Stage.PRE_PREFILL].tokens_per_frame
+        f = self.target.token_frames(self.config.stream.frames_per_chunk)
+        for s in self.by_stage[Stage.PRE_PREFILL]:
+            one, chunk = s.planned_count(n, 1), s.planned_count(n, f)
+            if one is None or chunk != f * one:  # per-frame counts follow the data
+                return None, s.name
+            n = one
+        return n, None
 
     def stream(self, **kwargs: Any) -> Stream:
         """A new stream with its own strategy states and KV cache (see :class:`~tokencompress.session.Stream`)."""

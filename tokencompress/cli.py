@@ -128,6 +128,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .kv_stats import summarise_retrieval
     from .models import load_model
     from .pipeline import Pipeline
     from .video import probe, sample_video_path
@@ -164,13 +165,21 @@ def _run(args: argparse.Namespace) -> int:
     if not chunks:
         raise TokenCompressError(f"{video}: no frames were sampled")
     print(_table(chunks))
-    summary = summarize(chunks, stream.llm.length, stock_llm_tokens(chunks, stream.target))
+    summary = summarize(chunks, stream.cache_tokens(), stock_llm_tokens(chunks, stream.target))
+    summary.update(_kv_summary(stream))
     print(_summary_text(summary))
     if answer is not None:
         note = " (random weights: noise)" if loaded.random_weights else ""
         print(
             f"Q: {args.ask}\nA{note}: {answer.text!r}\n   first token {answer.first_token_ms:.0f} ms, total {answer.total_ms:.0f} ms"
         )
+        retrieval = summarise_retrieval(answer.retrieved)
+        if retrieval is not None:
+            print(
+                f"   retrieval {answer.retrieval_ms:.1f} ms: {retrieval['per_layer'][0]} frames per layer over "
+                f"{retrieval['layers']} layers, {retrieval['distinct']} distinct (frames {retrieval['oldest']}-"
+                f"{retrieval['newest']}), {len(retrieval['common'])} taken by every layer"
+            )
     if args.json:
         payload: dict[str, Any] = {
             "pipeline": cfg.to_dict(),
@@ -184,6 +193,9 @@ def _run(args: argparse.Namespace) -> int:
                 "question": args.ask,
                 "text": answer.text,
                 "first_token_ms": answer.first_token_ms,
+                "retrieval_ms": answer.retrieval_ms,
+                "retrieved": answer.retrieved,
+                "retrieval": summarise_retrieval(answer.retrieved),
             }
         try:
             with open(args.json, "w") as fh:
@@ -213,14 +225,29 @@ def _stream_with_progress(
 
 
 def _table(chunks: list[Any]) -> str:
+    stored = any(getattr(c, "stored_tokens", 0) for c in chunks)
     head = f"{'chunk':>5} {'frames':>6} {'ViT tok':>8} {'post_vit':>11} {'pre_prefill':>11} {'ViT ms':>8} {'compress ms':>11} {'prefill ms':>10} {'KV':>6}"
+    head += f" {'stored':>7}" if stored else ""
     rows = [head, "-" * len(head)]
     for c in chunks:
         rows.append(
             f"{c.chunk:>5} {c.frames:>6} {c.vit_tokens:>8} {f'{c.post_vit[0]}→{c.post_vit[1]}':>11} "
             f"{f'{c.pre_prefill[0]}→{c.pre_prefill[1]}':>11} {c.vit_ms:>8.1f} {c.compress_ms:>11.2f} {c.prefill_ms:>10.1f} {c.cache_tokens:>6}"
+            + (f" {c.stored_tokens:>7}" if stored else "")
         )
     return "\n".join(rows)
+
+
+def _kv_summary(stream: Any) -> dict[str, Any]:
+    """The kv_cache stage's figures (empty without a kv_cache strategy)."""
+    if getattr(stream, "kv", None) is None:
+        return {}
+    return {
+        "kv_cache_strategy": stream.bound.kv.name,
+        "stored_tokens": stream.kv.stored_tokens(),
+        "stored_bytes": stream.kv.stored_bytes(),
+        "memory_bytes": stream.memory(),
+    }
 
 
 def _summary_text(s: dict[str, Any]) -> str:
@@ -228,6 +255,11 @@ def _summary_text(s: dict[str, Any]) -> str:
         f"summary: {s['chunks']} chunks, {s['frames']} frames; LLM visual tokens {s['llm_tokens_before']} → "
         f"{s['llm_tokens_after']} ({100 * s['llm_token_ratio']:.1f}% kept); mean per chunk: ViT {s['mean_vit_ms']:.1f} ms, "
         f"prefill {s['mean_prefill_ms']:.1f} ms, total {s['mean_total_ms']:.1f} ms; KV cache {s['kv_cache_tokens']} tokens"
+        + (
+            f" ({s['kv_cache_strategy']}; block store {s['stored_tokens']} tokens, {s['stored_bytes'] / 2**20:.1f} MiB)"
+            if "kv_cache_strategy" in s
+            else ""
+        )
     )
 
 

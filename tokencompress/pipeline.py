@@ -63,5 +63,5 @@ class Pipeline:
     def apply(self, model: nn.Module) -> Iterator[BoundPipeline]:
         """Install the pipeline on ``model`` for the ``with`` block; restores every forward on exit."""
         bound = self.bind(model)
-        with bound.patch:
+        with bound.hooks():
             yield bound

@@ -16,7 +16,11 @@ from .strategy import Strategy
 from .target import Target
 from .types import Stage, provided_needs
 
-__all__ = ["Placement", "place_strategies"]
+__all__ = ["Placement", "place_strategies", "TOKEN_PATH"]
+
+TOKEN_PATH = (Stage.PRE_VIT_BLOCK, Stage.POST_VIT, Stage.PRE_PREFILL)
+"""The stages a chunk's visual tokens flow through; kv_cache acts on the decoder's memory instead
+(:mod:`tokencompress.kv_placement`)."""
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,9 @@ class Placement:
 def place_strategies(config: PipelineConfig, target: Target) -> Placement:
     """Resolve every step's effective stage on ``target`` and refuse what the target cannot run."""
     infos = target.stage_info()
-    by_stage: dict[Stage, list[Strategy]] = {stage: [] for stage in Stage}
+    by_stage: dict[Stage, list[Strategy]] = {stage: [] for stage in TOKEN_PATH}
     notes: list[str] = []
-    for declared in Stage:
+    for declared in TOKEN_PATH:
         steps = config.strategies(declared)
         for i, strategy in enumerate(steps):
             where = f"stages.{declared.value}[{i}]"

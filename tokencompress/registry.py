@@ -60,12 +60,18 @@ def close_matches(word: str, options: Iterable[str]) -> str:
 
 def _check_stage_kind(cls: type) -> None:
     """A strategy's base class decides how it is called; its declared stage must agree."""
+    from .kv_strategy import KVCacheStrategy
     from .stages import Stage
     from .strategy import BlockStrategy, Strategy, TokenStrategy, count_undeclared
 
     stage = getattr(cls, "stage", None)
     if not isinstance(stage, Stage):
         raise TypeError(f"{cls.__qualname__}.stage must be a tokencompress.Stage, got {stage!r}")
+    if (stage == Stage.KV_CACHE) != issubclass(cls, KVCacheStrategy):
+        want = "KVCacheStrategy" if stage == Stage.KV_CACHE else "a token or block strategy base"
+        raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")
+    if stage == Stage.KV_CACHE:
+        return
     if (stage == Stage.PRE_VIT_BLOCK) != issubclass(cls, BlockStrategy):
         want = "BlockStrategy" if stage == Stage.PRE_VIT_BLOCK else "TokenStrategy"
         raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")

@@ -8,7 +8,7 @@ interleaved freely; ``reset()`` drops it all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 from .chunk_seam import ChunkEncoder, EncodedChunk, StreamPosition
+from .decoder_memory import DecoderMemory
+from .errors import ConfigError
 from .frames import as_frames
 from .timing import now
 from .tokens import VisualTokens
@@ -42,6 +44,11 @@ class ChunkStats:
     prefill_ms: float
     total_ms: float
     cache_tokens: int
+    """Tokens resident in the decoder's attention cache after the chunk (per layer)."""
+    stored_tokens: int = 0
+    """Tokens per layer a kv_cache strategy keeps outside the attention cache (ReKV's block store)."""
+    stored_bytes: int = 0
+    """Host bytes of that store, all layers."""
 
     @property
     def llm_tokens(self) -> int:
@@ -58,6 +65,10 @@ class Answer:
     first_token_ms: float
     total_ms: float
     first_logits: Tensor = field(repr=False)
+    retrieval_ms: float = 0.0
+    """Time of the kv_cache strategy's retrieval pass (ReKV), included in ``first_token_ms``."""
+    retrieved: list[list[int]] | None = None
+    """Frames each decoder layer retrieved for this question (ReKV), else None."""
 
 
 class Stream:
@@ -80,7 +91,8 @@ class Stream:
     def reset(self) -> None:
         """Forget the video: new strategy states, empty KV cache, counters at zero."""
         self.states = self.bound.new_states()
-        self.llm = self.target.new_llm_state()
+        self.decoder = DecoderMemory(self.bound, self.target)
+        self.llm, self.kv, self.guard = self.decoder.llm, self.decoder.kv, self.decoder.guard
         self.llm.tokenizer = self.tokenizer
         self.frames_seen = 0
         self.token_frames_seen = 0
@@ -107,12 +119,20 @@ class Stream:
         if not self._prefixed:
             self._prefixed = True
             if self.tokenizer is not None:
-                self.target.prefill_text(self.llm, self._ids(self.prefix_text()), logits=False)
+                ids = self._ids(self.prefix_text())
+                self.guard.check(self.llm.next_position + ids.numel(), "the system prompt")
+                self.decoder.before_prefill("text", ids.numel())
+                self.target.prefill_text(self.llm, ids, logits=False)
+                self.decoder.after_encode()
 
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting); returns last-token logits."""
         self._prefixed = True
-        return self.target.prefill_text(self.llm, ids)
+        self.guard.check(self.llm.next_position + ids.numel(), "prefill_ids")
+        self.decoder.before_prefill("text", ids.numel())
+        logits = self.target.prefill_text(self.llm, ids)
+        self.decoder.after_encode()
+        return logits
 
     # --------------------------------------------------------------- frames
     def add_frames(self, frames: np.ndarray | Tensor) -> list[ChunkStats]:
@@ -167,10 +187,17 @@ class Stream:
         device = self.target.device
         t0 = now(device)
         encoded = self._vision(frames)
+        chunk, timing = encoded.chunk, encoded.timing
+        self.decoder.check_chunk(encoded.tokens, chunk)
+        self.decoder.before_prefill("frames", encoded.tokens.count)
+        undo = (self.llm.length, self.llm.next_position, self.llm.visual_tokens)
         t1 = now(device)
         self.target.prefill_visual(self.llm, encoded.tokens)
+        self.decoder.guard_chunk(chunk, *undo)
+        self.decoder.after_encode()
         t2 = now(device)
-        chunk, timing = encoded.chunk, encoded.timing
+        self.decoder.observe(chunk, encoded.tokens.count, t2 - t1, self.id)
+        stored_tokens, stored_bytes = self.decoder.stored()
         per_frame = self.target.stage_info()[Stage.PRE_VIT_BLOCK].tokens_per_frame
         stats = ChunkStats(
             chunk=chunk.index,
@@ -184,25 +211,41 @@ class Stream:
             compress_ms=1e3 * timing.compress_s,
             prefill_ms=1e3 * (t2 - t1),
             total_ms=1e3 * (t2 - t0),
-            cache_tokens=self.llm.length,
+            cache_tokens=self.decoder.cache_tokens(),
+            stored_tokens=stored_tokens,
+            stored_bytes=stored_bytes,
         )
         self.history.append(stats)
         return stats
 
     # ------------------------------------------------------------ questions
-    def ask(self, question: str | Tensor, max_new_tokens: int = 32) -> Answer:
+    def ask(
+        self, question: str | Tensor, max_new_tokens: int = 32, frames: Sequence[int] | None = None
+    ) -> Answer:
         """Answer from the cache (greedy), then rewind so the stream can go on with more frames.
 
         Frames still waiting for a full chunk are encoded first (as a short chunk), so the answer
         sees every frame so far; later chunk boundaries therefore depend on when questions come.
+        With a retrieving kv_cache strategy (ReKV) the bare question (``question`` itself; the
+        same ids when given as ids) first chooses what the answer sees; ``frames`` hands it the
+        stream frame indices to use instead (external retrieval).
         """
         ids = self._ids(self.question_text(question)) if isinstance(question, str) else question
+        bare = self._ids(question) if isinstance(question, str) else question
+        if frames is not None and self.kv is None:
+            raise ConfigError("ask(frames=...): external retrieval needs a kv_cache strategy such as rekv")
         self.flush()
         self._ensure_prefix()
+        self.guard.check(self.llm.next_position + 2 * ids.numel() + max_new_tokens + 1, "this question")
         length, position = self.llm.length, self.llm.next_position
         device = self.target.device
+        retrieval_ms, retrieved = 0.0, None
         try:
             t0 = now(device)
+            if self.kv is not None:
+                self.kv.retrieve(self.target, self.llm, bare, None if frames is None else list(frames))
+                retrieval_ms = 1e3 * (now(device) - t0)
+                retrieved = self.kv.retrieved()
             self.target.end_of_video(self.llm)
             logits = self.target.prefill_text(self.llm, ids)
             t1 = now(device)
@@ -215,6 +258,17 @@ class Stream:
             out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
             t2 = now(device)
         finally:  # the question and answer never stay in the cache, even when decoding fails
+            if self.kv is not None:
+                self.kv.end_question(self.llm)
             self.target.rewind(self.llm, length, position)
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
-        return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits)
+        return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits, retrieval_ms, retrieved)
+
+    # -------------------------------------------------------------- memory
+    def cache_tokens(self) -> int:
+        """Tokens resident in the decoder's attention cache (per layer)."""
+        return self.decoder.cache_tokens()
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this stream's decoder memory holds, by device (``"cpu"``, ``"cuda:0"``, ...)."""
+        return self.decoder.memory()

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from .block_adapter import BlockAdapter
+from .hooks.kv_cache import DecoderLayout
 from .tokens import VisualTokens
 from .types import ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
 
@@ -57,6 +58,9 @@ class LLMState:
     visual_tokens: int = 0
     tokenizer: Any = None
     """The stream's tokenizer, for targets that put text inside a visual chunk (Qwen3-VL timestamps)."""
+    position_log: list[Tensor] | None = None
+    """When a kv_cache memory sets it, every prefill appends its position ids here (memories that
+    renumber positions need them: under M-RoPE a token's position is not its cache index)."""
 
     @property
     def length(self) -> int:
@@ -74,6 +78,10 @@ class Target(ABC):
     tokenizer_layout: ClassVar[str] = "llava_onevision"
     """Placeholder tokens a fallback tokenizer needs for this family (see :mod:`tokencompress.tokenizer`)."""
     system_prompt: ClassVar[str] = "You are a helpful assistant."
+    kv_cache_strategies: ClassVar[frozenset[str]] = frozenset()
+    """Names of the ``kv_cache`` strategies this target can run; a pipeline refuses the others."""
+    kv_cache_refusals: ClassVar[dict[str, str]] = {}
+    """Why a kv_cache strategy is not supported, by name (appended to the build-time error)."""
 
     def __init__(self, model: nn.Module, options: TargetOptions | None = None) -> None:
         self.model = model
@@ -178,6 +186,35 @@ class Target(ABC):
     def new_llm_state(self) -> LLMState:
         return LLMState(cache=DynamicCache(config=self.model.config.get_text_config()))
 
+    def decoder_layout(self) -> DecoderLayout | None:
+        """The decoder as the kv_cache stage sees it (Qwen2-style decoders; None: not exposed)."""
+        lm = self.language_model
+        layers = getattr(lm, "layers", None)
+        if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+            return None
+        cfg = self.model.config.get_text_config()
+        rope = dict(getattr(cfg, "rope_parameters", None) or {})
+        rope_type = "mrope" if "mrope_section" in rope else str(rope.get("rope_type", "default"))
+        heads = cfg.num_attention_heads
+        return DecoderLayout(
+            attention=tuple(layer.self_attn for layer in layers),
+            q_proj="q_proj", k_proj="k_proj", v_proj="v_proj", o_proj="o_proj",
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
+            rope_type=rope_type,
+            max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 0),
+        )  # fmt: skip
+
+    def rope_inv_freq(self) -> Tensor:
+        """``[head_dim / 2]`` float32 inverse frequencies the decoder's rotary embedding uses."""
+        return self.language_model.rotary_emb.inv_freq.detach().to(torch.float32)
+
+    def kv_extra_tokens_per_chunk(self) -> int:
+        """Tokens :meth:`visual_embeds` adds around each chunk's visual tokens."""
+        return 0
+
     def embed(self, ids: Tensor) -> Tensor:
         """``[L]`` token ids to ``[L, D]`` input embeddings."""
         return self.model.get_input_embeddings()(ids.to(self.device))
@@ -204,6 +241,8 @@ class Target(ABC):
         ``logits=False`` skips the vocabulary projection, which on a 150k-token vocabulary costs
         as much as prefilling dozens of tokens and is never read after a visual chunk.
         """
+        if state.position_log is not None:
+            state.position_log.append(positions.reshape(-1, positions.shape[-1]).detach())
         lm = self.language_model
         out = lm(
             inputs_embeds=embeds[None].to(self.dtype),

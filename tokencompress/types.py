@@ -41,6 +41,9 @@ class Stage(str, Enum):
     """Encoder output (selected feature layer), before the projector and any pooling."""
     PRE_PREFILL = "pre_prefill"
     """Projected (and pooled) visual tokens in LLM width, before they are placed in the prompt."""
+    KV_CACHE = "kv_cache"
+    """The decoder's attention cache: what the LLM keeps and attends to while a stream encodes and
+    when a question is asked (contract in :mod:`tokencompress.hooks.kv_cache`)."""
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value
@@ -79,6 +82,11 @@ class Need(str, Enum):
     """The block adapter runs attention among any subset of a frame's tokens, each standing at a
     chosen original position (``BlockAdapter.at``: rotary angles and window of that position), so
     merged tokens can attend (ToMe). Position-free attention has it for free."""
+    PRE_ROPE_PROJECTIONS = "pre_rope_projections"
+    """kv_cache: the decoder's q/k/v/o projections by name, so queries and keys can be read
+    before RoPE and attention computed by the strategy (ReKV)."""
+    ROPE_1D = "rope_1d"
+    """kv_cache: the decoder uses default 1-D RoPE, so positions can be renumbered freely."""
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value

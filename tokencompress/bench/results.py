@@ -117,6 +117,8 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
     spreads: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
+    kv_cache: dict[str, float] | None = None
+    """Retrieval overhead per question when the pipeline has a retrieving kv_cache strategy."""
 
     @property
     def ratios(self) -> dict[str, float | None]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..chunk_summary import summarize
 from ..errors import TokenCompressError
 from ..frames import as_frames
+from ..kv_stats import kv_cache_note, retrieval_overhead
 from ..models import LoadedModel
 from ..pipeline import BoundPipeline, Pipeline
 from ..session import ChunkStats, Stream
@@ -88,6 +89,10 @@ def run_benchmark(
     baseline, compressed = (r.result() for r in runners)
     base_r, pipe_r = runners
     target = runners[1].bound.target
+    notes = notes_for(baseline, compressed, model, load)
+    kv_cache = retrieval_overhead(pipe_r.answers)
+    if kv_cache is not None:
+        notes.append(kv_cache_note(kv_cache))
     return BenchResult(
         pipeline_name=pipeline.name,
         model=description,
@@ -103,7 +108,8 @@ def run_benchmark(
         load_average=None if None in load else load,
         baseline=baseline,
         pipeline=compressed,
-        notes=notes_for(baseline, compressed, model, load),
+        notes=notes,
+        kv_cache=kv_cache,
         spreads=per_repeat_ratios(baseline.runs, compressed.runs, compressed.chunk_kinds),
         fidelity=fidelity(base_r.final_tokens, pipe_r.final_tokens, base_r.first_logits, pipe_r.first_logits),
     )
@@ -118,15 +124,16 @@ def _interleaved(runners: Sequence[_Runner], keep: bool) -> None:
     kinds: list[list[str]] = [[] for _ in runners]
     for start in range(0, len(frames), step):
         for r, stream, kind in zip(runners, streams, kinds, strict=True):
-            with r.bound.patch:
+            with r.bound.hooks():
                 stream.add_frames(frames[start : start + step])
                 stream.flush()  # a short last chunk is a chunk of its own, as at the end of a stream
             kind.append(_chunk_kind(stream.states))
     for r, stream, kind in zip(runners, streams, kinds, strict=True):
-        with r.bound.patch:
+        with r.bound.hooks():
             answer = stream.ask(r.question, max_new_tokens=1)
         if keep:
             r.measured.append((list(stream.history), answer.first_token_ms, answer.total_ms))
+            r.answers.append(answer)
             r.kinds = kind
         if r.bar is not None:
             r.bar.update(1)
@@ -154,6 +161,7 @@ class _Runner:
         self.question = question
         self.bar: Any = None
         self.measured: list[tuple[list[ChunkStats], float, float]] = []
+        self.answers: list[Any] = []
         """Per kept repeat: chunk stats, first-token ms and answer ms."""
         self.kinds: list[str] = []
         self.flops: list[dict[str, int]] = []
@@ -169,7 +177,7 @@ class _Runner:
         target = self.bound.target
         step = self.bound.config.stream.frames_per_chunk
         missing_tower = False
-        with peak_memory(target.device) as memory, self.bound.patch:
+        with peak_memory(target.device) as memory, self.bound.hooks():
             stream = self.bound.stream(tokenizer=self.tokenizer)
             if self.tokenizer is not None:  # the chat prefix goes first, as in a real stream
                 stream.prefill_ids(_prefix_ids(stream, self.tokenizer))

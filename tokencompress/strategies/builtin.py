@@ -1,6 +1,8 @@
 """Entry point that registers the built-in strategies."""
 
 from ..hooks import Registrar, hookimpl
+from .rekv import ReKV
+from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
 from .tome import ToMe
@@ -11,5 +13,5 @@ from .visionzip import VisionZip
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VidCom2Stream, VisionZip):
+    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VidCom2Stream, VisionZip, ReKV, SlidingWindow):
         registrar.add_strategy(cls)

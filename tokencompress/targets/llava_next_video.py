@@ -49,7 +49,10 @@ class LlavaNextVideoTarget(Target):
         Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION, Need.CLS_TOKEN}),
         Stage.POST_VIT: frozenset({Need.ATTENTION, Need.KEYS, Need.CLS_TOKEN}),
         Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS, Need.CLS_TOKEN}),
+        # a Llama decoder with 1-D RoPE: queries and keys readable pre-RoPE, positions renumberable
+        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D}),
     }
+    kv_cache_strategies = frozenset({"rekv", "sliding_window"})
     tokenizer_layout = (
         "llava_onevision"  # a fallback tokenizer needs <video>; the model reads ids from its config
     )

@@ -49,8 +49,10 @@ class LlavaOnevisionTarget(Target):
         ),
         Stage.POST_VIT: frozenset(),
         Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
+        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D}),
     }
     tokenizer_layout = "llava_onevision"
+    kv_cache_strategies = frozenset({"rekv", "sliding_window"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:

@@ -300,6 +300,8 @@ class Qwen3VLTarget(QwenVLTarget):
         embeds, mask = self._chunk_embeds(state, tokens)
         positions = self.visual_positions(state, tokens)
         kept = tokens.deepstack_kept() if isinstance(tokens, DeepStackTokens) else []
+        if state.position_log is not None:
+            state.position_log.append(positions.reshape(-1, positions.shape[-1]).detach())
         lm = self.language_model
         lm(
             inputs_embeds=embeds[None].to(self.dtype),

@@ -84,8 +84,15 @@ class QwenVLTarget(Target):
         Stage.POST_VIT: frozenset(),
         # a probed layer's attention (rotary, windows) and keys, carried onto the merged grid
         Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
+        # M-RoPE: queries and keys are readable pre-RoPE, but positions are 3-D.
+        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS}),
     }
     tokenizer_layout = "qwen2_vl"
+    kv_cache_strategies = frozenset({"sliding_window"})
+    kv_cache_refusals = {
+        "rekv": "ReKV renumbers retrieved frames on one position axis at question time, which has no "
+        "defined meaning under Qwen's 3-D M-RoPE; bound this stream with sliding_window"
+    }
     windowed: ClassVar[bool] = False
     """True when the tower packs tokens in window order (Qwen2.5-VL)."""
 
@@ -226,6 +233,9 @@ class QwenVLTarget(Target):
     def _delimiters(self) -> Tensor:
         cfg = self.model.config
         return torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id], device=self.device)
+
+    def kv_extra_tokens_per_chunk(self) -> int:
+        return 2  # <|vision_start|> and <|vision_end|>
 
     def visual_embeds(self, tokens: VisualTokens) -> Tensor:
         """``[1 + N + 1, D]``: the chunk's tokens between ``<|vision_start|>`` and ``<|vision_end|>``."""

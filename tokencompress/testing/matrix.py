@@ -56,7 +56,8 @@ def parametrize_matrix(registry: Registry | None = None) -> Any:
 def pipeline_for(registry: Registry, strategy_name: str, target_name: str, model: nn.Module) -> Pipeline:
     """A one-step pipeline with the strategy's ``conformance_params`` for this target's layout."""
     cls = registry.strategy(strategy_name)
-    info = registry.target(target_name)(model).stage_info()[cls.stage]
+    infos = registry.target(target_name)(model).stage_info()
+    info = infos.get(cls.stage, infos[Stage.PRE_PREFILL])  # kv_cache strategies size by the LLM tokens
     step = {"strategy": strategy_name, **cls.conformance_params(info)}
     return Pipeline.from_dict(
         {"target": target_name, "stream": {"frames_per_chunk": 2}, "stages": {cls.stage.value: [step]}},
@@ -85,7 +86,7 @@ def check_pair(
     layers = pipe.bind(model).target.vit_layers()
     seen: list[tuple[Any, Any]] = []  # (tokens in, chunk) of every token stage the strategy ran at
     with pipe.apply(model) as bound:
-        strategy = bound.steps[0]
+        strategy = bound.steps[0] if bound.steps else bound.kv  # a kv_cache strategy is not a token step
         run_stage = bound.run_stage
 
         def spy(stage: Stage, tokens: Any, states: Any, chunk: Any, *rest: Any) -> Any:
@@ -112,8 +113,10 @@ def check_pair(
             if not 0 < c.pre_prefill[1] <= c.pre_prefill[0]:
                 _fail(f"chunk {c.chunk}: pre_prefill kept {c.pre_prefill[1]} of {c.pre_prefill[0]}")
         kept = sum(c.pre_prefill[1] for c in stats)
-        if not stream.llm.visual_tokens == kept <= stream.llm.length:
-            _fail(f"{kept} kept tokens, {stream.llm.visual_tokens} reached the cache of {stream.llm.length}")
+        if not stream.llm.visual_tokens == kept <= stream.cache_tokens():
+            _fail(
+                f"{kept} kept tokens, {stream.llm.visual_tokens} reached the cache of {stream.cache_tokens()}"
+            )
         answer = stream.ask(torch.tensor([5, 6, 7]), max_new_tokens=2)
         if not bool(torch.isfinite(answer.first_logits).all()):
             _fail("the answer's logits are not finite")

