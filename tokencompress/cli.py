@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_args import check_args
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
     try:
+        check_args(args)
         return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[
             args.command
         ](args)
@@ -131,8 +133,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"tokenizer: {loaded.tokenizer_description}")
     cfg = pipeline.config
     fps = cfg.stream.fps if args.fps is None else args.fps
-    if fps <= 0:
-        raise TokenCompressError(f"--fps must be > 0, got {fps}")
     expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
     if args.max_frames and expected:
         expected = min(expected, args.max_frames)
@@ -244,8 +244,6 @@ def _bench(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .video import sample_video_path
 
-    if args.repeats < 1:
-        raise TokenCompressError(f"--repeats must be >= 1, got {args.repeats}")
     pipeline = Pipeline.from_yaml(args.pipeline)
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
     fps = pipeline.config.stream.fps

@@ -19,7 +19,8 @@ from torch import nn
 from .block_patch import BlockPatch
 from .errors import CompatibilityError, ConfigError
 from .hooks.events import StageEvent
-from .pipeline_config import PipelineConfig, format_validation_error, load_config, parse_config
+from .pipeline_config import PipelineConfig, load_config, parse_config
+from .pipeline_grammar import format_validation_error, to_json
 from .registry import Registry
 from .stages import Stage
 from .strategy import BlockStrategy, ChunkInfo, Strategy, TokenStrategy
@@ -58,7 +59,9 @@ class Pipeline:
         """Resolve the target for ``model`` and check every strategy against it (no patching yet)."""
         target_cls = self.registry.resolve_target(model, self.config.target)
         try:
-            options = target_cls.Options.model_validate(self.config.target_options)
+            options = target_cls.Options.model_validate_json(
+                to_json(self.config.target_options, "target_options"), strict=True
+            )
         except ValidationError as err:
             raise ConfigError(
                 format_validation_error("target_options", err, list(target_cls.Options.model_fields))

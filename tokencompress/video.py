@@ -64,9 +64,25 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise VideoError(f"video file not found: {p}")
+    if p.is_dir():
+        raise VideoError(f"video path is a directory, not a video file: {p}")
     if not p.is_file():
         raise VideoError(f"video path is not a file: {p}")
     return p
+
+
+# FFmpeg opens still images and text files as one-frame "videos" (an image pipe, a teletype
+# render of the text); neither is footage, so they are refused by container format.
+_TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "ansi"}
+
+
+def _refuse_non_video(container: av.container.InputContainer, p: Path) -> None:
+    name = container.format.name or ""
+    if name.endswith("_pipe") or name in ("image2", "image2pipe"):
+        kind = name.removesuffix("_pipe") if name.endswith("_pipe") else "image"
+        raise VideoError(f"{p} is a still image ({kind}), not a video; give a video file (mp4, mkv, ts, ...)")
+    if name in _TEXT_FORMATS:
+        raise VideoError(f"{p} is a text file, not a video; give a video file (mp4, mkv, ts, ...)")
 
 
 def _open(p: Path) -> av.container.InputContainer:
@@ -77,6 +93,11 @@ def _open(p: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoError(f"no video stream in {p}")
+    try:
+        _refuse_non_video(container, p)
+    except VideoError:
+        container.close()
+        raise
     return container
 
 
