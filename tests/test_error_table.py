@@ -9,6 +9,7 @@ or rows without one.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_frames
+from tests.videos import corrupt_mp4
 from tokencompress import Pipeline, TokenCompressError, models
 from tokencompress.cli import main
 
@@ -49,6 +51,12 @@ class Ctx:
     tmp: Path
     capsys: pytest.CaptureFixture[str]
     frames: np.ndarray
+    checkpoint: Path
+
+    def tiny_run(self, *extra: str) -> tuple[int, str, str]:
+        """``run`` on the tiny checkpoint (16 tokens a frame) with an STC pipeline that fits it."""
+        pipe = self.write(TINY_STC, "tiny.yaml")
+        return self.cli_out("run", pipe, "--model", str(self.checkpoint), "--no-progress", *extra)
 
     def write(self, text: str, name: str = "p.yaml") -> str:
         path = self.tmp / name
@@ -56,11 +64,17 @@ class Ctx:
         return str(path)
 
     def cli(self, *argv: str) -> tuple[int, str]:
+        code, _, line = self.cli_out(*argv)
+        return code, line
+
+    def cli_out(self, *argv: str) -> tuple[int, str, str]:
+        """Exit code, stdout and the one ``error:``/``interrupted:`` line on stderr."""
         code = main(list(argv))
-        err = self.capsys.readouterr().err
-        lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        out, err = self.capsys.readouterr()
         assert "Traceback" not in err, err
-        return code, lines[-1].removeprefix("error: ") if lines else err
+        lines = [ln for ln in err.splitlines() if ln.startswith(("error: ", "interrupted: "))]
+        assert len(lines) == 1, err
+        return code, out, lines[0].removeprefix("error: ")
 
     def validate(self, text: str) -> tuple[int, str]:
         return self.cli("validate", self.write(text), "--no-model")
@@ -84,6 +98,10 @@ def case(name: str) -> Callable[[Callable[[Ctx], tuple[int | None, str]]], Any]:
     return register
 
 
+TINY_STC = (
+    "stages:\n  pre_vit_block:\n    - {strategy: stc_cacher}\n"
+    "  pre_prefill:\n    - {strategy: stc_pruner, tokens_per_frame: 8}\n"
+)
 STEP = "stages:\n  pre_prefill:\n    - {strategy: stc_pruner, %s}\n"
 
 
@@ -228,6 +246,108 @@ def _(c: Ctx):
     return _run(c, "--video", c.write("not a video\n" * 50, "notes.txt"))
 
 
+# ------------------------------------------------------------ partial results
+def _rows(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if re.match(r"^\s*\d+\s+\d+\s+\d+\s", ln)]
+
+
+@case("run-decode-fails-midway")
+def _(c: Ctx):
+    video = corrupt_mp4(c.tmp / "broken.mp4")
+    report = c.tmp / "run.json"
+    report.write_text('{"an": "older run"}')
+    code, out, line = c.tiny_run("--video", str(video), "--fps", "1", "--json", str(report))
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "failed" and "cannot decode video" in saved["error"]
+    assert saved["stopped_at_frame"] == 49 and saved["summary"]["frames"] == 5 == len(saved["chunks"])
+    assert len(_rows(out)) == 5 and "summary: 5 chunks, 5 frames" in out
+    assert "stopped at frame 49: cannot decode video" in out
+    return code, line
+
+
+@case("run-interrupted")
+def _(c: Ctx):
+    from tokencompress.session import Stream
+
+    real, calls = Stream.add_frames, []
+
+    def add_frames(self, frames):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, frames)
+
+    report = c.tmp / "run.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Stream, "add_frames", add_frames)
+        code, out, line = c.tiny_run("--json", str(report), "--ask", "What?")
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "interrupted" and len(saved["chunks"]) == 2 and "answer" not in saved
+    assert len(_rows(out)) == 2 and "stopped at frame 100: interrupted (Ctrl-C)" in out
+    return code, line
+
+
+@case("run-json-directory")
+def _(c: Ctx):
+    code, out, line = c.cli_out("run", STC, "--json", str(c.tmp), "--no-progress")
+    assert "model:" not in out  # refused before the model loads
+    return code, line
+
+
+@case("run-json-missing-folder")
+def _(c: Ctx):
+    return c.cli("run", STC, "--json", str(c.tmp / "nowhere" / "x.json"), "--no-progress")
+
+
+@case("output-write-fails")
+def _(c: Ctx):
+    from tokencompress import outputs
+
+    report = c.tmp / "run.json"
+    report.write_text('{"an": "older run"}')
+
+    def disk_full(tmp, data):
+        tmp.write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(outputs, "_write_synced", disk_full)
+        code, _, line = c.tiny_run("--max-frames", "1", "--json", str(report))
+    assert json.loads(report.read_text()) == {"an": "older run"}  # the earlier good file survives
+    assert sorted(p.name for p in c.tmp.iterdir()) == ["run.json", "tiny.yaml"]  # no temporary file left
+    return code, line
+
+
+@case("bench-out-is-file")
+def _(c: Ctx):
+    out = c.tmp / "bench_out"
+    out.write_text("")
+    code, printed, line = c.cli_out("bench", STC, "--out", str(out), "--no-progress")
+    assert "model:" not in printed
+    return code, line
+
+
+@case("bench-out-json-is-directory")
+def _(c: Ctx):
+    (c.tmp / "stc.json").mkdir()
+    return c.cli("bench", STC, "--out", str(c.tmp), "--no-progress")
+
+
+@case("bench-interrupted")
+def _(c: Ctx):
+    from tokencompress import bench
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "run_benchmark", interrupted)
+        result = c.cli("bench", STC, "--out", str(c.tmp), "--frames", "1", "--no-progress")
+    saved = json.loads((c.tmp / "stc.json").read_text())
+    assert saved["status"] == "interrupted" and saved["error"] == "interrupted (Ctrl-C)"
+    return result
+
+
 # ------------------------------------------------------------------ the table
 @pytest.fixture(scope="module")
 def builtin_model() -> models.LoadedModel:
@@ -236,10 +356,14 @@ def builtin_model() -> models.LoadedModel:
 
 @pytest.fixture
 def ctx(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, builtin_model: Any
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    builtin_model: Any,
+    tiny_checkpoint: Path,
 ) -> Ctx:
     monkeypatch.setattr(models, "build_default_model", lambda *a, **k: builtin_model)
-    return Ctx(tmp_path, capsys, random_frames(4))
+    return Ctx(tmp_path, capsys, random_frames(4), tiny_checkpoint)
 
 
 def test_every_case_has_a_row_and_every_row_a_case() -> None:
