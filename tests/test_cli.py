@@ -18,8 +18,8 @@ import av
 import pytest
 
 from tests.conftest import build_tiny_llava_ov
+from tests.plugin_fakes import FakeEntryPoint, patch_entry_points, plugin
 from tests.test_pipeline_config import AttentionProbe
-from tests.test_registry import FakeEntryPoint, patch_entry_points, plugin
 from tokencompress import models
 from tokencompress.cli import main
 
@@ -247,3 +247,20 @@ def test_console_script_help() -> None:
     assert done.returncode == 0, done.stderr
     for command in ("run", "validate", "schema", "plugins"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--fps", "0"], "--fps must be > 0"), (["--json", "/nonexistent-dir/x.json"], "cannot write")],
+)
+def test_cli_run_bad_options_are_one_line_errors(tmp_path, capsys, extra, needle):
+    from tests.conftest import build_tiny_llava_ov
+    from tokencompress.tokenizer import byte_tokenizer
+
+    build_tiny_llava_ov().save_pretrained(tmp_path)
+    byte_tokenizer("llava_onevision").save_pretrained(tmp_path)
+    capsys.readouterr()  # drop the save_pretrained progress bar
+    args = ["run", "pipelines/baseline.yaml", "--model", str(tmp_path), "--max-frames", "1", "--no-progress"]
+    code = main([*args, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err

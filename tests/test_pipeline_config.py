@@ -10,7 +10,7 @@ import pytest
 import yaml
 from torch import nn
 
-from tests.test_registry import KeepFirst, plugin, strategy_named
+from tests.plugin_fakes import KeepFirst, plugin, strategy_named
 from tokencompress import (
     BudgetError,
     CompatibilityError,

@@ -9,125 +9,32 @@ checked when installed (CI installs it).
 from __future__ import annotations
 
 import importlib.metadata as md
-import types
-from collections.abc import Callable, Iterable
-from typing import Any
 
 import pytest
-import torch
-from torch import nn
 
-from tests.conftest import random_frames
+from tests.plugin_fakes import (
+    FakeEntryPoint,
+    KeepFirst,
+    broken_import,
+    needs_uniform,
+    patch_entry_points,
+    plugin,
+    strategy_named,
+)
 from tokencompress import (
-    ChunkInfo,
-    CompatibilityError,
-    ConfigError,
-    Pipeline,
     PluginError,
     Registry,
-    ScoringPruner,
     Stage,
-    StageEvent,
-    StrategyParams,
     TokenStrategy,
-    VisualTokens,
-    hookimpl,
 )
-from tokencompress import registry as registry_module
 from tokencompress.registry import DISABLE_ENV
+from tokencompress.strategy import BlockStrategy
 from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
 
 BUILTIN_STRATEGIES = {"stc_cacher", "stc_pruner"}
 
 
-def _installed(dist: str) -> bool:
-    try:
-        md.distribution(dist)
-    except md.PackageNotFoundError:
-        return False
-    return True
-
-
-needs_uniform = pytest.mark.skipif(
-    not _installed("tokencompress-uniform"),
-    reason="pip install -e plugins/tokencompress-uniform (CI installs it)",
-)
-
-
 # ----------------------------------------------------------------- helpers
-class KeepFirstParams(StrategyParams):
-    tokens_per_frame: int = 4
-
-
-class KeepFirst(ScoringPruner):
-    """Test pruner: keeps each frame's first tokens."""
-
-    name = "keep_first"
-    stage = Stage.PRE_PREFILL
-    Params = KeepFirstParams
-
-    def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> torch.Tensor:
-        return -tokens.local_index().double()
-
-
-def strategy_named(name: str, base: type = KeepFirst) -> type:
-    return type(f"Strategy_{name}", (base,), {"name": name})
-
-
-def plugin(
-    package: str, strategies: Iterable[type] = (), targets: Iterable[type] = (), **hooks: Callable
-) -> Any:
-    """A module-like plugin object, as an installed package's entry-point module would be."""
-    ns = types.SimpleNamespace(__tokencompress_package__=package, __name__=f"{package}_module")
-    strategies, targets = list(strategies), list(targets)
-    if strategies:
-
-        @hookimpl
-        def tokencompress_register_strategies(registrar):
-            for cls in strategies:
-                registrar.add_strategy(cls)
-
-        ns.tokencompress_register_strategies = tokencompress_register_strategies
-    if targets:
-
-        @hookimpl
-        def tokencompress_register_targets(registrar):
-            for cls in targets:
-                registrar.add_target(cls)
-
-        ns.tokencompress_register_targets = tokencompress_register_targets
-    for name, fn in hooks.items():
-        setattr(ns, name, hookimpl(fn))
-    return ns
-
-
-class FakeEntryPoint:
-    """Quacks like ``importlib.metadata.EntryPoint`` for the registry: name, value, dist, load()."""
-
-    def __init__(self, name: str, package: str, load: Callable[[], Any], value: str | None = None) -> None:
-        self.name = name
-        self.value = value or f"{package.replace('-', '_')}_plugin"
-        self.group = "tokencompress"
-        self.dist = types.SimpleNamespace(name=package)
-        self._load = load
-
-    def load(self) -> Any:
-        return self._load()
-
-
-def patch_entry_points(monkeypatch: pytest.MonkeyPatch, *extra: Any) -> None:
-    """Installed entry points (the built-ins, maybe the example plugin) plus ``extra``."""
-    real = list(md.entry_points(group="tokencompress"))
-
-    def entry_points(**kwargs: Any) -> list[Any]:
-        assert kwargs == {"group": "tokencompress"}
-        return [*real, *extra]
-
-    monkeypatch.setattr(registry_module.md, "entry_points", entry_points)
-
-
-def broken_import() -> Any:
-    raise ImportError("No module named 'torch_scatter'")
 
 
 # ---------------------------------------------------------------- built-ins
@@ -297,106 +204,9 @@ def test_hook_with_wrong_argument_name_is_reported() -> None:
 
 
 # ------------------------------------------------------------------ observers
-def test_stage_finished_sees_every_stage_of_every_chunk(tiny_llava_ov: nn.Module) -> None:
-    events: list[StageEvent] = []
-
-    def tokencompress_stage_finished(event):
-        events.append(event)
-
-    reg = Registry(plugins=[plugin("pkg-metrics", tokencompress_stage_finished=tokencompress_stage_finished)])
-    pipe = Pipeline.from_dict(
-        {"stages": {"pre_prefill": [{"strategy": "stc_pruner", "tokens_per_frame": 5}]}}, reg
-    )
-    with pipe.apply(tiny_llava_ov) as bound:
-        stream = bound.stream()
-        stats = stream.add_frames(random_frames(3))
-    assert len(stats) == 3
-    got = [(e.stream_id, e.chunk_index, e.stage, e.tokens_in, e.tokens_out) for e in events]
-    assert got == [
-        (stream.id, c, stage, n_in, n_out)
-        for c in range(3)
-        for stage, n_in, n_out in (
-            (Stage.PRE_VIT_BLOCK, 64, 64),
-            (Stage.POST_VIT, 64, 64),
-            (Stage.PRE_PREFILL, 16, 5),
-        )
-    ]
-    assert all(isinstance(e, StageEvent) and e.seconds >= 0 for e in events)
-
-
-def test_no_observer_no_events() -> None:
-    assert not Registry().has_observers()
 
 
 # ------------------------------------------------------------------- targets
-class Unsupported(nn.Module):
-    pass
-
-
-def test_resolve_auto(tiny_llava_ov: nn.Module) -> None:
-    assert Registry().resolve_target(tiny_llava_ov) is LlavaOnevisionTarget
-    assert Registry().resolve_target(tiny_llava_ov, "llava_onevision") is LlavaOnevisionTarget
-
-
-def test_explicit_target_that_does_not_fit_the_model() -> None:
-    with pytest.raises(CompatibilityError, match="'llava_onevision' does not support Unsupported"):
-        Registry().resolve_target(Unsupported(), "llava_onevision")
-
-
-def test_explicit_unknown_target_name(tiny_llava_ov: nn.Module) -> None:
-    with pytest.raises(ConfigError, match="did you mean 'llava_onevision'"):
-        Registry().resolve_target(tiny_llava_ov, "llava_onevison")
-
-
-def test_no_target_supports_the_model() -> None:
-    with pytest.raises(
-        CompatibilityError, match="no registered target supports Unsupported.*llava_onevision"
-    ):
-        Registry().resolve_target(Unsupported())
-
-
-class CustomLlava(LlavaOnevisionTarget):
-    name = "custom_llava"
-
-
-def test_resolve_hook_overrides_auto(tiny_llava_ov: nn.Module) -> None:
-    seen: list[set[str]] = []
-
-    def tokencompress_resolve_target(model, targets):
-        seen.append(set(targets))
-        return targets["custom_llava"] if isinstance(model, type(tiny_llava_ov)) else None
-
-    reg = Registry(
-        plugins=[
-            plugin(
-                "pkg-custom", targets=[CustomLlava], tokencompress_resolve_target=tokencompress_resolve_target
-            )
-        ]
-    )
-    assert reg.resolve_target(tiny_llava_ov) is CustomLlava
-    assert len(seen) == 1 and {"llava_onevision", "custom_llava"} <= seen[0]  # plus the other built-ins
-    # an explicit name still wins over the hook, and None from the hook falls back to matching
-    assert reg.resolve_target(tiny_llava_ov, "llava_onevision") is LlavaOnevisionTarget
-    with pytest.raises(CompatibilityError):
-        reg.resolve_target(Unsupported())
-    assert Pipeline.from_dict({}, reg).bind(tiny_llava_ov).target.name == "custom_llava"
-
-
-def test_first_resolve_result_wins(tiny_llava_ov: nn.Module) -> None:
-    def first(model, targets):
-        return targets["custom_llava"]
-
-    def second(model, targets):
-        return targets["llava_onevision"]
-
-    reg = Registry(
-        plugins=[
-            plugin("pkg-second", tokencompress_resolve_target=second),
-            plugin("pkg-first", targets=[CustomLlava], tokencompress_resolve_target=first),
-        ]
-    )
-    # pluggy calls the most recently registered implementation first
-    assert reg.resolve_target(tiny_llava_ov) is CustomLlava
 
 
 def test_token_strategy_base_is_accepted() -> None:
@@ -410,3 +220,24 @@ def test_token_strategy_base_is_accepted() -> None:
 
     reg = Registry(plugins=[plugin("pkg-id", [Identity])])
     assert reg.strategy("identity_test") is Identity
+
+
+def test_strategy_whose_class_contradicts_its_stage_is_reported():
+    wrong = type("WrongStage", (KeepFirst,), {"name": "wrong_stage", "stage": Stage.PRE_VIT_BLOCK})
+
+    class NotABlock(BlockStrategy):
+        name = "block_at_prefill"
+        stage = Stage.PRE_PREFILL
+
+        def block_forward(self, call, hidden, run_next):
+            return run_next(hidden)
+
+    reg = Registry(plugins=[plugin("pkg-wrong", [wrong]), plugin("pkg-block", [NotABlock])])
+    assert sorted(f.package for f in reg.failures) == ["pkg-block", "pkg-wrong"]
+    assert "must subclass BlockStrategy" in " ".join(f.error for f in reg.failures)
+    assert {"wrong_stage", "block_at_prefill"}.isdisjoint(reg.strategies)
+
+
+def test_disable_accepts_normalised_package_names():
+    reg = Registry(disable="tokencompress_uniform")
+    assert "uniform_grid" not in reg.strategies

@@ -98,3 +98,10 @@ def test_merge_with_anchor_and_own_arithmetic():
     assert out.assign.tolist() == [0, 1, 0, 1, 2, 0]
     with pytest.raises(ValueError, match="own group"):
         vt.merge(group, tokens=values, anchor=torch.tensor([0, 2, 4]))
+
+
+def test_merge_counts_stay_exact_in_bfloat16():
+    x = torch.randn(1, 300, 4).bfloat16()
+    out = VisualTokens.from_frames(x, (15, 20)).merge(torch.zeros(300, dtype=torch.long))
+    assert out.sizes.tolist() == [300.0] and out.tokens.dtype == torch.bfloat16
+    torch.testing.assert_close(out.tokens[0].float(), x[0].float().mean(0), atol=1e-2, rtol=1e-2)

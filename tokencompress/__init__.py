@@ -17,22 +17,13 @@ from .errors import BudgetError, CompatibilityError, ConfigError, PluginError, T
 from .hooks import StageEvent, hookimpl
 from .models import LoadedModel, load_model
 from .pipeline import BoundPipeline, Pipeline
-from .pipeline_config import PipelineConfig, StreamConfig
+from .pipeline_config import PipelineConfig
 from .registry import Registry
 from .session import Answer, ChunkStats, Stream
-from .stages import Stage, StageInfo
-from .strategy import (
-    BlockCall,
-    BlockStrategy,
-    ChunkInfo,
-    Need,
-    ScoringPruner,
-    Strategy,
-    StrategyParams,
-    TokenStrategy,
-)
+from .strategy import BlockStrategy, ScoringPruner, Strategy, StrategyParams, TokenStrategy
 from .target import LLMState, Target, TargetOptions
 from .tokens import VisualTokens
+from .types import BlockCall, ChunkInfo, Need, Stage, StageInfo, StreamConfig
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from .block_adapter import BlockAdapter
 from .errors import TokenCompressError
-from .strategy import BlockCall, BlockStrategy, ChunkInfo, LayerProbe
+from .strategy import BlockStrategy
+from .types import BlockCall, ChunkInfo, LayerProbe
 
 __all__ = ["BlockPatch"]
 

@@ -1,4 +1,4 @@
-"""Frames to a fixed-size float batch, the one resize every target shares (no torchvision here)."""
+"""RGB frames: the check every entry point applies, and the one resize every target shares (no torchvision)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_frames"]
+from .errors import VideoError
+
+__all__ = ["as_frames", "resize_frames"]
+
+
+def as_frames(frames: np.ndarray | Tensor) -> list[np.ndarray]:
+    """Frames as a list of ``[H, W, 3]`` uint8 arrays, or a one-line error naming what is wrong."""
+    arr = frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise VideoError(f"frames must be RGB [N, H, W, 3] (or one [H, W, 3]), got shape {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise VideoError(f"frames must be uint8 RGB (0-255), got {arr.dtype}; convert with .astype(np.uint8)")
+    return list(arr)
 
 
 def resize_frames(

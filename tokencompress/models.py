@@ -156,8 +156,7 @@ def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str]:
         return tok, f"{type(tok).__name__} from {name_or_path}"
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    layout = "qwen2_vl" if "qwen" in type(model).__name__.lower() else "llava_onevision"
-    tok, desc = load_tokenizer(layout)
+    tok, desc = load_tokenizer(_tokenizer_layout(model))
     vocab = model.config.get_text_config().vocab_size
     if len(tok) > vocab:
         raise TokenCompressError(
@@ -165,3 +164,13 @@ def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str]:
             f"fallback tokenizer's ({len(tok)}); save a tokenizer next to the weights"
         )
     return tok, desc
+
+
+def _tokenizer_layout(model: nn.Module) -> str:
+    """The placeholder layout of the target that runs ``model`` (the registry knows; core does not)."""
+    from .registry import Registry
+
+    try:
+        return Registry().resolve_target(model).tokenizer_layout
+    except TokenCompressError:
+        return "llava_onevision"  # no target runs it: any pipeline will refuse it with a clear error

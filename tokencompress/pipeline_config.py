@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
 from .pipeline_grammar import MAX_STEPS, TOP_KEYS, format_validation_error, json_schema, validate
 from .registry import Registry
-from .stages import Stage
 from .strategy import Strategy
+from .types import Stage, StreamConfig
 
 __all__ = [
     "StreamConfig",
@@ -30,14 +29,6 @@ __all__ = [
     "format_validation_error",
     "TOP_KEYS",
 ]
-
-
-class StreamConfig(BaseModel):
-    """How frames are fed: sampled at ``fps`` and grouped ``frames_per_chunk`` at a time."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    frames_per_chunk: int = Field(1, ge=1, description="Frames encoded and prefilled together")
-    fps: float = Field(0.5, gt=0, allow_inf_nan=False, description="Frames sampled per second of video")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ConfigError, PluginError
 from .registry import Registry, close_matches
-from .stages import Stage
+from .types import Stage, StreamConfig
 
 __all__ = [
     "MAX_STEPS",
@@ -70,8 +70,6 @@ def _step_model(name: str, cls: type) -> type[BaseModel]:
 
 
 def _build(registry: Registry) -> type[BaseModel]:
-    from .pipeline_config import StreamConfig
-
     per_stage: dict[str, Any] = {}
     for stage in Stage:
         variants = [
@@ -200,8 +198,6 @@ def _message(e: dict[str, Any], registry: Registry, source: str) -> str:
             names = [s.value for s in Stage]
             return f"stages: unknown stage '{key}'{close_matches(key, names)}; stages: {', '.join(names)}"
         if parts[0] == "stream":
-            from .pipeline_config import StreamConfig
-
             allowed = list(StreamConfig.model_fields)
         else:
             allowed = _step_fields(registry, str(e["loc"][3])) if parts[0] == "stages" else []

@@ -11,20 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import VideoError
-from .stages import Stage
-from .strategy import ChunkInfo
+from .chunk_seam import ChunkEncoder, EncodedChunk, StreamPosition
+from .frames import as_frames
 from .timing import now
 from .tokens import VisualTokens
-
-if TYPE_CHECKING:
-    from .pipeline import BoundPipeline
+from .types import Stage
 
 __all__ = ["Stream", "ChunkStats", "Answer"]
 
@@ -70,12 +67,13 @@ class Stream:
     still encode and prefill frames (prompt text can then be given as ids).
     """
 
-    def __init__(self, bound: BoundPipeline, stream_id: int = 0, tokenizer: Any = None) -> None:
+    def __init__(self, bound: ChunkEncoder, stream_id: int = 0, tokenizer: Any = None) -> None:
         self.bound = bound
         self.target = bound.target
+        self.chat = bound.target.chat_format()
         self.id = stream_id
         self.tokenizer = tokenizer
-        self.frames_per_chunk = bound.config.stream.frames_per_chunk
+        self.frames_per_chunk = bound.stream_config.frames_per_chunk
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -97,11 +95,12 @@ class Stream:
         return torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
 
     def prefix_text(self) -> str:
-        return f"<|im_start|>system\n{self.target.system_prompt}<|im_end|>\n<|im_start|>user\n"
+        """Text prefilled once before the first chunk (the target's chat format)."""
+        return self.chat.prefix
 
-    @staticmethod
-    def question_text(question: str) -> str:
-        return f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    def question_text(self, question: str) -> str:
+        """A question as the target's chat format frames it after the video."""
+        return self.chat.question_text(question)
 
     def _ensure_prefix(self) -> None:
         if not self._prefixed:
@@ -121,7 +120,7 @@ class Stream:
         Frames are checked before they are queued, so bad input is refused without touching the
         stream's state. A frame's size may change from one frame to the next.
         """
-        arr = _as_frames(frames)
+        arr = as_frames(frames)
         self._pending.extend(arr)
         done = []
         while len(self._pending) >= self.frames_per_chunk:
@@ -143,68 +142,45 @@ class Stream:
         """Decode ``path`` at ``fps`` (default: the pipeline's) and stream it; yields per-chunk stats."""
         from .video import iter_frames
 
-        fps = self.bound.config.stream.fps if fps is None else fps
+        fps = self.bound.stream_config.fps if fps is None else fps
         for frame in iter_frames(path, fps=fps, max_frames=max_frames):
             yield from self.add_frames(frame.rgb[None])
         yield from self.flush()
 
     def encode_only(self, frames: np.ndarray | Tensor) -> VisualTokens:
         """Run the vision path of one chunk (strategies included) without touching the LLM."""
-        return self._vision(list(_as_frames(frames)), {})[0]
+        return self._vision(as_frames(frames)).tokens
 
-    def _vision(self, frames: list[np.ndarray], record: dict[str, Any]) -> tuple[VisualTokens, ChunkInfo]:
-        device = self.target.device
-        t0 = now(device)
-        pixels = self.target.preprocess(frames)  # before any strategy state moves
-        record["vit_start"] = now(device)
-        record["preprocess"] = record["vit_start"] - t0
-        chunk = ChunkInfo(
-            index=self.chunks_done,
-            first_frame=self.frames_seen,
-            num_frames=len(frames),
-            to_prefill_grid=self.target.prefill_grid_map(),
-            first_token_frame=self.token_frames_seen,
-        )
-        for strategy, state in zip(self.bound.steps, self.states, strict=True):
-            strategy.start_chunk(state, chunk)
+    def _position(self) -> StreamPosition:
+        return StreamPosition(self.chunks_done, self.frames_seen, self.token_frames_seen)
 
-        def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
-            if stage == Stage.POST_VIT:  # the tower just finished
-                record.setdefault("stage_start", {})[Stage.POST_VIT] = vit_end = now(device)
-                seconds = vit_end - record["vit_start"]
-                self.bound.observe(Stage.PRE_VIT_BLOCK, chunk, tokens.count, tokens.count, seconds, self.id)
-            return self.bound.run_stage(stage, tokens, self.states, chunk, record, self.id)
-
-        with self.bound.patch.chunk(self.bound.block_states(self.states), chunk):
-            tokens = self.target.encode(pixels, chunk, runner)
+    def _vision(self, frames: list[np.ndarray]) -> EncodedChunk:
+        encoded = self.bound.encode_chunk(self.states, frames, self._position(), self.id)
         self.chunks_done += 1
         self.frames_seen += len(frames)
         self.token_frames_seen += self.target.token_frames(len(frames))
-        return tokens, chunk
+        return encoded
 
     def _encode_chunk(self, frames: list[np.ndarray]) -> ChunkStats:
         self._ensure_prefix()
-        record: dict[str, Any] = {}
         device = self.target.device
         t0 = now(device)
-        tokens, chunk = self._vision(frames, record)
+        encoded = self._vision(frames)
         t1 = now(device)
-        self.target.prefill_visual(self.llm, tokens)
+        self.target.prefill_visual(self.llm, encoded.tokens)
         t2 = now(device)
+        chunk, timing = encoded.chunk, encoded.timing
         per_frame = self.target.stage_info()[Stage.PRE_VIT_BLOCK].tokens_per_frame
-        counts = record.get("tokens", {})
-        secs = record.get("seconds", {})
-        vit_end = record.get("stage_start", {}).get(Stage.POST_VIT, t1)
         stats = ChunkStats(
             chunk=chunk.index,
             first_frame=chunk.first_frame,
             frames=chunk.num_frames,
             vit_tokens=per_frame * self.target.token_frames(chunk.num_frames),
-            post_vit=counts.get(Stage.POST_VIT, (0, 0)),
-            pre_prefill=counts.get(Stage.PRE_PREFILL, (0, 0)),
-            preprocess_ms=1e3 * record["preprocess"],
-            vit_ms=1e3 * (vit_end - record["vit_start"]),
-            compress_ms=1e3 * sum(secs.values()),
+            post_vit=timing.tokens(Stage.POST_VIT),
+            pre_prefill=timing.tokens(Stage.PRE_PREFILL),
+            preprocess_ms=1e3 * timing.preprocess_s,
+            vit_ms=1e3 * timing.vit_s,
+            compress_ms=1e3 * timing.compress_s,
             prefill_ms=1e3 * (t2 - t1),
             total_ms=1e3 * (t2 - t0),
             cache_tokens=self.llm.length,
@@ -231,7 +207,7 @@ class Stream:
             t1 = now(device)
             stop = set()
             if self.tokenizer is not None:
-                for tok in ("<|im_end|>", "<|endoftext|>"):
+                for tok in self.chat.stop_tokens:
                     tid = self.tokenizer.convert_tokens_to_ids(tok)
                     if isinstance(tid, int) and tid >= 0:
                         stop.add(tid)
@@ -241,15 +217,3 @@ class Stream:
             self.target.rewind(self.llm, length, position)
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits)
-
-
-def _as_frames(frames: np.ndarray | Tensor) -> list[np.ndarray]:
-    """Frames as a list of ``[H, W, 3]`` uint8 arrays, or a one-line error naming what is wrong."""
-    arr = frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise VideoError(f"frames must be RGB [N, H, W, 3] (or one [H, W, 3]), got shape {tuple(arr.shape)}")
-    if arr.dtype != np.uint8:
-        raise VideoError(f"frames must be uint8 RGB (0-255), got {arr.dtype}; convert with .astype(np.uint8)")
-    return list(arr)

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from .errors import BudgetError
-from .stages import Stage, StageInfo
 from .tokens import VisualTokens
-
-if TYPE_CHECKING:
-    from .target import BlockAdapter
+from .types import BlockCall, ChunkInfo, LayerProbe, Need, Stage, StageInfo
 
 __all__ = [
     "Need",
@@ -40,74 +35,10 @@ __all__ = [
 ]
 
 
-class Need(str, Enum):
-    """Capabilities a strategy may require from a target at its stage."""
-
-    BLOCK_ADAPTER = "block_adapter"
-    """Per-layer access to ln/q/k/v/attention/out/mlp so a layer can run for a token subset."""
-    ATTENTION = "attention"
-    """Attention weights of a chosen encoder layer."""
-    KEYS = "keys"
-    """Attention keys of a chosen encoder layer."""
-    CLS_TOKEN = "cls_token"
-    """A class token in the encoder output."""
-    POSITION_FREE_ATTENTION = "position_free_attention"
-    """Encoder attention that depends on token content only (no rotary), so merged tokens can
-    attend without a position of their own (ToMe)."""
-
-    def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.value
-
-
 class StrategyParams(BaseModel):
     """Base of every strategy's parameters: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass(frozen=True)
-class LayerProbe:
-    """The input of one encoder layer in this chunk, with the adapter to recompute its parts.
-
-    Strategies that need a layer's attention or keys (VisionZip) recompute just what they need
-    from ``hidden`` (e.g. ``adapter.k(adapter.ln1(hidden))``) instead of forcing the whole tower
-    onto eager attention.
-    """
-
-    hidden: Tensor
-    """``[F, T, C]`` input of the layer."""
-    adapter: BlockAdapter
-    num_layers: int = 0
-    """Depth of the tower, so a strategy can resolve negative layer indices."""
-
-
-@dataclass(frozen=True)
-class ChunkInfo:
-    """Where a chunk sits in its stream, plus what the target exposes about it to strategies."""
-
-    index: int
-    """0 for the stream's first chunk, then 1, 2, ...; leftover frames form their own chunk."""
-    first_frame: int
-    num_frames: int
-    probes: dict[int, LayerProbe] = field(default_factory=dict, compare=False, repr=False)
-    """Inputs of the encoder layers some strategy asked for (``Strategy.probe_layers``), by index."""
-    to_prefill_grid: Callable[[Tensor], Tensor] | None = field(default=None, compare=False, repr=False)
-    """Carries a per-token ViT quantity ``[F, T_vit, K]`` to the pre_prefill grid ``[F, T_pre, K]``
-    exactly as the target pools features (None where the target has no such map)."""
-    first_token_frame: int | None = None
-    """Stream index of the chunk's first token frame (a row of the frame axis of
-    :class:`VisualTokens`: one video frame, or a Qwen temporal slice of 2 frames); None = ``first_frame``."""
-
-
-@dataclass
-class BlockCall:
-    """Everything a block strategy sees for one layer call of one chunk."""
-
-    adapter: BlockAdapter
-    layer_index: int
-    num_layers: int
-    state: Any
-    chunk: ChunkInfo
 
 
 class Strategy(ABC):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,12 +22,8 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from .block_adapter import BlockAdapter
-from .stages import Stage, StageInfo
-from .strategy import ChunkInfo, Need
 from .tokens import VisualTokens
-
-if TYPE_CHECKING:
-    from .pipeline_config import StreamConfig
+from .types import ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
 
 __all__ = ["Target", "TargetOptions", "LLMState", "StageRunner"]
 
@@ -67,6 +63,7 @@ class Target(ABC):
     provides: ClassVar[dict[Stage, frozenset[Need]]] = {}
     """What each stage can offer to strategies (checked against ``Strategy.needs``)."""
     tokenizer_layout: ClassVar[str] = "llava_onevision"
+    """Placeholder tokens a fallback tokenizer needs for this family (see :mod:`tokencompress.tokenizer`)."""
     system_prompt: ClassVar[str] = "You are a helpful assistant."
 
     def __init__(self, model: nn.Module, options: TargetOptions | None = None) -> None:
@@ -126,6 +123,15 @@ class Target(ABC):
         return None
 
     # -------------------------------------------------------------- LLM side
+    def chat_format(self) -> ChatFormat:
+        """How a stream frames the conversation. ChatML, as every Qwen2-based LLM here uses;
+        a family with another chat template overrides this."""
+        return ChatFormat(
+            prefix=f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n",
+            question="\n{question}<|im_end|>\n<|im_start|>assistant\n",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
+        )
+
     @property
     def language_model(self) -> nn.Module:
         return self.model.model.language_model

@@ -18,8 +18,9 @@ from dataclasses import replace
 import torch
 from hypothesis import strategies as st
 
-from .strategy import ChunkInfo, TokenStrategy
+from .strategy import TokenStrategy
 from .tokens import VisualTokens
+from .types import ChunkInfo
 
 __all__ = ["visual_tokens", "check_token_strategy"]
 
@@ -80,11 +81,13 @@ def _chunk_inputs(tokens: VisualTokens | Sequence[VisualTokens], chunks: int) ->
     ]
 
 
-def _run(strategy: TokenStrategy, inputs: list[VisualTokens]) -> list[VisualTokens]:
+def _run(
+    strategy: TokenStrategy, inputs: list[VisualTokens], infos: Sequence[ChunkInfo] | None = None
+) -> list[VisualTokens]:
     state = strategy.new_state()
     out = []
     for i, tok in enumerate(inputs):
-        chunk = ChunkInfo(index=i, first_frame=tok.first_frame, num_frames=tok.num_frames)
+        chunk = infos[i] if infos is not None else ChunkInfo(i, tok.first_frame, tok.num_frames)
         out.append(strategy.apply(tok, state, chunk))
     return out
 
@@ -137,6 +140,7 @@ def check_token_strategy(
     tokens: VisualTokens | Sequence[VisualTokens],
     chunks: int = 2,
     copies_rows: bool = True,
+    chunk_infos: Sequence[ChunkInfo] | None = None,
 ) -> list[VisualTokens]:
     """Run ``strategy`` over a stream and assert the DESIGN §8 invariants; return every chunk's output.
 
@@ -144,12 +148,16 @@ def check_token_strategy(
     times on consecutive frames. Each run uses a fresh state and ``ChunkInfo`` indices
     0, 1, ...; the whole stream runs twice to prove determinism. Set ``copies_rows=False``
     only for a strategy that legitimately rewrites features without merging them.
+    ``chunk_infos`` gives each chunk's :class:`ChunkInfo` (with the layer probes a target filled
+    in) where the strategy reads more than the tokens; by default bare infos are built.
     """
     inputs = _chunk_inputs(tokens, chunks)
-    first = _run(strategy, inputs)
+    if chunk_infos is not None and len(chunk_infos) != len(inputs):
+        raise ValueError(f"{len(chunk_infos)} chunk_infos for {len(inputs)} chunks")
+    first = _run(strategy, inputs, chunk_infos)
     for i, (inp, out) in enumerate(zip(inputs, first, strict=True)):
         _check_chunk(strategy, inp, out, f"{strategy.name} chunk {i}", copies_rows)
-    second = _run(strategy, inputs)
+    second = _run(strategy, inputs, chunk_infos)
     for i, (a, b) in enumerate(zip(first, second, strict=True)):
         if not _same(a, b):
             _fail(f"{strategy.name} chunk {i}: a second run from a fresh state gave a different output")

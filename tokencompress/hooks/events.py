@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..stages import Stage
+from ..types import Stage
 
 __all__ = ["StageEvent"]
 

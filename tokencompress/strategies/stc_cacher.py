@@ -22,7 +22,8 @@ from pydantic import Field
 from torch import Tensor
 
 from ..block_adapter import BlockAdapter
-from ..strategy import BlockCall, BlockStrategy, ChunkInfo, StrategyParams
+from ..strategy import BlockStrategy, StrategyParams
+from ..types import BlockCall, ChunkInfo
 
 __all__ = [
     "StcCacherParams",

@@ -20,9 +20,9 @@ import torch.nn.functional as nnf
 from pydantic import Field
 from torch import Tensor
 
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, ScoringPruner, StrategyParams
+from ..strategy import ScoringPruner, StrategyParams
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Stage, StageInfo
 
 __all__ = ["StcPruner", "StcPrunerParams", "StcPrunerState", "StcPrunerDebug"]
 

@@ -38,8 +38,8 @@ import torch
 from pydantic import Field, NonNegativeInt, model_validator
 from torch import Tensor
 
-from ..stages import StageInfo
-from ..strategy import BlockCall, BlockStrategy, ChunkInfo, Need, StrategyParams
+from ..strategy import BlockStrategy, StrategyParams
+from ..types import BlockCall, ChunkInfo, Need, StageInfo
 from .tome_merge import (
     capped_r,
     match_bipartite,

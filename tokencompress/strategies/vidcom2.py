@@ -33,9 +33,9 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..errors import BudgetError
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, ScoringPruner, StrategyParams, select_per_frame
+from ..strategy import ScoringPruner, StrategyParams, select_per_frame
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Stage, StageInfo
 
 __all__ = [
     "VidCom2",

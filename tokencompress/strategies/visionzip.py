@@ -45,9 +45,9 @@ from pydantic import Field
 from torch import Tensor
 
 from ..errors import BudgetError, CompatibilityError
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, LayerProbe, Need, StrategyParams, TokenStrategy
+from ..strategy import StrategyParams, TokenStrategy
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, LayerProbe, Need, Stage, StageInfo
 from .visionzip_select import (
     Selection,
     cls_row_from_qk,

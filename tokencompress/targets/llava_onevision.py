@@ -20,10 +20,9 @@ from torch import Tensor, nn
 
 from ..block_adapter import BlockAdapter
 from ..frames import resize_frames
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, Need
 from ..target import LLMState, StageRunner, Target, TargetOptions
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Need, Stage, StageInfo
 from .siglip_block import SiglipBlockAdapter
 
 __all__ = ["LlavaOnevisionTarget", "LlavaOnevisionOptions"]

@@ -8,16 +8,14 @@ Qwen2.5-VL packs its tower in window order (windowed blocks attend within 112-px
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from ..types import StreamConfig
 from .qwen_vl_base import QwenVLOptions, QwenVLTarget
-
-if TYPE_CHECKING:
-    from ..pipeline_config import StreamConfig
 
 __all__ = ["Qwen2VLTarget", "Qwen2_5_VLTarget", "Qwen2_5_VLOptions"]
 

@@ -33,10 +33,9 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..block_adapter import BlockAdapter
-from ..stages import Stage, StageInfo
-from ..strategy import ChunkInfo, Need
 from ..target import LLMState, StageRunner, Target, TargetOptions
 from ..tokens import VisualTokens
+from ..types import ChunkInfo, Need, Stage, StageInfo
 from .qwen_layout import ChunkLayout, LayoutSlot, merge_block_positions
 from .qwen_mrope import chunk_positions
 from .qwen_patches import fit_to_grid, frames_to_patches

@@ -72,29 +72,6 @@ def test_chunked_prefill_equals_one_shot(tiny_llava_ov, frames):
         assert s.chunks_done == -(-len(frames) // fpc)
 
 
-def test_apply_exit_restores_model_bit_for_bit(tiny_llava_ov, frames):
-    model = tiny_llava_ov
-    pipe = pipeline(STC)
-    target = pipe.bind(model).target
-    pixels = target.preprocess(frames[:2])[None]
-    ids = torch.cat([PREFIX, torch.full((33,), 999), QUESTION])[None]
-
-    def run():
-        with torch.inference_mode():
-            return model(input_ids=ids, pixel_values_videos=pixels).logits
-
-    layers = target.vit_layers()
-    before = run()
-    with pipe.apply(model) as bound:
-        assert all("forward" in layer.__dict__ for layer in layers)
-        inside = run()  # no stream active: stock forwards
-        s = bound.stream()
-        s.add_frames(frames)
-    after = run()
-    assert not any("forward" in layer.__dict__ for layer in layers)
-    assert torch.equal(before, inside) and torch.equal(before, after)
-
-
 def test_two_interleaved_streams_equal_separate_runs(tiny_llava_ov):
     a_frames, b_frames = random_frames(4, seed=1), random_frames(4, seed=2)
     pipe = pipeline(STC)
@@ -166,12 +143,3 @@ def test_from_pretrained_roundtrip(tmp_path, frames):
         ans = s.ask("what?", max_new_tokens=4)
     assert len(ans.token_ids) <= 4
     assert np.isfinite(ans.first_logits.numpy()).all()
-
-
-def test_stream_outside_apply_is_refused_when_hooks_are_needed(tiny_llava_ov, frames):
-    bound = pipeline(STC).bind(tiny_llava_ov)
-    with pytest.raises(RuntimeError, match="apply"):
-        bound.stream().add_frames(frames[:1])
-    # a pipeline without encoder hooks needs no apply()
-    plain = pipeline({"pre_prefill": STC["pre_prefill"]}).bind(tiny_llava_ov)
-    assert [c.pre_prefill for c in plain.stream().add_frames(frames[:2])] == [(16, 6), (16, 6)]

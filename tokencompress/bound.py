@@ -1,0 +1,150 @@
+"""A pipeline bound to one model: the vision side of every stream that runs through it.
+
+:class:`BoundPipeline` holds the target, the strategies placed per stage and the block patch;
+it holds no stream data. A stream calls :meth:`BoundPipeline.encode_chunk` with its own
+strategy states and position (the seam in :mod:`tokencompress.chunk_seam`) and keeps what
+comes back; any number of streams may share one bound pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from .block_patch import BlockPatch
+from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
+from .hooks.events import StageEvent
+from .pipeline_config import PipelineConfig
+from .placement import Placement
+from .registry import Registry
+from .strategy import BlockStrategy, Strategy, TokenStrategy
+from .target import Target
+from .timing import now
+from .tokens import VisualTokens
+from .types import ChunkInfo, Stage, StreamConfig
+
+if TYPE_CHECKING:
+    from .session import Stream
+
+__all__ = ["BoundPipeline"]
+
+
+class BoundPipeline:
+    """A pipeline bound to one model through its target; opens any number of independent streams."""
+
+    def __init__(
+        self, config: PipelineConfig, registry: Registry, target: Target, placement: Placement
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.target = target
+        self.by_stage = placement.by_stage
+        self.notes = list(placement.notes)
+        self.steps: list[Strategy] = [s for stage in Stage for s in self.config.strategies(stage)]
+        """Every strategy in YAML order: the order of a stream's ``states``."""
+        block = [s for s in self.by_stage[Stage.PRE_VIT_BLOCK] if isinstance(s, BlockStrategy)]
+        n_layers = len(target.vit_layers())
+        probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
+        layers = target.vit_layers() if (block or probes) else []
+        self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block, probes)
+        self._index = {id(s): i for i, s in enumerate(self.steps)}
+        self._observed = self.registry.has_observers()
+        self._next_stream_id = 0
+
+    @property
+    def model(self) -> nn.Module:
+        return self.target.model
+
+    @property
+    def stream_config(self) -> StreamConfig:
+        return self.config.stream
+
+    def stream(self, **kwargs: Any) -> Stream:
+        """A new stream with its own strategy states and KV cache (see :class:`~tokencompress.session.Stream`)."""
+        from .session import Stream
+
+        self._next_stream_id += 1
+        return Stream(self, stream_id=self._next_stream_id, **kwargs)
+
+    def new_states(self) -> list[Any]:
+        return [s.new_state() for s in self.steps]
+
+    def block_states(self, states: Sequence[Any]) -> list[Any]:
+        """The entries of a stream's ``states`` that belong to the installed block strategies."""
+        return [states[self._index[id(s)]] for s in self.patch.strategies]
+
+    def planned_tokens(self, stage: Stage, frames: int) -> int | None:
+        """Tokens a chunk of ``frames`` video frames leaves ``stage`` with, if known from shapes alone."""
+        frames = self.target.token_frames(frames)
+        n = self.target.stage_info()[stage].tokens_per_frame * frames
+        for s in self.by_stage[stage]:
+            per = n // frames if frames else 0
+            nxt = s.planned_count(per, frames)
+            if nxt is None:
+                return None
+            n = nxt
+        return n
+
+    # ------------------------------------------------------------ the seam
+    def encode_chunk(
+        self,
+        states: Sequence[Any],
+        frames: Sequence[np.ndarray],
+        position: StreamPosition,
+        stream_id: int = 0,
+    ) -> EncodedChunk:
+        """Run the vision path of one chunk of ``frames`` (``[H, W, 3]`` uint8 each) with one
+        stream's strategy ``states``; returns the tokens for the LLM, the chunk and its timing."""
+        target = self.target
+        recorder = ChunkRecorder(target.device)
+        pixels = target.preprocess(list(frames))  # before any strategy state moves
+        recorder.preprocessed()
+        chunk = ChunkInfo(
+            index=position.chunk,
+            first_frame=position.frame,
+            num_frames=len(frames),
+            to_prefill_grid=target.prefill_grid_map(),
+            first_token_frame=position.token_frame,
+        )
+        for strategy, state in zip(self.steps, states, strict=True):
+            strategy.start_chunk(state, chunk)
+
+        def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
+            if stage == Stage.POST_VIT:  # the tower just finished
+                seconds = recorder.tower_finished()
+                self.observe(Stage.PRE_VIT_BLOCK, chunk, tokens.count, tokens.count, seconds, stream_id)
+            return self.run_stage(stage, tokens, states, chunk, recorder, stream_id)
+
+        with self.patch.chunk(self.block_states(states), chunk):
+            tokens = target.encode(pixels, chunk, runner)
+        return EncodedChunk(tokens, chunk, recorder.finish())
+
+    def run_stage(
+        self,
+        stage: Stage,
+        tokens: VisualTokens,
+        states: Sequence[Any],
+        chunk: ChunkInfo,
+        recorder: ChunkRecorder,
+        stream_id: int = 0,
+    ) -> VisualTokens:
+        """Apply ``stage``'s strategies in run order, recording counts and time."""
+        start = now(self.target.device)
+        n_in = tokens.count
+        for strategy in self.by_stage[stage]:
+            assert isinstance(strategy, TokenStrategy)
+            tokens = strategy.apply(tokens, states[self._index[id(strategy)]], chunk)
+        seconds = now(self.target.device) - start
+        recorder.stage(stage, n_in, tokens.count, seconds)
+        self.observe(stage, chunk, n_in, tokens.count, seconds, stream_id)
+        return tokens
+
+    def observe(
+        self, stage: Stage, chunk: ChunkInfo, n_in: int, n_out: int, seconds: float, stream_id: int
+    ) -> None:
+        """Tell observer plugins a stage finished (skipped entirely when none is installed)."""
+        if self._observed:
+            self.registry.notify(StageEvent(stream_id, chunk.index, stage, n_in, n_out, seconds))
