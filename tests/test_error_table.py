@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from tests.conftest import random_frames
+from tests.conftest import build_tiny_llava_ov, random_frames
+from tests.plugin_fakes import FakeEntryPoint, KeepFirst, patch_entry_points, plugin, strategy_named
 from tests.videos import corrupt_mp4
-from tokencompress import Pipeline, TokenCompressError, models
+from tokencompress import BlockStrategy, Pipeline, TokenCompressError, models
 from tokencompress.cli import main
+from tokencompress.errors import PluginFault
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -52,6 +55,13 @@ class Ctx:
     capsys: pytest.CaptureFixture[str]
     frames: np.ndarray
     checkpoint: Path
+    monkeypatch: pytest.MonkeyPatch
+    _tiny: list[Any]
+
+    def tiny_model(self) -> Any:
+        if not self._tiny:
+            self._tiny.append(build_tiny_llava_ov())
+        return self._tiny[0]
 
     def tiny_run(self, *extra: str) -> tuple[int, str, str]:
         """``run`` on the tiny checkpoint (16 tokens a frame) with an STC pipeline that fits it."""
@@ -73,8 +83,8 @@ class Ctx:
         out, err = self.capsys.readouterr()
         assert "Traceback" not in err, err
         lines = [ln for ln in err.splitlines() if ln.startswith(("error: ", "interrupted: "))]
-        assert len(lines) == 1, err
-        return code, out, lines[0].removeprefix("error: ")
+        assert len(lines) == (code != 0), err
+        return code, out, lines[0].removeprefix("error: ") if lines else ""
 
     def validate(self, text: str) -> tuple[int, str]:
         return self.cli("validate", self.write(text), "--no-model")
@@ -348,7 +358,174 @@ def _(c: Ctx):
     return result
 
 
+# --------------------------------------------------------------- plugin faults
+class Boom(KeepFirst):
+    name = "boom"
+
+    def score(self, tokens, state, chunk):
+        raise ValueError("kaboom")
+
+
+class WrongType(KeepFirst):
+    name = "wrong_type"
+
+    def apply(self, tokens, state, chunk):
+        return [tokens]
+
+
+class WrongCount(KeepFirst):
+    name = "wrong_count"
+    changes_count = False
+
+    def apply(self, tokens, state, chunk):
+        return tokens.take(torch.arange(tokens.count // 2))
+
+
+class NanScores(KeepFirst):
+    name = "nan_scores"
+
+    def score(self, tokens, state, chunk):
+        return torch.full((tokens.count,), float("nan"))
+
+
+class BlockBoom(BlockStrategy):
+    name = "block_boom"
+
+    def block_forward(self, call, hidden, run_next):
+        if call.layer_index == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return run_next(hidden)
+
+
+class BlockShape(BlockStrategy):
+    name = "block_shape"
+
+    def block_forward(self, call, hidden, run_next):
+        return run_next(hidden)[:, :-1]
+
+
+FAULTY = plugin("pkg-faulty", [Boom, WrongType, WrongCount, NanScores, BlockBoom, BlockShape])
+
+
+def _faulty_stream(c: Ctx, stage: str, name: str) -> tuple[None, str]:
+    from tokencompress import Registry
+
+    reg = Registry(plugins=[FAULTY])
+    pipe = Pipeline.from_dict({"stages": {stage: [{"strategy": name}]}}, reg)
+    model = c.tiny_model()
+    with pipe.apply(model) as bound:
+        s = bound.stream()
+        with pytest.raises(PluginFault) as exc:
+            s.add_frames(c.frames[:1])
+    assert exc.value.__cause__ is not None or "returned" in str(exc.value)
+    return None, str(exc.value)
+
+
+@case("plugin-raises-in-run")
+def _(c: Ctx):
+    patch_entry_points(c.monkeypatch, FakeEntryPoint("faulty", "pkg-faulty", lambda: FAULTY))
+    pipe = c.write("stages:\n  pre_prefill:\n    - {strategy: boom}\n", "boom.yaml")
+    report = c.tmp / "run.json"
+    code, out, line = c.cli_out(
+        "run", pipe, "--model", str(c.checkpoint), "--json", str(report), "--no-progress"
+    )
+    assert json.loads(report.read_text())["status"] == "failed"
+    code_debug = main(["run", pipe, "--model", str(c.checkpoint), "--no-progress", "--debug"])
+    err = c.capsys.readouterr().err
+    assert (
+        code_debug == 1 and "Traceback" in err and "ValueError: kaboom" in err
+    )  # the original, under --debug
+    return code, line
+
+
+@case("plugin-raises")
+def _(c: Ctx):
+    return _faulty_stream(c, "pre_prefill", "boom")
+
+
+@case("plugin-wrong-type")
+def _(c: Ctx):
+    return _faulty_stream(c, "pre_prefill", "wrong_type")
+
+
+@case("plugin-wrong-count")
+def _(c: Ctx):
+    return _faulty_stream(c, "pre_prefill", "wrong_count")
+
+
+@case("plugin-nan-scores")
+def _(c: Ctx):
+    return _faulty_stream(c, "pre_prefill", "nan_scores")
+
+
+@case("plugin-block-raises")
+def _(c: Ctx):
+    return _faulty_stream(c, "pre_vit_block", "block_boom")
+
+
+@case("plugin-block-shape")
+def _(c: Ctx):
+    return _faulty_stream(c, "pre_vit_block", "block_shape")
+
+
+@case("plugin-observer-raises")
+def _(c: Ctx):
+    from tokencompress import Registry
+
+    calls: list[int] = []
+
+    def tokencompress_stage_finished(event):
+        calls.append(event.chunk_index)
+        raise KeyError("metrics backend down")
+
+    reg = Registry(plugins=[plugin("pkg-metrics", tokencompress_stage_finished=tokencompress_stage_finished)])
+    pipe = Pipeline.from_dict(
+        {"stages": {"pre_prefill": [{"strategy": "stc_pruner", "tokens_per_frame": 4}]}}, reg
+    )
+    with pipe.apply(c.tiny_model()) as bound, pytest.warns(RuntimeWarning) as caught:
+        stats = bound.stream().add_frames(c.frames[:3])
+    assert len(stats) == 3 and calls == [0]  # the stream went on; the observer ran once, then never again
+    (warning,) = [w for w in caught if "observer" in str(w.message)]
+    assert reg.observer_faults == [str(warning.message)]
+    return None, str(warning.message)
+
+
+@case("plugin-duplicate-name")
+def _(c: Ctx):
+    dup = [plugin(p, [strategy_named("dup")]) for p in ("pkg-alpha", "pkg-beta")]
+    patch_entry_points(
+        c.monkeypatch,
+        *(
+            FakeEntryPoint(p.__tokencompress_package__, p.__tokencompress_package__, lambda p=p: p)
+            for p in dup
+        ),
+    )
+    assert main(["plugins"]) == 0  # the listing works and shows the conflict
+    listing = json.loads(c.capsys.readouterr().out)
+    assert [row["name"] for row in listing["conflicts"]] == ["dup"]
+    assert c.validate(STEP.replace("stc_pruner, %s", "stc_pruner"))[0] == 0  # other pipelines still run
+    return c.validate("stages:\n  pre_prefill:\n    - {strategy: dup}\n")
+
+
+@case("plugin-exits-at-import")
+def _(c: Ctx):
+    def exits() -> Any:
+        raise SystemExit(3)
+
+    patch_entry_points(c.monkeypatch, FakeEntryPoint("quitter", "pkg-quitter", exits))
+    assert main(["plugins"]) == 0
+    out, err = c.capsys.readouterr()
+    assert json.loads(out)["failed"][0]["error"] == "import failed: SystemExit: 3"
+    assert err.splitlines() == [
+        "warning: tokencompress plugin pkg-quitter:quitter was skipped: import failed: SystemExit: 3"
+    ]
+    return c.validate("stages:\n  pre_prefill:\n    - {strategy: quitter_pruner}\n")
+
+
 # ------------------------------------------------------------------ the table
+TINY: list[Any] = []  # the tiny model, built on first use and shared by this module's cases
+
+
 @pytest.fixture(scope="module")
 def builtin_model() -> models.LoadedModel:
     return models.build_default_model()
@@ -363,7 +540,7 @@ def ctx(
     tiny_checkpoint: Path,
 ) -> Ctx:
     monkeypatch.setattr(models, "build_default_model", lambda *a, **k: builtin_model)
-    return Ctx(tmp_path, capsys, random_frames(4), tiny_checkpoint)
+    return Ctx(tmp_path, capsys, random_frames(4), tiny_checkpoint, monkeypatch, TINY)
 
 
 def test_every_case_has_a_row_and_every_row_a_case() -> None:

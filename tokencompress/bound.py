@@ -16,6 +16,7 @@ from torch import nn
 
 from .block_patch import BlockPatch
 from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
+from .faults import Attribution, check_tokens, guarded
 from .hooks.events import StageEvent
 from .pipeline_config import PipelineConfig
 from .placement import Placement
@@ -49,7 +50,10 @@ class BoundPipeline:
         n_layers = len(target.vit_layers())
         probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
         layers = target.vit_layers() if (block or probes) else []
-        self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block, probes)
+        self.attribution = Attribution(registry)
+        self.patch = BlockPatch(
+            layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution
+        )
         self._index = {id(s): i for i, s in enumerate(self.steps)}
         self._observed = self.registry.has_observers()
         self._next_stream_id = 0
@@ -109,8 +113,17 @@ class BoundPipeline:
             to_prefill_grid=target.prefill_grid_map(),
             first_token_frame=position.token_frame,
         )
+        at = f"chunk {chunk.index}"
         for strategy, state in zip(self.steps, states, strict=True):
-            strategy.start_chunk(state, chunk)
+            guarded(
+                self.attribution,
+                "strategy",
+                strategy,
+                f"start_chunk, {at}",
+                strategy.start_chunk,
+                state,
+                chunk,
+            )
 
         def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
             if stage == Stage.POST_VIT:  # the tower just finished
@@ -119,7 +132,16 @@ class BoundPipeline:
             return self.run_stage(stage, tokens, states, chunk, recorder, stream_id)
 
         with self.patch.chunk(self.block_states(states), chunk):
-            tokens = target.encode(pixels, chunk, runner)
+            tokens = guarded(
+                self.attribution,
+                "target",
+                target,
+                f"encode, {at}",
+                target.encode,
+                pixels,
+                chunk,
+                runner,
+            )
         return EncodedChunk(tokens, chunk, recorder.finish())
 
     def run_stage(
@@ -134,9 +156,22 @@ class BoundPipeline:
         """Apply ``stage``'s strategies in run order, recording counts and time."""
         start = now(self.target.device)
         n_in = tokens.count
+        where = f"{stage.value}, chunk {chunk.index}"
         for strategy in self.by_stage[stage]:
             assert isinstance(strategy, TokenStrategy)
-            tokens = strategy.apply(tokens, states[self._index[id(strategy)]], chunk)
+            state = states[self._index[id(strategy)]]
+            before = tokens
+            out = guarded(
+                self.attribution,
+                "strategy",
+                strategy,
+                where,
+                strategy.apply,
+                before,
+                state,
+                chunk,
+            )
+            tokens = check_tokens(self.attribution, strategy, where, before, out)
         seconds = now(self.target.device) - start
         recorder.stage(stage, n_in, tokens.count, seconds)
         self.observe(stage, chunk, n_in, tokens.count, seconds, stream_id)

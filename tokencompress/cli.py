@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line  # plugin warnings as one line each, like errors
+        return _dispatch(args)
+
+
+def _warning_line(message: Any, category: type, *rest: Any, **kw: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         check_args(args)
         return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[

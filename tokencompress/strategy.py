@@ -143,10 +143,17 @@ def select_per_frame(scores: Tensor, frame: Tensor, budgets: Tensor, first_frame
     """Global row indices of the ``budgets[f]`` highest-scoring rows of every frame, ascending.
 
     Ties go to the lower index (stable sort), so results never depend on top-k's tie order.
+    NaN or infinite scores are refused (ValueError; the pipeline names the strategy).
     Rows must be frame-major, as in :class:`VisualTokens`.
     """
     if scores.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):  # NaN would sort as largest and silently keep arbitrary rows
+        nan = int(torch.isnan(scores).sum())
+        raise ValueError(
+            f"scores must be finite, got {nan} NaN and {int((~finite).sum()) - nan} infinite of {scores.numel()}"
+        )
     counts = torch.bincount(frame - first_frame, minlength=budgets.numel())
     starts = torch.cumsum(counts, 0) - counts
     uniform = bool((counts == counts[0]).all()) and bool((budgets == budgets[0]).all())
