@@ -522,6 +522,36 @@ def _(c: Ctx):
     return c.validate("stages:\n  pre_prefill:\n    - {strategy: quitter_pruner}\n")
 
 
+# ------------------------------------------------------------------- frames
+def _add_frames(c: Ctx, bad: Any) -> tuple[None, str]:
+    with _pipeline_api({}).apply(c.tiny_model()) as bound:
+        s = bound.stream()
+        result = c.api(lambda: s.add_frames(bad))
+        assert s._pending == [] and s.chunks_done == 0  # refused before it was queued
+        assert len(s.add_frames(c.frames[:1])) == 1  # and the stream still works
+    return result
+
+
+@case("frame-zero-height")
+def _(c: Ctx):
+    return _add_frames(c, np.zeros((1, 0, 40, 3), np.uint8))
+
+
+@case("frame-float-0-1")
+def _(c: Ctx):
+    return _add_frames(c, c.frames[:1] / 255.0)
+
+
+@case("frame-float-0-255")
+def _(c: Ctx):
+    return _add_frames(c, c.frames[:1].astype(np.float32))
+
+
+@case("frame-channels")
+def _(c: Ctx):
+    return _add_frames(c, [c.frames[0], c.frames[1][..., :2]])
+
+
 # ------------------------------------------------------------------ the table
 TINY: list[Any] = []  # the tiny model, built on first use and shared by this module's cases
 
