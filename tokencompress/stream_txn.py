@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .session import Stream
+from typing import Any
 
 __all__ = ["StreamSnapshot", "crop_cache"]
 
@@ -43,7 +40,7 @@ class StreamSnapshot:
     history: int
 
     @classmethod
-    def take(cls, stream: Stream) -> StreamSnapshot:
+    def take(cls, stream: Any) -> StreamSnapshot:
         llm = stream.llm
         fields = {k: copy.deepcopy(v) for k, v in vars(llm).items() if k != "cache"}
         return cls(
@@ -54,7 +51,7 @@ class StreamSnapshot:
             history=len(stream.history),
         )
 
-    def restore(self, stream: Stream) -> None:
+    def restore(self, stream: Any) -> None:
         stream.states = self.states
         crop_cache(stream.llm.cache, self.cache_length)
         for k, v in self.llm_fields.items():
