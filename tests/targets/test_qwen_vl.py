@@ -489,7 +489,7 @@ def test_livecc_pipeline_runs_through_cli(target_cls, tmp_path, capsys):
 
     tiny(target_cls).save_pretrained(tmp_path)
     byte_tokenizer("qwen2_vl").save_pretrained(tmp_path)
-    path = Path(__file__).parent.parent / "pipelines" / "livecc_stc.yaml"
+    path = Path(__file__).parents[2] / "pipelines" / "livecc_stc.yaml"
     args = ["run", str(path), "--model", str(tmp_path), "--max-frames", "4", "--ask", "what?"]
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
