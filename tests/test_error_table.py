@@ -358,6 +358,21 @@ def _(c: Ctx):
     return result
 
 
+@case("bench-fails")
+def _(c: Ctx):
+    from tokencompress import bench
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "run_benchmark", fails)
+        result = c.cli("bench", STC, "--out", str(c.tmp), "--frames", "1", "--no-progress")
+    saved = json.loads((c.tmp / "stc.json").read_text())
+    assert saved["status"] == "failed" and saved["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    return result
+
+
 # --------------------------------------------------------------- plugin faults
 class Boom(KeepFirst):
     name = "boom"
