@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 import torch
 
-from tokencompress import ChunkInfo, ScoringPruner, Stage, StrategyParams, VisualTokens, hookimpl
+from tokencompress import (
+    ChunkInfo,
+    PerFrameParams,
+    ScoringPruner,
+    Stage,
+    VisualTokens,
+    hookimpl,
+)
 from tokencompress import registry as registry_module
 
 
@@ -32,7 +39,7 @@ needs_uniform = pytest.mark.skipif(
 )
 
 
-class KeepFirstParams(StrategyParams):
+class KeepFirstParams(PerFrameParams):
     tokens_per_frame: int = 4
 
 

@@ -69,7 +69,7 @@ def test_plugins_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert all({"name", "package", "version"} <= set(s) for s in listing["strategies"] + listing["targets"])
     rows = {s["name"]: s for s in listing["strategies"]}
     assert rows["stc_pruner"]["stateful"] is True and rows["stc_pruner"]["stage"] == "pre_prefill"
-    assert rows["tome"]["needs"] == ["block_adapter", "position_free_attention"]
+    assert rows["tome"]["needs"] == ["block_adapter", "subset_attention"]
 
 
 def test_schema_prints_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,9 +12,9 @@ from tokencompress.plugin_files import load_plugin_file
 STRIDE = textwrap.dedent(
     """
     import torch
-    from tokencompress import ScoringPruner, Stage, StrategyParams, hookimpl
+    from tokencompress import PerFrameParams, ScoringPruner, Stage, hookimpl
 
-    class StrideParams(StrategyParams):
+    class StrideParams(PerFrameParams):
         tokens_per_frame: int = 4
 
     class Stride(ScoringPruner):

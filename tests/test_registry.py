@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata as md
 
 import pytest
+import torch
 
 from tests.plugin_fakes import (
     FakeEntryPoint,
@@ -256,3 +257,22 @@ def test_strategy_whose_class_contradicts_its_stage_is_reported():
 def test_disable_accepts_normalised_package_names():
     reg = Registry(disable="tokencompress_uniform")
     assert "uniform_grid" not in reg.strategies
+
+
+def test_a_count_changing_strategy_must_declare_its_count() -> None:
+    """No silent None: a token strategy that changes the count says how many it keeps, or that it is dynamic."""
+
+    class Silent(TokenStrategy):
+        name = "silent_count"
+        stage = Stage.PRE_PREFILL
+
+        def apply(self, tokens, state, chunk):
+            return tokens.take(torch.arange(min(3, tokens.count)))
+
+    declared = type("Declared", (Silent,), {"name": "dynamic_count_ok", "dynamic_count": True})
+    reg = Registry(plugins=[plugin("pkg-silent", [Silent]), plugin("pkg-declared", [declared])])
+    assert [f.package for f in reg.failures] == ["pkg-silent"]
+    assert "planned_count" in reg.failures[0].error and "dynamic_count = True" in reg.failures[0].error
+    assert "dynamic_count_ok" in reg.strategies and declared().planned_count(16, 2) is None
+    with pytest.raises(TypeError, match="does not say how many tokens it keeps"):
+        Silent().planned_count(16, 2)

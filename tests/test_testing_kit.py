@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.plugin_fakes import KeepFirst, plugin
-from tokencompress import BlockStrategy, Registry, Stage, StageInfo
+from tokencompress import BlockStrategy, Need, Registry, Stage, StageInfo
 from tokencompress.strategies.stc_cacher import StcCacher
 from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
 from tokencompress.testing import check_block_strategy, check_pair, check_target, moving_frames
@@ -101,6 +101,15 @@ def test_matrix_cell_catches_a_broken_count(tiny_llava_ov):
         check_pair(reg, "keeps_too_many", "llava_onevision", model=tiny_llava_ov, frames=moving_frames(2))
 
 
+class NeedsCls(KeepFirst):
+    """A pruner that needs a class token, which no Qwen tower has."""
+
+    name = "needs_cls"
+    needs = frozenset({Need.CLS_TOKEN})
+
+
 def test_matrix_cell_reports_a_refusal_naming_both_sides(tiny_llava_ov):
-    result = check_pair(Registry(), "tome", "qwen2_vl")
-    assert result.refusal is not None and "tome" in result.refusal and "qwen2_vl" in result.refusal
+    reg = Registry(plugins=[plugin("pkg-cls", [NeedsCls])])
+    result = check_pair(reg, "needs_cls", "qwen2_vl")
+    assert result.refusal is not None and "needs_cls" in result.refusal and "qwen2_vl" in result.refusal
+    assert "cls_token" in result.refusal

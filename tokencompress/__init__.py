@@ -19,8 +19,9 @@ from .models import LoadedModel, load_model
 from .pipeline import BoundPipeline, Pipeline
 from .pipeline_config import PipelineConfig
 from .registry import Registry
+from .scoring_pruner import PerFrameParams, Plan, ScoringPruner
 from .session import Answer, ChunkStats, Stream
-from .strategy import BlockStrategy, ScoringPruner, Strategy, StrategyParams, TokenStrategy
+from .strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
 from .target import LLMState, Target, TargetOptions
 from .tokens import VisualTokens
 from .types import BlockCall, ChunkInfo, Need, Stage, StageInfo, StreamConfig
@@ -41,8 +42,10 @@ __all__ = [
     "LLMState",
     "LoadedModel",
     "Need",
+    "PerFrameParams",
     "Pipeline",
     "PipelineConfig",
+    "Plan",
     "PluginError",
     "Registry",
     "ScoringPruner",

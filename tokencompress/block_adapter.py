@@ -40,6 +40,32 @@ class BlockAdapter(ABC):
         """Inverse of :meth:`to_frames`."""
         return x
 
+    def at(self, positions: Tensor) -> BlockAdapter:
+        """The adapter for a call whose ``n`` tokens per frame stand at original ``positions``.
+
+        ``positions`` ``[F, n]`` long (indices into the bound call's ``T`` tokens, distinct within a
+        frame): token ``i`` of every ``[F, n, ·]`` tensor given to the returned adapter is placed at
+        ``positions[f, i]`` (its rotary angles, its window), and ``q_index`` then indexes those
+        ``n`` tokens. Position-free attention needs no placement: the default is ``self``.
+        """
+        return self
+
+    def positioned(self, q: Tensor, k: Tensor, q_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Queries ``[F, n, C]`` and keys ``[F, T, C]`` as heads ``[F, H, n, d]``, ``[F, H, T, d]``,
+        positioned as the layer's logits use them (rotary encoders rotate them by position;
+        ``q_index`` as in :meth:`attention`). Logits are ``scale · q·kᵀ + logit_mask``."""
+        f, n, _ = q.shape
+        t = k.shape[1]
+        return (
+            q.view(f, n, self.num_heads, self.head_dim).transpose(1, 2),
+            k.view(f, t, self.num_heads, self.head_dim).transpose(1, 2),
+        )
+
+    def logit_mask(self, q_index: Tensor | None = None) -> Tensor | None:
+        """Additive float32 ``[F or 1, n, T]`` mask (0 or ``-inf``) of the keys each query sees in
+        this call (windowed attention); None when every query sees every key."""
+        return None
+
     @abstractmethod
     def ln1(self, x: Tensor) -> Tensor: ...
 

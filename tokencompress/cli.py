@@ -16,6 +16,7 @@ from typing import Any
 
 from .cli_args import check_args
 from .errors import TokenCompressError
+from .stages import Stage
 
 __all__ = ["main"]
 
@@ -242,7 +243,9 @@ def _table(chunks: list[Any]) -> str:
 
 def _summary(chunks: list[Any], stream: Any) -> dict[str, Any]:
     frames = sum(c.frames for c in chunks)
-    pooled = sum(c.pre_prefill[0] for c in chunks)
+    # the stock model's count: a post_vit selection may replace the pooling (llava_next_video)
+    per_frame = stream.target.stage_info()[Stage.PRE_PREFILL].tokens_per_frame
+    pooled = sum(per_frame * stream.target.token_frames(c.frames) for c in chunks)
     kept = sum(c.pre_prefill[1] for c in chunks)
     return {
         "chunks": len(chunks),

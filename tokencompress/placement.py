@@ -14,7 +14,7 @@ from .errors import CompatibilityError
 from .pipeline_config import PipelineConfig
 from .strategy import Strategy
 from .target import Target
-from .types import Stage
+from .types import Stage, provided_needs
 
 __all__ = ["Placement", "place_strategies"]
 
@@ -56,7 +56,7 @@ def _check_step(where: str, strategy: Strategy, stage: Stage, target: Target, la
         raise CompatibilityError(
             f"{where}: strategy '{strategy.name}' runs at {stage.value}, which target '{target.name}' does not expose"
         )
-    missing = strategy.needs - target.provides[stage]
+    missing = strategy.needs - provided_needs(target.provides[stage])
     if missing:
         raise CompatibilityError(
             f"{where}: strategy '{strategy.name}' needs {', '.join(sorted(m.value for m in missing))} at "

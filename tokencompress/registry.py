@@ -61,7 +61,7 @@ def close_matches(word: str, options: Iterable[str]) -> str:
 def _check_stage_kind(cls: type) -> None:
     """A strategy's base class decides how it is called; its declared stage must agree."""
     from .stages import Stage
-    from .strategy import BlockStrategy, TokenStrategy
+    from .strategy import BlockStrategy, Strategy, TokenStrategy, count_undeclared
 
     stage = getattr(cls, "stage", None)
     if not isinstance(stage, Stage):
@@ -71,6 +71,8 @@ def _check_stage_kind(cls: type) -> None:
         raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")
     if stage != Stage.PRE_VIT_BLOCK and not issubclass(cls, TokenStrategy):
         raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass TokenStrategy")
+    if cls.changes_count and not cls.dynamic_count and cls.planned_count is Strategy.planned_count:
+        raise TypeError(count_undeclared(cls))
 
 
 def _canonical(name: str) -> str:

@@ -86,6 +86,7 @@ class Stream:
         """Forget the video: new strategy states, empty KV cache, counters at zero."""
         self.states = self.bound.new_states()
         self.llm = self.target.new_llm_state()
+        self.llm.tokenizer = self.tokenizer
         self.frames_seen = 0
         self.token_frames_seen = 0
         self.chunks_done = 0

@@ -2,9 +2,9 @@
 
 The split mirrors how methods differ: a block strategy (``pre_vit_block``) wraps one encoder
 layer's computation; a token strategy (``post_vit``/``pre_prefill``) maps a :class:`VisualTokens`
-to a smaller one; a :class:`ScoringPruner` only scores tokens, while the base owns budgets,
-deterministic top-k and the aligned gather. Parameters are pydantic models with
-``extra="forbid"`` so a misspelt YAML key is an error, not a silent default.
+to a smaller one; per-frame pruners build on ``scoring_pruner.ScoringPruner`` (plan, then commit).
+Parameters are pydantic models with ``extra="forbid"`` so a misspelt YAML key is an error, not a
+silent default.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from .errors import BudgetError
 from .tokens import VisualTokens
 from .types import BlockCall, ChunkInfo, LayerProbe, Need, Stage, StageInfo
 
@@ -30,8 +28,6 @@ __all__ = [
     "Strategy",
     "BlockStrategy",
     "TokenStrategy",
-    "ScoringPruner",
-    "select_per_frame",
 ]
 
 
@@ -39,6 +35,13 @@ class StrategyParams(BaseModel):
     """Base of every strategy's parameters: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def count_undeclared(cls: type) -> str:
+    return (
+        f"{cls.__qualname__} changes the token count but does not say how many tokens it keeps: "
+        "override planned_count(tokens_per_frame, frames), or set dynamic_count = True if it depends on the data"
+    )
 
 
 class Strategy(ABC):
@@ -57,6 +60,10 @@ class Strategy(ABC):
     needs: ClassVar[frozenset[Need]] = frozenset()
     changes_count: ClassVar[bool] = True
     """False when the stage's token count is unchanged (shape-preserving)."""
+    dynamic_count: ClassVar[bool] = False
+    """True when the output count depends on the data. A strategy that changes the count must
+    either say so here or override :meth:`planned_count`: a serving engine sizes buffers from it,
+    so a silent "unknown" is refused at registration."""
     stateful: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -74,8 +81,16 @@ class Strategy(ABC):
         return f"{type(self).__name__}({fields})"
 
     def planned_count(self, tokens_per_frame: int, frames: int) -> int | None:
-        """Output tokens for an input of ``frames`` x ``tokens_per_frame``; None if data-dependent."""
-        return None if self.changes_count else tokens_per_frame * frames
+        """Output tokens for an input of ``frames`` x ``tokens_per_frame``; None if data-dependent.
+
+        The default covers shape-preserving strategies (the input count) and ones that declare
+        ``dynamic_count`` (None); every other count-changing strategy overrides it.
+        """
+        if not self.changes_count:
+            return tokens_per_frame * frames
+        if self.dynamic_count:
+            return None
+        raise TypeError(count_undeclared(type(self)))
 
     def check(self, info: StageInfo) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters the target's token layout cannot satisfy."""
@@ -137,73 +152,3 @@ class TokenStrategy(Strategy):
     @abstractmethod
     def apply(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> VisualTokens:
         """Return the reduced tokens, built with ``tokens.take``/``tokens.merge``."""
-
-
-def select_per_frame(scores: Tensor, frame: Tensor, budgets: Tensor, first_frame: int = 0) -> Tensor:
-    """Global row indices of the ``budgets[f]`` highest-scoring rows of every frame, ascending.
-
-    Ties go to the lower index (stable sort), so results never depend on top-k's tie order.
-    NaN or infinite scores are refused (ValueError; the pipeline names the strategy).
-    Rows must be frame-major, as in :class:`VisualTokens`.
-    """
-    if scores.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=scores.device)
-    finite = torch.isfinite(scores)
-    if not bool(finite.all()):  # NaN would sort as largest and silently keep arbitrary rows
-        nan = int(torch.isnan(scores).sum())
-        raise ValueError(
-            f"scores must be finite, got {nan} NaN and {int((~finite).sum()) - nan} infinite of {scores.numel()}"
-        )
-    counts = torch.bincount(frame - first_frame, minlength=budgets.numel())
-    starts = torch.cumsum(counts, 0) - counts
-    uniform = bool((counts == counts[0]).all()) and bool((budgets == budgets[0]).all())
-    if uniform and counts.numel():
-        per = int(counts[0])
-        k = int(budgets[0])
-        order = torch.sort(scores.view(-1, per), dim=1, descending=True, stable=True).indices[:, :k]
-        local = torch.sort(order, dim=1).values
-        return (local + starts[:, None]).reshape(-1)
-    picked = []
-    for f in range(budgets.numel()):
-        s = scores[int(starts[f]) : int(starts[f] + counts[f])]
-        order = torch.sort(s, descending=True, stable=True).indices[: int(budgets[f])]
-        picked.append(torch.sort(order).values + starts[f])
-    return torch.cat(picked) if picked else scores.new_zeros(0, dtype=torch.long)
-
-
-class ScoringPruner(TokenStrategy):
-    """Template for per-frame pruners: subclasses only implement :meth:`score`.
-
-    The base owns the budget (``params.tokens_per_frame`` unless :meth:`frame_budgets` is
-    overridden), its validation against the target, the deterministic per-frame top-k and the
-    gather of every aligned field.
-    """
-
-    def budget(self) -> int:
-        return int(self.params.tokens_per_frame)  # type: ignore[attr-defined]
-
-    def planned_count(self, tokens_per_frame: int, frames: int) -> int | None:
-        return min(self.budget(), tokens_per_frame) * frames
-
-    def check(self, info: StageInfo) -> None:
-        k = self.budget()
-        if k > info.tokens_per_frame:
-            raise BudgetError(
-                f"{self.name}.tokens_per_frame = {k} is larger than the {info.tokens_per_frame} tokens a frame "
-                f"has at {info.stage.value} on this model; use at most {info.tokens_per_frame}"
-            )
-
-    def frame_budgets(self, tokens: VisualTokens, state: Any) -> Tensor:
-        """``[F]`` tokens to keep per frame."""
-        counts = tokens.counts()
-        return torch.clamp(counts, max=self.budget())
-
-    @abstractmethod
-    def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Tensor:
-        """``[N]`` importance per row: higher is kept first."""
-
-    def apply(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> VisualTokens:
-        scores = self.score(tokens, state, chunk)
-        budgets = self.frame_budgets(tokens, state)
-        index = select_per_frame(scores, tokens.frame, budgets, tokens.first_frame)
-        return tokens.take(index)

@@ -10,6 +10,7 @@ methods.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ StageRunner = Callable[[Stage, VisualTokens], VisualTokens]
 """Applies the pipeline's strategies of one stage; the target calls it at the right place."""
 
 
+def cache_argument(module: nn.Module) -> str:
+    """The name a decoder's forward gives its KV cache: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (an unknown keyword would be swallowed and the cache ignored)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 class TargetOptions(BaseModel):
     """Base of target options given as ``target_options`` in the pipeline YAML."""
 
@@ -48,6 +55,8 @@ class LLMState:
     cache: DynamicCache
     next_position: int = 0
     visual_tokens: int = 0
+    tokenizer: Any = None
+    """The stream's tokenizer, for targets that put text inside a visual chunk (Qwen3-VL timestamps)."""
 
     @property
     def length(self) -> int:
@@ -173,11 +182,12 @@ class Target(ABC):
         ``logits=False`` skips the vocabulary projection, which on a 150k-token vocabulary costs
         as much as prefilling dozens of tokens and is never read after a visual chunk.
         """
-        out = self.language_model(
+        lm = self.language_model
+        out = lm(
             inputs_embeds=embeds[None].to(self.dtype),
             position_ids=positions,
-            cache=state.cache,
             use_cache=True,
+            **{cache_argument(lm): state.cache},
         )
         return self.model.lm_head(out.last_hidden_state[0, -1]).float() if logits else None
 

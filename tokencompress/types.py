@@ -19,7 +19,17 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .block_adapter import BlockAdapter
 
-__all__ = ["Stage", "StageInfo", "Need", "ChunkInfo", "LayerProbe", "BlockCall", "StreamConfig", "ChatFormat"]
+__all__ = [
+    "Stage",
+    "StageInfo",
+    "Need",
+    "provided_needs",
+    "ChunkInfo",
+    "LayerProbe",
+    "BlockCall",
+    "StreamConfig",
+    "ChatFormat",
+]
 
 
 class Stage(str, Enum):
@@ -64,10 +74,22 @@ class Need(str, Enum):
     """A class token in the encoder output."""
     POSITION_FREE_ATTENTION = "position_free_attention"
     """Encoder attention that depends on token content only (no rotary), so merged tokens can
-    attend without a position of their own (ToMe)."""
+    attend without a position of their own. Implies :attr:`SUBSET_ATTENTION`."""
+    SUBSET_ATTENTION = "subset_attention"
+    """The block adapter runs attention among any subset of a frame's tokens, each standing at a
+    chosen original position (``BlockAdapter.at``: rotary angles and window of that position), so
+    merged tokens can attend (ToMe). Position-free attention has it for free."""
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value
+
+
+_IMPLIED_NEEDS = {Need.POSITION_FREE_ATTENTION: frozenset({Need.SUBSET_ATTENTION})}
+
+
+def provided_needs(provides: frozenset[Need]) -> frozenset[Need]:
+    """``provides`` plus what it implies (position-free attention runs any token subset)."""
+    return provides.union(*(_IMPLIED_NEEDS.get(n, frozenset()) for n in provides))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ merging properties, output modes against the pipeline's checks, and parameter va
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 
 import pytest
@@ -10,11 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from safetensors.torch import save_file
 from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tests.conftest import random_frames
-from tests.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
+from tests.fixture_cases import Case, Checker, collect, need, params, parse_tolerance, run_case
 from tokencompress.block_patch import BlockPatch
 from tokencompress.errors import CompatibilityError
 from tokencompress.pipeline import Pipeline
@@ -29,6 +32,7 @@ from tokencompress.strategies.tome_merge import (
     merge_source,
     merge_wavg,
     parse_r,
+    source_from_owner,
     unmerge_to_grid,
 )
 from tokencompress.strategy import ChunkInfo
@@ -183,6 +187,15 @@ def _run_tower(model: SiglipVisionModel, tome: ToMe, pixels: Tensor, state: ToMe
     return out, state
 
 
+def _final_sizes_and_owners(state: ToMeState, embedded: Tensor) -> tuple[Tensor, Tensor]:
+    """``state``'s sizes ``[F, K, 1]`` and owners ``[F, N0]``; ones and the identity where nothing merged
+    (``ToMeState`` keeps None then), which is what the README's final sizes and source are."""
+    f, n0 = embedded.shape[:2]
+    size = state.size if state.size is not None else torch.ones(f, n0, 1)
+    owner = state.owner if state.owner is not None else torch.arange(n0).expand(f, n0)
+    return size, owner
+
+
 @torch.no_grad()
 def check_siglip_e2e(case: Case) -> dict[str, float]:
     t = case.tensors()
@@ -204,25 +217,33 @@ def check_siglip_e2e(case: Case) -> dict[str, float]:
     assert [h.shape[1] for h in compact.hidden_states] == case.meta["tokens_per_stage"]
     check.close("out_pre_post_layernorm", compact.hidden_states[-1])
     check.close("out_last_hidden_state", compact.last_hidden_state)
-    check.exact("out_size", state.size)
-    check.exact("out_source", state.source)
-    check.exact("out_owner_index", state.owner)
-    assert [rec.layer for rec in state.trace] == [i for i in range(n_layers) if f"trace_layer{i}_metric" in t]
-    for rec in state.trace:
-        pre = f"trace_layer{rec.layer}_"
-        check.close(pre + "metric", rec.metric)
-        check.close(pre + "x_after_merge", rec.x_after_merge)
-        check.exact(pre + "size", rec.size)
-        check.exact(pre + "source", rec.source)
-        check.close(pre + "out", rec.out)
+    size, owner = _final_sizes_and_owners(state, compact.hidden_states[0])
+    check.exact("out_size", size)
+    check.exact("out_source", source_from_owner(owner, size.shape[1]))
+    check.exact("out_owner_index", owner)
+    # The README names five per-layer trace tensors and promises nothing about which layers have them:
+    # a case may trace any layer, one whose r is 0 included. Check exactly the ones it stores.
+    records = {rec.layer: rec for rec in state.trace}
+    assert sorted(records) == list(range(n_layers)), f"{case.name}: the trace misses layers"
+    traced = sorted({int(m.group(1)) for key in expected if (m := re.fullmatch(r"trace_layer(\d+)_.+", key))})
+    for layer in traced:
+        assert layer in records, f"{case.name}: trace of layer {layer}, but the tower has {n_layers} layers"
+        rec, pre = records[layer], f"trace_layer{layer}_"
+        for what, got in (("metric", rec.metric), ("x_after_merge", rec.x_after_merge), ("out", rec.out)):
+            if pre + what in expected:
+                check.close(pre + what, got)
+        for what, got in (("size", rec.size), ("source", rec.source)):
+            if pre + what in expected:
+                check.exact(pre + what, got)
 
     # unmerge (default): every layer returns the grid; the tower output is the un-merged grid
     grid, grid_state = _run_tower(model, ToMe(r=r), pixels)
     assert all(h.shape == compact.hidden_states[0].shape for h in grid.hidden_states)
     check.close("out_unmerged_grid_pre_post_layernorm", grid.hidden_states[-1])
     check.close("out_unmerged_grid_last_hidden_state", grid.last_hidden_state)
-    assert torch.equal(grid_state.owner, state.owner) and torch.equal(grid_state.size, state.size)
-    assert torch.equal(grid.hidden_states[-1], unmerge_to_grid(compact.hidden_states[-1], state.owner))
+    grid_size, grid_owner = _final_sizes_and_owners(grid_state, compact.hidden_states[0])
+    assert torch.equal(grid_owner, owner) and torch.equal(grid_size, size)
+    assert torch.equal(grid.hidden_states[-1], unmerge_to_grid(compact.hidden_states[-1], owner))
     return check.done()
 
 
@@ -243,6 +264,54 @@ def test_an_unknown_fixture_kind_fails(tmp_path) -> None:
     case = Case(tmp_path / "mystery.json", {"kind": "bipartite_steps"})
     with pytest.raises(pytest.fail.Exception, match="unknown ToMe fixture kind"):
         test_tome_fixture(case)
+
+
+@torch.no_grad()
+def test_an_e2e_case_may_trace_a_layer_that_does_not_merge(tmp_path, monkeypatch) -> None:
+    """A siglip_e2e case with r = 0 and a trace of its first layer only, as the README allows, passes.
+
+    Built from the public case's weights and pixels; with nothing merging, every expected tensor is
+    the plain transformers tower's (ones for sizes, the identity for the source), computed here
+    from its own modules, not from ToMe.
+    """
+    (real,) = [c for c in collect("tome") if c.name == "e2e_siglip_56px_2layers_r4"]
+    t = real.tensors()
+    weights = {k.removeprefix("weight."): v for k, v in t.items() if k.startswith("weight.")}
+    model = _siglip_from(real, weights)
+    pixels = t["pixel_values"].float()
+    plain = model(pixel_values=pixels, output_hidden_states=True)
+    f, n, _ = plain.hidden_states[0].shape
+    heads = model.config.num_attention_heads
+    out = {k: v for k, v in t.items() if k.startswith("weight.") or k in ("pixel_values", "frame_rgb_uint8")}
+    for layer_index, layer in enumerate(model.encoder.layers[:1]):
+        h = plain.hidden_states[layer_index]
+        k = layer.self_attn.k_proj(layer.layer_norm1(h))
+        pre = f"trace_layer{layer_index}_"
+        out[pre + "metric"] = k.view(f, n, heads, -1).mean(2)
+        out[pre + "x_after_merge"] = h + layer.self_attn(layer.layer_norm1(h))[0]
+        out[pre + "size"] = torch.ones(f, n, 1)
+        out[pre + "source"] = torch.eye(n).expand(f, n, n).contiguous()
+        out[pre + "out"] = plain.hidden_states[layer_index + 1]
+    out["nomerge_last_hidden_state"] = plain.last_hidden_state
+    for prefix in ("out_", "out_unmerged_grid_"):
+        out[prefix + "pre_post_layernorm"] = plain.hidden_states[-1]
+        out[prefix + "last_hidden_state"] = plain.last_hidden_state
+    out["out_size"] = torch.ones(f, n, 1)
+    out["out_source"] = torch.eye(n).expand(f, n, n).contiguous()
+    out["out_owner_index"] = torch.arange(n).expand(f, n).contiguous()
+    meta = {k: v for k, v in real.meta.items() if k not in ("decision_margins_per_layer", "case")}
+    meta["r_schedule"] = {"spec": 0, "per_layer": [0] * len(model.encoder.layers)}
+    meta["tokens_per_stage"] = [n] * (len(model.encoder.layers) + 1)
+    folder = tmp_path / "tome"
+    folder.mkdir()
+    (folder / "e2e_r0_first_layer_traced.json").write_text(json.dumps(meta))
+    save_file(
+        {k: v.clone().contiguous() for k, v in out.items()},
+        str(folder / "e2e_r0_first_layer_traced.safetensors"),
+    )
+    monkeypatch.setenv("TOKENCOMPRESS_EXTRA_FIXTURES", str(tmp_path))
+    (case,) = [c for c in collect("tome") if c.name == "e2e_r0_first_layer_traced"]
+    test_tome_fixture(case)
 
 
 # ------------------------------------------------------------------------------------ kernel properties

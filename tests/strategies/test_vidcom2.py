@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,13 +10,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from safetensors.torch import save_file
 
 from tests.fixture_cases import Case, collect, is_exact, need, params
 from tests.strategies.streams import streams
 from tokencompress.errors import BudgetError
+from tokencompress.scoring_pruner import select_per_frame
 from tokencompress.stages import Stage, StageInfo
-from tokencompress.strategies.vidcom2 import VidCom2, VidCom2Analysis, VidCom2State, reconcile_budgets
-from tokencompress.strategy import ChunkInfo, ScoringPruner
+from tokencompress.strategies.vidcom2 import VidCom2, reconcile_budgets
+from tokencompress.strategies.vidcom2_stream import VidCom2Stream, VidCom2StreamAnalysis, VidCom2StreamState
+from tokencompress.strategy import ChunkInfo
 from tokencompress.testing import check_token_strategy, visual_tokens
 from tokencompress.tokens import VisualTokens
 
@@ -149,8 +153,7 @@ def _check_streaming_case(case: Case) -> dict[str, float]:
         pytest.fail(f"{case.name}: no streaming modes in the sidecar")
     errors: dict[str, float] = {}
     for mode in modes:
-        strategy = VidCom2(
-            mode="streaming",
+        strategy = VidCom2Stream(
             tokens_per_frame=k,
             stream_score=mode,
             channel_fraction=need(p, "channel_fraction", where=case.name),
@@ -191,7 +194,7 @@ def _check_streaming_case(case: Case) -> dict[str, float]:
     return errors
 
 
-def _stack(analyses: list[VidCom2Analysis], field: str) -> torch.Tensor:
+def _stack(analyses: list[VidCom2StreamAnalysis], field: str) -> torch.Tensor:
     return torch.stack([getattr(a, field) for a in analyses])
 
 
@@ -228,16 +231,18 @@ def test_half_precision_input_is_scored_in_float32(case: Case) -> None:
 
 @pytest.mark.parametrize("case", _offline_cases())
 def test_exact_total_on_fixtures(case: Case) -> None:
-    """exact_total hits round(r T F) and only moves the boundary: per frame, kept sets are nested."""
+    """exact_total hits round(r T F), or the per-frame minimum where that keeps more, and only moves
+    the boundary: per frame, kept sets are nested."""
     tensors = case.tensors()
-    x = tensors["features"].float()
+    x = _features(case, tensors)
     f, t, _ = x.shape
     tok = VisualTokens.from_frames(x, _grid(case, t))
     ref = _offline_for(case).apply(tok, None, ChunkInfo(0, 0, f))
     strategy = _offline_for(case, exact_total=True)
     out = strategy.apply(tok, None, ChunkInfo(0, 0, f))
-    r = case.meta["params"]["retention_ratio"]
-    assert out.count == strategy.planned_count(t, f) == round(r * t * f)
+    r = need(case.meta, "params", "retention_ratio", where=case.name)
+    floor = min(strategy.params.min_tokens_per_frame, t) * f
+    assert out.count == strategy.planned_count(t, f) == min(t * f, max(floor, round(r * t * f)))
     assert abs(out.counts() - ref.counts()).max() <= 1 or bool((ref.counts() == t).any())
     ref_frames = torch.split(ref.source, ref.counts().tolist())
     for a, b in zip(ref_frames, torch.split(out.source, out.counts().tolist()), strict=True):
@@ -245,13 +250,36 @@ def test_exact_total_on_fixtures(case: Case) -> None:
         assert sa <= sb or sb <= sa
 
 
-def test_template_path_equals_apply() -> None:
-    """apply() only fuses the ScoringPruner template's two passes; score + frame_budgets agree with it."""
+def test_exact_total_accepts_a_case_whose_minimum_outweighs_the_ratio(tmp_path, monkeypatch) -> None:
+    """A further case where min_tokens_per_frame x frames > round(r T F) (README-shaped, found through
+    TOKENCOMPRESS_EXTRA_FIXTURES) passes the exact_total check: the minimum wins, as planned."""
+    gen = torch.Generator().manual_seed(11)
+    features = (torch.randn(8, 16, 8, generator=gen) * 4).round() / 4  # exact in float16
+    folder = tmp_path / "vidcom2"
+    folder.mkdir()
+    params = {"retention_ratio": 0.02, "softmax_temperature": 0.01, "channel_fraction": 0.5}
+    params |= {"gaussian_alphas": [0.125, 0.25, 0.5, 1.0, 2.0], "num_frames": 8, "tokens_per_frame": 16}
+    meta = {"variant": "vidcom2", "input": {"shape": [8, 16, 8]}, "params": params | {"layout": "linear"}}
+    (folder / "p90_min_outweighs_ratio.json").write_text(json.dumps(meta))
+    save_file({"features": features.half()}, str(folder / "p90_min_outweighs_ratio.safetensors"))
+    monkeypatch.setenv("TOKENCOMPRESS_EXTRA_FIXTURES", str(tmp_path))
+    (case,) = [c for c in collect("vidcom2") if c.name == "p90_min_outweighs_ratio"]
+    assert round(0.02 * 16 * 8) < 8  # the case is the one the check used to refuse
+    test_exact_total_on_fixtures(case)
+
+
+def test_plan_is_pure_and_apply_selects_from_it() -> None:
+    """apply() is plan, the base's per-frame selection and the gather: the plan's budgets are the
+    analysis's, and planning twice changes nothing."""
     gen = torch.Generator().manual_seed(3)
     tok = VisualTokens.from_frames(torch.randn(5, 16, 12, generator=gen), (4, 4))
     strategy = VidCom2(retention_ratio=0.3, temperature=0.05)
-    via_template = ScoringPruner.apply(strategy, tok, None, ChunkInfo(0, 0, 5))
-    assert torch.equal(strategy.apply(tok, None, ChunkInfo(0, 0, 5)).source, via_template.source)
+    chunk = ChunkInfo(0, 0, 5)
+    plan = strategy.plan(tok, None, chunk)
+    assert torch.equal(plan.budgets, strategy.analyse(tok).budgets)
+    assert torch.equal(plan.scores, strategy.plan(tok, None, chunk).scores)
+    via_plan = tok.take(select_per_frame(plan.scores, tok.frame, plan.budgets, tok.first_frame))
+    assert torch.equal(strategy.apply(tok, None, chunk).source, via_plan.source)
 
 
 # ---------------------------------------------------------------- properties
@@ -320,7 +348,7 @@ def test_ragged_input(tok: VisualTokens, keep: st.DataObject, ratio: float, exac
 @PROPS
 @given(stream=streams(), k=st.integers(1, 30), score=STREAM_SCORES)
 def test_streaming_pruning_invariants(stream: list[VisualTokens], k: int, score: str) -> None:
-    strategy = VidCom2(mode="streaming", tokens_per_frame=k, stream_score=score)
+    strategy = VidCom2Stream(tokens_per_frame=k, stream_score=score)
     t = stream[0].count // stream[0].num_frames
     for out in check_token_strategy(strategy, stream):
         assert out.counts().tolist() == [min(k, t)] * out.num_frames
@@ -329,7 +357,7 @@ def test_streaming_pruning_invariants(stream: list[VisualTokens], k: int, score:
 @PROPS
 @given(a=streams(), b=streams(), score=STREAM_SCORES)
 def test_streams_do_not_share_memory(a: list[VisualTokens], b: list[VisualTokens], score: str) -> None:
-    strategy = VidCom2(mode="streaming", tokens_per_frame=2, stream_score=score)
+    strategy = VidCom2Stream(tokens_per_frame=2, stream_score=score)
     alone_a, alone_b = check_token_strategy(strategy, a), check_token_strategy(strategy, b)
     sa, sb = strategy.new_state(), strategy.new_state()
     for c, (ta, tb) in enumerate(zip(a, b, strict=True)):
@@ -352,7 +380,7 @@ def test_ratio_one_keeps_all_in_order(tok: VisualTokens, chunks: int) -> None:
 @PROPS
 @given(stream=streams(), score=STREAM_SCORES)
 def test_streaming_keep_all_is_identity(stream: list[VisualTokens], score: str) -> None:
-    strategy = VidCom2(mode="streaming", tokens_per_frame=25, stream_score=score)
+    strategy = VidCom2Stream(tokens_per_frame=25, stream_score=score)
     for inp, out in zip(stream, check_token_strategy(strategy, stream), strict=True):
         for field in ("tokens", "frame", "pos", "source", "sizes", "assign"):
             assert torch.equal(getattr(out, field), getattr(inp, field)), field
@@ -422,11 +450,11 @@ def test_unique_frame_gets_the_larger_budget() -> None:
 def test_streaming_needs_its_state() -> None:
     tok = VisualTokens.from_frames(torch.randn(1, 4, 6), (2, 2))
     with pytest.raises(TypeError, match="new_state"):
-        VidCom2(mode="streaming", tokens_per_frame=2).apply(tok, None, ChunkInfo(0, 0, 1))
+        VidCom2Stream(tokens_per_frame=2).apply(tok, None, ChunkInfo(0, 0, 1))
 
 
 def test_streaming_width_change_is_refused() -> None:
-    strategy = VidCom2(mode="streaming", tokens_per_frame=2)
+    strategy = VidCom2Stream(tokens_per_frame=2)
     state = strategy.new_state()
     strategy.apply(VisualTokens.from_frames(torch.randn(1, 4, 6), (2, 2)), state, ChunkInfo(0, 0, 1))
     with pytest.raises(ValueError, match="feature width"):
@@ -434,14 +462,33 @@ def test_streaming_width_change_is_refused() -> None:
 
 
 def test_analyse_does_not_commit_the_memory() -> None:
-    strategy = VidCom2(mode="streaming", tokens_per_frame=2, stream_score="two_score")
+    strategy = VidCom2Stream(tokens_per_frame=2, stream_score="two_score")
     state = strategy.new_state()
     tok = VisualTokens.from_frames(torch.randn(2, 4, 6), (2, 2))
     strategy.analyse(tok, state)
-    strategy.score(tok, state, ChunkInfo(0, 0, 2))
-    assert state == VidCom2State()
+    strategy.plan(tok, state, ChunkInfo(0, 0, 2))
+    assert state == VidCom2StreamState()
     strategy.apply(tok, state, ChunkInfo(0, 0, 2))
     assert state.count == 1
+
+
+def test_a_failure_after_the_plan_leaves_the_memory_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks are transactional: the memory changes only once the chunk went through."""
+    strategy = VidCom2Stream(tokens_per_frame=2, stream_score="two_score")
+    state = strategy.new_state()
+    gen = torch.Generator().manual_seed(4)
+    first = VisualTokens.from_frames(torch.randn(1, 4, 6, generator=gen), (2, 2))
+    strategy.apply(first, state, ChunkInfo(0, 0, 1))
+    before = (state.total.clone(), state.count)
+    second = VisualTokens.from_frames(torch.randn(1, 4, 6, generator=gen), (2, 2), first_frame=1)
+
+    def broken_take(self, index):
+        raise RuntimeError("gather failed")
+
+    monkeypatch.setattr(VisualTokens, "take", broken_take)
+    with pytest.raises(RuntimeError, match="gather failed"):
+        strategy.apply(second, state, ChunkInfo(1, 1, 1))
+    assert torch.equal(state.total, before[0]) and state.count == before[1]
 
 
 # -------------------------------------------------------------------- errors
@@ -450,11 +497,11 @@ INFO = StageInfo(stage=Stage.PRE_PREFILL, tokens_per_frame=196, dim=896, grid=(1
 
 def test_impossible_budgets_are_refused_at_build_time() -> None:
     VidCom2(min_tokens_per_frame=196).check(INFO)
-    VidCom2(mode="streaming", tokens_per_frame=196).check(INFO)
+    VidCom2Stream(tokens_per_frame=196).check(INFO)
     with pytest.raises(BudgetError, match=r"vidcom2\.min_tokens_per_frame = 197.*196"):
         VidCom2(min_tokens_per_frame=197).check(INFO)
-    with pytest.raises(BudgetError, match=r"vidcom2\.tokens_per_frame = 250.*196"):
-        VidCom2(mode="streaming", tokens_per_frame=250).check(INFO)
+    with pytest.raises(BudgetError, match=r"vidcom2_stream\.tokens_per_frame = 250.*196"):
+        VidCom2Stream(tokens_per_frame=250).check(INFO)
 
 
 @pytest.mark.parametrize(
@@ -474,11 +521,7 @@ def test_impossible_budgets_are_refused_at_build_time() -> None:
         ({"base_scale": 0.25}, "base_scale"),
         ({"tokens_per_frame": 49}, "tokens_per_frame"),
         ({"stream_score": "two_score"}, "stream_score"),
-        ({"mode": "streaming"}, "tokens_per_frame"),
-        ({"mode": "streaming", "tokens_per_frame": 0}, "tokens_per_frame"),
-        ({"mode": "streaming", "tokens_per_frame": 49, "retention_ratio": 0.5}, "retention_ratio"),
-        ({"mode": "streaming", "tokens_per_frame": 49, "exact_total": True}, "exact_total"),
-        ({"mode": "streaming", "tokens_per_frame": 49, "stream_score": "dart"}, "stream_score"),
+        ({"mode": "streaming"}, "vidcom2_stream"),
     ],
 )
 def test_bad_parameters_name_the_field(kwargs: dict, field: str) -> None:
@@ -486,6 +529,29 @@ def test_bad_parameters_name_the_field(kwargs: dict, field: str) -> None:
         VidCom2(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({}, "tokens_per_frame"),
+        ({"tokens_per_frame": 0}, "tokens_per_frame"),
+        ({"tokens_per_frame": 49, "retention_ratio": 0.5}, "retention_ratio"),
+        ({"tokens_per_frame": 49, "exact_total": True}, "exact_total"),
+        ({"tokens_per_frame": 49, "stream_score": "dart"}, "stream_score"),
+        ({"tokens_per_frame": 49, "mode": "streaming"}, "mode"),
+    ],
+)
+def test_bad_streaming_parameters_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        VidCom2Stream(**kwargs)
+
+
+def test_configs_of_the_old_mode_field() -> None:
+    """`mode: offline` (the old default, in every dump) still loads; `mode: streaming` names its successor."""
+    assert VidCom2(mode="offline", retention_ratio=0.3).params == VidCom2(retention_ratio=0.3).params
+    with pytest.raises(ValidationError, match="strategy: vidcom2_stream"):
+        VidCom2(mode="streaming", tokens_per_frame=49)
+
+
 def test_params_survive_a_dump_and_reload() -> None:
-    for strategy in (VidCom2(exact_total=True), VidCom2(mode="streaming", tokens_per_frame=49)):
+    for strategy in (VidCom2(exact_total=True), VidCom2Stream(tokens_per_frame=49)):
         assert type(strategy.params)(**strategy.params.model_dump()) == strategy.params

@@ -539,23 +539,6 @@ def test_post_vit_block_order_maps_onto_merged_grid(target_cls):
     torch.testing.assert_close(merged, pre.tokens, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("strategy", "need"), [("tome", "position_free_attention"), ("visionzip", "attention")]
-)
-@pytest.mark.parametrize("target_cls", TARGETS, ids=IDS)
-def test_position_dependent_strategies_are_refused(target_cls, strategy, need):
-    from tokencompress import CompatibilityError, Registry
-
-    cls = Registry().strategy(strategy)
-    info = target_cls(tiny(target_cls)).stage_info()[cls.stage]
-    pipe = Pipeline.from_dict(
-        {"stages": {cls.stage.value: [{"strategy": strategy, **cls.conformance_params(info)}]}}
-    )
-    with pytest.raises(CompatibilityError) as err:
-        pipe.bind(tiny(target_cls))
-    assert strategy in str(err.value) and target_cls.name in str(err.value) and need in str(err.value)
-
-
 def test_qwen25_slice_duration_follows_the_stream_fps():
     model = tiny(Qwen2_5_VLTarget)
     for fps, seconds in ((2, 1.0), (1, 2.0), (0.5, 4.0)):

@@ -8,6 +8,9 @@ memory averages per-chunk means position by position in each chunk's own channel
 Clean-ups that cannot change a result: a running sum instead of an ever-growing list (P4),
 float32 scoring whatever the input dtype (P10), a deterministic tie order, and no dead
 "video mean" score (P7).
+
+The similarity pieces (channel selection, Gaussian kernel, chunk-mean memory) are the shared
+``kernels``; the memory changes only in :meth:`StcPruner.commit`, after the chunk went through.
 """
 
 from __future__ import annotations
@@ -16,20 +19,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-import torch.nn.functional as nnf
 from pydantic import Field
 from torch import Tensor
 
-from ..strategy import ScoringPruner, StrategyParams
+from ..scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
 from ..tokens import VisualTokens
 from ..types import ChunkInfo, Stage, StageInfo
+from .kernels import ChunkMeanMemory, MemoryStep, frame_similarity, gaussian_similarity, select_channels, unit
 
-__all__ = ["StcPruner", "StcPrunerParams", "StcPrunerState", "StcPrunerDebug"]
-
-_EPS = 1e-12  # as torch.nn.functional.normalize, which the reference uses
+__all__ = ["StcPruner", "StcPrunerParams", "StcPrunerState", "StcPrunerDebug", "gaussian_similarity"]
 
 
-class StcPrunerParams(StrategyParams):
+class StcPrunerParams(PerFrameParams):
     tokens_per_frame: int = Field(60, ge=1, description="tokens kept per frame (k)")
     channel_keep_ratio: float = Field(
         0.5, gt=0, le=1, description="fraction of the lowest-variance channels used for scoring"
@@ -59,31 +60,16 @@ class StcPrunerDebug:
 
 
 @dataclass
-class StcPrunerState:
-    """One stream's temporal memory: a running sum of chunk means, so memory stays O(D)."""
+class StcPrunerState(ChunkMeanMemory):
+    """One stream's temporal memory (``total``: ``[D']`` faithful or ``[D]`` channel_consistent)."""
 
-    total: Tensor | None = None  # [D'] (faithful) or [D] (channel_consistent), float32
-    count: int = 0
     last: StcPrunerDebug | None = None
 
-    def add(self, chunk_mean: Tensor) -> Tensor:
-        """Fold in one chunk's mean and return the mean over all chunks so far."""
-        if self.total is None:
-            self.total = torch.zeros_like(chunk_mean)
-        elif self.total.shape != chunk_mean.shape:
-            raise ValueError(
-                f"stc_pruner memory holds {self.total.shape[0]}-channel means but this chunk gives "
-                f"{chunk_mean.shape[0]}; the feature width must not change within a stream"
-            )
-        self.total = self.total + chunk_mean
-        self.count += 1
-        return self.total / self.count
 
-
-def gaussian_similarity(x: Tensor, anchor: Tensor, alphas: Tensor) -> Tensor:
-    """Multi-bandwidth RBF ``[...]`` between rows ``x`` ``[..., D']`` and a broadcastable anchor."""
-    d2 = (x - anchor).pow(2).sum(-1, keepdim=True)
-    return torch.exp(-d2 / (2 * alphas)).sum(-1)
+@dataclass(frozen=True)
+class _Update:
+    memory: MemoryStep
+    debug: StcPrunerDebug
 
 
 class StcPruner(ScoringPruner):
@@ -107,18 +93,11 @@ class StcPruner(ScoringPruner):
         return StcPrunerState()
 
     def select_channels(self, x: Tensor) -> Tensor:
-        """``[D']`` lowest-variance channels of ``x`` ``[N, D]``, ascending variance.
+        """``[D']`` lowest-variance channels of ``x`` ``[N, D]``, ascending variance (see ``kernels``)."""
+        return select_channels(x, self.params.channel_keep_ratio)
 
-        The order, not just the set, feeds the faithful memory (quirk P2). A stable sort makes
-        equal variances go to the lower channel, where the reference's top-k is unspecified.
-        At least one channel is kept so a tiny width cannot leave nothing to score.
-        """
-        keep = max(1, int(self.params.channel_keep_ratio * x.shape[1]))
-        var = x.var(dim=0, correction=0)
-        return torch.sort(var, stable=True).indices[:keep]
-
-    def score(self, tokens: VisualTokens, state: StcPrunerState, chunk: ChunkInfo) -> Tensor:
-        """``[N]`` negated combined similarity, so the base keeps the k lowest (ties: lower index).
+    def plan(self, tokens: VisualTokens, state: StcPrunerState, chunk: ChunkInfo) -> Plan:
+        """Scores ``[N]`` (negated combined similarity: the k lowest are kept, ties to the lower index).
 
         Frames may hold different counts (after an adaptive strategy such as VidCom²): each
         frame's anchor is then the mean over its own rows. With equal counts the computation is
@@ -126,29 +105,31 @@ class StcPruner(ScoringPruner):
         """
         if not isinstance(state, StcPrunerState):
             raise TypeError("stc_pruner is stateful: pass the object from new_state()")
-        counts = tokens.counts()
-        ragged = tokens.num_frames > 1 and not bool((counts == counts[0]).all())
+        layout = FrameLayout.of(tokens)
+        alphas = self.params.alphas
         with torch.no_grad():
             flat = tokens.tokens.float()  # [N, D], frame-major
             chans = self.select_channels(flat)
-            xs = flat[:, chans]  # [N, D']
+            xs = flat.index_select(1, chans)  # [N, D']
             if self.params.memory == "faithful":
-                mem = state.add(xs.mean(0))  # positional, this chunk's channel order
+                step = state.peek(xs.mean(0), self.name)  # positional, this chunk's channel order
+                mem = step.mean
             else:
-                mem = state.add(flat.mean(0))[chans]  # full-width history, channels picked now
-            mem_anchor = nnf.normalize(mem, dim=0, eps=_EPS)  # [D']
-            alphas = torch.tensor(self.params.alphas, dtype=torch.float32, device=flat.device)
-            if ragged:
-                xn = nnf.normalize(xs, dim=-1, eps=_EPS)  # [N, D']
-                fidx = tokens.frame - tokens.first_frame
-                sums = torch.zeros(tokens.num_frames, xn.shape[1], device=xn.device).index_add_(0, fidx, xn)
-                frame_anchor = (sums / counts.clamp(min=1)[:, None].float())[fidx]  # not normalised (P6)
-            else:
-                xn = nnf.normalize(
-                    xs.view(tokens.num_frames, -1, xs.shape[1]), dim=-1, eps=_EPS
-                )  # [F, T, D']
-                frame_anchor = xn.mean(dim=1, keepdim=True)  # [F, 1, D'], deliberately not normalised
-            frame_scores = gaussian_similarity(xn, frame_anchor, alphas)  # [F, T], or [N] when ragged
-            memory_scores = gaussian_similarity(xn, mem_anchor, alphas)
-            state.last = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
-            return -(memory_scores + frame_scores).reshape(-1)
+                step = state.peek(flat.mean(0), self.name)  # full-width history, channels picked now
+                mem = step.mean[chans]
+            xn = unit(xs)  # [N, D']
+            # [F, D'] means of unit vectors, deliberately not normalised (P6)
+            frame_anchor = layout.mean(xn)
+            frame_scores = frame_similarity(xn, frame_anchor, layout, alphas)  # [N]
+            memory_scores = gaussian_similarity(xn, unit(mem, dim=0), alphas)  # [N]
+            scores = -(memory_scores + frame_scores)
+        if layout.per_frame is not None:
+            frame_scores = frame_scores.view(layout.num_frames, layout.per_frame)
+            memory_scores = memory_scores.view(layout.num_frames, layout.per_frame)
+        debug = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
+        return Plan(scores, self.frame_budgets(layout), layout, _Update(step, debug))
+
+    def commit(self, state: StcPrunerState, plan: Plan) -> None:
+        update: _Update = plan.update
+        state.commit(update.memory)
+        state.last = update.debug

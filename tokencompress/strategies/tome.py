@@ -15,7 +15,16 @@ reference timm/SWAG patch places it:
 
 Sizes and the owner map (which slot holds every original token) live in a per-stream
 :class:`ToMeState` and are reset at every chunk: frames never merge with each other and a chunk
-never depends on the previous one.
+never depends on the previous one. A "frame" is a row of the adapter's ``[F, T, C]`` view: a
+video frame, or one temporal slice on packed Qwen towers.
+
+Position rule. Every slot keeps one *anchor*: the original token that was never merged away
+(each step's destination keeps its slot, so the anchor is the destination of every merge into
+it, and an unmerged token's own). Where attention depends on position (rotary towers, windowed
+attention), the slot stands at its anchor's position: the strategy hands the anchors to the
+target's adapter (``BlockAdapter.at``), which gives the slot the anchor's rotary angles (its
+(h, w) on Qwen) and window; position-free towers ignore them. The metric stays the un-rotated
+keys (content only).
 
 Output modes. Stock pooling after the tower needs the full grid in raster order (LLaVA-OV's
 27×27 bilinear resize, Qwen's 2×2 merger; specs/targets.md §0.4), and merged tokens come out
@@ -115,6 +124,8 @@ class ToMeTraceRecord:
     """``[F, N0]`` slot of every original token after this layer."""
     out: Tensor
     """``[F, n - r, C]`` layer output before any un-merge to the grid."""
+    anchor: Tensor | None = None
+    """``[F, n - r]`` original position each slot stands at from the next layer on."""
 
     @property
     def source(self) -> Tensor:
@@ -130,12 +141,14 @@ class ToMeState:
     """``[F, K, 1]`` float32 original tokens per current slot; None before the first merge."""
     owner: Tensor | None = None
     """``[F, N0]`` long: current slot of every original token; None before the first merge."""
-    rep: Tensor | None = None
-    """``[F, K]`` long: one original position per slot, to read slots back from a grid (unmerge)."""
+    anchor: Tensor | None = None
+    """``[F, K]`` long: original position of every slot's kept token (the one never merged away).
+    Where the slot stands for the target's attention (:meth:`BlockAdapter.at`) and where it is
+    read back from a grid (unmerge); None before the first merge."""
     trace: list[ToMeTraceRecord] | None = None
 
     def reset(self) -> None:
-        self.size = self.owner = self.rep = None
+        self.size = self.owner = self.anchor = None
 
     @property
     def count(self) -> int | None:
@@ -168,6 +181,7 @@ class ToMe(BlockStrategy):
     stateful = False
     """The state is per-chunk scratch (sizes, owner map); nothing carries from chunk to chunk."""
     computes_layer = True
+    dynamic_count = True  # with output: compact, the count left depends on the merges (and r caps)
     summary = "Token Merging: merge r similar tokens per ViT layer (bipartite soft matching on keys)"
     paper = "https://arxiv.org/abs/2210.09461"
     reference = "facebookresearch/ToMe (tome/merge.py, tome/patch/timm.py)"
@@ -176,7 +190,7 @@ class ToMe(BlockStrategy):
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
         return {"r": max(1, info.tokens_per_frame // 8)}
 
-    needs = frozenset({Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION})
+    needs = frozenset({Need.BLOCK_ADAPTER, Need.SUBSET_ATTENTION})
     params: ToMeParams
 
     def __init__(self, params: ToMeParams | None = None, **kwargs: Any) -> None:
@@ -214,12 +228,12 @@ class ToMe(BlockStrategy):
         if call.layer_index == 0:
             state.reset()  # a second pass over the same chunk must not inherit the first's sizes
         x = hidden
-        if state.rep is not None and p.output == "unmerge":
+        if state.anchor is not None and p.output == "unmerge":
             if hidden.shape[1] != state.owner.shape[1]:  # type: ignore[union-attr]
                 raise RuntimeError(
                     f"tome: layer {call.layer_index} got {hidden.shape[1]} tokens, not the grid"
                 )
-            x = torch.gather(hidden, 1, state.rep[..., None].expand(-1, -1, hidden.shape[-1]))
+            x = torch.gather(hidden, 1, state.anchor[..., None].expand(-1, -1, hidden.shape[-1]))
         elif state.count is not None and hidden.shape[1] != state.count:
             raise RuntimeError(
                 f"tome: layer {call.layer_index} got {hidden.shape[1]} tokens, but {state.count} are left"
@@ -228,13 +242,15 @@ class ToMe(BlockStrategy):
         h = a.ln1(x)
         q, k, v = a.q(h), a.k(h), a.v(h)
         bias = state.size[..., 0].log() if p.prop_attn and state.size is not None else None
-        x = x + a.out(a.attention(q, k, v, key_bias=bias))
+        # merged slots attend at their anchor's position (rotary angles, window): the target's business
+        placed = a if state.anchor is None else a.at(state.anchor)
+        x = x + a.out(placed.attention(q, k, v, key_bias=bias))
 
         r = p.schedule(call.num_layers)[call.layer_index]
         removed = 0
-        metric = None
+        tracing = state.trace is not None
+        metric = key_metric(k, a.num_heads) if r > 0 or tracing else None
         if r > 0:
-            metric = key_metric(k, a.num_heads)
             match = match_bipartite(metric, r, p.class_token, p.distill_token)
             size = state.size
             if size is None:
@@ -244,29 +260,29 @@ class ToMe(BlockStrategy):
                 # float32 sizes and sums: bf16 cannot hold counts above 256 exactly
                 merged, size = merge_wavg(match.merge, x.float(), size)
                 state.owner = merge_owner(match.unmerge, merged, state.owner)
+                anchor = match.anchor_index()
+                state.anchor = anchor if state.anchor is None else state.anchor.gather(1, anchor)
                 x = merged.to(hidden.dtype)
             elif state.owner is None:
                 state.owner = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+                state.anchor = state.owner
             state.size = size
-            if p.output == "unmerge":
-                state.rep = _first_member(state.owner, size.shape[1])
         x_after_merge = x
         out = x + a.mlp(a.ln2(x))
 
-        if state.trace is not None and metric is not None and state.owner is not None:
-            state.trace.append(
+        if tracing:
+            # Every layer is recorded, merging or not (r = 0 keeps sizes and owners as they were:
+            # ones and the identity before the first merge).
+            n, dev = x_after_merge.shape[1], x.device
+            size = state.size if state.size is not None else torch.ones(x.shape[0], n, 1, device=dev)
+            owner = (
+                state.owner if state.owner is not None else torch.arange(n, device=dev).expand(x.shape[0], -1)
+            )
+            state.trace.append(  # type: ignore[union-attr]
                 ToMeTraceRecord(
-                    call.layer_index, removed, metric, x_after_merge, state.size, state.owner, out
+                    call.layer_index, removed, metric, x_after_merge, size, owner, out, state.anchor
                 )  # type: ignore[arg-type]
             )
         if p.output == "unmerge" and state.owner is not None:
             return unmerge_to_grid(out, state.owner)
         return out
-
-
-def _first_member(owner: Tensor, num_slots: int) -> Tensor:
-    """``[F, K]`` lowest original position in each slot of ``owner`` ``[F, N0]`` (every slot is non-empty)."""
-    f, n0 = owner.shape
-    positions = torch.arange(n0, device=owner.device).expand(f, -1)
-    first = torch.full((f, num_slots), n0, dtype=torch.long, device=owner.device)
-    return first.scatter_reduce(1, owner, positions, reduce="amin")

@@ -12,6 +12,10 @@ block adapter: ``k = adapter.k(adapter.ln1(h))`` for the head-averaged key metri
 CLS query's softmax row (CLIP-style towers) or, for CLS-free towers (SigLIP), the attention every
 token receives averaged over heads and query rows, computed in query blocks (the community
 LLaVA-OneVision variant of HoliTom/DyToK, not the authors' reference; ``specs/visionzip.md`` §3).
+The logits are the layer's own: the adapter positions queries and keys (``adapter.positioned``:
+the vision RoPE on Qwen towers) and masks what a query cannot see (``adapter.logit_mask``: keys
+outside its window in Qwen2.5-VL's windowed blocks, which then receive 0 from it; the mean still
+runs over all query rows of the frame). The key metric stays the un-rotated keys (content only).
 
 Where it runs (``placement``):
 
@@ -20,7 +24,9 @@ Where it runs (``placement``):
   there at build time.
 * ``after_pool``: at ``pre_prefill``, on the pooled, projected tokens, as DyToK
   (``pooling=True``) and HoliTom do: the score map and the keys are computed on the ViT grid and
-  carried to the pooled grid with the target's own pooling map (``chunk.to_prefill_grid``).
+  carried to the pooled grid with the target's own pooling map (``chunk.to_prefill_grid``;
+  on Qwen towers the mean over the 2×2 merge block of ViT tokens that the merger folds into
+  one LLM token, so a merged token's score is the mean of its four patches' scores).
 * ``auto``: ``before_pool`` where ``post_vit`` is not count-locked, otherwise ``after_pool``; the
   pipeline reports the move in ``BoundPipeline.notes``.
 
@@ -240,6 +246,8 @@ class VisionZip(TokenStrategy):
         h = probe.hidden
         adapter = probe.adapter
         t_enc = h.shape[1]
+        if vit_tokens is None and getattr(adapter, "cls_tokens", None) is not None:
+            vit_tokens = t_enc - adapter.cls_tokens
         if vit_tokens is None:
             vit_tokens = t_enc if math.isqrt(t_enc) ** 2 == t_enc else t_enc - 1
         extra = t_enc - vit_tokens
@@ -260,14 +268,19 @@ class VisionZip(TokenStrategy):
         x = adapter.ln1(h)
         heads = adapter.num_heads
         scale = adapter.head_dim**-0.5
-        k = split_heads(adapter.k(x), heads)  # [F, H, T_enc, dh]
-        kbar = k.float().mean(dim=1)  # [F, T_enc, dh]
+        k_flat = adapter.k(x)  # [F, T_enc, H*dh]
+        # the key metric is content only: head-mean keys before any rotary
+        kbar = split_heads(k_flat, heads).float().mean(dim=1)  # [F, T_enc, dh]
+        # logits as the layer computes them: the adapter positions q/k (rotary) and masks (windows)
         if mode == "cls":
-            q_cls = split_heads(adapter.q(x[:, :1]), heads)[:, :, 0]  # [F, H, dh]
-            score = dominant_scores_cls(cls_row_from_qk(q_cls, k, scale))  # [F, T_enc - 1]
+            cls_index = torch.zeros(h.shape[0], 1, dtype=torch.long, device=h.device)
+            q_cls, k = adapter.positioned(adapter.q(x[:, :1]), k_flat, cls_index)
+            mask = adapter.logit_mask(cls_index)
+            score = dominant_scores_cls(cls_row_from_qk(q_cls[:, :, 0], k, scale, mask))  # [F, T_enc - 1]
         else:
-            q = split_heads(adapter.q(x), heads)
-            score = dominant_scores_mean_received(q, k, scale, _QUERY_BLOCK)[:, extra:]
+            q, k = adapter.positioned(adapter.q(x), k_flat)
+            mask = adapter.logit_mask()
+            score = dominant_scores_mean_received(q, k, scale, _QUERY_BLOCK, mask)[:, extra:]
         return torch.cat([score[..., None], kbar[:, extra:]], dim=-1), has_cls
 
     # ----------------------------------------------------------------------- apply

@@ -96,7 +96,7 @@ def split_heads(x: Tensor, num_heads: int) -> Tensor:
     return x.view(b, n, num_heads, width // num_heads).transpose(1, 2)
 
 
-def cls_row_from_qk(q_cls: Tensor, k: Tensor, scale: float) -> Tensor:
+def cls_row_from_qk(q_cls: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
     """``[B, H, N-1]`` CLS attention probabilities over the patch keys, recomputed from q and k.
 
     Fused attention (SDPA, FlashAttention) never materialises probabilities, and forcing the
@@ -107,7 +107,8 @@ def cls_row_from_qk(q_cls: Tensor, k: Tensor, scale: float) -> Tensor:
 
     ``q_cls`` ``[B, H, dh]`` is the CLS token's query (all queries ``[B, H, N, dh]`` are accepted
     too; row 0 is used), ``k`` ``[B, H, N, dh]`` all keys (bias included, unscaled); ``scale`` is
-    the layer's logit scale, ``dh ** -0.5`` for CLIP/SigLIP.
+    the layer's logit scale, ``dh ** -0.5`` for CLIP/SigLIP. ``mask`` ``[B or 1, 1, N]`` is added
+    to the logits (``-inf`` on keys the CLS query cannot see), None for none.
     """
     if q_cls.dim() == 4:
         q_cls = q_cls[:, :, 0]
@@ -116,10 +117,14 @@ def cls_row_from_qk(q_cls: Tensor, k: Tensor, scale: float) -> Tensor:
             f"expected q_cls [B, H, dh] and k [B, H, N, dh], got {tuple(q_cls.shape)}, {tuple(k.shape)}"
         )
     logits = torch.matmul(q_cls.float()[:, :, None, :], k.float().transpose(-1, -2)) * scale  # [B, H, 1, N]
+    if mask is not None:
+        logits = logits + mask[:, None, :1]
     return torch.softmax(logits, dim=-1)[:, :, 0, 1:]
 
 
-def dominant_scores_mean_received(q: Tensor, k: Tensor, scale: float, chunk_size: int = 256) -> Tensor:
+def dominant_scores_mean_received(
+    q: Tensor, k: Tensor, scale: float, chunk_size: int = 256, mask: Tensor | None = None
+) -> Tensor:
     """``[B, N]`` float32 attention each token receives, averaged over heads and query rows.
 
     The community variant for CLS-free towers (SigLIP in LLaVA-OneVision, as HoliTom's and
@@ -127,7 +132,10 @@ def dominant_scores_mean_received(q: Tensor, k: Tensor, scale: float, chunk_size
     softmax is needed, so query rows go through in blocks of ``chunk_size``: peak memory is
     ``B·H·chunk_size·N`` floats instead of ``B·H·N·N``.
 
-    ``q``, ``k`` ``[B, H, N, dh]`` (bias included, unscaled).
+    ``q``, ``k`` ``[B, H, N, dh]`` (bias included, unscaled, positioned as the layer uses them).
+    ``mask`` ``[B or 1, N, N]`` is added to the logits (``-inf`` where a query cannot see a key,
+    e.g. outside its attention window); such keys receive 0 from that query, and the mean still
+    runs over all ``N`` query rows.
     """
     if q.dim() != 4 or q.shape != k.shape:
         raise ValueError(
@@ -140,6 +148,8 @@ def dominant_scores_mean_received(q: Tensor, k: Tensor, scale: float, chunk_size
     received = torch.zeros(b, h, n, dtype=torch.float32, device=q.device)
     for start in range(0, n, chunk_size):
         logits = torch.matmul(qf[:, :, start : start + chunk_size], kt) * scale  # [B, H, c, N]
+        if mask is not None:
+            logits = logits + mask[:, None, start : start + chunk_size]
         received += torch.softmax(logits, dim=-1).sum(dim=2)
     return received.mean(dim=1) / n
 

@@ -44,7 +44,9 @@ class LlavaOnevisionTarget(Target):
     summary = "LLaVA-OneVision (SigLIP + Qwen2): 729 → 196 tokens per frame, 1-D RoPE"
     Options = LlavaOnevisionOptions
     provides = {
-        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION}),
+        Stage.PRE_VIT_BLOCK: frozenset(
+            {Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION, Need.SUBSET_ATTENTION}
+        ),
         Stage.POST_VIT: frozenset(),
         Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
     }

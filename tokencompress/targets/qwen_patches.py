@@ -52,11 +52,14 @@ def frames_to_patches(
     temporal: int,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    mean: tuple[float, float, float] = CLIP_MEAN,
+    std: tuple[float, float, float] = CLIP_STD,
 ) -> tuple[Tensor, tuple[int, int, int]]:
     """``[F, H, W, 3]`` uint8 RGB → (``[t·h·w, 3·temporal·patch²]`` pixels, grid ``(t, h, w)``).
 
     Frames are resized to ``size`` (bicubic, antialiased, as PIL does for the stock processor),
-    scaled to [0, 1] and normalised with the OpenAI-CLIP mean/std. A chunk whose frame count is
+    scaled to [0, 1] and normalised with ``mean``/``std`` (default: the OpenAI-CLIP values of
+    Qwen2/2.5-VL; Qwen3-VL uses 0.5/0.5). A chunk whose frame count is
     not a multiple of ``temporal`` repeats its last frame, the Qwen/LiveCC convention for a
     trailing odd frame, so every temporal slice holds ``temporal`` real frames.
     """
@@ -64,9 +67,9 @@ def frames_to_patches(
     if height % (patch * merge) or width % (patch * merge):
         raise ValueError(f"frame size {height}x{width} is not a multiple of {patch * merge}")
     x = resize_frames(frames, (height, width), device)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(std, device=x.device).view(
+        1, 3, 1, 1
+    )
     pad = -x.shape[0] % temporal
     if pad:
         x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])

@@ -13,12 +13,18 @@ token and, in windowed blocks, the window of every token, so :meth:`attention` c
 subset of queries against all keys exactly as the block would. That per-call data depends only
 on ``cu_seqlens`` and the rotary tables, which the tower shares between its blocks, so it is
 derived once per chunk and ``cu_seqlens`` variant and memoized in the chunk's layout slot.
+
+Tokens away from their own position (:meth:`QwenVisionBlockAdapter.at`, ToMe's merged tokens):
+a token placed at original position ``p`` takes ``p``'s rotary row, i.e. its (h, w) angles,
+and, in a windowed block, ``p``'s window; a merged token thus attends and is attended as its
+representative would be. Those windows differ between frames, so such calls use one dense
+window mask per frame instead of the per-window batching.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +48,9 @@ class _Call:
     """``[T]`` attention segment (window) of every slice position; None = the whole slice."""
     windows: _Windows | None = None
     """How slice positions group into windows; None when ``segments`` is."""
+    frame_segments: Tensor | None = None
+    """``[F, T]`` window of every token when tokens stand at per-frame positions (:meth:`at` in a
+    windowed block); then ``segments`` and ``windows`` are None and a dense mask is used."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,9 @@ class QwenVisionBlockAdapter(BlockAdapter):
     outside a target's ``encode``), every ``cu_seqlens`` segment is taken to be one slice.
     """
 
+    cls_tokens = 0
+    """Qwen towers have no class token: every token of a slice is a patch."""
+
     def __init__(self, layer: nn.Module, slot: LayoutSlot | None = None, windowed: bool = False) -> None:
         attn = layer.attn
         super().__init__(layer, attn.num_heads, attn.head_dim)
@@ -205,6 +217,60 @@ class QwenVisionBlockAdapter(BlockAdapter):
         cos, sin = cos[:, :, None].float(), sin[:, :, None].float()
         return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
+    def at(self, positions: Tensor) -> QwenVisionBlockAdapter:
+        """This call's adapter for ``n`` tokens per frame standing at slice positions ``positions``
+        ``[F, n]``: their rotary rows and windows are those positions' (see the module docstring)."""
+        call = self._bound()
+        idx = positions[..., None].expand(-1, -1, call.cos.shape[-1])
+        seg = call.segments if call.frame_segments is None else call.frame_segments
+        if seg is not None:
+            seg = seg[positions] if seg.dim() == 1 else torch.gather(seg, 1, positions)
+        bound = copy.copy(self)
+        bound._call = replace(
+            call,
+            cos=torch.gather(call.cos, 1, idx),
+            sin=torch.gather(call.sin, 1, idx),
+            segments=None,
+            windows=None,
+            frame_segments=seg,
+        )
+        return bound
+
+    def _rotary_rows(self, call: _Call, q_index: Tensor | None) -> tuple[Tensor, Tensor]:
+        if q_index is None:
+            return call.cos, call.sin
+        idx = q_index[..., None].expand(-1, -1, call.cos.shape[-1])
+        return torch.gather(call.cos, 1, idx), torch.gather(call.sin, 1, idx)
+
+    def positioned(self, q: Tensor, k: Tensor, q_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Rotated query and key heads ``[F, H, n, d]``, ``[F, H, T, d]`` (the vision RoPE)."""
+        call = self._bound()
+        cos_q, sin_q = self._rotary_rows(call, q_index)
+        qh = self._rotate(self._heads(q), cos_q, sin_q)
+        kh = self._rotate(self._heads(k), call.cos, call.sin)
+        return qh.transpose(1, 2), kh.transpose(1, 2)
+
+    def _visible(self, call: _Call, q_index: Tensor | None) -> Tensor | None:
+        """Bool ``[F or 1, n, T]``: key ``t`` lies in query ``i``'s window; None = no windows."""
+        seg = call.frame_segments if call.frame_segments is not None else call.segments
+        if seg is None:
+            return None
+        seg_k = seg if seg.dim() == 2 else seg[None]
+        if q_index is None:
+            seg_q = seg_k
+        else:
+            seg_q = torch.gather(seg_k.expand(q_index.shape[0], -1), 1, q_index)
+        return seg_q[:, :, None] == seg_k[:, None, :]
+
+    def logit_mask(self, q_index: Tensor | None = None) -> Tensor | None:
+        """``[F or 1, n, T]``: ``-inf`` on keys outside the query's window (windowed blocks only)."""
+        visible = self._visible(self._bound(), q_index)
+        if visible is None:
+            return None
+        return torch.zeros(visible.shape, dtype=torch.float32, device=visible.device).masked_fill(
+            ~visible, float("-inf")
+        )
+
     def attention(
         self, q: Tensor, k: Tensor, v: Tensor, q_index: Tensor | None = None, key_bias: Tensor | None = None
     ) -> Tensor:
@@ -213,17 +279,20 @@ class QwenVisionBlockAdapter(BlockAdapter):
         ``[F, n, C]`` heads merged."""
         call = self._bound()
         f, n, _ = q.shape
-        if q_index is None:
-            cos_q, sin_q = call.cos, call.sin
-        else:
-            idx = q_index[..., None].expand(-1, -1, call.cos.shape[-1])
-            cos_q, sin_q = torch.gather(call.cos, 1, idx), torch.gather(call.sin, 1, idx)
+        cos_q, sin_q = self._rotary_rows(call, q_index)
         qh = self._rotate(self._heads(q), cos_q, sin_q)
         kh = self._rotate(self._heads(k), call.cos, call.sin)
         vh = self._heads(v)
         if call.windows is not None:
             return self._window_attention(call.windows, qh, kh, vh, q_index, key_bias)
         mask = None if key_bias is None else key_bias.to(qh.dtype)[:, None, None, :]
+        visible = None if call.frame_segments is None else self._visible(call, q_index)
+        if visible is not None:
+            visible = visible[:, None]  # [F, 1, n, T]
+            if mask is None:
+                mask = visible
+            else:
+                mask = mask.expand(-1, -1, n, -1).masked_fill(~visible, float("-inf"))
         o = F.scaled_dot_product_attention(
             qh.transpose(1, 2),
             kh.transpose(1, 2),

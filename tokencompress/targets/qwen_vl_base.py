@@ -18,6 +18,12 @@ are prefilled with the chunk. Their positions, the visual tokens' 3-D M-RoPE pos
 where text continues all come from the installed model's ``get_rope_index`` (see
 :mod:`.qwen_mrope`), gathered for the kept tokens by ``tokens.source``, so a pruned token keeps
 exactly the (t, h, w) position it had in the unpruned layout.
+
+Strategies inside the tower (:mod:`.qwen_vision_block`): the block adapter runs any token
+subset at chosen positions (``SUBSET_ATTENTION``: ToMe's merged tokens at their anchors'
+rotary (h, w) and window; the merger still gets the full grid, ToMe un-merges after every
+block), and recomputes a probed block's rotary, windowed attention and keys (``ATTENTION``,
+``KEYS``), which VisionZip carries onto the merged grid with :meth:`QwenVLTarget.prefill_grid_map`.
 """
 
 from __future__ import annotations
@@ -72,10 +78,12 @@ class QwenVLTarget(Target):
 
     Options = QwenVLOptions
     provides = {
-        # Rotary attention: a merged token has no position of its own, so no POSITION_FREE_ATTENTION.
-        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER}),
+        # Rotary attention is not position-free, but the adapter places any token subset at chosen
+        # positions (merged tokens at their anchor's (h, w) and window): SUBSET_ATTENTION.
+        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.SUBSET_ATTENTION}),
         Stage.POST_VIT: frozenset(),
-        Stage.PRE_PREFILL: frozenset(),
+        # a probed layer's attention (rotary, windows) and keys, carried onto the merged grid
+        Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
     }
     tokenizer_layout = "qwen2_vl"
     windowed: ClassVar[bool] = False
@@ -197,7 +205,11 @@ class QwenVLTarget(Target):
         return run_stage(Stage.PRE_PREFILL, pre)
 
     def prefill_grid_map(self) -> Callable[[Tensor], Tensor]:
-        """Mean over each merge block: ``[F, h·w, K]`` (block order) → ``[F, h'·w', K]`` (row-major)."""
+        """Mean over each merge block: ``[F, h·w, K]`` (block order) → ``[F, h'·w', K]`` (row-major).
+
+        The merger is an MLP over the concatenated ``m²`` patches, not a pool, so there is no exact
+        image of a per-patch quantity; the mean is the rule (VisionZip's scores and keys: a merged
+        token is scored by the mean of its patches' scores, and compared by their mean key)."""
         unit = self.merge**2
 
         def to_merged(x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import torch
 
+from ..scoring_pruner import ScoringPruner
 from ..strategy import TokenStrategy
 from ..tokens import VisualTokens
 from ..types import ChunkInfo
@@ -40,12 +41,17 @@ def _chunk_inputs(tokens: VisualTokens | Sequence[VisualTokens], chunks: int) ->
 
 
 def _run(
-    strategy: TokenStrategy, inputs: list[VisualTokens], infos: Sequence[ChunkInfo] | None = None
+    strategy: TokenStrategy,
+    inputs: list[VisualTokens],
+    infos: Sequence[ChunkInfo] | None = None,
+    dropped_plans: bool = False,
 ) -> list[VisualTokens]:
     state = strategy.new_state()
     out = []
     for i, tok in enumerate(inputs):
         chunk = infos[i] if infos is not None else ChunkInfo(i, tok.first_frame, tok.num_frames)
+        if dropped_plans and isinstance(strategy, ScoringPruner) and tok.count:
+            strategy.plan(tok, state, chunk)  # planned and dropped: must leave the state as it was
         out.append(strategy.apply(tok, state, chunk))
     return out
 
@@ -104,7 +110,9 @@ def check_token_strategy(
 
     ``tokens`` is either a sequence of chunks, fed in order, or one chunk repeated ``chunks``
     times on consecutive frames. Each run uses a fresh state and ``ChunkInfo`` indices
-    0, 1, ...; the whole stream runs twice to prove determinism. Set ``copies_rows=False``
+    0, 1, ...; the whole stream runs twice to prove determinism (for a ``ScoringPruner`` the first run
+    also plans every chunk once and drops the plan, which must not change the state, so a chunk that
+    fails after its plan leaves the stream as it was). Set ``copies_rows=False``
     only for a strategy that legitimately rewrites features without merging them.
     ``chunk_infos`` gives each chunk's :class:`ChunkInfo` (with the layer probes a target filled
     in) where the strategy reads more than the tokens; by default bare infos are built.
@@ -112,11 +120,14 @@ def check_token_strategy(
     inputs = _chunk_inputs(tokens, chunks)
     if chunk_infos is not None and len(chunk_infos) != len(inputs):
         raise ValueError(f"{len(chunk_infos)} chunk_infos for {len(inputs)} chunks")
-    first = _run(strategy, inputs, chunk_infos)
+    first = _run(strategy, inputs, chunk_infos, dropped_plans=True)
     for i, (inp, out) in enumerate(zip(inputs, first, strict=True)):
         _check_chunk(strategy, inp, out, f"{strategy.name} chunk {i}", copies_rows)
     second = _run(strategy, inputs, chunk_infos)
     for i, (a, b) in enumerate(zip(first, second, strict=True)):
         if not _same(a, b):
-            _fail(f"{strategy.name} chunk {i}: a second run from a fresh state gave a different output")
+            _fail(
+                f"{strategy.name} chunk {i}: a second run from a fresh state gave a different output "
+                "(a ScoringPruner's plan() must not change the state; commit() does)"
+            )
     return first

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from tokencompress import ChunkInfo, ScoringPruner, Stage, StageInfo, StrategyParams, VisualTokens, hookimpl
+from tokencompress import ChunkInfo, PerFrameParams, ScoringPruner, Stage, StageInfo, VisualTokens, hookimpl
 from tokencompress.hooks import Registrar
 
 __all__ = [
@@ -90,7 +90,7 @@ def keep_rank(rows: int, cols: int, k: int) -> Tensor:
     return torch.argsort(torch.argsort(key))
 
 
-class UniformGridParams(StrategyParams):
+class UniformGridParams(PerFrameParams):
     tokens_per_frame: int = Field(60, ge=1, description="tokens kept per frame, spread evenly over the grid")
 
 
@@ -110,7 +110,7 @@ class UniformGrid(ScoringPruner):
 
     def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Tensor:
         """Earlier in :func:`keep_rank` scores higher; ``pos`` keeps it right after other pruners too."""
-        rank = keep_rank(*tokens.grid, self.budget()).to(tokens.tokens.device)
+        rank = keep_rank(*tokens.grid, self.params.tokens_per_frame).to(tokens.tokens.device)
         return -rank[tokens.local_index()].double()
 
 

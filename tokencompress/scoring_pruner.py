@@ -1,0 +1,220 @@
+"""The scoring-pruner protocol: plan a chunk's selection without side effects, then commit it.
+
+Every per-frame pruner (STC-Pruner, VidCom² and its streaming baseline, the ``uniform_grid``
+plugin) decides the same two things per chunk: a score per row and a budget per frame. The base
+owns everything after that (deterministic per-frame top-k, the gather of every aligned field) and
+the order of effects: :meth:`ScoringPruner.plan` is pure, the carrier is cut, and only then
+:meth:`ScoringPruner.commit` updates the stream's state. A chunk that fails anywhere before the
+commit leaves the state as it was, so a stream can retry or skip it.
+
+A pruner that keeps a fixed number of tokens per frame declares it by giving its parameters the
+:class:`PerFrameParams` base; the budgets, ``planned_count`` and the build-time check then come
+for free and the pruner only writes :meth:`ScoringPruner.score`. A pruner with its own budget rule
+(VidCom²'s frame uniqueness) overrides :meth:`ScoringPruner.plan` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from .errors import BudgetError
+from .strategy import StrategyParams, TokenStrategy
+from .tokens import VisualTokens
+from .types import ChunkInfo, StageInfo
+
+__all__ = ["FrameLayout", "PerFrameParams", "Plan", "ScoringPruner", "select_per_frame"]
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Which rows of a chunk belong to which frame, worked out once per prune.
+
+    ``index`` ``[N]`` long: frame of every row counted from the chunk's first frame; ``counts``
+    ``[F]`` long: rows per frame; ``per_frame``: that count when every frame holds the same
+    (positive) number of rows, else None (ragged, after an earlier strategy).
+    """
+
+    index: Tensor
+    counts: Tensor
+    per_frame: int | None
+
+    @classmethod
+    def of(cls, tokens: VisualTokens) -> FrameLayout:
+        index = tokens.frame - tokens.first_frame
+        counts = torch.bincount(index, minlength=tokens.num_frames)
+        f = counts.numel()
+        per = int(counts[0]) if f else 0
+        uniform = f > 0 and per > 0 and (f == 1 or bool((counts == per).all()))
+        return cls(index, counts, per if uniform else None)
+
+    @property
+    def num_frames(self) -> int:
+        return self.counts.numel()
+
+    def mean(self, values: Tensor) -> Tensor:
+        """``[F, ...]`` per-frame mean of ``values`` ``[N, ...]`` (an empty frame gives 0).
+
+        Equal frames take the reshape-and-mean path, whose float32 rounding the reference fixtures
+        record; ragged frames fall back to a segment sum.
+        """
+        f = self.num_frames
+        if self.per_frame is not None:
+            return values.reshape(f, self.per_frame, *values.shape[1:]).mean(dim=1)
+        sums = torch.zeros(f, *values.shape[1:], dtype=values.dtype, device=values.device)
+        sums.index_add_(0, self.index, values)
+        return sums / self.counts.clamp(min=1).to(values.dtype).reshape(-1, *([1] * (values.dim() - 1)))
+
+
+class PerFrameParams(StrategyParams):
+    """Parameters of a pruner that keeps the same number of tokens in every frame.
+
+    Subclasses add their own fields and may redeclare ``tokens_per_frame`` (another default, a
+    description, or no default at all) as long as it stays a positive int.
+    """
+
+    tokens_per_frame: int = Field(60, ge=1, description="tokens kept per frame")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One chunk's decision, computed without touching the stream's state.
+
+    ``scores`` ``[N]``: higher is kept first (ties go to the lower row). ``budgets`` ``[F]`` long:
+    rows to keep per frame, at most what the frame holds. ``update``: what :meth:`ScoringPruner.commit`
+    writes into the state once the chunk went through (None for a stateless pruner). ``layout``:
+    the chunk's :class:`FrameLayout`, reused by the selection.
+    """
+
+    scores: Tensor
+    budgets: Tensor
+    layout: FrameLayout
+    update: Any = None
+
+    def keeps_all(self) -> bool:
+        return bool((self.budgets >= self.layout.counts).all())
+
+
+def _top_rows(scores: Tensor, k: int) -> Tensor:
+    """``[R, k]`` column indices, ascending, of the ``k`` highest entries of each row of ``scores`` ``[R, T]``.
+
+    A stable descending sort puts ties in index order, so the kept set never depends on top-k's
+    unspecified tie order. (At a few hundred columns one sort costs less than the several small
+    operations a threshold-from-top-k selection needs.)
+    """
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.sort(order, dim=1).values
+
+
+def select_per_frame(
+    scores: Tensor,
+    frame: Tensor,
+    budgets: Tensor,
+    first_frame: int = 0,
+    layout: FrameLayout | None = None,
+) -> Tensor:
+    """Global row indices of the ``budgets[f]`` highest-scoring rows of every frame, ascending.
+
+    Ties go to the lower index, so results never depend on top-k's tie order. Rows must be
+    frame-major, as in :class:`VisualTokens`; pass ``layout`` when the caller already has it.
+    NaN or infinite scores are refused (ValueError; the pipeline names the strategy).
+    """
+    if scores.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):  # NaN would sort as largest and silently keep arbitrary rows
+        nan = int(torch.isnan(scores).sum())
+        raise ValueError(
+            f"scores must be finite, got {nan} NaN and {int((~finite).sum()) - nan} infinite of {scores.numel()}"
+        )
+    if layout is None:
+        index = frame - first_frame
+        counts = torch.bincount(index, minlength=budgets.numel())
+        per = int(counts[0])
+        layout = FrameLayout(index, counts, per if per > 0 and bool((counts == per).all()) else None)
+    counts = layout.counts
+    if layout.per_frame is not None and (budgets.numel() == 1 or bool((budgets == budgets[0]).all())):
+        k = min(int(budgets[0]), layout.per_frame)
+        if k <= 0:
+            return torch.zeros(0, dtype=torch.long, device=scores.device)
+        local = _top_rows(scores.view(-1, layout.per_frame), k)
+        return (
+            local + torch.arange(0, scores.numel(), layout.per_frame, device=scores.device)[:, None]
+        ).reshape(-1)
+    starts = torch.cumsum(counts, 0) - counts
+    picked = []
+    for f in range(budgets.numel()):
+        n = int(counts[f])
+        k = min(int(budgets[f]), n)
+        if k <= 0:
+            continue
+        lo = int(starts[f])
+        picked.append(_top_rows(scores[lo : lo + n].view(1, -1), k).reshape(-1) + lo)
+    return torch.cat(picked) if picked else scores.new_zeros(0, dtype=torch.long)
+
+
+class ScoringPruner(TokenStrategy):
+    """Per-frame pruning as ``plan`` (pure) → select and gather (the base) → ``commit`` (state).
+
+    Override :meth:`score` (with :class:`PerFrameParams`), or :meth:`plan` for budgets of your
+    own; stateful pruners also override :meth:`commit`. :meth:`apply` is not meant to be overridden.
+    """
+
+    def __init__(self, params: StrategyParams | None = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        if type(self).plan is ScoringPruner.plan and self._fixed_budget() is None:
+            raise TypeError(
+                f"{type(self).__name__}: give its Params the PerFrameParams base (tokens_per_frame) "
+                "or override plan() with budgets of its own"
+            )
+
+    def _fixed_budget(self) -> int | None:
+        """``tokens_per_frame`` when the parameters declare one through :class:`PerFrameParams`."""
+        return self.params.tokens_per_frame if isinstance(self.params, PerFrameParams) else None
+
+    def planned_count(self, tokens_per_frame: int, frames: int) -> int | None:
+        k = self._fixed_budget()
+        return None if k is None else min(k, tokens_per_frame) * frames
+
+    def check(self, info: StageInfo) -> None:
+        k = self._fixed_budget()
+        if k is not None and k > info.tokens_per_frame:
+            raise BudgetError(
+                f"{self.name}.tokens_per_frame = {k} is larger than the {info.tokens_per_frame} tokens a frame "
+                f"has at {info.stage.value} on this model; use at most {info.tokens_per_frame}"
+            )
+
+    def frame_budgets(self, layout: FrameLayout) -> Tensor:
+        """``[F]`` rows to keep per frame: ``min(tokens_per_frame, T_f)``."""
+        k = self._fixed_budget()
+        if k is None:
+            raise TypeError(f"{type(self).__name__} has no tokens_per_frame; its plan() gives the budgets")
+        return torch.clamp(layout.counts, max=k)
+
+    def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Tensor:
+        """``[N]`` importance per row: higher is kept first."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score() or plan()")
+
+    def plan(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Plan:
+        """The chunk's scores and budgets; must not change ``state`` (that is :meth:`commit`'s job)."""
+        layout = FrameLayout.of(tokens)
+        return Plan(self.score(tokens, state, chunk), self.frame_budgets(layout), layout)
+
+    def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
+        """Write ``plan.update`` into ``state``; called once per chunk, after the gather succeeded."""
+
+    def apply(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> VisualTokens:
+        if tokens.count == 0:
+            return tokens
+        plan = self.plan(tokens, state, chunk)
+        if plan.keeps_all():
+            kept = tokens
+        else:
+            index = select_per_frame(plan.scores, tokens.frame, plan.budgets, tokens.first_frame, plan.layout)
+            kept = tokens.take(index)
+        self.commit(state, plan)
+        return kept

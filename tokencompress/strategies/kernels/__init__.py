@@ -1,0 +1,22 @@
+"""Similarity kernels shared by the per-frame pruners (STC-Pruner, VidCom² and its streaming baseline).
+
+Both methods score tokens the same way: pick the lowest-variance channels, L2-normalise the rows,
+and measure a multi-bandwidth Gaussian similarity to a few centres (the frame mean, the chunk mean,
+a stream memory of chunk means). Written once here, with the float32 operation order the reference
+fixtures pin, so the two strategies cannot drift apart.
+"""
+
+from .channels import channel_variance, select_channels
+from .memory import ChunkMeanMemory, MemoryStep
+from .similarity import EPS, frame_similarity, gaussian_similarity, unit
+
+__all__ = [
+    "EPS",
+    "ChunkMeanMemory",
+    "MemoryStep",
+    "channel_variance",
+    "frame_similarity",
+    "gaussian_similarity",
+    "select_channels",
+    "unit",
+]

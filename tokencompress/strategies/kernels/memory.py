@@ -1,0 +1,50 @@
+"""A stream's memory of chunk means, as a running sum that only changes on commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+__all__ = ["ChunkMeanMemory", "MemoryStep"]
+
+
+@dataclass(frozen=True)
+class MemoryStep:
+    """The memory after one more chunk, computed but not yet committed."""
+
+    total: Tensor
+    """``[D']`` float32 sum of the chunk means so far, this chunk included."""
+    count: int
+
+    @property
+    def mean(self) -> Tensor:
+        """``[D']`` raw (un-normalised) mean of the chunk means, as the references store it."""
+        return self.total / self.count
+
+
+@dataclass
+class ChunkMeanMemory:
+    """The mean of every chunk's mean token so far, kept as a sum and a count (O(D), STC quirk P4).
+
+    Both references keep an ever-growing list and average it on every chunk; the sum is the same
+    up to float rounding. Each entry is stored position by position: where chunks pick their own
+    channels, entries of different channels are averaged together (STC quirk P2, VidCom² spec §6),
+    which the faithful modes reproduce. :meth:`peek` is pure so a chunk can be planned and dropped.
+    """
+
+    total: Tensor | None = None
+    count: int = 0
+
+    def peek(self, chunk_mean: Tensor, owner: str) -> MemoryStep:
+        """The memory with ``chunk_mean`` ``[D']`` folded in; this object is left as it is."""
+        if self.total is not None and self.total.shape != chunk_mean.shape:
+            raise ValueError(
+                f"{owner} memory holds {self.total.shape[0]}-channel means but this chunk gives "
+                f"{chunk_mean.shape[0]}; the feature width must not change within a stream"
+            )
+        total = chunk_mean if self.total is None else self.total + chunk_mean
+        return MemoryStep(total, self.count + 1)
+
+    def commit(self, step: MemoryStep) -> None:
+        self.total, self.count = step.total, step.count
