@@ -174,3 +174,21 @@ def test_rejects_bad_frames(model):
         run_benchmark(pipe, model, torch.zeros(2, 8, 8, 3).numpy(), QUESTION, progress=False)
     with pytest.raises(TokenCompressError, match="tokenizer"):
         run_benchmark(pipe, model, random_frames(1), "text needs a tokenizer", progress=False)
+
+
+def test_per_repeat_figures_and_chunk_kinds(model, result):
+    """Cacher chunks 0, 2 are reference chunks; every per-repeat figure has one ratio per repeat."""
+    assert result.pipeline.chunk_kinds == ["reference", "non_reference"] * 2
+    assert result.baseline.chunk_kinds == ["all"] * FRAMES
+    for key in ("vit_ms", "vit_ms_reference", "vit_ms_non_reference", "prefill_ms", "e2e_ms_per_chunk"):
+        s = result.spreads[key]
+        assert len(s["runs"]) == 2 and s["min"] <= s["median"] <= s["max"]
+    t, c, m, layers, patch = vit_geometry(model)
+    macs = layer_macs(t, c, m, n_update(t, 0.25))
+    want = (layers * macs.non_reference + t * patch * c) / (layers * macs.full + t * patch * c)
+    assert result.flop_ratios["vit_gflops_non_reference"] == pytest.approx(want, rel=0.03)
+    assert result.flop_ratios["vit_gflops_reference"] == pytest.approx(1.0, rel=1e-6)
+    fid = result.fidelity
+    assert 0 < fid["token_cosine_mean"] <= 1 + 1e-6 and fid["first_token_kl"] >= 0
+    assert "un-merged" in fid["token_cosine_matched"][0]
+    assert "load" in format_table(result)

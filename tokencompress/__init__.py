@@ -24,7 +24,7 @@ from .session import Answer, ChunkStats, Stream
 from .strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
 from .target import LLMState, Target, TargetOptions
 from .tokens import VisualTokens
-from .types import BlockCall, ChunkInfo, Need, Stage, StageInfo, StreamConfig
+from .types import BlockCall, ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "BlockStrategy",
     "BoundPipeline",
     "BudgetError",
+    "ChatFormat",
     "ChunkInfo",
     "ChunkStats",
     "CompatibilityError",

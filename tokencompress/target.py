@@ -127,6 +127,28 @@ class Target(ABC):
     def configure_stream(self, stream: StreamConfig) -> None:  # noqa: B027 - optional hook
         """Learn the pipeline's stream shape (fps, frames per chunk) when the pipeline is bound."""
 
+    def vision_module(self) -> nn.Module | None:
+        """The module whose calls are the ViT proper: patch embedding in, projector and pooling out.
+
+        This is the seam benchmarks count "ViT" FLOPs through (``tokencompress.bench`` hooks its
+        forward while counting). The default is the outermost module that holds
+        :meth:`vit_layers` but not the language model (SigLIP tower, Qwen-VL ``visual``); a
+        target whose tower is laid out otherwise overrides it.
+        """
+        layers = self.vit_layers()
+        if not layers:
+            return None
+        lm = self.language_model
+        path = next((name for name, mod in self.model.named_modules() if mod is layers[0]), None)
+        if path is None:
+            return None
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            mod = self.model.get_submodule(".".join(parts[:i]))
+            if not any(m is lm for m in mod.modules()):
+                return mod
+        return None
+
     def prefill_grid_map(self) -> Callable[[Tensor], Tensor] | None:
         """How a per-token ViT quantity ``[F, T_vit, K]`` reaches the pre_prefill grid, if it can."""
         return None

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..block_adapter import BlockAdapter
+from ..packed_linear import PackedLinears
 
 __all__ = ["SiglipBlockAdapter"]
 
@@ -21,6 +22,13 @@ class SiglipBlockAdapter(BlockAdapter):
         attn = layer.self_attn
         super().__init__(layer, attn.num_heads, attn.head_dim)
         self._attn = attn
+        self._for_rows: SiglipBlockAdapter | None = None
+
+    def for_rows(self) -> SiglipBlockAdapter:
+        """The same layer with its six linears on prepacked oneDNN weights (see :mod:`packed_linear`)."""
+        if self._for_rows is None:
+            self._for_rows = _PackedSiglipBlockAdapter(self.layer)
+        return self._for_rows
 
     def ln1(self, x: Tensor) -> Tensor:
         return self.layer.layer_norm1(x)
@@ -54,3 +62,51 @@ class SiglipBlockAdapter(BlockAdapter):
 
     def mlp(self, x: Tensor) -> Tensor:
         return self.layer.mlp(x)
+
+
+class _PackedSiglipBlockAdapter(SiglipBlockAdapter):
+    """Projections and MLP through packed weights (Q and V as one product, residual adds fused);
+    norms and attention as the stock layer."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__(layer)
+        self._packs = PackedLinears()
+        attn, mlp = layer.self_attn, layer.mlp
+        self._lin = {
+            "q": (attn.q_proj,),
+            "k": (attn.k_proj,),
+            "v": (attn.v_proj,),
+            "qv": (attn.q_proj, attn.v_proj),
+            "out": (attn.out_proj,),
+            "fc1": (mlp.fc1,),
+            "fc2": (mlp.fc2,),
+        }
+        self._act = mlp.activation_fn
+
+    def for_rows(self) -> SiglipBlockAdapter:
+        return self
+
+    def q(self, x: Tensor) -> Tensor:
+        return self._packs(self._lin["q"], x)
+
+    def k(self, x: Tensor) -> Tensor:
+        return self._packs(self._lin["k"], x)
+
+    def v(self, x: Tensor) -> Tensor:
+        return self._packs(self._lin["v"], x)
+
+    def qv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        q, v = self._packs(self._lin["qv"], x).split(x.shape[-1], dim=-1)
+        return q, v
+
+    def out(self, o: Tensor) -> Tensor:
+        return self._packs(self._lin["out"], o)
+
+    def out_add(self, o: Tensor, residual: Tensor) -> Tensor:
+        return self._packs(self._lin["out"], o, add=residual)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self._packs(self._lin["fc2"], self._act(self._packs(self._lin["fc1"], x)))
+
+    def mlp_add(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self._packs(self._lin["fc2"], self._act(self._packs(self._lin["fc1"], x)), add=residual)

@@ -1,0 +1,86 @@
+"""The plugin authors' guides run as written, and every public hook and base-class method is in them."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from tokencompress import (
+    BlockAdapter,
+    BlockStrategy,
+    ScoringPruner,
+    Strategy,
+    Target,
+    TokenStrategy,
+    VisualTokens,
+)
+from tokencompress.hooks import hookspecs
+
+DOCS = Path(__file__).parent.parent / "docs"
+GUIDES = {"strategy": DOCS / "writing-a-strategy.md", "target": DOCS / "writing-a-target.md"}
+
+
+def code_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def public_names(cls: type) -> set[str]:
+    """Public methods and properties a subclass author meets, defined on ``cls`` itself."""
+    names = {
+        n for n, v in vars(cls).items() if not n.startswith("_") and (callable(v) or isinstance(v, property))
+    }
+    names |= {
+        n for n, v in vars(cls).items() if isinstance(v, classmethod | staticmethod) and not n.startswith("_")
+    }
+    return names - {"Params", "Options"}
+
+
+@pytest.mark.parametrize("guide", sorted(GUIDES))
+def test_guide_code_runs(guide: str) -> None:
+    blocks = code_blocks(GUIDES[guide])
+    assert len(blocks) >= 2
+    namespace: dict = {"__name__": f"guide_{guide}"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{GUIDES[guide].name}[block {i}]", "exec"), namespace)  # noqa: S102
+
+
+@pytest.mark.parametrize(
+    ("guide", "classes"),
+    [
+        ("strategy", (Strategy, TokenStrategy, BlockStrategy, ScoringPruner, VisualTokens)),
+        ("target", (Target, BlockAdapter)),
+    ],
+)
+def test_every_public_method_is_in_its_guide(guide: str, classes: tuple[type, ...]) -> None:
+    text = GUIDES[guide].read_text()
+    missing = sorted(
+        f"{cls.__name__}.{name}" for cls in classes for name in public_names(cls) if f"`{name}" not in text
+    )
+    assert missing == [], f"undocumented in {GUIDES[guide].name}: {missing}"
+
+
+def test_every_carrier_field_is_in_the_strategy_guide() -> None:
+    text = GUIDES["strategy"].read_text()
+    fields = [f.name for f in dataclasses.fields(VisualTokens)]
+    assert [f for f in fields if f"`{f}`" not in text] == []
+
+
+def test_every_hook_is_in_a_guide() -> None:
+    text = "".join(p.read_text() for p in GUIDES.values())
+    specs = [
+        n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("tokencompress_")
+    ]
+    assert [s for s in specs if s not in text] == []
+
+
+def test_the_method_check_sees_a_new_method() -> None:
+    """Not true by construction: a method added to a base class would be reported."""
+
+    class Grown(Target):
+        def brand_new_public_method(self) -> None: ...
+
+    assert "brand_new_public_method" in public_names(Grown)

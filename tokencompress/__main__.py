@@ -1,0 +1,7 @@
+"""``python -m tokencompress ...`` (what ``torchrun -m`` and ``accelerate launch -m`` run)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,191 @@
+"""``tokencompress eval``: accuracy retention of pipelines against the uncompressed baseline.
+
+Everything a user can get wrong (layout, a missing video, an impossible ``--fps``, a pipeline
+the model cannot run) is checked before the model loads or any query runs, and reported on one
+line. Launch with ``torchrun --nproc_per_node N -m tokencompress eval ...`` (or ``accelerate
+launch -m tokencompress eval ...``) to shard whole videos over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BENCHMARKS", "add_parser", "run"]
+
+BENCHMARKS = ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema")
+ONLINE = ("ovo-bench", "streamingbench")
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval", help="accuracy retention of pipelines vs the uncompressed baseline on a benchmark"
+    )
+    p.add_argument(
+        "pipelines", nargs="+", metavar="PIPELINE.yaml", help="pipeline YAML files (the baseline always runs)"
+    )
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument(
+        "--data",
+        required=True,
+        help="benchmark root in its own layout (offline sets: or a ReKV-format .json)",
+    )
+    p.add_argument("--model", help="hub id or local directory (default: built-in random-weight model)")
+    p.add_argument("--protocol", default="reference", choices=("reference", "incremental"))
+    p.add_argument("--fps", type=float, help="sampling fps (default 1 for OVO/StreamingBench, 0.5 offline)")
+    p.add_argument("--frame-rule", default="rekv_stride", choices=("rekv_stride", "uniform_k", "time_slots"))
+    p.add_argument("--num-frames", type=int, default=32, help="frames per query under uniform_k")
+    p.add_argument("--scoring", help="scorer mode (official, strict, lmms, stc; per benchmark)")
+    p.add_argument("--prompts", help="YAML file replacing prompt templates key by key")
+    p.add_argument(
+        "--prompt-wrap", default="chat", choices=("chat", "raw"), help="raw: no assistant header (STC/ReKV)"
+    )
+    p.add_argument("--context", type=float, default=-1.0, help="StreamingBench context seconds (-1: from 0)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length (default 128 online, 16 offline)")
+    p.add_argument("--limit", type=int, help="first N annotation records (after --tasks)")
+    p.add_argument("--tasks", nargs="+", help="task codes to keep (e.g. EPM STU REC, OP CT, plotQA)")
+    p.add_argument(
+        "--strict", action="store_true", help="fail on a bad annotation record instead of skipping it"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda:LOCAL_RANK when available)")
+    p.add_argument("--out", default="eval_out", help="output directory (resumes from its prediction logs)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
+    """The command; ``loaded_model`` (a :class:`~tokencompress.models.LoadedModel`) skips loading."""
+    from ..errors import TokenCompressError
+    from ..pipeline import Pipeline
+    from .engine import StreamEngine
+    from .loaders import load_benchmark, preflight
+    from .loading import LoadOptions
+    from .prompts import load_prompts
+    from .runner import Settings, evaluate
+    from .sampling import FrameRule
+    from .scoring import MODES, check_mode
+    from .shard import Shard
+
+    fps = args.fps if args.fps is not None else (1.0 if args.benchmark in ONLINE else 0.5)
+    rule = FrameRule(args.frame_rule, fps, args.num_frames)
+    if args.protocol == "incremental" and rule.name == "uniform_k":
+        raise TokenCompressError(
+            "--frame-rule uniform_k spreads k frames over each window; --protocol incremental needs rekv_stride or time_slots"
+        )
+    max_new = args.max_new_tokens or (128 if args.benchmark in ONLINE else 16)
+    if max_new < 1:
+        raise TokenCompressError(f"--max-new-tokens must be >= 1, got {max_new}")
+    prompts = load_prompts(args.prompts)
+    opts = LoadOptions(
+        tasks=args.tasks, limit=args.limit, strict=args.strict, context=args.context, prompts=prompts
+    )
+    data = load_benchmark(args.benchmark, Path(args.data), opts)
+    scoring = args.scoring or (
+        data.scoring_default if data.scoring_default in MODES[args.benchmark] else MODES[args.benchmark][0]
+    )
+    check_mode(args.benchmark, scoring)
+    if not data.queries:
+        raise TokenCompressError(
+            f"--data {args.data}: no {args.benchmark} queries left (skipped: {data.skipped or 'none'}; check --tasks/--limit)"
+        )
+    preflight(data, rule)
+    pipelines = [Pipeline.from_yaml(p) for p in args.pipelines]
+    pipelines = _drop_baselines(pipelines)
+    names = [p.name for p in pipelines]
+    if len(set(names)) != len(names):
+        raise TokenCompressError(
+            f"two pipelines are named '{next(n for n in names if names.count(n) > 1)}'; give each YAML its own name"
+        )
+    shard = Shard.from_env(args.device)
+    rank0 = shard.rank == 0
+    try:
+        say = print if rank0 else (lambda *a, **k: None)
+        say(
+            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {data.skipped or 'none'}"
+        )
+        for w in data.warnings[:5]:
+            say(f"warning: {w}")
+        if loaded_model is None:
+            from ..models import load_model
+
+            loaded_model = load_model(args.model)
+        model = loaded_model.model
+        device = _device(args.device, shard)
+        if device != "cpu":
+            model.to(device)
+        say(f"model: {loaded_model.description}")
+        if loaded_model.random_weights:
+            say(
+                "note: random weights: answers are noise, so are scores and retention (speed figures still hold)"
+            )
+        from ..pipeline_config import PipelineConfig
+
+        first = pipelines[0].config if pipelines else PipelineConfig()
+        base_cfg = dataclasses.replace(first, name="baseline", stages={})
+        bound = [Pipeline(base_cfg, pipelines[0].registry if pipelines else None).bind(model)]
+        bound += [
+            p.bind(model) for p in pipelines
+        ]  # a pipeline the model cannot run fails here, before any query
+        engines = [StreamEngine(b, loaded_model.tokenizer, max_new, args.prompt_wrap) for b in bound]
+        settings = Settings(
+            benchmark=args.benchmark,
+            protocol=args.protocol,
+            rule=rule,
+            scoring=scoring,
+            max_new_tokens=max_new,
+            wrap=args.prompt_wrap,
+            model=loaded_model.description,
+            random_weights=loaded_model.random_weights,
+            prompts=f"{prompts.source} sha256:{prompts.digest}",
+            context=args.context,
+            device=device,
+        )
+        say(
+            f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
+        )
+        results = evaluate(data, engines, settings, Path(args.out), shard, progress=not args.no_progress)
+    finally:
+        shard.close()
+    if results is not None:
+        from .report import format_table
+
+        print(format_table(results), end="")
+        errors = sum(v["speed"]["errors"] for v in results["variants"])
+        if errors:
+            print(f"note: {errors} inference error(s) scored 0 (see 'error' in predictions.jsonl)")
+        print(
+            f"wrote {Path(args.out) / 'results.json'}, results.md, predictions.jsonl"
+            + (", retention.png" if results.get("plot") else "")
+        )
+    return 0
+
+
+def _drop_baselines(pipelines: list[Any]) -> list[Any]:
+    from ..errors import TokenCompressError
+
+    out = []
+    for p in pipelines:
+        if p.name == "baseline":
+            if any(p.config.stages.values()):
+                raise TokenCompressError(
+                    "pipeline name 'baseline' is reserved for the uncompressed run; rename it"
+                )
+            print("note: the uncompressed baseline always runs; baseline.yaml skipped")
+            continue
+        out.append(p)
+    return out
+
+
+def _device(choice: str, shard: Any) -> str:
+    """``auto``: this rank's GPU (ranks beyond the GPU count share them, round robin), else CPU."""
+    import os
+
+    import torch
+
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
