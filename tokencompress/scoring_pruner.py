@@ -121,9 +121,16 @@ def select_per_frame(
 
     Ties go to the lower index, so results never depend on top-k's tie order. Rows must be
     frame-major, as in :class:`VisualTokens`; pass ``layout`` when the caller already has it.
+    NaN or infinite scores are refused (ValueError; the pipeline names the strategy).
     """
     if scores.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):  # NaN would sort as largest and silently keep arbitrary rows
+        nan = int(torch.isnan(scores).sum())
+        raise ValueError(
+            f"scores must be finite, got {nan} NaN and {int((~finite).sum()) - nan} infinite of {scores.numel()}"
+        )
     if layout is None:
         index = frame - first_frame
         counts = torch.bincount(index, minlength=budgets.numel())

@@ -8,10 +8,10 @@ interleaved freely; ``reset()`` drops it all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,12 +20,16 @@ from torch import Tensor
 from .chunk_seam import ChunkEncoder, EncodedChunk, StreamPosition
 from .decoder_memory import DecoderMemory
 from .errors import ConfigError
+from .faults import Attribution, guarded
 from .frames import as_frames
+from .stream_txn import StreamSnapshot
 from .timing import now
 from .tokens import VisualTokens
 from .types import Stage
 
 __all__ = ["Stream", "ChunkStats", "Answer"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Stream:
         self.id = stream_id
         self.tokenizer = tokenizer
         self.frames_per_chunk = bound.stream_config.frames_per_chunk
+        self._attribution = getattr(bound, "attribution", None) or Attribution(None)
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -136,21 +141,32 @@ class Stream:
 
     # --------------------------------------------------------------- frames
     def add_frames(self, frames: np.ndarray | Tensor) -> list[ChunkStats]:
-        """Queue ``[N, H, W, 3]`` (or one ``[H, W, 3]``) uint8 RGB frames; encode every full chunk.
+        """Queue ``[N, H, W, 3]`` (or one ``[H, W, 3]``, or a list of frames) uint8 RGB frames;
+        encode every full chunk.
 
         Frames are checked before they are queued, so bad input is refused without touching the
-        stream's state. A frame's size may change from one frame to the next.
+        stream's state. A frame's size may change from one frame to the next. Each chunk is a
+        transaction (:mod:`tokencompress.stream_txn`): when one fails, the chunks before it in
+        this call stay done, and the stream is left exactly as it was before the failed one,
+        with this call's frames from that chunk on dropped from the queue; the error is raised.
         """
         arr = as_frames(frames)
+        queued = len(self._pending)
         self._pending.extend(arr)
-        done = []
+        done: list[ChunkStats] = []
         while len(self._pending) >= self.frames_per_chunk:
-            done.append(self._encode_chunk(self._pending[: self.frames_per_chunk]))
+            try:
+                done.append(self._encode_chunk(self._pending[: self.frames_per_chunk]))
+            except BaseException:
+                used = len(done) * self.frames_per_chunk
+                del self._pending[max(queued - used, 0) :]  # frames queued before this call stay
+                raise
             del self._pending[: self.frames_per_chunk]  # only once the chunk went through
         return done
 
     def flush(self) -> list[ChunkStats]:
-        """Encode leftover frames as one more (short) chunk, never with a stale chunk index."""
+        """Encode leftover frames as one more (short) chunk, never with a stale chunk index.
+        A failed flush leaves the frames queued and the stream as it was."""
         if not self._pending:
             return []
         stats = self._encode_chunk(list(self._pending))
@@ -170,7 +186,16 @@ class Stream:
 
     def encode_only(self, frames: np.ndarray | Tensor) -> VisualTokens:
         """Run the vision path of one chunk (strategies included) without touching the LLM."""
-        return self._vision(as_frames(frames)).tokens
+        return self._transaction(lambda: self._vision(as_frames(frames))).tokens
+
+    def _transaction(self, work: Callable[[], T]) -> T:
+        """``work()``, or on any exception (Ctrl-C included) the stream as it was before it."""
+        snapshot = StreamSnapshot.take(self)
+        try:
+            return work()
+        except BaseException:
+            snapshot.restore(self)
+            raise
 
     def _position(self) -> StreamPosition:
         return StreamPosition(self.chunks_done, self.frames_seen, self.token_frames_seen)
@@ -183,6 +208,9 @@ class Stream:
         return encoded
 
     def _encode_chunk(self, frames: list[np.ndarray]) -> ChunkStats:
+        return self._transaction(lambda: self._encode_chunk_once(frames))
+
+    def _encode_chunk_once(self, frames: list[np.ndarray]) -> ChunkStats:
         self._ensure_prefix()
         device = self.target.device
         t0 = now(device)
@@ -192,7 +220,15 @@ class Stream:
         self.decoder.before_prefill("frames", encoded.tokens.count)
         undo = (self.llm.length, self.llm.next_position, self.llm.visual_tokens)
         t1 = now(device)
-        self.target.prefill_visual(self.llm, encoded.tokens)
+        guarded(
+            self._attribution,
+            "target",
+            self.target,
+            f"prefill, chunk {encoded.chunk.index}",
+            self.target.prefill_visual,
+            self.llm,
+            encoded.tokens,
+        )
         self.decoder.guard_chunk(chunk, *undo)
         self.decoder.after_encode()
         t2 = now(device)

