@@ -1,5 +1,5 @@
 """Benchmark harness on a tiny LLaVA-OV: counts and FLOPs are checked exactly, wall time never
-is (DESIGN §9), because it depends on whatever else the machine is doing."""
+is (docs/design.md §9), because it depends on whatever else the machine is doing."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def test_rekv_bounded_window_retrieves_topk_frames_per_layer(tiny_llava_ov):
     answer, stats, stream = run(tiny_llava_ov, pipe(SMALL["rekv"]), frames)
     # window of 48 tokens = 3 frames, plus the 5 sinks once they left it
     assert max(c.cache_tokens for c in stats) <= 48 + 5
-    assert [c.stored_tokens for c in stats][-1] == 16 * 10  # every frame is a block (spec Q9)
+    assert [c.stored_tokens for c in stats][-1] == 16 * 10  # every frame is a block (quirk Q9)
     assert stats[-1].stored_bytes == 2 * 2 * 10 * 16 * 2 * 16 * 4  # K+V, layers, frames, tokens, kvh, d, fp32
     assert len(answer.retrieved) == 2
     for ids in answer.retrieved:

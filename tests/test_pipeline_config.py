@@ -1,4 +1,4 @@
-"""Pipeline YAML validation (DESIGN §6): every mistake is one line naming the field and the fix."""
+"""Pipeline YAML validation (docs/design.md §6): every mistake is one line naming the field and the fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plugin discovery and the hooks (DESIGN §5): built-ins and third-party plugins go through one path.
+"""Plugin discovery and the hooks (docs/design.md §5): built-ins and third-party plugins go through one path.
 
 Third-party plugins are simulated in memory (``Registry(plugins=[...])``) or, where the entry-point
 machinery itself is under test, with fake entry points, so these tests never depend on what else

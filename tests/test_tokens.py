@@ -1,4 +1,4 @@
-"""VisualTokens invariants (DESIGN §2, §8) as hypothesis properties."""
+"""VisualTokens invariants (docs/design.md §2, §8) as hypothesis properties."""
 
 from __future__ import annotations
 

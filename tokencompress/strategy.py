@@ -126,7 +126,7 @@ class BlockStrategy(Strategy):
     """A ``pre_vit_block`` strategy: computes (part of) an encoder layer through the target's adapter.
 
     It must return a tensor of the input's shape (stock pooling and mergers after the tower need
-    every token, specs/targets.md §0.4) unless it declares ``changes_count``, which the pipeline
+    every token, docs/design.md §4) unless it declares ``changes_count``, which the pipeline
     allows only where the target's stage is not ``count_locked``.
     """
 

@@ -50,7 +50,7 @@ class LLMState:
     """A stream's language-model side: its KV cache and the next logical position.
 
     The position counter is separate from the cache length because pruned or evicted tokens
-    leave the cache shorter than the positions already used (specs/targets.md §0.1).
+    leave the cache shorter than the positions already used (docs/design.md §4).
     """
 
     cache: DynamicCache

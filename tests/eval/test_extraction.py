@@ -1,4 +1,5 @@
-"""Every scorer rule of specs §1.7, §2.6 and §3 as a table, quirks included where they decide."""
+"""Every scorer rule of OVO-Bench, StreamingBench and the offline benchmarks as a table, quirks
+included where they decide."""
 
 from __future__ import annotations
 

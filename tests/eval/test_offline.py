@@ -1,4 +1,4 @@
-"""VideoMME, EgoSchema, MLVU and ReKV-format JSON on their synthetic sets (specs §9.5)."""
+"""VideoMME, EgoSchema, MLVU and ReKV-format JSON on their synthetic sets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OVO-Bench on its synthetic set (specs §9.3): chunk files, frames fed, prompts, scores."""
+"""OVO-Bench on its synthetic set: chunk files, frames fed, prompts, scores."""
 
 from __future__ import annotations
 

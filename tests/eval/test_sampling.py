@@ -1,4 +1,4 @@
-"""Frame rules of specs §4.3: stride, uniform k, time slots; and where they disagree."""
+"""The three frame-sampling rules: stride, uniform k, time slots; and where they disagree."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""StreamingBench on its synthetic set (specs §9.4): times, clips, scorers, SQA, omni, proactive."""
+"""StreamingBench on its synthetic set: times, clips, scorers, SQA, omni, proactive."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""STC-Cacher: reference fixtures through the real layer patch, DESIGN §8 properties, parameter checks."""
+"""STC-Cacher: reference fixtures through the real layer patch, docs/design.md §8 properties,
+parameter checks."""
 
 from __future__ import annotations
 

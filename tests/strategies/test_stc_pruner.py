@@ -1,4 +1,4 @@
-"""STC-Pruner: reference fixtures, DESIGN §8 properties, parameter errors and the P2 deviation."""
+"""STC-Pruner: reference fixtures, docs/design.md §8 properties, parameter errors and the P2 deviation."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def test_missing_state_is_refused() -> None:
 
 # ------------------------------------------------------- the P2 deviation
 def test_channel_consistent_deviation_on_video() -> None:
-    """Quirk P2 measured on real-video features (stc.md §5): how far the opt-in fix moves.
+    """Quirk P2 (see ``stc_pruner.py``) measured on real-video features: how far the opt-in fix moves.
 
     Measured on pruner_video_bikes_d64_f2_k60 (4 chunks x 2 frames x 60 kept):
     channel_consistent keeps 0, 3, 3 and 1 different tokens of 120 in chunks 0..3, i.e. 7 of

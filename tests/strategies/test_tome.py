@@ -1,4 +1,4 @@
-"""ToMe: reference fixtures (kernels and a SigLIP tower through the real layer patch), DESIGN §8
+"""ToMe: reference fixtures (kernels and a SigLIP tower through the real layer patch), docs/design.md §8
 merging properties, output modes against the pipeline's checks, and parameter validation."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""VidCom²: reference fixtures, DESIGN §8 properties, the exact-total reconcile and parameter errors."""
+"""VidCom²: reference fixtures, docs/design.md §8 properties, the exact-total reconcile and
+parameter errors."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _offline_for(case: Case, **overrides) -> VidCom2:
 
 
 def _llava_video_grid_index(source: torch.Tensor, budgets: torch.Tensor, t: int, g: int) -> torch.Tensor:
-    """Reference LLaVA-Video gather (spec §3.6), as its target would do it from our selection.
+    """The reference's LLaVA-Video gather, as its target would do it from our selection.
 
     Per frame: kept tokens mapped into the ``g x (g+1)`` newline grid, then all ``g`` newline slots.
     """

@@ -1,4 +1,4 @@
-"""VisionZip: reference fixtures (kernels, and a CLIP tower through the real layer probe), DESIGN §8
+"""VisionZip: reference fixtures (kernels, and a CLIP tower through the real layer probe), docs/design.md §8
 properties on the carrier, the LLaVA-OneVision pipeline (moved to the pooled grid), and parameter checks."""
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def test_kernel_partitions_every_frame_and_frames_never_mix(inp: dict) -> None:
     assert all(torch.equal(getattr(again, key), getattr(sel, key)) for key in INDEX_KEYS + FLOAT_KEYS)
 
 
-# ------------------------------------------------------------------------------- the carrier (§8)
+# ----------------------------------------------------------------- the carrier (docs/design.md §8)
 
 
 class RandomAdapter(BlockAdapter):
@@ -392,7 +392,7 @@ class SelfProbed(VisionZip):
     merge=st.sampled_from(["reference", "mean"]),
 )
 def test_carrier_invariants(tokens: VisualTokens, dominant: int, contextual: int, merge: str) -> None:
-    """DESIGN §8 through the shared conformance check, plus the merging invariants."""
+    """docs/design.md §8 through the shared conformance check, plus the merging invariants."""
     vz = SelfProbed(dominant=dominant, contextual=contextual, layer=0, merge=merge)
     outs = check_token_strategy(vz, tokens, chunks=2)
     t, f = tokens.tokens_per_frame_in, tokens.num_frames

@@ -1,4 +1,4 @@
-"""LLaVA-NeXT-Video target end to end on a tiny random-weight model (specs/targets.md §2.4).
+"""LLaVA-NeXT-Video target end to end on a tiny random-weight model.
 
 References are the stock model's own forward (keep-all, and pruned streams through
 ``mm_encoder_outputs``) and, for VisionZip's CLS score on a tower with a class token, the

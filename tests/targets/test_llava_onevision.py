@@ -1,4 +1,4 @@
-"""End to end on a tiny random-weight LLaVA-OneVision built from a config (DESIGN §8, pipeline)."""
+"""End to end on a tiny random-weight LLaVA-OneVision built from a config (docs/design.md §8, pipeline)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Qwen3-VL target end to end on a tiny random-weight model (specs/targets.md §2.7).
+"""Qwen3-VL target end to end on a tiny random-weight model.
 
 The reference for every LLM-side check is the stock model's own forward on the equivalent
 one-shot input: per temporal slice ``<t seconds><|vision_start|> pads <|vision_end|>`` (what the

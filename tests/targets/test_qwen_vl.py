@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL targets end to end on tiny random-weight models (specs/targets.md §2.2-2.3).
+"""Qwen2-VL / Qwen2.5-VL targets end to end on tiny random-weight models.
 
 The reference for every LLM-side check is the stock model's own forward on the equivalent
 one-shot input (``input_ids`` with vision start/end and video pads, ``mm_token_type_ids``,

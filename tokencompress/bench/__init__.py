@@ -1,6 +1,6 @@
 """Compare a pipeline with the uncompressed baseline in one run, on the same frames and model.
 
-Everything is reported as a ratio pipeline / baseline (DESIGN §9). The package holds one concept
+Everything is reported as a ratio pipeline / baseline (docs/design.md §9). The package holds one concept
 per module: :mod:`.running` (interleaved runs of both variants), :mod:`.measuring` (FLOPs through
 the target's vision seam, peak memory, KV size, load), :mod:`.results` (the result types),
 :mod:`.reporting` (the table and its notes), :mod:`.plot` (the chart) and :mod:`.sampling` (the

@@ -1,7 +1,7 @@
 """Running both variants: one untimed counting pass each, then interleaved timed repeats.
 
 A compression method is only worth what it saves relative to running without it, and on a
-shared CPU the absolute numbers drift by 2-5x between minutes (specs/targets.md §5). So both
+shared CPU the absolute numbers drift by 2-5x between minutes (docs/design.md §9). So both
 variants run in one process, on the same decoded frames and the same weights, and the timed
 repeats alternate between them chunk by chunk so drift lands on both alike.
 """

@@ -2,7 +2,7 @@
 
 Frames are renumbered ``pts = 0, 1, 2, ...`` in the codec's time base ``1/rate`` on a stream
 created at the source's average rate: writing ``pts=None`` instead yields a file that claims
-2,500 fps and silently breaks every fps-based sampler (specs §9.2). One decode of the source
+2,500 fps and silently breaks every fps-based sampler. One decode of the source
 feeds every window, since OVO's clips are all prefixes of one video.
 """
 

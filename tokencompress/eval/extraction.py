@@ -1,9 +1,9 @@
 """Answer extraction rules of the benchmarks' scorers, as pure functions on the raw response.
 
-Each rule is what one official scorer does, quirks included (specs/benchmarks.md §1.7, §2.6,
-§3): the harness must reproduce published numbers before it can claim a retention. The rule
-names are the ``score_kind`` values of :class:`~tokencompress.eval.records.Query`.
-:func:`answer_extraction` is the stable entry point other integrations call.
+Each rule is what one official scorer does, quirks included: the harness must reproduce published
+numbers before it can claim a retention. The rule names are the ``score_kind`` values of
+:class:`~tokencompress.eval.records.Query`. :func:`answer_extraction` is the stable entry point
+other integrations call.
 """
 
 from __future__ import annotations

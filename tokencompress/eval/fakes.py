@@ -1,8 +1,9 @@
-"""Engines without weights, for checks that need a known answer (specs §9.6).
+"""Engines without weights, for checks that need a known answer.
 
 :class:`ScriptedEngine` answers from a table keyed by ``qid`` (a callable gets the query and the
 poll time, for proactive items) and records, per call, how many frames its session had been fed,
-the time of the last one and the exact prompt, so tests can compare them with the spec's tables.
+the time of the last one and the exact prompt, so tests can compare them with the synthetic
+sets' expected tables.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VideoMME, EgoSchema (Subset) and MLVU dev: whole-video multiple choice (specs §3).
+"""VideoMME, EgoSchema (Subset) and MLVU dev: whole-video multiple choice.
 
 Two input forms: the lmms-eval layout (dataset rows as JSON or parquet, videos by id under the
 same root), scored with lmms-eval 0.7.x's rules; or a ReKV-format JSON file (STC's offline

@@ -2,7 +2,7 @@
 
 Backward and real-time records are one MC query each; a forward record (REC, SSR, CRR) is one
 query per ``test_info`` probe, named ``<id>_<i>`` by its position in the file (never sorted:
-34 SSR records are unsorted upstream). Scores follow ``utils/OVOBenchScore.py`` (specs §1).
+34 SSR records are unsorted upstream). Scores follow ``utils/OVOBenchScore.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The two ways a query's window reaches the model (specs §4).
+"""The two ways a query's window reaches the model.
 
 ``reference``: a fresh session per query over its whole window ``[a, b)`` (prefix re-encode with
 ``a = 0``, window re-encode otherwise), what the authors' scripts do. ``incremental``: one
@@ -178,7 +178,7 @@ class _Incremental:
 
 
 def _call(fn: Callable[[], Any]) -> Reply:
-    """An inference error scores 0 and is counted (specs §5), it does not stop the run."""
+    """An inference error scores 0 and is counted, it does not stop the run."""
     try:
         out = fn()
     except TokenCompressError as exc:

@@ -189,7 +189,7 @@ def _finish(
         "warnings": loaded.warnings,
         "ranks": shard.world,
         "device": settings.device,
-        # speed ratios are only valid with one rank per device (specs §7)
+        # speed ratios are only valid with one rank per device (docs/design.md §9)
         "ranks_per_device": _ranks_per_device(settings.device, shard.world),
         "stale_log_lines": stale,
         "versions": _versions(),

@@ -1,4 +1,4 @@
-"""Which decoded frames of a window a query sees: the three deterministic rules of specs §4.3.
+"""Which decoded frames of a window a query sees: the three deterministic rules.
 
 ``rekv_stride`` (ReKV/STC: every ``int(round(avg_fps) / fps)``-th frame of the clip),
 ``uniform_k`` (the official wrappers' ``linspace(0, n-1, k)``) and ``time_slots`` (the first frame
@@ -63,7 +63,7 @@ def select(
 ) -> list[int]:
     """Source frame indices the query's window ``[a, b)`` feeds, in time order.
 
-    Sampling restarts at the window start, as a cut clip would (specs §4.1, W protocol).
+    Sampling restarts at the window start, as a cut clip would (the window protocol).
     """
     clip = clip_indices(times, a, b)
     if not clip:

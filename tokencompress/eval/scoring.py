@@ -1,9 +1,9 @@
 """Per-call scores: a query's ``score_kind`` and the scorer mode → (extracted answer, score).
 
-``official`` reproduces the benchmark authors' scorer, quirks included; ``stc`` the modified
-scorers STC's numbers come from; ``lmms`` lmms-eval's copy where it differs; ``strict`` a clean
-reading that gives no credit for a letter that merely occurs (specs/benchmarks.md §1.7, §2.6, §3,
-§8). A score of ``None`` means "not counted" (lmms-eval skips failed OVO forward probes).
+``official`` reproduces the benchmark authors' scorer, quirks included; ``stc`` the modified scorers
+STC's numbers come from; ``lmms`` lmms-eval's copy where it differs; ``strict`` a clean reading that
+gives no credit for a letter that merely occurs. A score of ``None`` means "not counted" (lmms-eval
+skips failed OVO forward probes).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def poll_says_yes(response: str | None) -> bool:
 
 
 def score_proactive(dialog: list[dict[str, Any]], gt_time: float, gt_output: str) -> dict[str, int]:
-    """Time and answer correctness from the **last** turn of the dialog (specs §2.6)."""
+    """Time and answer correctness from the **last** turn of the dialog."""
     last = dialog[-1] if dialog else None
     if last is None:
         return {"time": 0, "answer": 0}

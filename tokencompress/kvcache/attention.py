@@ -5,7 +5,7 @@ All inputs are pre-RoPE and batch-free: queries ``[H, Lq, d]``, keys and values 
 relative to the start of the slice the caller hands in (``key_pos``), the queries at their own
 positions in that numbering (``query_pos``), and a query sees window key ``j`` only when
 ``0 <= p - j < n_local``. Sinks are scored un-rotated against the query rotated at the fixed
-position ``n_local - 1`` (specs/rekv.md §3.2), so every sink is seen at distance ``n_local - 1``
+position ``n_local - 1``, so every sink is seen at distance ``n_local - 1``
 whatever the query's position. Window and sink logits share one softmax with scale ``1/sqrt(d)``.
 All math is float32; the output is ``[Lq, H * d]`` head-major in the query's dtype.
 """

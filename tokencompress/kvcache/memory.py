@@ -282,7 +282,7 @@ class LayerMemory:
         self.answer_sinks = 0
 
     def _answer_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``q`` over ``[answer cache ; own k, v]`` with positions renumbered from 0 (spec §4.3)."""
+        """``q`` over ``[answer cache ; own k, v]`` with positions renumbered from 0 (quirk Q7)."""
         n_local = self.cfg.n_local
         seq_k = torch.cat((self.answer_k, k.to(self.dtype)), dim=1)
         seq_v = torch.cat((self.answer_v, v.to(self.dtype)), dim=1)

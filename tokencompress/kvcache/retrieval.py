@@ -1,6 +1,6 @@
 """Block scoring and top-k selection: which frames one layer brings back for a question.
 
-Representatives are stored per KV head in float32 (``[n, kvh, d]``, spec quirk Q2 fixed: the
+Representatives are stored per KV head in float32 (``[n, kvh, d]``, quirk Q2 fixed: the
 reference repeats them for every query head in fp16; the math is the same). The score of block
 ``b`` is ``sum_h <q̄_h, r_{b, g(h)}>`` with ``q̄`` the mean pre-RoPE query over the question's
 tokens: an unnormalised dot product, as the reference computes it (Q1; ``similarity="cosine"``

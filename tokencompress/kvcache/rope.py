@@ -1,7 +1,7 @@
 """Rotary embedding for memories that keep keys pre-RoPE and give them positions per call.
 
 ReKV never stores rotated keys: every attention call rotates its keys and queries afresh at
-positions that are relative to the call's own key slice (specs/rekv.md §3.2, §4.3). Angles are
+positions that are relative to the call's own key slice. Angles are
 built in float32 exactly as the reference (and transformers' default RoPE) build them:
 ``position * inv_freq``, duplicated over the two halves of the head.
 """

@@ -99,7 +99,7 @@ class ReKVMemory(KVMemory):
         return mem.answer(q, k, v)
 
     def retrieve(self, target: Target, llm: LLMState, ids, frames: list[int] | None = None) -> None:  # type: ignore[no-untyped-def, override]
-        """The retrieval pass (spec §4.1): the bare question through every layer; lm_head skipped (Q8)."""
+        """The retrieval pass: the bare question through every layer; lm_head skipped (Q8)."""
         self.external = None
         if frames is not None:
             first = self.layers[0]

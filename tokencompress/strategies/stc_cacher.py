@@ -1,4 +1,4 @@
-"""STC-Cacher: inside every ViT layer, recompute only the tokens whose keys moved (specs/stc.md §2).
+"""STC-Cacher: inside every ViT layer, recompute only the tokens whose keys moved.
 
 A reference chunk runs each layer in full and remembers, per layer, the last frame's keys, values,
 attention-branch and MLP-branch outputs. Other chunks compute fresh keys for every token, pick per
@@ -141,7 +141,8 @@ class LayerMacs:
 def layer_macs(tokens: int, width: int, mlp_width: int, n: int) -> LayerMacs:
     """Analytic MACs of a layer of ``tokens`` x ``width`` with MLP ``mlp_width``, recomputing ``n`` rows.
 
-    Matches specs/stc.md §4.1 (T=729, C=1152, M=4304, n=182: 12 323.34 M full, 3 802.54 M K-once).
+    On a real SigLIP-so400m layer (T=729, C=1152, M=4304) with n=182 recomputed rows: 12 323.34 M MACs
+    for the full layer, 3 802.54 M with K projected once.
     """
     t, c, m = tokens, width, mlp_width
     full = 4 * t * c * c + 2 * t * t * c + 2 * t * c * m
@@ -187,7 +188,7 @@ class StcCacher(BlockStrategy):
             state.trace.append(CacherTraceRecord(call.layer_index, state.chunks_seen - 1, **fields))  # type: ignore[arg-type]
 
     def _reference(self, call: BlockCall, state: CacherState, h: Tensor) -> Tensor:
-        """Full layer (§2.2); caches frame -1's K, V, attention branch A and MLP branch M, each ``[T, C]``."""
+        """Full layer; caches frame -1's K, V, attention branch A and MLP branch M, each ``[T, C]``."""
         a: BlockAdapter = call.adapter
         x = a.ln1(h)
         k, v = a.k(x), a.v(x)
@@ -213,10 +214,10 @@ class StcCacher(BlockStrategy):
     def _sparse(
         self, call: BlockCall, state: CacherState, h: Tensor, ref: tuple[Tensor, Tensor, Tensor, Tensor]
     ) -> Tensor:
-        """Non-reference layer (§2.3): fresh K everywhere, Q/V/attention/MLP for ``n`` rows per frame.
+        """Non-reference layer: fresh K everywhere, Q/V/attention/MLP for ``n`` rows per frame.
 
-        Unselected rows cost one add (``h + (A_ref + M_ref)``); selected rows are computed as in
-        §2.3 and written over them, so no full-size tensor is cloned or scattered more than once.
+        Unselected rows cost one add (``h + (A_ref + M_ref)``); selected rows get Q, V, attention and
+        MLP and are written over them, so no full-size tensor is cloned or scattered more than once.
         """
         a: BlockAdapter = call.adapter.for_rows()
         f, t, _ = h.shape
@@ -230,7 +231,7 @@ class StcCacher(BlockStrategy):
         flat = _flat(index, t)
         x_sel = _rows(x, flat, n)
         q_sel, v_sel = a.qv(x_sel)
-        # stale values outside I are deliberate (§2.3.6)
+        # stale values outside I are deliberate: the reference attends to the cached V there
         v_full = _with_rows(v_ref.expand(f, -1, -1).clone(), flat, v_sel)
         h1_sel = a.out_add(a.attention(q_sel, k, v_full, q_index=index), _rows(h, flat, n))
         out_sel = a.mlp_add(a.ln2(h1_sel), h1_sel)  # LN2 is per token: rows I alone suffice

@@ -1,6 +1,6 @@
 """STC-Pruner: per frame, keep the tokens least similar to a spatial and a temporal anchor.
 
-Follows the authors' reference (``specs/stc.md`` §3) so the golden fixtures match exactly,
+Follows the authors' reference so the golden fixtures match exactly,
 quirks included: scoring uses the *lowest*-variance half of the channels (P1), the stream
 memory is updated before the chunk is scored (P3), the frame anchor is a mean of unit
 vectors left un-normalised while the memory anchor is normalised (P6), and by default the

@@ -1,4 +1,4 @@
-"""ToMe: merge similar tokens inside every vision-encoder layer (specs/tome.md §7).
+"""ToMe: merge similar tokens inside every vision-encoder layer.
 
 Token Merging (Bolya et al., ICLR 2023, https://arxiv.org/abs/2210.09461) makes the ViT cheaper
 without training: each layer removes ``r`` tokens by merging them into their most similar
@@ -27,7 +27,7 @@ target's adapter (``BlockAdapter.at``), which gives the slot the anchor's rotary
 keys (content only).
 
 Output modes. Stock pooling after the tower needs the full grid in raster order (LLaVA-OV's
-27×27 bilinear resize, Qwen's 2×2 merger; specs/targets.md §0.4), and merged tokens come out
+27×27 bilinear resize, Qwen's 2×2 merger; docs/design.md §4), and merged tokens come out
 in a data-dependent order. ``unmerge`` (default) therefore returns every layer's output copied
 back to the grid (``grid[j] = x[owner[j]]``) and takes one copy per slot again on entry to the
 next layer. That keeps the block contract (output shape == input shape), makes every

@@ -7,7 +7,7 @@ and ``unmerge`` closures, so one decision (taken on the attention keys) can be a
 tokens, their sizes and their source map alike, and tested on its own against the reference's
 golden fixtures. Nothing here holds state between calls.
 
-Written from ``specs/tome.md`` (the reference code is CC-BY-NC and is not copied). Where this
+Reimplemented independently (the reference code is CC-BY-NC and is not copied). Where this
 differs from the reference, the result on every non-degenerate input is the same:
 
 - the matching runs in float32 and divides by ``max(norm, eps)`` (a zero metric row gives NaN in
@@ -179,7 +179,7 @@ def match_bipartite(
     A class token (position 0) can never be a source, and it never receives because it is in A;
     a distillation token (position 1) can never be a destination. With a class token the kept A
     tokens are put back in position order; without one they stay in decreasing-score order, so
-    the output order is data-dependent (specs/tome.md §6).
+    the output order is data-dependent.
     """
     n = metric.shape[1]
     r = capped_r(r, n, int(class_token) + int(distill_token))
@@ -266,7 +266,7 @@ def unmerge_to_grid(x: Tensor, owner: Tensor) -> Tensor:
     """``x`` ``[B, K, C]`` copied back to every original position: ``[B, N0, C]``, ``grid[j] = x[owner[j]]``.
 
     Stock pooling and patch mergers after the tower need the full grid in raster order
-    (specs/targets.md §0.4); this is the exact "un-merge via source" layout.
+    (docs/design.md §4); this is the exact "un-merge via source" layout.
     """
     return _rows(x, owner)
 

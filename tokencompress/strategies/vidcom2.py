@@ -1,8 +1,7 @@
 """VidCom² (Video Compression Commander): per-frame budgets from frame uniqueness, then per-frame pruning.
 
 Paper: Liu et al., "Video Compression Commander: Plug-and-Play Inference Acceleration for Video
-Large Language Models", EMNLP 2025, https://arxiv.org/abs/2505.14454. Algorithm and quirks:
-``specs/vidcom2.md``.
+Large Language Models", EMNLP 2025, https://arxiv.org/abs/2505.14454.
 
 Follows the authors' core reference (``token_compressor/vidcom2``), so the golden fixtures match
 exactly: it treats the chunk it is given as "the video", so run it on one chunk holding all frames
@@ -47,7 +46,7 @@ __all__ = [
 
 
 class ScoringParams(StrategyParams):
-    """How VidCom² and its streaming baseline score tokens (spec §3.1, §3.3)."""
+    """How VidCom² and its streaming baseline score tokens."""
 
     channel_fraction: float = Field(
         0.5, gt=0, le=1, description="fraction of the lowest-variance channels used for scoring"
@@ -107,12 +106,15 @@ class ChunkScores:
 def chunk_scores(
     tokens: VisualTokens, layout: FrameLayout, fraction: float, alphas: Sequence[float]
 ) -> ChunkScores:
-    """Channel selection and both similarities of spec §3.1-3.3, for ``tokens`` ``[N, D]``."""
+    """Channel selection and both similarities (to the chunk mean and to the frame means).
+
+    ``tokens`` is ``[N, D]``.
+    """
     x = tokens.tokens.float()  # [N, D]
     chans = select_channels(x, fraction)
     raw = x.index_select(1, chans)  # [N, D']
     xn = unit(raw)
-    # Both centres are means of unit vectors and deliberately not re-normalised (spec §3.2).
+    # Both centres are means of unit vectors and deliberately not re-normalised, as in the reference.
     video_score = gaussian_similarity(xn, xn.mean(dim=0), alphas)  # [N]
     frame_score = frame_similarity(xn, layout.mean(xn), layout, alphas)  # [N]
     return ChunkScores(chans, raw, xn, video_score, frame_score)

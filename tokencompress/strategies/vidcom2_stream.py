@@ -1,12 +1,12 @@
 """VidCom²'s streaming baseline: a fixed budget per frame and a per-stream memory of chunk means.
 
-The variant the STC repository uses as a streaming baseline (``vidcom2_for_rekv``, recovered in
-``specs/vidcom2.md`` §6): every chunk is scored like VidCom² scores a video (lowest-variance
-channels, Gaussian similarity to the chunk and frame means), with no adaptive budget, plus a
-memory of the raw chunk means over the stream, updated with this chunk before it scores. The
-reference's quirk is kept: each chunk picks its own channels, yet the memory averages chunk means
-position by position. The memory is a running sum instead of an ever-growing list, and it changes
-only in :meth:`VidCom2Stream.commit`, after the chunk went through.
+The variant the STC repository uses as a streaming baseline (``vidcom2_for_rekv``): every chunk is
+scored like VidCom² scores a video (lowest-variance channels, Gaussian similarity to the chunk and
+frame means), with no adaptive budget, plus a memory of the raw chunk means over the stream, updated
+with this chunk before it scores. The reference's quirk is kept: each chunk picks its own channels,
+yet the memory averages chunk means position by position. The memory is a running sum instead of an
+ever-growing list, and it changes only in :meth:`VidCom2Stream.commit`, after the chunk went
+through.
 """
 
 from __future__ import annotations

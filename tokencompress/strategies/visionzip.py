@@ -11,7 +11,7 @@ pre-hook, ``chunk.probes``) and this strategy recomputes only what it needs thro
 block adapter: ``k = adapter.k(adapter.ln1(h))`` for the head-averaged key metric, and either the
 CLS query's softmax row (CLIP-style towers) or, for CLS-free towers (SigLIP), the attention every
 token receives averaged over heads and query rows, computed in query blocks (the community
-LLaVA-OneVision variant of HoliTom/DyToK, not the authors' reference; ``specs/visionzip.md`` §3).
+LLaVA-OneVision variant of HoliTom/DyToK, not the authors' reference).
 The logits are the layer's own: the adapter positions queries and keys (``adapter.positioned``:
 the vision RoPE on Qwen towers) and masks what a query cannot see (``adapter.logit_mask``: keys
 outside its window in Qwen2.5-VL's windowed blocks, which then receive 0 from it; the mean still
@@ -180,7 +180,7 @@ class VisionZip(TokenStrategy):
         The build-time :meth:`check` refuses budgets larger than the target's frames; a frame made
         smaller by an earlier strategy of the same stage is clamped instead (dominant first, then
         contextual to what is left), a documented deviation from the reference, which crashes or
-        duplicates a token there (spec §9).
+        duplicates a token there.
         """
         k = min(self.params.dominant, tokens_per_frame)
         return k, min(self.params.contextual, tokens_per_frame - k)

@@ -4,12 +4,12 @@ VisionZip (Yang et al., CVPR 2025, https://arxiv.org/abs/2412.04467) keeps, per 
 the encoder attends to most (*dominant*) and folds the rest into a few *contextual* tokens chosen
 by key similarity. These functions are pure tensor code on a batch whose rows are frames: the
 strategy wrapper (``visionzip.py``) gets the encoder tensors and maps the result onto the token
-carrier. They reproduce the authors' selection arithmetic (``specs/visionzip.md`` §2–§6), so the
+carrier. They reproduce the authors' selection arithmetic, so the
 golden fixtures match to the index; what differs is only what cannot change a result on those
 fixtures: scores and similarities in float32 whatever the model dtype, ties broken towards the
 lowest index (stable sorts and first-maximum argmax instead of top-k's unspecified order), key
 normalisation that maps an all-zero key to zero instead of NaN, and budgets validated up front
-instead of the reference's shape errors, silent token duplication and division by zero (§9).
+instead of the reference's shape errors, silent token duplication and division by zero.
 
 Shapes: ``B`` frames, ``N`` tokens per frame (CLS + patches for CLIP towers), ``H`` heads,
 ``dh`` head width, ``D`` feature width, ``K`` dominant budget, ``C`` contextual budget,
@@ -128,7 +128,7 @@ def dominant_scores_mean_received(
     """``[B, N]`` float32 attention each token receives, averaged over heads and query rows.
 
     The community variant for CLS-free towers (SigLIP in LLaVA-OneVision, as HoliTom's and
-    DyToK's ports do; ``specs/visionzip.md`` §3); it is not the authors' reference. Every row's
+    DyToK's ports do); it is not the authors' reference. Every row's
     softmax is needed, so query rows go through in blocks of ``chunk_size``: peak memory is
     ``B·H·chunk_size·N`` floats instead of ``B·H·N·N``.
 
@@ -169,7 +169,7 @@ def mean_received_from_attention(attn: Tensor) -> Tensor:
 
 
 def _check_budgets(n: int, dominant: int, contextual: int, has_cls: bool) -> None:
-    """Refuse budgets the reference would crash on or silently mishandle (spec §9)."""
+    """Refuse budgets the reference would crash on or silently mishandle."""
     if dominant < 1:
         raise ValueError(f"dominant = {dominant}: at least 1 dominant token is required (it includes CLS)")
     if contextual < 0:

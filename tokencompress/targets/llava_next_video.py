@@ -1,4 +1,4 @@
-"""Target for ``LlavaNextVideoForConditionalGeneration`` (specs/targets.md §2.4).
+"""Target for ``LlavaNextVideoForConditionalGeneration``.
 
 Vision path per frame: CLIP tower (class token + 24×24 patches at 336 px) →
 ``hidden_states[vision_feature_layer]`` (-2 on the real checkpoints) with the CLS row dropped
@@ -65,7 +65,7 @@ class LlavaNextVideoTarget(Target):
 
     @classmethod
     def tiny_model(cls, seed: int = 0, image_size: int = 56) -> nn.Module:
-        """specs/targets.md §2.4: 56 px CLIP (4×4 patches + CLS, pooled to 2×2) + 2-layer Llama, vocabulary 1000.
+        """56 px CLIP (4×4 patches + CLS, pooled to 2×2) + 2-layer Llama, vocabulary 1000.
 
         ``image_size=336`` gives the real checkpoints' token geometry (24×24 + CLS → 144 pooled) on
         the same tiny widths, for pipelines whose budgets are set for it.

@@ -1,6 +1,6 @@
 """Target for ``LlavaOnevisionForConditionalGeneration`` (the base of ReKV and of the STC reference).
 
-Vision path per frame (specs/targets.md §2.1): SigLIP tower → ``hidden_states[vision_feature_layer]``
+Vision path per frame: SigLIP tower → ``hidden_states[vision_feature_layer]``
 (27×27 = 729 tokens at 384 px, no CLS) → 2-layer MLP projector → bilinear resize of the 27×27
 grid to 14×14 = 196 tokens. Stock pooling needs the whole grid, so ``post_vit`` is count-locked
 here; pruning happens on the pooled grid at ``pre_prefill``. The LLM is Qwen2 with 1-D RoPE.

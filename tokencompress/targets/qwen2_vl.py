@@ -47,7 +47,7 @@ class Qwen2VLTarget(QwenVLTarget):
 
     @classmethod
     def tiny_model(cls, seed: int = 0) -> nn.Module:
-        """specs/targets.md §2.2: 2 blocks of width 32, 2-layer LLM of width 64, vocabulary 1000."""
+        """2 blocks of width 32, 2-layer LLM of width 64, vocabulary 1000."""
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
         config = Qwen2VLConfig(
@@ -84,7 +84,7 @@ class Qwen2_5_VLTarget(QwenVLTarget):
 
     @classmethod
     def tiny_model(cls, seed: int = 0) -> nn.Module:
-        """specs/targets.md §2.3: 4 blocks (1 and 3 full, 0 and 2 in 56-px windows), width 32."""
+        """4 blocks (1 and 3 full, 0 and 2 in 56-px windows), width 32."""
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
         config = Qwen2_5_VLConfig(

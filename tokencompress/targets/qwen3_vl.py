@@ -1,4 +1,4 @@
-"""Target for ``Qwen3VLForConditionalGeneration`` (specs/targets.md §2.7).
+"""Target for ``Qwen3VLForConditionalGeneration`` .
 
 The vision side is the Qwen2-VL layout (packed ``[N, C]`` blocks with ``cu_seqlens`` per
 temporal slice, 2-D rotary, 2×2 merger), plus a learned position table the tower adds before
@@ -148,7 +148,7 @@ class Qwen3VLTarget(QwenVLTarget):
 
     @classmethod
     def tiny_model(cls, seed: int = 0) -> nn.Module:
-        """specs/targets.md §2.7: 2 blocks of width 32 (DeepStack after block 0), 2-layer LLM of width 64."""
+        """2 blocks of width 32 (DeepStack after block 0), 2-layer LLM of width 64."""
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
         config = Qwen3VLConfig(

@@ -1,10 +1,10 @@
 """Qwen-VL frame preprocessing without torchvision: resize, CLIP-normalise, pack into patches.
 
-transformers' Qwen video processor needs torchvision, which this project cannot rely on
-(specs/targets.md §0.8), so the few steps it performs are done here with torch alone. The
-result is what ``Qwen2VisionTransformerPretrainedModel`` expects as ``pixel_values_videos``:
-one row per ``temporal × patch × patch`` tube, flattened as (channel, time, row, col) to match
-the Conv3d patch embedding, with rows in 2×2 merge-block order.
+transformers' Qwen video processor needs torchvision, which this project cannot rely on (no
+torchvision wheel works with the CPU build of torch), so the few steps it performs are done here
+with torch alone. The result is what ``Qwen2VisionTransformerPretrainedModel`` expects as
+``pixel_values_videos``: one row per ``temporal × patch × patch`` tube, flattened as (channel, time,
+row, col) to match the Conv3d patch embedding, with rows in 2×2 merge-block order.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared base of the Qwen2-VL and Qwen2.5-VL targets (LiveCC's base model family).
 
-Token geometry (specs/targets.md §2.2/§2.3). Two consecutive frames form one *temporal
+Token geometry. Two consecutive frames form one *temporal
 slice*; a slice of an ``H × W`` px frame pair has ``h·w = (H/14)(W/14)`` ViT tokens and,
 after the 2×2 PatchMerger, ``h'·w' = h·w/4`` LLM tokens. Every stage's "frame" (a row of
 :class:`VisualTokens`, a unit of per-frame budgets) is therefore a slice, and

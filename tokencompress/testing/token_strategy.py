@@ -1,6 +1,6 @@
 """The conformance check every token strategy (``post_vit`` / ``pre_prefill``) owes the pipeline.
 
-Every token strategy, built-in or plugin, owes the pipeline the same promises (DESIGN §8):
+Every token strategy, built-in or plugin, owes the pipeline the same promises (docs/design.md §3, §8):
 the count it announced, the original order, rows copied rather than altered when pruning,
 frames kept apart, bookkeeping (``assign``/``sizes``) that matches the rows, and the same
 answer on the same input. Shipping the check here lets a plugin's own test suite prove that
@@ -106,7 +106,7 @@ def check_token_strategy(
     copies_rows: bool = True,
     chunk_infos: Sequence[ChunkInfo] | None = None,
 ) -> list[VisualTokens]:
-    """Run ``strategy`` over a stream and assert the DESIGN §8 invariants; return every chunk's output.
+    """Run ``strategy`` over a stream, assert the docs/design.md §8 invariants, return every output.
 
     ``tokens`` is either a sequence of chunks, fed in order, or one chunk repeated ``chunks``
     times on consecutive frames. Each run uses a fresh state and ``ChunkInfo`` indices

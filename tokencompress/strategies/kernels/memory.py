@@ -27,10 +27,11 @@ class MemoryStep:
 class ChunkMeanMemory:
     """The mean of every chunk's mean token so far, kept as a sum and a count (O(D), STC quirk P4).
 
-    Both references keep an ever-growing list and average it on every chunk; the sum is the same
-    up to float rounding. Each entry is stored position by position: where chunks pick their own
-    channels, entries of different channels are averaged together (STC quirk P2, VidCom² spec §6),
-    which the faithful modes reproduce. :meth:`peek` is pure so a chunk can be planned and dropped.
+    Both references keep an ever-growing list and average it on every chunk; the sum is the same up
+    to float rounding. Each entry is stored position by position: where chunks pick their own
+    channels, entries of different channels are averaged together (STC-Pruner quirk P2, also in
+    STC's streaming VidCom²), which the faithful modes reproduce. :meth:`peek` is pure so a chunk
+    can be planned and dropped.
     """
 
     total: Tensor | None = None
