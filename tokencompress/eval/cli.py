@@ -23,7 +23,9 @@ def add_parser(sub: Any, parents: Any = ()) -> argparse.ArgumentParser:
     from ..cli_options import HelpFormatter, add_model, add_plugin, add_progress
 
     text = "accuracy retention of pipelines vs the uncompressed baseline on a benchmark"
-    p = sub.add_parser("eval", help=text, description=text, parents=list(parents), formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        "eval", help=text, description=text, parents=list(parents), formatter_class=HelpFormatter
+    )
     p.add_argument(
         "pipelines", nargs="+", metavar="PIPELINE.yaml", help="pipeline YAML files (the baseline always runs)"
     )
