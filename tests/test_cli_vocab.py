@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.error_harness import TINY_STC
 from tests.test_cli import ROW, assert_one_line_error, run_cli
 from tests.test_plugin_files import STRIDE
 from tokencompress import models
@@ -147,11 +148,12 @@ def test_rows_are_printed_as_chunks_finish_and_no_bar_off_a_terminal(
 
 # ------------------------------------------------------------------ bench
 def test_bench_fps_note_once_and_clip_by_name(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, cached_builtin: None
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_STC)
     code, out, err = run_cli(
-        capsys, "bench", STC, "--fps", "0.1", "--max-frames", "2", "--repeats", "1", "--warmup", "0",
-        "--out", str(tmp_path),
+        capsys, "bench", str(tmp_path / "tiny.yaml"), "--model", str(tiny_checkpoint), "--fps", "0.1",
+        "--max-frames", "2", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
     assert out.splitlines()[0].startswith(
@@ -160,7 +162,10 @@ def test_bench_fps_note_once_and_clip_by_name(
     assert "(--fps = 0.1)" in out.splitlines()[0]
     assert sum("gives only 1 frame(s) at the pipeline's 0.1 fps" in ln for ln in out.splitlines()) == 1
     assert "site-packages" not in out and "site-packages" not in err
-    assert json.loads((tmp_path / "stc.json").read_text())["frames"] == 2
+    (written,) = [
+        ln.split()[1] for ln in out.splitlines() if ln.startswith("wrote ") and ln.endswith(".json")
+    ]
+    assert json.loads(Path(written).read_text())["frames"] == 2
 
 
 # ------------------------------------------------------------------ --tokenizer

@@ -60,7 +60,7 @@ def format_plugins(listing: dict[str, Any]) -> str:
             for p in listing.get("plugins", [])
         ],
     )
-    for key, title in (("failed", "failed to load"), ("conflicts", "conflicts")):
+    for key, title in (("failed", "failed to load"), ("conflicts", "conflicts"), ("blocked", "blocked")):
         items = listing.get(key)
         if items:
             lines += ["", f"{title}:"]
