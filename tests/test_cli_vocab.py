@@ -86,6 +86,21 @@ def test_plugins_table_json_and_schema_see_the_plugin_file(
     assert "stride_from_file" not in out
 
 
+def test_plugins_table_lists_a_plugin_that_failed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "misspelt.py"
+    bad.write_text(
+        "from tokencompress import hookimpl\n\n@hookimpl\ndef tokencompress_register_strategiez(registrar):\n    pass\n"
+    )
+    code, out, err = run_cli(capsys, "plugins", "--plugin", str(bad))
+    assert code == 0
+    tail = out.split("failed to load:\n", 1)[1].splitlines()
+    assert tail[0].startswith(
+        "  name: file:misspelt.py:0; package: file:misspelt.py; error: implements unknown hook"
+    )
+    assert "tokencompress_register_strategiez" in tail[0]
+    assert "was skipped" in err
+
+
 def test_every_pipeline_command_takes_plugin() -> None:
     subs = _subparsers(build_parser())
     for name in ("run", "bench", "validate", "schema", "plugins", "eval"):
