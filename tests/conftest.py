@@ -44,3 +44,18 @@ def tiny_checkpoint(tmp_path_factory):
     build_tiny_llava_ov().save_pretrained(path)
     byte_tokenizer("llava_onevision").save_pretrained(path)
     return path
+
+
+def _transformers_at_least(version: str) -> bool:
+    import transformers
+
+    have = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    return have >= tuple(int(p) for p in version.split("."))
+
+
+stock_reference_5_24 = pytest.mark.skipif(
+    not _transformers_at_least("5.24"),
+    reason="the reference side feeds the stock forward encoder outputs (mm_encoder_outputs, per-video "
+    "deepstack lists), an API of transformers 5.24; the target under test runs on older 5.x too",
+)
+"""For tests whose *reference* computation needs a stock API that transformers 5.24 added."""

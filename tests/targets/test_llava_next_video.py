@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from tests.conftest import random_frames
+from tests.conftest import random_frames, stock_reference_5_24
 from tokencompress import CompatibilityError, Pipeline, Stage
 from tokencompress.strategies.visionzip_select import dominant_scores_cls, select, split_heads
 from tokencompress.targets.llava_next_video import LlavaNextVideoTarget
@@ -128,6 +128,7 @@ def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
+@stock_reference_5_24
 @pytest.mark.parametrize("contextual", [0, 3])
 def test_visionzip_cls_score_before_pool_matches_the_reference(contextual):
     """placement before_pool, score cls, layer -2 (the reference's setting on a CLIP tower): the

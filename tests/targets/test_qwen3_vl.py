@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import random_frames
+from tests.conftest import random_frames, stock_reference_5_24
 from tokencompress import Pipeline
 from tokencompress.targets.qwen3_vl import DeepStackTokens, Qwen3VLTarget
 from tokencompress.tokenizer import byte_tokenizer
@@ -230,6 +230,7 @@ def _stock_pruned_logits(kept, fpc):
     return logits.float(), wrong_logits.float()
 
 
+@stock_reference_5_24
 @pytest.mark.parametrize(
     "step",
     [
