@@ -123,7 +123,7 @@ def _(c: Ctx):
 
 @case("bench-frames")
 def _(c: Ctx):
-    return c.cli("bench", STC, "--frames", "0", "--no-progress")
+    return c.cli("bench", STC, "--max-frames", "0", "--no-progress")
 
 
 @case("bench-repeats")

@@ -113,7 +113,7 @@ def _(c: Ctx):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench, "run_benchmark", interrupted)
-        result = c.cli("bench", STC, "--out", str(c.tmp), "--frames", "1", "--no-progress")
+        result = c.cli("bench", STC, "--out", str(c.tmp), "--max-frames", "1", "--no-progress")
     saved = json.loads((c.tmp / "stc.json").read_text())
     assert saved["status"] == "interrupted" and saved["error"] == "interrupted (Ctrl-C)"
     return result
@@ -128,7 +128,7 @@ def _(c: Ctx):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench, "run_benchmark", fails)
-        result = c.cli("bench", STC, "--out", str(c.tmp), "--frames", "1", "--no-progress")
+        result = c.cli("bench", STC, "--out", str(c.tmp), "--max-frames", "1", "--no-progress")
     saved = json.loads((c.tmp / "stc.json").read_text())
     assert saved["status"] == "failed" and saved["error"] == "RuntimeError: CUDA out of memory (simulated)"
     return result
@@ -276,7 +276,7 @@ def _(c: Ctx):
             for p in dup
         ),
     )
-    assert main(["plugins"]) == 0  # the listing works and shows the conflict
+    assert main(["plugins", "--json"]) == 0  # the listing works and shows the conflict
     listing = json.loads(c.capsys.readouterr().out)
     assert [row["name"] for row in listing["conflicts"]] == ["dup"]
     assert c.validate(STEP.replace("stc_pruner, %s", "stc_pruner"))[0] == 0  # other pipelines still run
@@ -289,7 +289,7 @@ def _(c: Ctx):
         raise SystemExit(3)
 
     patch_entry_points(c.monkeypatch, FakeEntryPoint("quitter", "pkg-quitter", exits))
-    assert main(["plugins"]) == 0
+    assert main(["plugins", "--json"]) == 0
     out, err = c.capsys.readouterr()
     assert json.loads(out)["failed"][0]["error"] == "import failed: SystemExit: 3"
     assert err.splitlines() == [

@@ -62,7 +62,7 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> str:
 
 # ------------------------------------------------------------ good commands
 def test_plugins_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "plugins")
+    code, out, _ = run_cli(capsys, "plugins", "--json")
     assert code == 0
     listing = json.loads(out)
     assert {"stc_cacher", "stc_pruner"} <= {s["name"] for s in listing["strategies"]}

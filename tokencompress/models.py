@@ -140,17 +140,34 @@ def build_default_model(seed: int = 0, tokenizer: Any = None, size: str = "tiny"
     return LoadedModel(model, tokenizer, desc, tok_desc, random_weights=True)
 
 
-def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model")
+"""What ``from_pretrained`` reads a tokenizer from; named in the error when none is usable."""
+
+BUILTIN_MODELS = ("builtin", "builtin-medium", "builtin-bench")
+
+
+def load_model(
+    name_or_path: str | None, dtype: torch.dtype = torch.float32, tokenizer: str | None = None
+) -> LoadedModel:
     """``None`` or ``builtin`` → the built-in model, ``builtin-medium`` / ``builtin-bench`` → its
-    real-width presets; anything else goes through ``from_pretrained``."""
-    if name_or_path is None or name_or_path in ("builtin", DEFAULT_NAME):
-        return build_default_model()
-    if name_or_path in ("builtin-medium", MEDIUM_NAME):
-        return build_default_model(size="medium")
-    if name_or_path in ("builtin-bench", BENCH_NAME):
-        return build_default_model(size="bench")
+    real-width presets; anything else goes through ``from_pretrained``. ``tokenizer`` (a hub id or
+    directory) replaces the checkpoint's own tokenizer, for checkpoints saved without one."""
+    tok = _explicit_tokenizer(tokenizer) if tokenizer is not None else None
+    for names, size in (
+        (("builtin", DEFAULT_NAME), "tiny"),
+        (("builtin-medium", MEDIUM_NAME), "medium"),
+        (("builtin-bench", BENCH_NAME), "bench"),
+    ):
+        if name_or_path is None and size == "tiny" or name_or_path in names:
+            if tok is None:
+                return build_default_model() if size == "tiny" else build_default_model(size=size)
+            _check_placeholders(tok[0], tokenizer or "")
+            loaded = build_default_model(tokenizer=tok[0], size=size)
+            loaded.tokenizer_description = tok[1]
+            return loaded
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    assert name_or_path is not None
     path = Path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
@@ -159,29 +176,97 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32) -> 
         where = "directory" if path.exists() else "model id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokenCompressError(f"cannot load model {where} '{name_or_path}': {first}") from None
-    tokenizer, tok_desc = _tokenizer_for(name_or_path, model)
+    if tok is not None:
+        _check_fits(tok[0], model, f"--tokenizer {tokenizer}")
+        tokenizer_obj, tok_desc = tok
+    else:
+        tokenizer_obj, tok_desc = _tokenizer_for(name_or_path, model)
     n = sum(p.numel() for p in model.parameters())
     desc = f"{name_or_path} ({type(model).__name__}, {n / 1e6:.1f} M parameters)"
-    return LoadedModel(model, tokenizer, desc, tok_desc, random_weights=False)
+    return LoadedModel(model, tokenizer_obj, desc, tok_desc, random_weights=False)
+
+
+def _looked_for() -> str:
+    return ", ".join(TOKENIZER_FILES)
+
+
+def _unusable(tok: Any) -> str | None:
+    """Why ``tok`` cannot tokenize a question, or None. ``from_pretrained`` happily builds a
+    tokenizer from a bare ``tokenizer_config.json``: it has no vocabulary and encodes all to []."""
+    try:
+        ids = tok("What happens in the video?", add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
+        return f"it fails on plain text ({type(exc).__name__})"
+    if not ids:
+        return f"{type(tok).__name__} with {len(tok)} token(s) encodes text to no ids"
+    return None
+
+
+def _explicit_tokenizer(source: str) -> tuple[Any, str]:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - one line whatever raised
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokenCompressError(
+            f"--tokenizer {source}: cannot load a tokenizer ({first}); give a directory holding "
+            f"{_looked_for()} or a hub id"
+        ) from None
+    why = _unusable(tok)
+    if why is not None:
+        raise TokenCompressError(
+            f"--tokenizer {source}: unusable tokenizer ({why}); give a directory holding tokenizer.json "
+            "(or vocab.json + merges.txt) or a hub id"
+        )
+    return tok, f"{type(tok).__name__} from {source} (--tokenizer)"
+
+
+def _check_placeholders(tok: Any, source: str) -> None:
+    """The built-in model sizes its vocabulary from the tokenizer and needs its media tokens."""
+    for token in ("<image>", "<video>"):
+        tid = tok.convert_tokens_to_ids(token)
+        if tid is None or tid == tok.unk_token_id:
+            raise TokenCompressError(
+                f"--tokenizer {source}: has no {token} token, which the built-in (LLaVA-OneVision) model "
+                "needs; leave --tokenizer out for the built-in model"
+            )
+
+
+def _check_fits(tok: Any, model: nn.Module, what: str) -> None:
+    vocab = model.config.get_text_config().vocab_size
+    if len(tok) > vocab:
+        raise TokenCompressError(
+            f"{what}: the tokenizer has {len(tok)} tokens, more than the model's vocabulary ({vocab}); "
+            "give the tokenizer the checkpoint was trained with"
+        )
 
 
 def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str]:
-    """The checkpoint's own tokenizer if it ships one, else the offline Qwen2 one if ids fit."""
+    """The checkpoint's own tokenizer if it ships a usable one, else the offline Qwen2 one if ids fit."""
     from transformers import AutoTokenizer
 
     from .tokenizer import load_tokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
-        return tok, f"{type(tok).__name__} from {name_or_path}"
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    else:
+        why = _unusable(tok)
+        if why is None:
+            return tok, f"{type(tok).__name__} from {name_or_path}"
+        raise TokenCompressError(
+            f"model '{name_or_path}' has no usable tokenizer ({why}; looked for {_looked_for()}); "
+            "pass --tokenizer PATH_OR_ID, or save the tokenizer next to the weights"
+        )
     tok, desc = load_tokenizer(_tokenizer_layout(model))
     vocab = model.config.get_text_config().vocab_size
     if len(tok) > vocab:
         raise TokenCompressError(
-            f"model '{name_or_path}' ships no tokenizer and its vocabulary ({vocab}) is smaller than the "
-            f"fallback tokenizer's ({len(tok)}); save a tokenizer next to the weights"
+            f"model '{name_or_path}' ships no tokenizer (looked for {_looked_for()}) and its vocabulary "
+            f"({vocab}) is smaller than the fallback tokenizer's ({len(tok)}); pass --tokenizer PATH_OR_ID, "
+            "or save the tokenizer next to the weights"
         )
     return tok, desc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,14 @@ from .errors import DecodeError, TokenCompressError
 from .outputs import RunStatus
 
 __all__ = ["RunOutcome", "stream_video"]
+
+
+def _writer(bar: Any) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        bar.write(line, file=sys.stdout)  # clears the bar, prints, redraws it
+        sys.stdout.flush()
+
+    return write
 
 
 @dataclass
@@ -45,9 +54,13 @@ def stream_video(
     total: int | None,
     quiet: bool,
     debug: bool = False,
+    on_chunk: Callable[..., None] | None = None,
 ) -> RunOutcome:
     """Decode ``video`` at ``fps`` into ``stream``; errors before the first decoded frame raise
-    (the input is bad), later ones end the loop with a ``failed``/``interrupted`` status."""
+    (the input is bad), later ones end the loop with a ``failed``/``interrupted`` status.
+
+    ``on_chunk(stats, write)`` sees each chunk as it finishes (``write`` prints a line above the
+    progress bar), so rows reach a log or a pipe while the stream runs, not at its end."""
     from tqdm import tqdm
 
     from .video import iter_frames
@@ -60,6 +73,8 @@ def stream_video(
         for stats in done:
             out.chunks.append(stats)
             out.frames_encoded += stats.frames
+            if on_chunk is not None:
+                on_chunk(stats, None if bar.disable else _writer(bar))
             bar.set_postfix(llm_tokens=stats.llm_tokens, vit_ms=f"{stats.vit_ms:.0f}")
             bar.update(1)
 

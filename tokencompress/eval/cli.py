@@ -19,23 +19,39 @@ BENCHMARKS = ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema")
 ONLINE = ("ovo-bench", "streamingbench")
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Any, parents: Any = ()) -> argparse.ArgumentParser:
+    from ..cli_options import HelpFormatter, add_model, add_plugin, add_progress
+
+    text = "accuracy retention of pipelines vs the uncompressed baseline on a benchmark"
     p = sub.add_parser(
-        "eval", help="accuracy retention of pipelines vs the uncompressed baseline on a benchmark"
+        "eval", help=text, description=text, parents=list(parents), formatter_class=HelpFormatter
     )
     p.add_argument(
         "pipelines", nargs="+", metavar="PIPELINE.yaml", help="pipeline YAML files (the baseline always runs)"
     )
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="benchmark to score")
     p.add_argument(
         "--data",
         required=True,
         help="benchmark root in its own layout (offline sets: or a ReKV-format .json)",
     )
-    p.add_argument("--model", help="hub id or local directory (default: built-in random-weight model)")
-    p.add_argument("--protocol", default="reference", choices=("reference", "incremental"))
-    p.add_argument("--fps", type=float, help="sampling fps (default 1 for OVO/StreamingBench, 0.5 offline)")
-    p.add_argument("--frame-rule", default="rekv_stride", choices=("rekv_stride", "uniform_k", "time_slots"))
+    add_model(p)
+    add_plugin(p)
+    p.add_argument(
+        "--protocol",
+        default="reference",
+        choices=("reference", "incremental"),
+        help="reference: a fresh session per query over its window (the authors' scripts); incremental: one "
+        "session per video, frames appended between queries",
+    )
+    p.add_argument("--fps", type=float, help="sampling fps (default: 1 for OVO/StreamingBench, 0.5 offline)")
+    p.add_argument(
+        "--frame-rule",
+        default="rekv_stride",
+        choices=("rekv_stride", "uniform_k", "time_slots"),
+        help="which frames of a window are sampled: rekv_stride (every n-th), uniform_k (--num-frames spread), "
+        "time_slots (first frame per 1/fps slot)",
+    )
     p.add_argument("--num-frames", type=int, default=32, help="frames per query under uniform_k")
     p.add_argument("--scoring", help="scorer mode (official, strict, lmms, stc; per benchmark)")
     p.add_argument("--prompts", help="YAML file replacing prompt templates key by key")
@@ -43,15 +59,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--prompt-wrap", default="chat", choices=("chat", "raw"), help="raw: no assistant header (STC/ReKV)"
     )
     p.add_argument("--context", type=float, default=-1.0, help="StreamingBench context seconds (-1: from 0)")
-    p.add_argument("--max-new-tokens", type=int, help="answer length (default 128 online, 16 offline)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length (default: 128 online, 16 offline)")
     p.add_argument("--limit", type=int, help="first N annotation records (after --tasks)")
     p.add_argument("--tasks", nargs="+", help="task codes to keep (e.g. EPM STU REC, OP CT, plotQA)")
     p.add_argument(
         "--strict", action="store_true", help="fail on a bad annotation record instead of skipping it"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda:LOCAL_RANK when available)")
-    p.add_argument("--out", default="eval_out", help="output directory (resumes from its prediction logs)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="eval_out",
+        help="directory to write results.json, results.md, predictions.jsonl (resumed from) and retention.png",
+    )
+    add_progress(p)
     return p
 
 
@@ -91,7 +112,10 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
             f"--data {args.data}: no {args.benchmark} queries left (skipped: {data.skipped or 'none'}; check --tasks/--limit)"
         )
     preflight(data, rule)
-    pipelines = [Pipeline.from_yaml(p) for p in args.pipelines]
+    from ..cli_options import registry_for, show_progress
+
+    registry = registry_for(args)
+    pipelines = [Pipeline.from_yaml(p, registry) for p in args.pipelines]
     pipelines = _drop_baselines(pipelines)
     names = [p.name for p in pipelines]
     if len(set(names)) != len(names):
@@ -110,7 +134,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
         if loaded_model is None:
             from ..models import load_model
 
-            loaded_model = load_model(args.model)
+            loaded_model = load_model(args.model, tokenizer=getattr(args, "tokenizer", None))
         model = loaded_model.model
         device = _device(args.device, shard)
         if device != "cpu":
@@ -124,7 +148,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
 
         first = pipelines[0].config if pipelines else PipelineConfig()
         base_cfg = dataclasses.replace(first, name="baseline", stages={})
-        bound = [Pipeline(base_cfg, pipelines[0].registry if pipelines else None).bind(model)]
+        bound = [Pipeline(base_cfg, registry).bind(model)]
         bound += [
             p.bind(model) for p in pipelines
         ]  # a pipeline the model cannot run fails here, before any query
@@ -145,7 +169,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
         say(
             f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
         )
-        results = evaluate(data, engines, settings, Path(args.out), shard, progress=not args.no_progress)
+        results = evaluate(data, engines, settings, Path(args.out), shard, progress=show_progress(args))
     finally:
         shard.close()
     if results is not None:

