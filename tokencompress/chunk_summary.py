@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .types import Stage
-
 __all__ = ["summarize", "stock_llm_tokens"]
 
 
 def stock_llm_tokens(chunks: Sequence[Any], target: Any) -> int:
     """Visual tokens the stock model would prefill for ``chunks``: the reference for "kept", since a
     post_vit selection may replace the pooling (LLaVA-NeXT-Video) and so shrink pre_prefill's input."""
+    from .types import Stage  # here, so the command line starts without importing torch
+
     per_frame = target.stage_info()[Stage.PRE_PREFILL].tokens_per_frame
     return sum(per_frame * target.token_frames(c.frames) for c in chunks)
 

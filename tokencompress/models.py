@@ -26,7 +26,7 @@ BENCH_NAME = "builtin:bench-llava-onevision"
 MEDIUM_OVERRIDES: dict[str, dict[str, Any]] = {
     # SigLIP-so400m width and Qwen2-0.5B width, 4 layers each: every per-token cost (a ViT
     # layer on 729 tokens, an LLM layer on 196) is real-size, so compression ratios in time mean
-    # something, while one frame stays around a second on a 2-core CPU (specs/targets.md §5).
+    # something, while one frame stays around a second on a 2-core CPU.
     "vision_config": dict(
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=4, num_attention_heads=16
     ),

@@ -105,3 +105,14 @@ def test_import_graph_counts_function_level_imports(tmp_path, monkeypatch):
 def test_no_module_is_over_the_size_limit():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in ROOT.rglob("*.py")}
     assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_command_line_starts_without_torch():
+    """Ctrl-C in a command's first second must land in code that handles it, and --help/--version
+    answer at once: importing the CLI (and the package) imports neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    code = "import sys, tokencompress, tokencompress.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
