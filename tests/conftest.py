@@ -19,15 +19,10 @@ def tiny_llava_ov():
 
 
 def random_frames(n: int, seed: int = 0, h: int = 40, w: int = 50) -> np.ndarray:
-    """Smoothly varying uint8 frames (a moving gradient plus noise), never all zero."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    frames = []
-    for t in range(n):
-        base = (np.sin((xx + 3 * t) / 7.0) + np.cos((yy - 2 * t) / 5.0)) * 60 + 128
-        img = base[..., None] + rng.normal(0, 20, size=(h, w, 3))
-        frames.append(np.clip(img, 1, 255).astype(np.uint8))
-    return np.stack(frames)
+    """Smoothly varying uint8 frames (a moving gradient plus noise), never all zero: the kit's own."""
+    from tokencompress.testing.frames import moving_frames
+
+    return moving_frames(n, seed, h, w)
 
 
 @pytest.fixture
