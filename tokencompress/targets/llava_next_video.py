@@ -34,6 +34,7 @@ from ..frames import resize_frames
 from ..target import StageRunner, Target
 from ..tokens import VisualTokens
 from ..types import ChatFormat, ChunkInfo, Need, Stage, StageInfo
+from .feature_layer import selected_features
 from .qwen_patches import CLIP_MEAN, CLIP_STD
 from .siglip_block import SiglipBlockAdapter
 
@@ -108,9 +109,6 @@ class LlavaNextVideoTarget(Target):
     def _pooled(self) -> int:
         return self._grid() // int(self.model.config.spatial_pool_stride)
 
-    def _has_cls(self) -> bool:
-        return self.model.config.vision_feature_select_strategy == "default"
-
     def stage_info(self) -> dict[Stage, StageInfo]:
         g, p = self._grid(), self._pooled()
         vit_dim = self._vcfg.hidden_size
@@ -149,13 +147,7 @@ class LlavaNextVideoTarget(Target):
         inner = self.model.model
         cfg = self.model.config
         out = self._tower(pixels, output_hidden_states=True, return_dict=True)
-        layer = cfg.vision_feature_layer
-        if isinstance(layer, int):
-            feats = out.hidden_states[layer]
-        else:
-            feats = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
-        if self._has_cls():
-            feats = feats[:, 1:]
+        feats = selected_features(out.hidden_states, cfg)
         g = self._grid()
         tokens = run_stage(Stage.POST_VIT, VisualTokens.from_frames(feats, (g, g), chunk.first_frame))
         if tokens.is_full_grid():

@@ -23,6 +23,7 @@ from ..frames import resize_frames
 from ..target import LLMState, StageRunner, Target, TargetOptions
 from ..tokens import VisualTokens
 from ..types import ChunkInfo, Need, Stage, StageInfo
+from .feature_layer import selected_features
 from .siglip_block import SiglipBlockAdapter
 
 __all__ = ["LlavaOnevisionTarget", "LlavaOnevisionOptions"]
@@ -89,9 +90,6 @@ class LlavaOnevisionTarget(Target):
     def _grid(self) -> int:
         return self._vcfg.image_size // self._vcfg.patch_size
 
-    def _has_cls(self) -> bool:
-        return self.model.config.vision_feature_select_strategy == "default"
-
     def stage_info(self) -> dict[Stage, StageInfo]:
         g = self._grid()
         p = math.ceil(g / 2)
@@ -125,13 +123,7 @@ class LlavaOnevisionTarget(Target):
         inner = self.model.model
         cfg = self.model.config
         out = inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
-        layer = cfg.vision_feature_layer
-        if isinstance(layer, int):
-            feats = out.hidden_states[layer]
-        else:
-            feats = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
-        if self._has_cls():
-            feats = feats[:, 1:]
+        feats = selected_features(out.hidden_states, cfg)
         g = self._grid()
         tokens = run_stage(Stage.POST_VIT, VisualTokens.from_frames(feats, (g, g), chunk.first_frame))
         if not tokens.is_full_grid():

@@ -38,7 +38,6 @@ from torch import Tensor, nn
 from ..target import LLMState, StageRunner, TargetOptions, cache_argument
 from ..tokens import VisualTokens
 from ..types import ChunkInfo, Stage
-from .qwen_patches import frames_to_patches
 from .qwen_vl_base import QwenVLOptions, QwenVLTarget
 
 if TYPE_CHECKING:
@@ -135,6 +134,8 @@ class Qwen3VLTarget(QwenVLTarget):
     name = "qwen3_vl"
     summary = "Qwen3-VL: packed ViT (learned positions + 2-D rotary), per-slice timestamped groups, DeepStack"
     Options = Qwen3VLOptions
+    pixel_mean = QWEN3_MEAN  # Qwen3-VL's processor normalises with 0.5 / 0.5
+    pixel_std = QWEN3_STD
 
     def __init__(self, model: nn.Module, options: TargetOptions | None = None) -> None:
         super().__init__(model, options)
@@ -172,23 +173,6 @@ class Qwen3VLTarget(QwenVLTarget):
 
     def configure_stream(self, stream: StreamConfig) -> None:
         self._fps = float(stream.fps)
-
-    # ---------------------------------------------------------------- frames
-    def preprocess(self, frames: Sequence[np.ndarray] | np.ndarray | Tensor) -> Tensor:
-        """uint8 RGB frames → ``pixel_values_videos`` ``[t·h·w, 3·2·16·16]``, normalised with 0.5/0.5."""
-        vc = self._vcfg
-        pixels, _ = frames_to_patches(
-            frames,
-            self.frame_hw,
-            vc.patch_size,
-            vc.spatial_merge_size,
-            vc.temporal_patch_size,
-            dtype=self._visual.patch_embed.proj.weight.dtype,
-            device=self.device,
-            mean=QWEN3_MEAN,
-            std=QWEN3_STD,
-        )
-        return pixels
 
     def slice_times(self, first_frame: int, num_frames: int) -> tuple[float, ...]:
         """Seconds of every slice of a chunk: mean time of its first and last (repeated) frame."""

@@ -44,7 +44,7 @@ from ..tokens import VisualTokens
 from ..types import ChunkInfo, Need, Stage, StageInfo
 from .qwen_layout import ChunkLayout, LayoutSlot, merge_block_positions
 from .qwen_mrope import chunk_positions
-from .qwen_patches import fit_to_grid, frames_to_patches
+from .qwen_patches import CLIP_MEAN, CLIP_STD, fit_to_grid, frames_to_patches
 from .qwen_vision_block import QwenVisionBlockAdapter
 
 __all__ = ["QwenVLOptions", "QwenVLTarget"]
@@ -93,6 +93,9 @@ class QwenVLTarget(Target):
         "rekv": "ReKV renumbers retrieved frames on one position axis at question time, which has no "
         "defined meaning under Qwen's 3-D M-RoPE; bound this stream with sliding_window"
     }
+    pixel_mean: ClassVar[tuple[float, float, float]] = CLIP_MEAN
+    pixel_std: ClassVar[tuple[float, float, float]] = CLIP_STD
+    """The image processor's normalisation (CLIP's for Qwen2/2.5-VL)."""
     windowed: ClassVar[bool] = False
     """True when the tower packs tokens in window order (Qwen2.5-VL)."""
 
@@ -174,6 +177,8 @@ class QwenVLTarget(Target):
             vc.temporal_patch_size,
             dtype=self._visual.patch_embed.proj.weight.dtype,
             device=self.device,
+            mean=self.pixel_mean,
+            std=self.pixel_std,
         )
         return pixels
 
