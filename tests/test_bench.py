@@ -191,4 +191,6 @@ def test_per_repeat_figures_and_chunk_kinds(model, result):
     fid = result.fidelity
     assert 0 < fid["token_cosine_mean"] <= 1 + 1e-6 and fid["first_token_kl"] >= 0
     assert "un-merged" in fid["token_cosine_matched"][0]
-    assert "load" in format_table(result)
+    text = format_table(result)
+    assert "load" in text
+    assert "ViT GFLOPs, reference chunks" in text and "ViT GFLOPs, non-reference chunks" in text

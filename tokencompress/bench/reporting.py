@@ -131,7 +131,7 @@ def _spread_lines(result: BenchResult, width: int) -> list[str]:
             lines.append(f"{label:<40} {fmt_spread(s, percent=key == 'stage_share_of_prefill'):>26}")
     for key, value in result.flop_ratios.items():
         lines.append(
-            f"{'ViT GFLOPs, ' + key.rsplit('_', 2)[-2].replace('non', 'non-') + ' chunks':<40} {value:>26.3f}"
+            f"{'ViT GFLOPs, ' + key.removeprefix('vit_gflops_').replace('_', '-') + ' chunks':<40} {value:>26.3f}"
         )
     over = result.stage_overhead.get("vit_time_over_flop_line")
     if over is not None:
