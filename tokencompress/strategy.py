@@ -9,6 +9,7 @@ silent default.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -98,6 +99,12 @@ class Strategy(ABC):
     def new_state(self) -> Any:
         """Fresh per-stream state (None for stateless strategies)."""
         return None
+
+    def copy_state(self, state: Any) -> Any:
+        """A copy of ``state`` that this strategy's later chunks cannot change: what a chunk's
+        transaction restores if the chunk fails. The default deep-copies; a strategy whose large
+        tensors are replaced, never written in place, may copy only its containers."""
+        return copy.deepcopy(state)
 
     @classmethod
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
