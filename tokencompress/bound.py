@@ -17,6 +17,7 @@ from torch import nn
 
 from .block_patch import BlockPatch
 from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
+from .decoder_attention import grouped_kv_attention
 from .faults import Attribution, check_tokens, guarded
 from .hooks.events import StageEvent
 from .kv_patch import KVPatch
@@ -77,8 +78,9 @@ class BoundPipeline:
 
     @contextmanager
     def hooks(self) -> Iterator[BoundPipeline]:
-        """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses it)."""
-        with self.patch, self.kv_patch:
+        """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses
+        it), and the decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical)."""
+        with self.patch, self.kv_patch, grouped_kv_attention(getattr(self.target, "language_model", None)):
             yield self
 
     def _kv_attends(self) -> bool:

@@ -410,3 +410,26 @@ def test_params_defaults_and_metadata() -> None:
     assert (cacher.params.update_token_ratio, cacher.params.cache_interval) == (0.25, 2)
     assert cacher.name == "stc_cacher" and cacher.stateful and not cacher.changes_count
     assert cacher.planned_count(729, 3) == 729 * 3
+
+
+@torch.no_grad()
+def test_copy_state_shares_tensors_and_survives_later_chunks(tiny) -> None:
+    """The transaction's copy costs no tensor copy, yet later chunks (which replace entries)
+    leave it exactly as it was."""
+    cacher = StcCacher(update_token_ratio=0.5, cache_interval=2)
+    state = cacher.new_state()
+    frames = video(3, 3)
+    with patch_for(tiny, cacher) as patch:
+        steps = list(chunks(frames, 1))
+        encode(tiny, patch, cacher, state, steps[0][1], steps[0][0])
+        encode(tiny, patch, cacher, state, steps[1][1], steps[1][0])  # fills state.derived
+        kept = cacher.copy_state(state)
+        before = {i: [t.clone() for t in ref] for i, ref in kept.refs.items()}
+        assert all(kept.refs[i][0] is state.refs[i][0] for i in state.refs)
+        assert kept.derived.keys() == state.derived.keys()
+        encode(tiny, patch, cacher, state, steps[2][1], steps[2][0])  # a reference chunk: new entries
+    assert state.chunks_seen == 3 and kept.chunks_seen == 2
+    assert all(state.refs[i][0] is not kept.refs[i][0] for i in state.refs)
+    for i, ref in kept.refs.items():
+        assert all(torch.equal(a, b) for a, b in zip(ref, before[i], strict=True))
+    assert kept.derived.keys() == {0, 1} and not state.derived
