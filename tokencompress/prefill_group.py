@@ -91,10 +91,13 @@ def check_prefill_grouping(stream: StreamConfig, target: object, kv_steps: Seque
             f"stream.prefill_chunks = {k}: the kv_cache strategy {names} acts on every chunk's prefill, so "
             f"chunks cannot be prefilled together; set stream.prefill_chunks: 1 or drop stages.{Stage.KV_CACHE.value}"
         )
-    from .target import Target
-
     cls = type(target)
-    if cls.prefill_visual is not Target.prefill_visual and cls.visual_segment is Target.visual_segment:
+
+    def owner(name: str) -> type:
+        return next(c for c in cls.__mro__ if name in vars(c))
+
+    own, segment = owner("prefill_visual"), owner("visual_segment")
+    if own is not segment and issubclass(own, segment):  # prefill_visual redefined below visual_segment
         raise CompatibilityError(
             f"stream.prefill_chunks = {k}: target '{getattr(target, 'name', cls.__name__)}' prefills chunks its "
             "own way (prefill_visual) and offers no visual_segment to group them; set stream.prefill_chunks: 1"
