@@ -69,6 +69,12 @@ def _(c: Ctx):
     return c.validate("stream: {frames_per_chunk: true}\n")
 
 
+@case("stream-prefill-chunks-kv-cache")
+def _(c: Ctx):
+    text = "stream: {prefill_chunks: 4}\nstages:\n  kv_cache:\n    - {strategy: sliding_window}\n"
+    return c.cli("validate", c.write(text))
+
+
 @case("pipeline-is-directory")
 def _(c: Ctx):
     return c.cli("validate", str(c.tmp), "--no-model")
@@ -119,6 +125,11 @@ def _(c: Ctx):
 @case("cli-json-empty")
 def _(c: Ctx):
     return _run(c, "--json", "")
+
+
+@case("cli-prefill-chunks")
+def _(c: Ctx):
+    return _run(c, "--prefill-chunks", "0")
 
 
 @case("bench-frames")

@@ -25,6 +25,7 @@ from .kv_placement import kv_build
 from .kv_strategy import KVMemory
 from .pipeline_config import PipelineConfig
 from .placement import TOKEN_PATH, Placement
+from .prefill_group import check_prefill_grouping
 from .registry import Registry
 from .strategy import BlockStrategy, Strategy, TokenStrategy
 from .target import Target
@@ -59,6 +60,7 @@ class BoundPipeline:
         self.patch = BlockPatch(
             layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution
         )
+        check_prefill_grouping(config.stream, target, config.strategies(Stage.KV_CACHE))
         self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
         """The kv_cache strategy and what it was built for (both None without one)."""
         self.kv_patch = KVPatch(

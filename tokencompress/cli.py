@@ -16,7 +16,7 @@ from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
-from .cli_options import registry_for, show_progress
+from .cli_options import registry_for, show_progress, with_prefill_chunks
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     from .run_loop import stream_video
     from .video import probe, sample_video_path
 
-    pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
+    pipeline = with_prefill_chunks(Pipeline.from_yaml(args.pipeline, registry_for(args)), args.prefill_chunks)
     if args.json:
         check_output_file(args.json, "--json")  # before minutes of work, not after
     video = args.video
@@ -127,7 +127,14 @@ def _run(args: argparse.Namespace) -> int:
     fpc = cfg.stream.frames_per_chunk
     answer = None
     with pipeline.apply(loaded.model) as bound:
-        print(f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps")
+        group = (
+            f"; tokens of {cfg.stream.prefill_chunks} chunks prefilled together"
+            if cfg.stream.prefill_chunks > 1
+            else ""
+        )
+        print(
+            f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps{group}"
+        )
         for note in bound.notes:
             print(f"note: {note}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
@@ -139,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         status = outcome.status
         if args.ask and status.status == "complete" and outcome.chunks:
             answer = stream.ask(args.ask, max_new_tokens=args.max_new_tokens)
-    chunks = outcome.chunks
+    chunks = list(stream.history)  # a group prefill closed at the end updates its last chunk's entry
     if not chunks and status.status == "complete":
         raise TokenCompressError(f"{video}: no frames were sampled")
     stock = stock_llm_tokens(chunks, stream.target) if chunks else 0
@@ -262,7 +269,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.warmup < 0:
         raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
-    pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
+    pipeline = with_prefill_chunks(Pipeline.from_yaml(args.pipeline, registry_for(args)), args.prefill_chunks)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")

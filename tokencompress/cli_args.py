@@ -14,7 +14,7 @@ from .errors import TokenCompressError
 
 __all__ = ["check_args"]
 
-_AT_LEAST_ONE = ("max_frames", "max_new_tokens", "frames", "repeats")
+_AT_LEAST_ONE = ("max_frames", "max_new_tokens", "frames", "repeats", "prefill_chunks")
 
 
 def _flag(dest: str) -> str:

@@ -17,10 +17,12 @@ __all__ = [
     "MODEL_HELP",
     "add_model",
     "add_plugin",
+    "add_prefill_chunks",
     "add_progress",
     "add_sampling",
     "registry_for",
     "show_progress",
+    "with_prefill_chunks",
 ]
 
 MODEL_HELP = (
@@ -67,6 +69,28 @@ def add_sampling(p: argparse.ArgumentParser, max_frames: int | None, fps_help: s
         default=max_frames,
         help="frames to stream, sampled at --fps" if max_frames else "stop after this many sampled frames",
     )
+
+
+def add_prefill_chunks(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument(
+        "--prefill-chunks",
+        type=int,
+        metavar="N",
+        help="prefill the kept tokens of N consecutive chunks in one LLM call (overrides the pipeline's "
+        "stream.prefill_chunks; tokens wait for at most N-1 later chunks)" + extra,
+    )
+
+
+def with_prefill_chunks(pipeline: Any, n: int | None) -> Any:
+    """``pipeline`` with ``stream.prefill_chunks = n`` (itself when ``n`` is None)."""
+    if n is None or n == pipeline.config.stream.prefill_chunks:
+        return pipeline
+    import dataclasses
+
+    from .pipeline import Pipeline
+
+    stream = pipeline.config.stream.model_copy(update={"prefill_chunks": n})
+    return Pipeline(dataclasses.replace(pipeline.config, stream=stream), pipeline.registry)
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ interleaved freely; ``reset()`` drops it all.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .decoder_memory import DecoderMemory
 from .errors import ConfigError
 from .faults import Attribution, guarded
 from .frames import as_frames
+from .prefill_group import PrefillSegment
 from .stream_txn import StreamSnapshot
 from .timing import now
 from .tokens import VisualTokens
@@ -34,7 +36,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ChunkStats:
-    """What one chunk cost and kept; token counts are per stage (in, out)."""
+    """What one chunk cost and kept; token counts are per stage (in, out).
+
+    With ``stream.prefill_chunks > 1`` a chunk whose tokens wait for their group reports
+    ``prefill_ms = 0`` and ``prefilled_chunks = 0``; the chunk that runs the group prefill reports
+    the whole group's prefill time and how many chunks it carried (when ``flush()``/``ask()``
+    closes a short group, the last chunk's entry in ``Stream.history`` is updated so).
+    """
 
     chunk: int
     first_frame: int
@@ -46,13 +54,18 @@ class ChunkStats:
     vit_ms: float
     compress_ms: float
     prefill_ms: float
+    """Decoder time of the prefill this chunk ran (its own tokens, or its whole group's)."""
     total_ms: float
     cache_tokens: int
-    """Tokens resident in the decoder's attention cache after the chunk (per layer)."""
+    """Tokens resident in the decoder's attention cache after the chunk (per layer); tokens still
+    waiting for a group prefill are not resident yet."""
     stored_tokens: int = 0
     """Tokens per layer a kv_cache strategy keeps outside the attention cache (ReKV's block store)."""
     stored_bytes: int = 0
     """Host bytes of that store, all layers."""
+    prefilled_chunks: int = 1
+    """Chunks whose tokens this chunk's prefill carried: 1 unless ``stream.prefill_chunks > 1``, then
+    0 while its tokens wait, or the size of the group whose prefill it ran."""
 
     @property
     def llm_tokens(self) -> int:
@@ -89,6 +102,7 @@ class Stream:
         self.id = stream_id
         self.tokenizer = tokenizer
         self.frames_per_chunk = bound.stream_config.frames_per_chunk
+        self.prefill_chunks = bound.stream_config.prefill_chunks
         self._attribution = getattr(bound, "attribution", None) or Attribution(None)
         self.reset()
 
@@ -103,6 +117,8 @@ class Stream:
         self.token_frames_seen = 0
         self.chunks_done = 0
         self._pending: list[np.ndarray] = []
+        self._waiting: list[PrefillSegment] = []
+        """Decoder inputs of chunks waiting for their group prefill (positions assigned)."""
         self._prefixed = False
         self.history: list[ChunkStats] = []
 
@@ -131,7 +147,8 @@ class Stream:
                 self.decoder.after_encode()
 
     def prefill_ids(self, ids: Tensor) -> Tensor:
-        """Append raw token ids (no chat formatting); returns last-token logits."""
+        """Append raw token ids (no chat formatting) after every chunk so far; returns last-token logits."""
+        self.prefill_waiting()
         self._prefixed = True
         self.guard.check(self.llm.next_position + ids.numel(), "prefill_ids")
         self.decoder.before_prefill("text", ids.numel())
@@ -165,13 +182,42 @@ class Stream:
         return done
 
     def flush(self) -> list[ChunkStats]:
-        """Encode leftover frames as one more (short) chunk, never with a stale chunk index.
-        A failed flush leaves the frames queued and the stream as it was."""
+        """Encode leftover frames as one more (short) chunk, never with a stale chunk index, and
+        prefill the tokens of every chunk still waiting for its group (``stream.prefill_chunks``).
+        Returns the stats of the chunk it encoded, if any. A failed flush leaves the frames queued,
+        the waiting chunks waiting and the stream as it was."""
         if not self._pending:
+            self.prefill_waiting()
             return []
-        stats = self._encode_chunk(list(self._pending))
+        stats = self._encode_chunk(list(self._pending), close_group=True)
         self._pending.clear()
         return [stats]
+
+    @property
+    def waiting_chunks(self) -> int:
+        """Chunks whose tokens wait for their group prefill (at most ``stream.prefill_chunks - 1``)."""
+        return len(self._waiting)
+
+    def prefill_waiting(self) -> None:
+        """Prefill the tokens of the chunks waiting for their group now (a short group). Its time goes
+        to the last chunk's entry in ``history``; a failure leaves them waiting and the stream as it was."""
+        if self._waiting:
+            self._transaction(self._close_group)
+
+    def _close_group(self) -> None:
+        device = self.target.device
+        t1 = now(device)
+        last = self.history[-1]
+        carried = self._prefill_group(last.chunk)
+        t2 = now(device)
+        ms = 1e3 * (t2 - t1)
+        self.history[-1] = dataclasses.replace(
+            last,
+            prefill_ms=ms,
+            total_ms=last.total_ms + ms,
+            prefilled_chunks=carried,
+            cache_tokens=self.decoder.cache_tokens(),
+        )
 
     def add_video(
         self, path: str | Path, fps: float | None = None, max_frames: int | None = None
@@ -207,10 +253,10 @@ class Stream:
         self.token_frames_seen += self.target.token_frames(len(frames))
         return encoded
 
-    def _encode_chunk(self, frames: list[np.ndarray]) -> ChunkStats:
-        return self._transaction(lambda: self._encode_chunk_once(frames))
+    def _encode_chunk(self, frames: list[np.ndarray], close_group: bool = False) -> ChunkStats:
+        return self._transaction(lambda: self._encode_chunk_once(frames, close_group))
 
-    def _encode_chunk_once(self, frames: list[np.ndarray]) -> ChunkStats:
+    def _encode_chunk_once(self, frames: list[np.ndarray], close_group: bool = False) -> ChunkStats:
         self._ensure_prefix()
         device = self.target.device
         t0 = now(device)
@@ -220,16 +266,7 @@ class Stream:
         self.decoder.before_prefill("frames", encoded.tokens.count)
         undo = (self.llm.length, self.llm.next_position, self.llm.visual_tokens)
         t1 = now(device)
-        guarded(
-            self._attribution,
-            "target",
-            self.target,
-            f"prefill, chunk {encoded.chunk.index}",
-            self.target.prefill_visual,
-            self.llm,
-            encoded.tokens,
-        )
-        self.decoder.guard_chunk(chunk, *undo)
+        carried = self._prefill_chunk(encoded, undo, close_group)
         self.decoder.after_encode()
         t2 = now(device)
         self.decoder.observe(chunk, encoded.tokens.count, t2 - t1, self.id)
@@ -245,14 +282,62 @@ class Stream:
             preprocess_ms=1e3 * timing.preprocess_s,
             vit_ms=1e3 * timing.vit_s,
             compress_ms=1e3 * timing.compress_s,
-            prefill_ms=1e3 * (t2 - t1),
+            prefill_ms=1e3 * (t2 - t1) if carried else 0.0,
             total_ms=1e3 * (t2 - t0),
             cache_tokens=self.decoder.cache_tokens(),
             stored_tokens=stored_tokens,
             stored_bytes=stored_bytes,
+            prefilled_chunks=carried,
         )
         self.history.append(stats)
         return stats
+
+    def _prefill_chunk(self, encoded: EncodedChunk, undo: tuple[int, int, int], close_group: bool) -> int:
+        """Prefill the chunk, or (``stream.prefill_chunks > 1``) queue its decoder input and prefill the
+        group once it is full; returns how many chunks this prefill carried (0: the tokens wait)."""
+        chunk = encoded.chunk
+        where = f"prefill, chunk {chunk.index}"
+        if self.prefill_chunks == 1:
+            guarded(
+                self._attribution,
+                "target",
+                self.target,
+                where,
+                self.target.prefill_visual,
+                self.llm,
+                encoded.tokens,
+            )
+            self.decoder.guard_chunk(chunk, *undo)
+            return 1
+        segment = guarded(
+            self._attribution,
+            "target",
+            self.target,
+            where,
+            self.target.visual_segment,
+            self.llm,
+            encoded.tokens,
+        )
+        self.decoder.guard_chunk(chunk, *undo)  # positions are assigned now: waiting tokens count
+        self._waiting.append(segment)
+        if close_group or len(self._waiting) >= self.prefill_chunks:
+            return self._prefill_group(chunk.index)
+        return 0
+
+    def _prefill_group(self, last_chunk: int) -> int:
+        n = len(self._waiting)
+        where = f"prefill, chunk {last_chunk}" + (f" (grouped with the {n - 1} before it)" if n > 1 else "")
+        guarded(
+            self._attribution,
+            "target",
+            self.target,
+            where,
+            self.target.prefill_segments,
+            self.llm,
+            self._waiting,
+        )
+        self._waiting = []
+        return n
 
     # ------------------------------------------------------------ questions
     def ask(

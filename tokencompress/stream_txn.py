@@ -40,6 +40,8 @@ class StreamSnapshot:
     cache_length: int
     counters: dict[str, Any]
     history: int
+    waiting: list[Any]
+    """Decoder inputs of chunks waiting for a group prefill (immutable; the list is copied)."""
 
     @classmethod
     def take(cls, stream: Any) -> StreamSnapshot:
@@ -52,6 +54,7 @@ class StreamSnapshot:
             cache_length=llm.length,
             counters={k: getattr(stream, k) for k in _COUNTERS},
             history=len(stream.history),
+            waiting=list(getattr(stream, "_waiting", ())),
         )
 
     def restore(self, stream: Any) -> None:
@@ -62,3 +65,4 @@ class StreamSnapshot:
         for k, v in self.counters.items():
             setattr(stream, k, v)
         del stream.history[self.history :]
+        stream._waiting = list(self.waiting)

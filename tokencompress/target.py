@@ -24,6 +24,7 @@ from transformers import DynamicCache
 
 from .block_adapter import BlockAdapter
 from .hooks.kv_cache import DecoderLayout
+from .prefill_group import PrefillSegment
 from .tokens import VisualTokens
 from .types import ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
 
@@ -258,6 +259,20 @@ class Target(ABC):
     def prefill_visual(self, state: LLMState, tokens: VisualTokens) -> None:
         state.visual_tokens += tokens.count
         self.prefill(state, self.visual_embeds(tokens), self.visual_positions(state, tokens), logits=False)
+
+    @torch.no_grad()
+    def visual_segment(self, state: LLMState, tokens: VisualTokens) -> PrefillSegment:
+        """The decoder input :meth:`prefill_visual` would prefill for this chunk, without running the
+        decoder; assigns the chunk's positions (advances the counter), so chunks waiting for a group
+        prefill (``stream.prefill_chunks``) hold their places. A target that overrides
+        :meth:`prefill_visual` overrides this and :meth:`prefill_segments` too, or grouping is refused."""
+        return PrefillSegment(self.visual_embeds(tokens), self.visual_positions(state, tokens), tokens.count)
+
+    def prefill_segments(self, state: LLMState, segments: Sequence[PrefillSegment]) -> None:
+        """Prefill consecutive chunks' segments in one decoder call, as separate prefills would place them."""
+        seg = PrefillSegment.concat(segments)
+        self.prefill(state, seg.embeds, seg.positions, logits=False)
+        state.visual_tokens += seg.visual
 
     def end_of_video(self, state: LLMState) -> None:  # noqa: B027 - optional hook
         """Called before a question is prefilled (e.g. LLaVA-OV's optional newline token)."""

@@ -93,7 +93,9 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"{label:<30} {_fmt(bv):>12} {_fmt(pv):>{width}} {_fmt_ratio(ratio):>7}")
     lines.append(
         f"{result.frames} frames {'x'.join(map(str, result.frame_shape))}, {result.baseline.summary()['chunks']} chunks "
-        f"of {result.frames_per_chunk}; median of {result.repeats} after {result.warmup} warm-up; "
+        f"of {result.frames_per_chunk}"
+        + (f", prefilled {result.prefill_chunks} at a time" if result.prefill_chunks > 1 else "")
+        + f"; median of {result.repeats} after {result.warmup} warm-up; "
         f"{result.device}, {result.threads} threads, torch {result.torch_version}"
     )
     lines.extend(_spread_lines(result, len(head)))
@@ -127,6 +129,8 @@ def _spread_lines(result: BenchResult, width: int) -> list[str]:
     lines = ["", f"{'per repeat (pipeline / baseline)':<40} {'median [min-max]':>26}", "-" * width]
     for key, label in SPREAD_ROWS:
         s = result.spreads.get(key)
+        if key == "prefill_ms_chunk_median" and result.prefill_chunks > 1:
+            label = f"visual prefill, median per {result.prefill_chunks}-chunk group"
         if s is not None:
             lines.append(f"{label:<40} {fmt_spread(s, percent=key == 'stage_share_of_prefill'):>26}")
     for key, value in result.flop_ratios.items():

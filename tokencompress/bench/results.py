@@ -119,6 +119,8 @@ class BenchResult:
     fidelity: dict[str, Any] = field(default_factory=dict)
     kv_cache: dict[str, float] | None = None
     """Retrieval overhead per question when the pipeline has a retrieving kv_cache strategy."""
+    prefill_chunks: int = 1
+    """``stream.prefill_chunks`` both variants ran with (chunks whose tokens share one prefill)."""
 
     @property
     def ratios(self) -> dict[str, float | None]:

@@ -35,6 +35,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from ..prefill_group import PrefillSegment
 from ..target import LLMState, StageRunner, TargetOptions, cache_argument
 from ..tokens import VisualTokens
 from ..types import ChunkInfo, Stage
@@ -272,9 +273,9 @@ class Qwen3VLTarget(QwenVLTarget):
         """Embeddings of the chunk's groups without timestamp text (see :meth:`prefill_visual`)."""
         return self._chunk_embeds(None, tokens)[0]
 
-    @torch.inference_mode()
-    def prefill_visual(self, state: LLMState, tokens: VisualTokens) -> None:
-        """Prefill the chunk's groups; DeepStack features of the kept rows join after the first layers."""
+    @torch.no_grad()
+    def visual_segment(self, state: LLMState, tokens: VisualTokens) -> PrefillSegment:
+        """The chunk's groups with their positions, visual-row mask and the kept rows' DeepStack features."""
         deepstack = getattr(tokens, "deepstack", None)
         if not deepstack and self._visual.deepstack_visual_indexes:
             raise RuntimeError(
@@ -284,15 +285,26 @@ class Qwen3VLTarget(QwenVLTarget):
         embeds, mask = self._chunk_embeds(state, tokens)
         positions = self.visual_positions(state, tokens)
         kept = tokens.deepstack_kept() if isinstance(tokens, DeepStackTokens) else []
+        return PrefillSegment(embeds, positions, tokens.count, mask, tuple(kept))
+
+    @torch.inference_mode()
+    def prefill_segments(self, state: LLMState, segments: Sequence[PrefillSegment]) -> None:
+        """One decoder call; DeepStack features of the visual rows join after the first layers."""
+        seg = PrefillSegment.concat(segments)
         if state.position_log is not None:
-            state.position_log.append(positions.reshape(-1, positions.shape[-1]).detach())
+            state.position_log.append(seg.positions.reshape(-1, seg.positions.shape[-1]).detach())
         lm = self.language_model
+        mask = seg.visual_mask if seg.visual_mask is not None else torch.zeros(seg.length, dtype=torch.bool)
         lm(
-            inputs_embeds=embeds[None].to(self.dtype),
-            position_ids=positions,
+            inputs_embeds=seg.embeds[None].to(self.dtype),
+            position_ids=seg.positions,
             **{cache_argument(lm): state.cache},
             use_cache=True,
-            visual_pos_masks=mask[None],
-            deepstack_visual_embeds=[d.to(self.dtype) for d in kept] if kept else None,
+            visual_pos_masks=mask[None].to(self.device),
+            deepstack_visual_embeds=[d.to(self.dtype) for d in seg.extras] if seg.extras else None,
         )
-        state.visual_tokens += tokens.count
+        state.visual_tokens += seg.visual
+
+    def prefill_visual(self, state: LLMState, tokens: VisualTokens) -> None:
+        """Prefill the chunk's groups; DeepStack features of the kept rows join after the first layers."""
+        self.prefill_segments(state, [self.visual_segment(state, tokens)])
