@@ -8,7 +8,7 @@ through the baseline (the ``pre_prefill`` carrier of ``--model builtin-bench``),
 token stage and the prefill are timed: baseline and pruned streams take turns chunk by chunk
 (wall time, ``--threads`` threads), and each repeat gives one ratio per stream length, reported
 as median [min-max] over repeats. ``--prefill-chunks k`` prefills k chunks' tokens together in
-both streams when the stream supports it.
+both streams (``stream.prefill_chunks``: the same segments a stream prefills together).
 
     PYTHONPATH=. python benchmarks/pruner_prefill.py [--chunks 64] [--repeats 5] [--out results/pruner_prefill.json]
 """
@@ -73,26 +73,20 @@ def main() -> None:
                 s._ensure_prefix()
             state = pruner.new_state()
             b_t, p_t, pp_t = [], [], []
-            waiting: list[list[VisualTokens]] = [[], []]
+            waiting: list[list] = [[], []]
             for i, tok in enumerate(carriers):
                 flush = (i + 1) % args.prefill_chunks == 0 or i + 1 == len(carriers)
                 t0 = time.perf_counter()
-                waiting[0].append(tok)
+                waiting[0].append(target.visual_segment(streams[0].llm, tok))
                 if flush:
-                    target.prefill_visual(
-                        streams[0].llm,
-                        VisualTokens.concat(waiting[0]) if len(waiting[0]) > 1 else waiting[0][0],
-                    )
+                    target.prefill_segments(streams[0].llm, waiting[0])
                     waiting[0] = []
                 t1 = time.perf_counter()
                 kept = pruner.apply(tok, state, ChunkInfo(i, i, 1))
                 t2 = time.perf_counter()
-                waiting[1].append(kept)
+                waiting[1].append(target.visual_segment(streams[1].llm, kept))
                 if flush:
-                    target.prefill_visual(
-                        streams[1].llm,
-                        VisualTokens.concat(waiting[1]) if len(waiting[1]) > 1 else waiting[1][0],
-                    )
+                    target.prefill_segments(streams[1].llm, waiting[1])
                     waiting[1] = []
                 t3 = time.perf_counter()
                 b_t.append(t1 - t0)
