@@ -64,6 +64,14 @@ ROWS = (
     Row("rekv_stc", "rekv_stc", "`rekv_stc`"),
 )
 PIPELINES = tuple(r.name for r in ROWS)
+PREFILL_RUNS = (
+    "pruner_prefill",
+    "pruner_prefill_grouped",
+    "pruner_prefill_packed",
+    "pruner_prefill_packed_grouped",
+)
+"""``benchmarks/pruner_prefill.py --out results/<name>.json`` runs: defaults, ``--prefill-chunks 4``,
+``--decoder-kernels packed``, both."""
 
 
 def load_row(row: Row):
@@ -191,12 +199,12 @@ def rebuild(args: argparse.Namespace) -> int:
     if args.note:
         meta["note"] = args.note
     _write(RESULTS / "machine.json", json.dumps(meta, indent=2))
-    prefill = RESULTS / "pruner_prefill.json"
-    text = (
-        table(rows, meta)
-        + "\n"
-        + targets_table(results, json.loads(prefill.read_text()) if prefill.exists() else None)
-    )
+    prefill = [
+        json.loads((RESULTS / f"{name}.json").read_text())
+        for name in PREFILL_RUNS
+        if (RESULTS / f"{name}.json").exists()
+    ]
+    text = table(rows, meta) + "\n" + targets_table(results, prefill)
     _write(RESULTS / "table.md", text)
     write_readme(text)
     print(text)
@@ -219,7 +227,17 @@ def _target_line(
     return f"| {figure} | {text} | {lim} | ≤ {target:g}{unit} | {met} |"
 
 
-def targets_table(results: dict, prefill: dict | None) -> str:
+def _setting(run: dict) -> str:
+    """The stream settings a pruner_prefill run used, where they differ from the defaults."""
+    parts = []
+    if run.get("prefill_chunks", 1) > 1:
+        parts.append(f"`prefill_chunks: {run['prefill_chunks']}`")
+    if run.get("decoder_kernels", "stock") != "stock":
+        parts.append(f"`decoder_kernels: {run['decoder_kernels']}`")
+    return f", {' + '.join(parts)}" if parts else ""
+
+
+def targets_table(results: dict, prefill: list[dict]) -> str:
     """The issue's figures against their targets, read off the same results (median [min–max])."""
 
     def sp(name: str, key: str) -> dict | None:
@@ -263,32 +281,34 @@ def targets_table(results: dict, prefill: dict | None) -> str:
         ),
     ]
     wanted = {"4": 0.37, "16": 0.32, "64": 0.235}
-    lengths = (prefill or {}).get("lengths", {})
-    for n, target in wanted.items():
-        got = lengths.get(n)
-        lines.append(
-            _target_line(
-                f"Pruner 60/196 + prefill, {n} chunks",
-                None if got is None else got["pruner_plus_prefill_over_prefill"],
-                target,
-                None if got is None else got.get("flop_ratio"),
-            )
-        )
-    for n in wanted:
-        got = lengths.get(n)
-        if got is not None:
+    for run in prefill:
+        lengths = run.get("lengths", {})
+        setting = _setting(run)
+        for n, target in wanted.items():
+            got = lengths.get(n)
             lines.append(
                 _target_line(
-                    f"pruner time / pruned prefill, {n} chunks",
-                    got["pruner_share_of_pruned_prefill"],
-                    0.8,
-                    0,
-                    percent=True,
+                    f"Pruner 60/196 + prefill, {n} chunks{setting}",
+                    None if got is None else got["pruner_plus_prefill_over_prefill"],
+                    target,
+                    None if got is None else got.get("flop_ratio"),
                 )
             )
+        for n in wanted:
+            got = lengths.get(n)
+            if got is not None:
+                lines.append(
+                    _target_line(
+                        f"pruner time / pruned prefill, {n} chunks{setting}",
+                        got["pruner_share_of_pruned_prefill"],
+                        0.8,
+                        0,
+                        percent=True,
+                    )
+                )
     lines.append(
         _target_line(
-            "pruner time / pruned prefill, `stc_pruner` row",
+            "pruner time / pruned prefill, `stc_pruner` row above",
             sp("stc_pruner", "stage_share_of_prefill"),
             0.8,
             0,
@@ -300,10 +320,10 @@ def targets_table(results: dict, prefill: dict | None) -> str:
         "(the token stage and the prefill only, over one stream of one-frame chunks; the first 4, 16 and 64 "
         "chunks of the same streams)"
     )
-    if prefill:
+    for run in prefill:
         note += (
-            f", {prefill['repeats']} interleaved repeats, {prefill['threads']} threads, "
-            f"load {prefill['load_average'][0]:g} → {prefill['load_average'][1]:g}"
+            f"; {_setting(run).strip(' ,') or 'defaults'}: {run['repeats']} interleaved repeats, "
+            f"{run['threads']} threads, load {run['load_average'][0]:g} → {run['load_average'][1]:g}"
         )
     return "\n".join(lines) + "\n\n" + note + ".\n"
 

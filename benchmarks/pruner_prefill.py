@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--keep", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefill-chunks", type=int, default=1)
+    ap.add_argument("--decoder-kernels", choices=("stock", "packed"), default="stock")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--model", default="builtin-bench")
     args = ap.parse_args()
@@ -52,7 +53,13 @@ def main() -> None:
     from tokencompress.video import iter_frames, sample_video_path
 
     loaded = load_model(args.model)
-    base = Pipeline.from_dict({"name": "baseline", "stream": {"frames_per_chunk": 1}, "stages": {}})
+    base = Pipeline.from_dict(
+        {
+            "name": "baseline",
+            "stream": {"frames_per_chunk": 1, "decoder_kernels": args.decoder_kernels},
+            "stages": {},
+        }
+    )
     clip = sample_video_path("bikes.mp4")
     duration = 10.0  # bikes.mp4 is 10 s long: this fps gives the chunks asked for
     fps = max(0.5, args.chunks / duration)
@@ -122,6 +129,7 @@ def main() -> None:
         "tokens_per_frame": carriers[0].count,
         "threads": args.threads,
         "prefill_chunks": args.prefill_chunks,
+        "decoder_kernels": args.decoder_kernels,
         "repeats": args.repeats,
         "fps": fps,
         "load_average": [round(load0, 2), round(load1, 2)],
@@ -152,7 +160,8 @@ def main() -> None:
             f"  FLOP ratio {out['lengths'][str(n)]['flop_ratio']:.3f}"
         )
     print(
-        f"load {load0:.2f} -> {load1:.2f}, {args.threads} threads, {args.repeats} repeats, prefill_chunks {args.prefill_chunks}"
+        f"load {load0:.2f} -> {load1:.2f}, {args.threads} threads, {args.repeats} repeats, "
+        f"prefill_chunks {args.prefill_chunks}, decoder_kernels {args.decoder_kernels}"
     )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

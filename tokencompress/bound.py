@@ -18,6 +18,7 @@ from torch import nn
 from .block_patch import BlockPatch
 from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
 from .decoder_attention import grouped_kv_attention
+from .decoder_kernels import packed_decoder_linears
 from .faults import Attribution, check_tokens, guarded
 from .hooks.events import StageEvent
 from .kv_patch import KVPatch
@@ -81,8 +82,16 @@ class BoundPipeline:
     @contextmanager
     def hooks(self) -> Iterator[BoundPipeline]:
         """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses
-        it), and the decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical)."""
-        with self.patch, self.kv_patch, grouped_kv_attention(getattr(self.target, "language_model", None)):
+        it), the decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical) and, with
+        ``stream.decoder_kernels: packed``, its prepacked linears (:mod:`.decoder_kernels`)."""
+        decoder = getattr(self.target, "language_model", None)
+        packed = self.config.stream.decoder_kernels == "packed"
+        with (
+            self.patch,
+            self.kv_patch,
+            grouped_kv_attention(decoder),
+            packed_decoder_linears(decoder, packed),
+        ):
             yield self
 
     def _kv_attends(self) -> bool:

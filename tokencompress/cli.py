@@ -16,7 +16,7 @@ from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
-from .cli_options import registry_for, show_progress, with_prefill_chunks
+from .cli_options import registry_for, show_progress, with_stream
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -106,7 +106,11 @@ def _run(args: argparse.Namespace) -> int:
     from .run_loop import stream_video
     from .video import probe, sample_video_path
 
-    pipeline = with_prefill_chunks(Pipeline.from_yaml(args.pipeline, registry_for(args)), args.prefill_chunks)
+    pipeline = with_stream(
+        Pipeline.from_yaml(args.pipeline, registry_for(args)),
+        prefill_chunks=args.prefill_chunks,
+        decoder_kernels=args.decoder_kernels,
+    )
     if args.json:
         check_output_file(args.json, "--json")  # before minutes of work, not after
     video = args.video
@@ -131,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             f"; tokens of {cfg.stream.prefill_chunks} chunks prefilled together"
             if cfg.stream.prefill_chunks > 1
             else ""
-        )
+        ) + ("; decoder linears prepacked" if cfg.stream.decoder_kernels == "packed" else "")
         print(
             f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps{group}"
         )
@@ -269,7 +273,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.warmup < 0:
         raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
-    pipeline = with_prefill_chunks(Pipeline.from_yaml(args.pipeline, registry_for(args)), args.prefill_chunks)
+    pipeline = with_stream(
+        Pipeline.from_yaml(args.pipeline, registry_for(args)),
+        prefill_chunks=args.prefill_chunks,
+        decoder_kernels=args.decoder_kernels,
+    )
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")

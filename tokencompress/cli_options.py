@@ -23,6 +23,8 @@ __all__ = [
     "registry_for",
     "show_progress",
     "with_prefill_chunks",
+    "add_decoder_kernels",
+    "with_stream",
 ]
 
 MODEL_HELP = (
@@ -83,13 +85,28 @@ def add_prefill_chunks(p: argparse.ArgumentParser, extra: str = "") -> None:
 
 def with_prefill_chunks(pipeline: Any, n: int | None) -> Any:
     """``pipeline`` with ``stream.prefill_chunks = n`` (itself when ``n`` is None)."""
-    if n is None or n == pipeline.config.stream.prefill_chunks:
+    return with_stream(pipeline, prefill_chunks=n)
+
+
+def add_decoder_kernels(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument(
+        "--decoder-kernels",
+        choices=("stock", "packed"),
+        help="packed: the LLM's linears on weights prepacked once (CPU float32; equal to stock to float32 "
+        "rounding), overriding the pipeline's stream.decoder_kernels" + extra,
+    )
+
+
+def with_stream(pipeline: Any, **update: Any) -> Any:
+    """``pipeline`` with the given ``stream`` settings (None values and unchanged ones skipped)."""
+    update = {k: v for k, v in update.items() if v is not None and getattr(pipeline.config.stream, k) != v}
+    if not update:
         return pipeline
     import dataclasses
 
     from .pipeline import Pipeline
 
-    stream = pipeline.config.stream.model_copy(update={"prefill_chunks": n})
+    stream = pipeline.config.stream.model_copy(update=update)
     return Pipeline(dataclasses.replace(pipeline.config, stream=stream), pipeline.registry)
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_options import HelpFormatter, add_model, add_plugin, add_prefill_chunks, add_progress, add_sampling
+from .cli_options import (
+    HelpFormatter,
+    add_decoder_kernels,
+    add_model,
+    add_plugin,
+    add_prefill_chunks,
+    add_progress,
+    add_sampling,
+)
 
 __all__ = ["build_parser"]
 
@@ -39,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", metavar="PATH", help="also write one JSON file: per-chunk stats, summary, status, answer"
     )
     add_prefill_chunks(run)
+    add_decoder_kernels(run)
     add_progress(run)
 
     val = command("validate", "check a pipeline file (and, unless --no-model, against a model)")
@@ -62,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="measured repeats per variant (median)")
     bench.add_argument("--warmup", type=int, default=1, help="interleaved warm-up runs before the repeats")
     add_prefill_chunks(bench, "; the baseline runs with the same setting")
+    add_decoder_kernels(bench, "; the baseline runs with the same setting")
     bench.add_argument(
         "--sweep",
         metavar="PARAM=v1,v2,...",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -160,6 +160,11 @@ class StreamConfig(BaseModel):
         description="Chunks whose kept visual tokens are prefilled together in one LLM call: each chunk's "
         "vision path runs when it is complete, its tokens wait for at most this many - 1 later chunks "
         "(a question or the end of the stream prefills what waits first)",
+    )
+    decoder_kernels: Literal["stock", "packed"] = Field(
+        "stock",
+        description="packed: the decoder's linears run on weights prepacked once (CPU float32), faster "
+        "for few-row prefills and equal to the stock layers to float32 rounding; stock: transformers' own",
     )
 
 

@@ -100,6 +100,11 @@ def run_benchmark(
             "(stream.prefill_chunks), baseline and pipeline alike; a chunk whose tokens wait reports 0 ms, "
             "so the per-chunk prefill median is over the group prefills; prefill FLOPs are counted chunk by chunk"
         )
+    if pipeline.config.stream.decoder_kernels == "packed":
+        notes.append(
+            "decoder: linears on prepacked weights (stream.decoder_kernels: packed), baseline and pipeline "
+            "alike; equal to the stock layers to float32 rounding"
+        )
     return BenchResult(
         pipeline_name=pipeline.name,
         model=description,
