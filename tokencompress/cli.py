@@ -16,7 +16,7 @@ from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
-from .cli_options import registry_for, show_progress
+from .cli_options import compile_for, registry_for, show_progress
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -107,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     from .video import probe, sample_video_path
 
     pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
+    compile_opts = compile_for(args)
     if args.json:
         check_output_file(args.json, "--json")  # before minutes of work, not after
     video = args.video
@@ -126,8 +127,10 @@ def _run(args: argparse.Namespace) -> int:
         expected = min(expected, args.max_frames)
     fpc = cfg.stream.frames_per_chunk
     answer = None
-    with pipeline.apply(loaded.model) as bound:
+    with pipeline.apply(loaded.model, compile_opts) as bound:
         print(f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps")
+        if compile_opts is not None:
+            print(f"note: compiled ({compile_opts.describe()}); the first chunks include compile time")
         for note in bound.notes:
             print(f"note: {note}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
@@ -263,6 +266,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
     pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
+    compile_for(args)  # a bad --compile-* before any model loads
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
@@ -289,6 +293,7 @@ def _bench(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             warmup=args.warmup,
             progress=show_progress(args),
+            compile=compile_for(args),
         )
     except (
         KeyboardInterrupt,
@@ -349,7 +354,14 @@ def _bench_sweep(
     results = []
     for value, variant in zip(values, variants, strict=True):
         r = run_benchmark(
-            variant, loaded, frames, DEFAULT_QUESTION, args.repeats, args.warmup, show_progress(args)
+            variant,
+            loaded,
+            frames,
+            DEFAULT_QUESTION,
+            args.repeats,
+            args.warmup,
+            show_progress(args),
+            compile=compile_for(args),
         )
         results.append(r)
         print(

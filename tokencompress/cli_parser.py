@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_options import HelpFormatter, add_model, add_plugin, add_progress, add_sampling
+from .cli_options import HelpFormatter, add_compile, add_model, add_plugin, add_progress, add_sampling
 
 __all__ = ["build_parser"]
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json", metavar="PATH", help="also write one JSON file: per-chunk stats, summary, status, answer"
     )
+    add_compile(run)
     add_progress(run)
 
     val = command("validate", "check a pipeline file (and, unless --no-model, against a model)")
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="bench_out",
         help="directory to write <pipeline>.json (figures, status) and <pipeline>.png (chart) into",
     )
+    add_compile(bench)
     add_progress(bench)
 
     from .eval.cli import add_parser as add_eval_parser  # argparse only: no heavy imports here

@@ -111,6 +111,11 @@ class Compiler:
         counting.__name__ = f"tokencompress_{getattr(inner, 'compiler_name', 'backend')}"
         return counting
 
+    @property
+    def functions(self) -> list[str]:
+        """Qualified names of the functions handed to this compiler, in order."""
+        return [getattr(fn, "__qualname__", repr(fn)) for fn in self._compiled]
+
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         import torch
 
@@ -139,9 +144,12 @@ class TowerCompile:
             return self
         assert self.compiler is not None
         for layer in self.layers:
-            if getattr(layer.forward, "__tokencompress_compiled__", False):
+            forward = layer.forward
+            if getattr(forward, "__tokencompress_compiled__", False) or getattr(
+                forward, "__tokencompress_patch__", None
+            ):
                 raise TokenCompressError(
-                    "this model is already inside a compiled tokencompress apply(); leave it first"
+                    "this model is already inside a tokencompress apply(); leave it first"
                 )
         self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
         # One compiled function for every layer: the stock forward of the layer's class,
