@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -35,6 +36,7 @@ __all__ = [
     "layer_macs",
     "reference_layer",
     "sparse_layer",
+    "sparse_layer_packed",
 ]
 
 
@@ -162,8 +164,23 @@ def reference_layer(a: BlockAdapter, h: Tensor) -> tuple[Tensor, Tensor, Tensor,
     return h1 + mlp, k, v, attn, mlp
 
 
+def _method(a: BlockAdapter, name: str, *args: Tensor) -> Any:
+    return getattr(a, name)(*args)
+
+
+_out_of_graph = torch.compiler.disable(_method)
+""":func:`_method` run eagerly from compiled code: the few-row adapter's prepacked oneDNN linears
+beat what the compiler makes of them, and their Python weight cache cannot be traced."""
+
+
 def sparse_layer(
-    a: BlockAdapter, h: Tensor, k_unit: Tensor, attn_mlp_ref: Tensor, v_ref: Tensor, n: int
+    a: BlockAdapter,
+    h: Tensor,
+    k_unit: Tensor,
+    attn_mlp_ref: Tensor,
+    v_ref: Tensor,
+    n: int,
+    linear: Callable[..., Any] = _method,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Non-reference layer: fresh K everywhere, Q/V/attention/MLP for ``n`` rows per frame.
 
@@ -171,21 +188,29 @@ def sparse_layer(
     ``v_ref`` are ``[T, C]``. Returns the output ``[F, T, C]``, the recomputed positions ``[F, n]``
     and the key cosine ``[F, T]``. Unselected rows cost one add (``h + (A_ref + M_ref)``); selected
     rows get Q, V, attention and MLP and are written over them, so no full-size tensor is cloned or
-    scattered more than once.
+    scattered more than once. ``linear(a, name, *args)`` runs the adapter's linear steps (``k``,
+    ``qv``, ``out_add``, ``mlp_add``): in the compiled kernel, outside the graph.
     """
     f, t, _ = h.shape
     x = a.ln1(h)
-    k = a.k(x)  # [F, T, C], once for both the similarity and the attention (quirk C2)
+    k = linear(a, "k", x)  # [F, T, C], once for both the similarity and the attention (quirk C2)
     sim = _key_cosine(k, k_unit)  # [F, T]
     index = select_updates(sim, n)  # [F, n]
     flat = _flat(index, t)
     x_sel = _rows(x, flat, n)
-    q_sel, v_sel = a.qv(x_sel)
+    q_sel, v_sel = linear(a, "qv", x_sel)
     # stale values outside I are deliberate: the reference attends to the cached V there
     v_full = _with_rows(v_ref.expand(f, -1, -1).clone(), flat, v_sel)
-    h1_sel = a.out_add(a.attention(q_sel, k, v_full, q_index=index), _rows(h, flat, n))
-    out_sel = a.mlp_add(a.ln2(h1_sel), h1_sel)  # LN2 is per token: rows I alone suffice
+    h1_sel = linear(a, "out_add", a.attention(q_sel, k, v_full, q_index=index), _rows(h, flat, n))
+    out_sel = linear(a, "mlp_add", a.ln2(h1_sel), h1_sel)  # LN2 is per token: rows I alone suffice
     return _with_rows(h + attn_mlp_ref, flat, out_sel), index, sim
+
+
+def sparse_layer_packed(
+    a: BlockAdapter, h: Tensor, k_unit: Tensor, attn_mlp_ref: Tensor, v_ref: Tensor, n: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`sparse_layer` for compiling: its linears stay eager, on the adapter's packed weights."""
+    return sparse_layer(a, h, k_unit, attn_mlp_ref, v_ref, n, _out_of_graph)
 
 
 class StcCacher(BlockStrategy):
@@ -201,7 +226,6 @@ class StcCacher(BlockStrategy):
     params: StcCacherParams
     _reference_kernel = staticmethod(reference_layer)
     _sparse_kernel = staticmethod(sparse_layer)
-    _compiled = False
 
     def new_state(self) -> CacherState:
         return CacherState()
@@ -250,9 +274,8 @@ class StcCacher(BlockStrategy):
     def _sparse(
         self, call: BlockCall, state: CacherState, h: Tensor, ref: tuple[Tensor, Tensor, Tensor, Tensor]
     ) -> Tensor:
-        """Non-reference layer through :func:`sparse_layer` (compiled kernels use the plain adapter:
-        the few-row one keeps prepacked weights in a Python cache, which tracing cannot follow)."""
-        a: BlockAdapter = call.adapter if self._compiled else call.adapter.for_rows()
+        """Non-reference layer through :func:`sparse_layer` on the few-row adapter."""
+        a: BlockAdapter = call.adapter.for_rows()
         k_unit, attn_mlp_ref = self._derived(state, call.layer_index)
         n = n_update(h.shape[1], self.params.update_token_ratio)
         out, index, sim = self._sparse_kernel(a, h, k_unit, attn_mlp_ref, ref[1], n)
@@ -262,5 +285,5 @@ class StcCacher(BlockStrategy):
     def compiled(self, compiler: Callable[[Callable], Callable]) -> StcCacher:
         """This strategy with :func:`reference_layer` and :func:`sparse_layer` run through ``compiler``."""
         return self.with_kernels(
-            _reference_kernel=compiler(reference_layer), _sparse_kernel=compiler(sparse_layer), _compiled=True
+            _reference_kernel=compiler(reference_layer), _sparse_kernel=compiler(sparse_layer_packed)
         )
