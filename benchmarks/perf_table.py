@@ -21,13 +21,71 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINES = ("tome", "visionzip", "vidcom2", "stc_pruner", "stc_cacher", "stc", "rekv_stc")
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a ready pipeline from ``pipelines/``, optionally with parameters changed."""
+
+    name: str
+    """Result file stem and ``--only`` name."""
+    pipeline: str
+    label: str
+    params: dict = field(default_factory=dict)
+    """Strategy parameters set on every strategy of the pipeline that has them."""
+
+
+ROWS = (
+    Row("tome", "tome", "`tome`"),
+    Row("visionzip", "visionzip", "`visionzip`"),
+    Row("vidcom2", "vidcom2", "`vidcom2`"),
+    Row("stc_pruner", "stc_pruner", "`stc_pruner`"),
+    Row("stc_cacher", "stc_cacher", "`stc_cacher` 0.25 / int 2"),
+    Row(
+        "stc_cacher_stock_ref",
+        "stc_cacher",
+        "`stc_cacher` 0.25 / int 2, `fast_reference: false`",
+        {"fast_reference": False},
+    ),
+    Row(
+        "stc_cacher_r010",
+        "stc_cacher",
+        "`stc_cacher` 0.10 / int 4",
+        {"update_token_ratio": 0.1, "cache_interval": 4},
+    ),
+    Row("stc", "stc", "`stc`"),
+    Row("rekv_stc", "rekv_stc", "`rekv_stc`"),
+)
+PIPELINES = tuple(r.name for r in ROWS)
+
+
+def load_row(row: Row):
+    """The row's pipeline with ``row.params`` set where a strategy has them."""
+    from tokencompress.pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(ROOT / "pipelines" / f"{row.pipeline}.yaml")
+    if not row.params:
+        return pipe
+    d = pipe.config.to_dict()
+    fields = {
+        stage.value: [type(s.params).model_fields for s in steps]
+        for stage, steps in pipe.config.stages.items()
+    }
+    d["stages"] = {
+        st: [
+            {**s, **{k: v for k, v in row.params.items() if k in fields[st][i]}} for i, s in enumerate(steps)
+        ]
+        for st, steps in d["stages"].items()
+    }
+    d["name"] = row.name
+    return Pipeline.from_dict(d, pipe.registry)
 
 
 def machine() -> dict:
@@ -63,9 +121,11 @@ def table(rows: list[dict], meta: dict) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     lines.append("| baseline | 1 | – | – | 1 | 1 | 1 | 1 | – | 1 | 1 | 1 | 0 | |")
+    labels = {r.name: r.label for r in ROWS}
     for row in rows:
+        label = labels.get(row["name"], f"`{row['name']}`")
         if "missing" in row:
-            lines.append(f"| `{row['name']}` | {row['missing']} |" + " |" * 12)
+            lines.append(f"| {label} | {row['missing']} |" + " |" * 12)
             continue
         s, r, f = row["spreads"], row["ratios"], row["fidelity"]
         share = s.get("stage_share_of_prefill")
@@ -74,7 +134,7 @@ def table(rows: list[dict], meta: dict) -> str:
         kl = f.get("first_token_kl")
         load = row.get("load_average") or []
         lines.append(
-            f"| `{row['name']}` | {spread_text(s.get('vit_ms'))} | {spread_text(s.get('vit_ms_reference'))} "
+            f"| {label} | {spread_text(s.get('vit_ms'))} | {spread_text(s.get('vit_ms_reference'))} "
             f"| {spread_text(s.get('vit_ms_non_reference'))} "
             f"| {r['vit_gflops']:.3f} | {spread_text(s.get('prefill_ms'))} | {spread_text(s.get('prefill_ms_chunk_median'))} "
             f"| {r['prefill_gflops']:.3f} | {share_t} | {spread_text(s.get('e2e_ms_per_chunk'))} "
@@ -90,9 +150,10 @@ def table(rows: list[dict], meta: dict) -> str:
         "Token cosine and first-token KL compare with the baseline's output: with random weights "
         "they are a proxy of how much a method perturbs the model, not of answer quality."
     )
-    if meta.get("note"):
-        lines.append("")
-        lines.append(meta["note"])
+    for key in ("runs_note", "note"):
+        if meta.get(key):
+            lines.append("")
+            lines.append(meta[key])
     return "\n".join(lines) + "\n"
 
 
@@ -101,31 +162,150 @@ def _row(name: str, d: dict) -> dict:
 
 
 def rebuild(args: argparse.Namespace) -> int:
-    """The table from committed results: rows in PIPELINES order, a 'not run' row where none is."""
+    """The tables from committed results: rows in ROWS order, a 'not run' row where none is."""
     meta = json.loads((RESULTS / "machine.json").read_text()) if (RESULTS / "machine.json").exists() else {}
-    rows = []
-    for name in PIPELINES:
-        path = RESULTS / f"{name}.json"
+    rows, runs, results = [], {}, {}
+    for row in ROWS:
+        path = RESULTS / f"{row.name}.json"
         if not path.exists():
-            yaml = ROOT / "pipelines" / f"{name}.yaml"
+            yaml = ROOT / "pipelines" / f"{row.pipeline}.yaml"
             rows.append(
-                {"name": name, "missing": "not run yet" if yaml.exists() else f"no pipelines/{name}.yaml yet"}
+                {
+                    "name": row.name,
+                    "missing": "not run yet" if yaml.exists() else f"no pipelines/{row.pipeline}.yaml yet",
+                }
             )
             continue
         d = json.loads(path.read_text())
-        rows.append(_row(name, d))
+        results[row.name] = d
+        rows.append(_row(row.name, d))
+        runs[row.name] = (d["frames"], d["repeats"], round(d["fps"], 3))
         meta.setdefault("machine", machine() | {"threads_used": d["threads"], "torch": d["torch_version"]})
         meta.update(
             model=d["model"], video=d["video"], fps=d["fps"], frames=d["frames"], repeats=d["repeats"]
         )
+    if len(set(runs.values())) > 1:
+        meta["runs_note"] = "Rows come from runs of different sizes: " + "; ".join(
+            f"{n}: {f} frames at {fps:g} fps x {r} repeats" for n, (f, r, fps) in runs.items()
+        )
     if args.note:
         meta["note"] = args.note
-    (RESULTS / "machine.json").write_text(json.dumps(meta, indent=2))
-    text = table(rows, meta)
-    (RESULTS / "table.md").write_text(text)
+    _write(RESULTS / "machine.json", json.dumps(meta, indent=2))
+    prefill = RESULTS / "pruner_prefill.json"
+    text = (
+        table(rows, meta)
+        + "\n"
+        + targets_table(results, json.loads(prefill.read_text()) if prefill.exists() else None)
+    )
+    _write(RESULTS / "table.md", text)
     write_readme(text)
     print(text)
     return 0
+
+
+def _target_line(
+    figure: str, spread: dict | None, target: float, limit: float | None, percent: bool = False
+) -> str:
+    if not spread:
+        return f"| {figure} | not run | {'–' if limit is None else f'{limit:.3f}'} | ≤ {target:g} | – |"
+    scale, unit = (100, " %") if percent else (1, "")
+    text = (
+        f"{scale * spread['median']:.3f}{unit} [{scale * spread['min']:.3f}–{scale * spread['max']:.3f}]"
+        if not percent
+        else f"{scale * spread['median']:.2f} % [{scale * spread['min']:.2f}–{scale * spread['max']:.2f}]"
+    )
+    met = "yes" if scale * spread["median"] <= target else "no"
+    lim = "–" if limit is None else (f"{limit:.3f}" if not percent else f"{limit:g} %")
+    return f"| {figure} | {text} | {lim} | ≤ {target:g}{unit} | {met} |"
+
+
+def targets_table(results: dict, prefill: dict | None) -> str:
+    """The issue's figures against their targets, read off the same results (median [min–max])."""
+
+    def sp(name: str, key: str) -> dict | None:
+        return results.get(name, {}).get("spreads", {}).get(key)
+
+    def flops(name: str, key: str) -> float | None:
+        d = results.get(name, {})
+        return (
+            d.get("flop_ratios", {}).get(key)
+            if key.startswith("vit_gflops_")
+            else d.get("ratios", {}).get(key)
+        )
+
+    lines = [
+        "| figure | measured | FLOP limit | target | met |",
+        "|---|---|---|---|---|",
+        _target_line(
+            "Cacher 0.25 / int 2, ViT time",
+            sp("stc_cacher", "vit_ms"),
+            0.67,
+            flops("stc_cacher", "vit_gflops"),
+        ),
+        _target_line(
+            "same, non-reference chunks",
+            sp("stc_cacher", "vit_ms_non_reference"),
+            0.34,
+            flops("stc_cacher", "vit_gflops_non_reference"),
+        ),
+        _target_line(
+            "Cacher 0.10 / int 4, ViT time",
+            sp("stc_cacher_r010", "vit_ms"),
+            0.42,
+            flops("stc_cacher_r010", "vit_gflops"),
+        ),
+        _target_line("reference chunks vs plain tower", sp("stc_cacher", "vit_ms_reference"), 1.01, 1.0),
+        _target_line(
+            "same, `fast_reference: false` (bit-identical layers)",
+            sp("stc_cacher_stock_ref", "vit_ms_reference"),
+            1.01,
+            1.0,
+        ),
+    ]
+    wanted = {"4": 0.37, "16": 0.32, "64": 0.235}
+    lengths = (prefill or {}).get("lengths", {})
+    for n, target in wanted.items():
+        got = lengths.get(n)
+        lines.append(
+            _target_line(
+                f"Pruner 60/196 + prefill, {n} chunks",
+                None if got is None else got["pruner_plus_prefill_over_prefill"],
+                target,
+                None if got is None else got.get("flop_ratio"),
+            )
+        )
+    for n in wanted:
+        got = lengths.get(n)
+        if got is not None:
+            lines.append(
+                _target_line(
+                    f"pruner time / pruned prefill, {n} chunks",
+                    got["pruner_share_of_pruned_prefill"],
+                    0.8,
+                    0,
+                    percent=True,
+                )
+            )
+    lines.append(
+        _target_line(
+            "pruner time / pruned prefill, `stc_pruner` row",
+            sp("stc_pruner", "stage_share_of_prefill"),
+            0.8,
+            0,
+            percent=True,
+        )
+    )
+    note = (
+        "Cacher rows from the table above; pruner rows from `benchmarks/pruner_prefill.py` "
+        "(the token stage and the prefill only, over one stream of one-frame chunks; the first 4, 16 and 64 "
+        "chunks of the same streams)"
+    )
+    if prefill:
+        note += (
+            f", {prefill['repeats']} interleaved repeats, {prefill['threads']} threads, "
+            f"load {prefill['load_average'][0]:g} → {prefill['load_average'][1]:g}"
+        )
+    return "\n".join(lines) + "\n\n" + note + ".\n"
 
 
 def write_readme(text: str) -> None:
@@ -156,7 +336,6 @@ def main() -> int:
 
     from tokencompress.bench import DEFAULT_QUESTION, run_benchmark, sample_frames
     from tokencompress.models import load_model
-    from tokencompress.pipeline import Pipeline
     from tokencompress.video import sample_video_path
 
     names = args.only.split(",") if args.only else list(PIPELINES)
@@ -171,38 +350,37 @@ def main() -> int:
         "repeats": args.repeats,
         "note": args.note,
     }
-    rows = []
+    by_name = {r.name: r for r in ROWS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"--only: unknown rows {unknown}; known: {', '.join(by_name)}")
     for name in names:
-        path = ROOT / "pipelines" / f"{name}.yaml"
-        if not path.exists():
-            rows.append({"name": name, "missing": f"no pipelines/{name}.yaml yet"})
+        row = by_name[name]
+        if not (ROOT / "pipelines" / f"{row.pipeline}.yaml").exists():
+            print(f"{name}: no pipelines/{row.pipeline}.yaml, skipped", file=sys.stderr)
             continue
-        pipe = Pipeline.from_yaml(path)
+        pipe = load_row(row)
         frames, fps, note = sample_frames(video, pipe.config.stream.fps, args.frames)
         meta["fps"] = fps
         meta["fps_note"] = note
         print(f"{name}: {len(frames)} frames at {fps:.3g} fps ({note or 'pipeline rate'})", file=sys.stderr)
-        r = run_benchmark(pipe, loaded, frames, DEFAULT_QUESTION, repeats=args.repeats, warmup=args.warmup)
+        r = run_benchmark(
+            pipe, loaded, frames, DEFAULT_QUESTION, repeats=args.repeats, warmup=args.warmup, progress=False
+        )
         if note:
             r.notes.append(note)
-        d = {"video": video.name, "fps": fps, **r.as_dict()}
-        (RESULTS / f"{name}.json").write_text(json.dumps(d, indent=2))
-        rows.append(
-            {
-                "name": name,
-                "spreads": r.spreads,
-                "ratios": r.ratios,
-                "fidelity": r.fidelity,
-                "load_average": r.load_average,
-            }
-        )
+        d = {"video": video.name, "fps": fps, "params": row.params, **r.as_dict()}
+        _write(RESULTS / f"{name}.json", json.dumps(d, indent=2))
         print(f"{name}: ViT {spread_text(r.spreads.get('vit_ms'))}, load {r.load_average}", file=sys.stderr)
-    (RESULTS / "machine.json").write_text(json.dumps(meta, indent=2))
-    text = table(rows, meta)
-    (RESULTS / "table.md").write_text(text)
-    write_readme(text)
-    print(text)
-    return 0
+    _write(RESULTS / "machine.json", json.dumps(meta, indent=2))
+    return rebuild(args)
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically: a run stopped half-way never leaves a truncated result file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

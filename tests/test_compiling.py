@@ -22,7 +22,7 @@ PIPELINES = {
     "baseline": {},
 }
 KERNELS = {
-    "stc": {"reference_layer", "sparse_layer_packed", "select_channels", "pruner_scores"},
+    "stc": {"reference_layer_packed", "sparse_layer_packed", "select_channels", "pruner_scores"},
     "vidcom2": {"select_channels", "unit_scores"},
     "baseline": set(),
 }

@@ -112,6 +112,10 @@ class BlockAdapter(ABC):
 
     # Combined steps, so an adapter with fused kernels can run them as one; the defaults are the
     # plain compositions.
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of the same rows ``x`` ``[F, n, C]``."""
+        return self.q(x), self.k(x), self.v(x)
+
     def qv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Queries and values of the same rows ``x`` ``[F, n, C]``."""
         return self.q(x), self.v(x)

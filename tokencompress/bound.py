@@ -140,6 +140,11 @@ class BoundPipeline:
     def new_states(self) -> list[Any]:
         return [s.new_state() for s in self.steps]
 
+    def copy_states(self, states: Sequence[Any]) -> list[Any]:
+        """Copies of a stream's ``states`` that later chunks cannot change (each strategy's
+        :meth:`~tokencompress.strategy.Strategy.copy_state`), for the chunk transaction."""
+        return [s.copy_state(state) for s, state in zip(self.steps, states, strict=True)]
+
     def block_states(self, states: Sequence[Any]) -> list[Any]:
         """The entries of a stream's ``states`` that belong to the installed block strategies."""
         return [states[self._index[id(s)]] for s in self.patch.strategies]

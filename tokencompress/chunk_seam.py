@@ -127,6 +127,10 @@ class ChunkEncoder(Protocol):
         """Fresh per-stream state of every strategy, in pipeline order."""
         ...
 
+    def copy_states(self, states: Sequence[Any]) -> list[Any]:
+        """Copies of ``states`` that later chunks cannot change (for the chunk transaction)."""
+        ...
+
     def encode_chunk(
         self,
         states: Sequence[Any],

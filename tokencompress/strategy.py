@@ -100,6 +100,12 @@ class Strategy(ABC):
         """Fresh per-stream state (None for stateless strategies)."""
         return None
 
+    def copy_state(self, state: Any) -> Any:
+        """A copy of ``state`` that this strategy's later chunks cannot change: what a chunk's
+        transaction restores if the chunk fails. The default deep-copies; a strategy whose large
+        tensors are replaced, never written in place, may copy only its containers."""
+        return copy.deepcopy(state)
+
     @classmethod
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
         """Parameters that fit a stage with this layout, for the strategy × target matrix and

@@ -2,13 +2,15 @@
 
 A failure inside a chunk (a plugin error, out-of-memory, Ctrl-C in a notebook) can come after
 some strategy already moved its state (the Cacher's counter, the Pruner's memory) or after some
-LLM layers already appended their keys. The snapshot taken before the chunk holds a deep copy
-of every strategy state (generic: strategies need not know), the LLM state's small fields and
-the cache length, and the stream's counters; restoring it crops every cache layer back to its
-length, so the next chunk runs exactly as on a stream that never saw the failed one.
+LLM layers already appended their keys. The snapshot taken before the chunk holds a copy
+of every strategy state (``Strategy.copy_state``: a deep copy unless the strategy knows a cheaper
+one that later chunks cannot change), the LLM state's small fields and the cache length, and the
+stream's counters; restoring it crops every cache layer back to its length, so the next chunk
+runs exactly as on a stream that never saw the failed one.
 
-Cost: one deep copy of the strategy states per chunk (reference tensors of the Cacher are the
-largest part: layers x tokens x width floats), far below the chunk's own encoder forward.
+Cost: one copy of the strategy states per chunk. The Cacher's reference tensors (layers x tokens
+x width floats) are replaced, never written in place, so its copy shares them and costs nothing
+but a few dicts; a deep copy of them would also take fresh pages every chunk.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class StreamSnapshot:
         # the cache is cropped instead of copied; the tokenizer is shared and never changes
         fields = {k: copy.deepcopy(v) for k, v in vars(llm).items() if k not in ("cache", "tokenizer")}
         return cls(
-            states=copy.deepcopy(stream.states),
+            states=stream.bound.copy_states(stream.states),
             llm_fields=fields,
             cache_length=llm.length,
             counters={k: getattr(stream, k) for k in _COUNTERS},

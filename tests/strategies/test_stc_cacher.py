@@ -222,20 +222,59 @@ def test_ratio_one_equals_plain_model(tiny, seed, n_frames, per_chunk, interval)
 
 
 @PROPERTY_SETTINGS
-@given(ratio=st.floats(0.01, 1.0), **stream_shapes)
+@given(ratio=st.floats(0.01, 1.0), fast=st.booleans(), **stream_shapes)
 @torch.no_grad()
 def test_reference_chunks_equal_plain_model_and_shapes_hold(
-    tiny, ratio, seed, n_frames, per_chunk, interval
+    tiny, ratio, fast, seed, n_frames, per_chunk, interval
 ) -> None:
+    """Stock reference layers are the plain tower bit for bit; the fast ones to float32 rounding."""
     frames = video(seed, n_frames)
-    cacher = StcCacher(update_token_ratio=ratio, cache_interval=interval)
+    cacher = StcCacher(update_token_ratio=ratio, cache_interval=interval, fast_reference=fast)
     results = run_stream(tiny, cacher, frames, per_chunk)
     for (c, (_, chunk)), (is_ref, got) in zip(enumerate(chunks(frames, per_chunk)), results, strict=True):
         expected = plain(tiny, chunk)
         assert got.shape == expected.shape
         assert is_ref == (c % interval == 0)
-        if is_ref:
+        if is_ref and not fast:
             assert torch.equal(got, expected)
+        elif is_ref:
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_fast_reference_layers_run_the_row_kernels_at_real_width(monkeypatch) -> None:
+    """One SigLIP-so400m-width layer (729 tokens of 1152): the fast reference layer goes through
+    the packed adapter's fused Q/K/V and stays within float32 rounding of the stock layer."""
+    from tokencompress.targets import siglip_block
+
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_attention_heads=16,
+        num_hidden_layers=1,
+        image_size=378,
+        patch_size=14,
+        vision_use_head=False,
+    )
+    model = SiglipVisionModel._from_config(config, attn_implementation="sdpa").eval()
+    frame = torch.rand(1, 3, 378, 378)
+    calls = []
+    packed_qkv = siglip_block._PackedSiglipBlockAdapter.qkv
+    monkeypatch.setattr(
+        siglip_block._PackedSiglipBlockAdapter,
+        "qkv",
+        lambda self, x: calls.append(x.shape) or packed_qkv(self, x),
+    )
+    outs = {}
+    for fast in (False, True):
+        cacher = StcCacher(update_token_ratio=0.25, cache_interval=2, fast_reference=fast)
+        ((is_ref, hidden),) = run_stream(model, cacher, frame, 1)
+        assert is_ref
+        outs[fast] = hidden
+    assert calls == [torch.Size([1, 729, 1152])]  # the fast run only, one layer
+    assert torch.equal(outs[False], plain(model, frame))
+    torch.testing.assert_close(outs[True], outs[False], atol=1e-4, rtol=1e-5)
 
 
 @PROPERTY_SETTINGS

@@ -193,6 +193,11 @@ class QwenVisionBlockAdapter(BlockAdapter):
         bias = self._attn.qkv.bias
         return F.linear(x, self._attn.qkv.weight[rows], None if bias is None else bias[rows])
 
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All three from the fused ``qkv`` in one product."""
+        q, k, v = self._attn.qkv(x).split(self._dim, dim=-1)
+        return q, k, v
+
     def q(self, x: Tensor) -> Tensor:
         return self._project(x, 0)
 

@@ -77,6 +77,7 @@ class _PackedSiglipBlockAdapter(SiglipBlockAdapter):
             "k": (attn.k_proj,),
             "v": (attn.v_proj,),
             "qv": (attn.q_proj, attn.v_proj),
+            "qkv": (attn.q_proj, attn.k_proj, attn.v_proj),
             "out": (attn.out_proj,),
             "fc1": (mlp.fc1,),
             "fc2": (mlp.fc2,),
@@ -94,6 +95,10 @@ class _PackedSiglipBlockAdapter(SiglipBlockAdapter):
 
     def v(self, x: Tensor) -> Tensor:
         return self._packs(self._lin["v"], x)
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self._packs(self._lin["qkv"], x).split(x.shape[-1], dim=-1)
+        return q, k, v
 
     def qv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         q, v = self._packs(self._lin["qv"], x).split(x.shape[-1], dim=-1)
