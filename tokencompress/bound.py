@@ -8,7 +8,7 @@ comes back; any number of streams may share one bound pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from .block_patch import BlockPatch
 from .chunk_seam import ChunkRecorder, EncodedChunk, StreamPosition
+from .compiling import CompileOptions, Compiler, TowerCompile
 from .decoder_attention import grouped_kv_attention
 from .decoder_kernels import packed_decoder_linears
 from .faults import Attribution, check_tokens, guarded
@@ -44,14 +45,24 @@ class BoundPipeline:
     """A pipeline bound to one model through its target; opens any number of independent streams."""
 
     def __init__(
-        self, config: PipelineConfig, registry: Registry, target: Target, placement: Placement
+        self,
+        config: PipelineConfig,
+        registry: Registry,
+        target: Target,
+        placement: Placement,
+        compile: CompileOptions | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.target = target
-        self.by_stage = placement.by_stage
+        self.compiler = Compiler(compile) if compile is not None else None
+        """This pipeline's own torch.compile (None: eager); see :mod:`tokencompress.compiling`."""
+        run_as = self._compiled_twins()
+        self.by_stage = {stage: [run_as(s) for s in steps] for stage, steps in placement.by_stage.items()}
         self.notes = list(placement.notes)
-        self.steps: list[Strategy] = [s for stage in TOKEN_PATH for s in self.config.strategies(stage)]
+        self.steps: list[Strategy] = [
+            run_as(s) for stage in TOKEN_PATH for s in self.config.strategies(stage)
+        ]
         """Every token-path strategy in YAML order: the order of a stream's ``states``."""
         block = [s for s in self.by_stage[Stage.PRE_VIT_BLOCK] if isinstance(s, BlockStrategy)]
         n_layers = len(target.vit_layers())
@@ -62,6 +73,7 @@ class BoundPipeline:
             layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution
         )
         check_prefill_grouping(config.stream, target, config.strategies(Stage.KV_CACHE))
+        self.tower = TowerCompile(target.vit_layers(), self.compiler)
         self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
         """The kv_cache strategy and what it was built for (both None without one)."""
         self.kv_patch = KVPatch(
@@ -82,17 +94,28 @@ class BoundPipeline:
     @contextmanager
     def hooks(self) -> Iterator[BoundPipeline]:
         """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses
-        it), the decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical) and, with
+        it): the compiled tower (with ``compile``; the block patch wraps the compiled layers), the
+        decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical) and, with
         ``stream.decoder_kernels: packed``, its prepacked linears (:mod:`.decoder_kernels`)."""
         decoder = getattr(self.target, "language_model", None)
         packed = self.config.stream.decoder_kernels == "packed"
         with (
+            self.tower,
             self.patch,
             self.kv_patch,
             grouped_kv_attention(decoder),
             packed_decoder_linears(decoder, packed),
         ):
             yield self
+
+    def _compiled_twins(self) -> Callable[[Strategy], Strategy]:
+        """Each strategy as this pipeline runs it: itself, or with compile on its compiled twin
+        (one per strategy, so the stage lists and ``steps`` hold the same objects)."""
+        if self.compiler is None:
+            return lambda s: s
+        twins: dict[int, Strategy] = {}
+        compiler = self.compiler
+        return lambda s: twins.setdefault(id(s), s.compiled(compiler))
 
     def _kv_attends(self) -> bool:
         """Whether the kv_cache strategy computes attention itself (so the decoder must be patched)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
-from .cli_options import registry_for, show_progress, with_stream
+from .cli_options import compile_for, registry_for, show_progress, with_stream
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -111,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         prefill_chunks=args.prefill_chunks,
         decoder_kernels=args.decoder_kernels,
     )
+    compile_opts = compile_for(args)
     if args.json:
         check_output_file(args.json, "--json")  # before minutes of work, not after
     video = args.video
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         expected = min(expected, args.max_frames)
     fpc = cfg.stream.frames_per_chunk
     answer = None
-    with pipeline.apply(loaded.model) as bound:
+    with pipeline.apply(loaded.model, compile_opts) as bound:
         group = (
             f"; tokens of {cfg.stream.prefill_chunks} chunks prefilled together"
             if cfg.stream.prefill_chunks > 1
@@ -139,6 +140,8 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps{group}"
         )
+        if compile_opts is not None:
+            print(f"note: compiled ({compile_opts.describe()}); the first chunks include compile time")
         for note in bound.notes:
             print(f"note: {note}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
@@ -278,6 +281,7 @@ def _bench(args: argparse.Namespace) -> int:
         prefill_chunks=args.prefill_chunks,
         decoder_kernels=args.decoder_kernels,
     )
+    compile_for(args)  # a bad --compile-* before any model loads
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
@@ -304,6 +308,7 @@ def _bench(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             warmup=args.warmup,
             progress=show_progress(args),
+            compile=compile_for(args),
         )
     except (
         KeyboardInterrupt,
@@ -364,7 +369,14 @@ def _bench_sweep(
     results = []
     for value, variant in zip(values, variants, strict=True):
         r = run_benchmark(
-            variant, loaded, frames, DEFAULT_QUESTION, args.repeats, args.warmup, show_progress(args)
+            variant,
+            loaded,
+            frames,
+            DEFAULT_QUESTION,
+            args.repeats,
+            args.warmup,
+            show_progress(args),
+            compile=compile_for(args),
         )
         results.append(r)
         print(

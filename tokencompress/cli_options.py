@@ -12,9 +12,13 @@ import argparse
 import sys
 from typing import Any
 
+from .errors import TokenCompressError
+
 __all__ = [
     "HelpFormatter",
     "MODEL_HELP",
+    "add_compile",
+    "compile_for",
     "add_model",
     "add_plugin",
     "add_prefill_chunks",
@@ -129,3 +133,36 @@ def registry_for(args: argparse.Namespace) -> Any:
     from .registry import Registry
 
     return Registry(plugins=[load_plugin_file(p) for p in getattr(args, "plugin", None) or []])
+
+
+def add_compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the vision tower's layers and the strategies' kernels through torch.compile (opt-in; "
+        "the first chunks compile, minutes on CPU; inductor needs a C++ compiler)",
+    )
+    p.add_argument(
+        "--compile-backend", default="inductor", metavar="NAME", help="torch.compile backend for --compile"
+    )
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="inductor mode for --compile (default: inductor's default)",
+    )
+
+
+def compile_for(args: argparse.Namespace) -> Any:
+    """The run's :class:`~tokencompress.compiling.CompileOptions`, or None without ``--compile``."""
+    if not getattr(args, "compile", False):
+        if (
+            getattr(args, "compile_mode", None) is not None
+            or getattr(args, "compile_backend", "inductor") != "inductor"
+        ):
+            raise TokenCompressError(
+                "--compile-backend and --compile-mode need --compile; add it or drop them"
+            )
+        return None
+    from .compiling import CompileOptions
+
+    return CompileOptions(backend=args.compile_backend, mode=args.compile_mode)

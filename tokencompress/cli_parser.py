@@ -6,6 +6,7 @@ import argparse
 
 from .cli_options import (
     HelpFormatter,
+    add_compile,
     add_decoder_kernels,
     add_model,
     add_plugin,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_prefill_chunks(run)
     add_decoder_kernels(run)
+    add_compile(run)
     add_progress(run)
 
     val = command("validate", "check a pipeline file (and, unless --no-model, against a model)")
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="bench_out",
         help="directory to write <pipeline>.json (figures, status) and <pipeline>.png (chart) into",
     )
+    add_compile(bench)
     add_progress(bench)
 
     from .eval.cli import add_parser as add_eval_parser  # argparse only: no heavy imports here

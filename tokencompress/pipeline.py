@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from .bound import BoundPipeline
+from .compiling import CompileOptions, compile_options
 from .errors import ConfigError
 from .pipeline_config import PipelineConfig, load_config, parse_config
 from .pipeline_grammar import format_validation_error, to_json
@@ -47,8 +48,12 @@ class Pipeline:
     def name(self) -> str:
         return self.config.name
 
-    def bind(self, model: nn.Module) -> BoundPipeline:
-        """Resolve the target for ``model`` and check every strategy against it (no patching yet)."""
+    def bind(self, model: nn.Module, compile: CompileOptions | bool | str | None = None) -> BoundPipeline:
+        """Resolve the target for ``model`` and check every strategy against it (no patching yet).
+
+        ``compile`` (opt-in; default eager): ``True``, a backend name or :class:`CompileOptions`
+        runs the encoder layers and the strategies' kernels through ``torch.compile`` (see
+        :mod:`tokencompress.compiling`); results agree with eager to float32 rounding."""
         target_cls = self.registry.resolve_target(model, self.config.target)
         try:
             options = target_cls.Options.model_validate_json(
@@ -60,11 +65,15 @@ class Pipeline:
             ) from None
         target = target_cls(model, options)
         target.configure_stream(self.config.stream)
-        return BoundPipeline(self.config, self.registry, target, place_strategies(self.config, target))
+        placement = place_strategies(self.config, target)
+        return BoundPipeline(self.config, self.registry, target, placement, compile_options(compile))
 
     @contextmanager
-    def apply(self, model: nn.Module) -> Iterator[BoundPipeline]:
-        """Install the pipeline on ``model`` for the ``with`` block; restores every forward on exit."""
-        bound = self.bind(model)
+    def apply(
+        self, model: nn.Module, compile: CompileOptions | bool | str | None = None
+    ) -> Iterator[BoundPipeline]:
+        """Install the pipeline on ``model`` for the ``with`` block; restores every forward on exit
+        (``compile`` as in :meth:`bind`)."""
+        bound = self.bind(model, compile)
         with bound.hooks():
             yield bound

@@ -128,6 +128,24 @@ class Strategy(ABC):
     def start_chunk(self, state: Any, chunk: ChunkInfo) -> None:  # noqa: B027 - optional hook
         """Called once per chunk before the vision tower runs."""
 
+    def compiled(self, compiler: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Strategy:
+        """This strategy with its hot loops run through ``compiler`` (``compiler(fn)`` is ``fn`` under
+        the bound pipeline's ``torch.compile`` options); called once per pipeline bound with
+        compile on. The default, ``self``, has nothing to compile.
+
+        Override by returning :meth:`with_kernels` of pure tensor functions (no Python state read
+        or written inside, shapes fixed per stream, so one graph serves a stream): the instance
+        itself stays the eager recipe, shared by pipelines bound without compile. Results must
+        agree with the eager path to float32 rounding.
+        """
+        return self
+
+    def with_kernels(self, **kernels: Any) -> Strategy:
+        """A shallow copy of this strategy with ``kernels`` set as instance attributes."""
+        twin = copy.copy(self)
+        twin.__dict__.update(kernels)
+        return twin
+
 
 class BlockStrategy(Strategy):
     """A ``pre_vit_block`` strategy: computes (part of) an encoder layer through the target's adapter.

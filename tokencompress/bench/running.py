@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..chunk_summary import summarize
+from ..compiling import CompileOptions
 from ..errors import TokenCompressError
 from ..frames import as_frames
 from ..kv_stats import kv_cache_note, retrieval_overhead
@@ -44,6 +46,7 @@ def run_benchmark(
     repeats: int = 3,
     warmup: int = 1,
     progress: bool = True,
+    compile: CompileOptions | None = None,
 ) -> BenchResult:
     """Measure ``pipeline`` against the same config without stages on ``frames`` ``[N, H, W, 3]``.
 
@@ -56,6 +59,9 @@ def run_benchmark(
       a shared machine, which last seconds, land on both alike. Each repeat gives one ratio per
       figure (:mod:`.spreads`), reported as median [min-max] over repeats; end-to-end time is
       the repeat's chunks plus its answer.
+
+    ``compile`` runs both variants compiled (:mod:`tokencompress.compiling`), after one untimed
+    compile warm-up run of each, whose time the notes give.
     """
     from tqdm import tqdm
 
@@ -69,9 +75,16 @@ def run_benchmark(
     load_before = load_average()
     base_cfg = dataclasses.replace(pipeline.config, name="baseline", stages={})
     runners = [
-        _Runner("baseline", Pipeline(base_cfg, pipeline.registry).bind(model), tokenizer, frames, question),
-        _Runner(pipeline.name, pipeline.bind(model), tokenizer, frames, question),
+        _Runner(
+            "baseline",
+            Pipeline(base_cfg, pipeline.registry).bind(model, compile),
+            tokenizer,
+            frames,
+            question,
+        ),
+        _Runner(pipeline.name, pipeline.bind(model, compile), tokenizer, frames, question),
     ]
+    compiled_note = _compile_warmup(runners, compile) if compile is not None else None
     total = len(runners) * (1 + warmup + repeats)  # per variant: counting pass, interleaved runs
     with tqdm(
         total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr, leave=False
@@ -90,6 +103,8 @@ def run_benchmark(
     base_r, pipe_r = runners
     target = runners[1].bound.target
     notes = notes_for(baseline, compressed, model, load)
+    if compiled_note:
+        notes.append(compiled_note)
     kv_cache = retrieval_overhead(pipe_r.answers)
     if kv_cache is not None:
         notes.append(kv_cache_note(kv_cache))
@@ -125,6 +140,23 @@ def run_benchmark(
         kv_cache=kv_cache,
         spreads=per_repeat_ratios(baseline.runs, compressed.runs, compressed.chunk_kinds),
         fidelity=fidelity(base_r.final_tokens, pipe_r.final_tokens, base_r.first_logits, pipe_r.first_logits),
+    )
+
+
+def _compile_warmup(runners: Sequence[_Runner], options: CompileOptions) -> str:
+    """One untimed run of every variant, so compiling (every graph: reference and other chunks,
+    a shorter last chunk) happens before the counting pass and the timed repeats."""
+    start = time.perf_counter()
+    _interleaved(runners, keep=False)
+    wall = time.perf_counter() - start
+    parts = []
+    for r in runners:
+        c = r.bound.compiler
+        assert c is not None
+        parts.append(f"{r.label} {c.graphs} graph(s), {c.seconds:.1f} s in the backend")
+    return (
+        f"compiled ({options.describe()}); compile warm-up (one untimed run of each variant) "
+        f"{wall:.1f} s: " + "; ".join(parts)
     )
 
 

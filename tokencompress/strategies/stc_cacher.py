@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -33,6 +34,10 @@ __all__ = [
     "n_update",
     "select_updates",
     "layer_macs",
+    "reference_layer",
+    "reference_layer_packed",
+    "sparse_layer",
+    "sparse_layer_packed",
 ]
 
 
@@ -155,6 +160,73 @@ def layer_macs(tokens: int, width: int, mlp_width: int, n: int) -> LayerMacs:
     return LayerMacs(full, non_ref, non_ref + t * c * c)
 
 
+def _method(a: BlockAdapter, name: str, *args: Tensor) -> Any:
+    return getattr(a, name)(*args)
+
+
+_out_of_graph = torch.compiler.disable(_method)
+""":func:`_method` run eagerly from compiled code: the few-row adapter's prepacked oneDNN linears
+beat what the compiler makes of them, and their Python weight cache cannot be traced."""
+
+
+def reference_layer(
+    a: BlockAdapter, h: Tensor, linear: Callable[..., Any] = _method
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Full layer ``[F, T, C]`` and its K, V, attention branch A and MLP branch M (each ``[F, T, C]``);
+    ``linear`` as in :func:`sparse_layer`."""
+    x = a.ln1(h)
+    q, k, v = linear(a, "qkv", x)
+    attn = linear(a, "out", a.attention(q, k, v))
+    h1 = h + attn
+    mlp = linear(a, "mlp", a.ln2(h1))
+    return h1 + mlp, k, v, attn, mlp
+
+
+def reference_layer_packed(a: BlockAdapter, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`reference_layer` for compiling on the row kernels: its linears stay eager, on packed weights."""
+    return reference_layer(a, h, _out_of_graph)
+
+
+def sparse_layer(
+    a: BlockAdapter,
+    h: Tensor,
+    k_unit: Tensor,
+    attn_mlp_ref: Tensor,
+    v_ref: Tensor,
+    n: int,
+    linear: Callable[..., Any] = _method,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Non-reference layer: fresh K everywhere, Q/V/attention/MLP for ``n`` rows per frame.
+
+    ``h`` ``[F, T, C]``; ``k_unit`` (unit reference keys), ``attn_mlp_ref`` (A_ref + M_ref) and
+    ``v_ref`` are ``[T, C]``. Returns the output ``[F, T, C]``, the recomputed positions ``[F, n]``
+    and the key cosine ``[F, T]``. Unselected rows cost one add (``h + (A_ref + M_ref)``); selected
+    rows get Q, V, attention and MLP and are written over them, so no full-size tensor is cloned or
+    scattered more than once. ``linear(a, name, *args)`` runs the adapter's linear steps (``k``,
+    ``qv``, ``out_add``, ``mlp_add``): in the compiled kernel, outside the graph.
+    """
+    f, t, _ = h.shape
+    x = a.ln1(h)
+    k = linear(a, "k", x)  # [F, T, C], once for both the similarity and the attention (quirk C2)
+    sim = _key_cosine(k, k_unit)  # [F, T]
+    index = select_updates(sim, n)  # [F, n]
+    flat = _flat(index, t)
+    x_sel = _rows(x, flat, n)
+    q_sel, v_sel = linear(a, "qv", x_sel)
+    # stale values outside I are deliberate: the reference attends to the cached V there
+    v_full = _with_rows(v_ref.expand(f, -1, -1).clone(), flat, v_sel)
+    h1_sel = linear(a, "out_add", a.attention(q_sel, k, v_full, q_index=index), _rows(h, flat, n))
+    out_sel = linear(a, "mlp_add", a.ln2(h1_sel), h1_sel)  # LN2 is per token: rows I alone suffice
+    return _with_rows(h + attn_mlp_ref, flat, out_sel), index, sim
+
+
+def sparse_layer_packed(
+    a: BlockAdapter, h: Tensor, k_unit: Tensor, attn_mlp_ref: Tensor, v_ref: Tensor, n: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`sparse_layer` for compiling: its linears stay eager, on the adapter's packed weights."""
+    return sparse_layer(a, h, k_unit, attn_mlp_ref, v_ref, n, _out_of_graph)
+
+
 class StcCacher(BlockStrategy):
     """STC-Cacher (``pre_vit_block``): periodic full reference chunks, sparse recompute in between."""
 
@@ -166,6 +238,8 @@ class StcCacher(BlockStrategy):
     paper = "https://arxiv.org/abs/2512.00891"
     reference = "lern-to-write/STC (model/custom_siglip.py)"
     params: StcCacherParams
+    _reference_kernel = staticmethod(reference_layer)
+    _sparse_kernel = staticmethod(sparse_layer)
 
     def new_state(self) -> CacherState:
         return CacherState()
@@ -210,18 +284,14 @@ class StcCacher(BlockStrategy):
         that buffer, one extra ``[T, C]`` per layer, instead of paying a copy per reference chunk.
         """
         a: BlockAdapter = call.adapter.for_rows() if self.params.fast_reference else call.adapter
-        x = a.ln1(h)
-        q, k, v = a.qkv(x)
-        attn = a.out(a.attention(q, k, v))
-        h1 = h + attn
-        mlp = a.mlp(a.ln2(h1))
+        out, k, v, attn, mlp = self._reference_kernel(a, h)
         # A one-frame chunk's last frame is the whole tensor: keep it as is. With more frames,
         # clone, or a view of frame -1 would keep the whole chunk's [F, T, C] tensors alive.
         last = (lambda t: t[-1]) if h.shape[0] == 1 else (lambda t: t[-1].clone())
         state.refs[call.layer_index] = tuple(last(t.detach()) for t in (k, v, attn, mlp))  # type: ignore[assignment]
         state.derived.pop(call.layer_index, None)
         self._record(call, state, reference=True)
-        return h1 + mlp
+        return out
 
     def _derived(self, state: CacherState, layer: int) -> tuple[Tensor, Tensor]:
         """(unit reference keys, A_ref + M_ref) of ``layer``, computed once per reference chunk."""
@@ -234,26 +304,17 @@ class StcCacher(BlockStrategy):
     def _sparse(
         self, call: BlockCall, state: CacherState, h: Tensor, ref: tuple[Tensor, Tensor, Tensor, Tensor]
     ) -> Tensor:
-        """Non-reference layer: fresh K everywhere, Q/V/attention/MLP for ``n`` rows per frame.
-
-        Unselected rows cost one add (``h + (A_ref + M_ref)``); selected rows get Q, V, attention and
-        MLP and are written over them, so no full-size tensor is cloned or scattered more than once.
-        """
+        """Non-reference layer through :func:`sparse_layer` on the few-row adapter."""
         a: BlockAdapter = call.adapter.for_rows()
-        f, t, _ = h.shape
         k_unit, attn_mlp_ref = self._derived(state, call.layer_index)
-        v_ref = ref[1]
-        x = a.ln1(h)
-        k = a.k(x)  # [F, T, C], once for both the similarity and the attention (quirk C2)
-        sim = _key_cosine(k, k_unit)  # [F, T]
-        n = n_update(t, self.params.update_token_ratio)
-        index = select_updates(sim, n)  # [F, n]
-        flat = _flat(index, t)
-        x_sel = _rows(x, flat, n)
-        q_sel, v_sel = a.qv(x_sel)
-        # stale values outside I are deliberate: the reference attends to the cached V there
-        v_full = _with_rows(v_ref.expand(f, -1, -1).clone(), flat, v_sel)
-        h1_sel = a.out_add(a.attention(q_sel, k, v_full, q_index=index), _rows(h, flat, n))
-        out_sel = a.mlp_add(a.ln2(h1_sel), h1_sel)  # LN2 is per token: rows I alone suffice
+        n = n_update(h.shape[1], self.params.update_token_ratio)
+        out, index, sim = self._sparse_kernel(a, h, k_unit, attn_mlp_ref, ref[1], n)
         self._record(call, state, reference=False, update_indices=index, key_cosine_similarity=sim)
-        return _with_rows(h + attn_mlp_ref, flat, out_sel)
+        return out
+
+    def compiled(self, compiler: Callable[[Callable], Callable]) -> StcCacher:
+        """This strategy with :func:`reference_layer` and :func:`sparse_layer` run through ``compiler``."""
+        reference = reference_layer_packed if self.params.fast_reference else reference_layer
+        return self.with_kernels(
+            _reference_kernel=compiler(reference), _sparse_kernel=compiler(sparse_layer_packed)
+        )

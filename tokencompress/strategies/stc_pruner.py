@@ -15,6 +15,7 @@ The similarity pieces (channel selection, Gaussian kernel, chunk-mean memory) ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -27,7 +28,14 @@ from ..tokens import VisualTokens
 from ..types import ChunkInfo, Stage, StageInfo
 from .kernels import ChunkMeanMemory, MemoryStep, frame_similarity, gaussian_similarity, select_channels, unit
 
-__all__ = ["StcPruner", "StcPrunerParams", "StcPrunerState", "StcPrunerDebug", "gaussian_similarity"]
+__all__ = [
+    "StcPruner",
+    "StcPrunerParams",
+    "StcPrunerState",
+    "StcPrunerDebug",
+    "gaussian_similarity",
+    "pruner_scores",
+]
 
 
 class StcPrunerParams(PerFrameParams):
@@ -72,6 +80,19 @@ class _Update:
     debug: StcPrunerDebug
 
 
+def pruner_scores(
+    xs: Tensor, mem: Tensor, layout: FrameLayout, alphas: tuple[float, ...]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(frame scores, memory scores, negated sum), each ``[N]``, of the scored channels ``xs`` ``[N, D']``
+    against the frame anchors and the stream memory ``mem`` ``[D']``: the pruner's dense math."""
+    xn = unit(xs)  # [N, D']
+    # [F, D'] means of unit vectors, deliberately not normalised (P6)
+    frame_anchor = layout.mean(xn)
+    frame_scores = frame_similarity(xn, frame_anchor, layout, alphas)  # [N]
+    memory_scores = gaussian_similarity(xn, unit(mem, dim=0), alphas)  # [N]
+    return frame_scores, memory_scores, -(memory_scores + frame_scores)
+
+
 class StcPruner(ScoringPruner):
     """Keeps the ``tokens_per_frame`` most novel tokens of every frame (STC, pre-prefill)."""
 
@@ -88,13 +109,21 @@ class StcPruner(ScoringPruner):
         return {"tokens_per_frame": max(1, info.tokens_per_frame * 60 // 196)}
 
     params: StcPrunerParams
+    _select_kernel = staticmethod(select_channels)
+    _score_kernel = staticmethod(pruner_scores)
+
+    def compiled(self, compiler: Callable[[Callable], Callable]) -> StcPruner:
+        """This pruner with :func:`~.kernels.select_channels` and :func:`pruner_scores` run through ``compiler``."""
+        return self.with_kernels(
+            _select_kernel=compiler(select_channels), _score_kernel=compiler(pruner_scores)
+        )
 
     def new_state(self) -> StcPrunerState:
         return StcPrunerState()
 
     def select_channels(self, x: Tensor) -> Tensor:
         """``[D']`` lowest-variance channels of ``x`` ``[N, D]``, ascending variance (see ``kernels``)."""
-        return select_channels(x, self.params.channel_keep_ratio)
+        return self._select_kernel(x, self.params.channel_keep_ratio)
 
     def plan(self, tokens: VisualTokens, state: StcPrunerState, chunk: ChunkInfo) -> Plan:
         """Scores ``[N]`` (negated combined similarity: the k lowest are kept, ties to the lower index).
@@ -117,12 +146,7 @@ class StcPruner(ScoringPruner):
             else:
                 step = state.peek(flat.mean(0), self.name)  # full-width history, channels picked now
                 mem = step.mean[chans]
-            xn = unit(xs)  # [N, D']
-            # [F, D'] means of unit vectors, deliberately not normalised (P6)
-            frame_anchor = layout.mean(xn)
-            frame_scores = frame_similarity(xn, frame_anchor, layout, alphas)  # [N]
-            memory_scores = gaussian_similarity(xn, unit(mem, dim=0), alphas)  # [N]
-            scores = -(memory_scores + frame_scores)
+            frame_scores, memory_scores, scores = self._score_kernel(xs, mem, layout, alphas)
         if layout.per_frame is not None:
             frame_scores = frame_scores.view(layout.num_frames, layout.per_frame)
             memory_scores = memory_scores.view(layout.num_frames, layout.per_frame)

@@ -19,7 +19,7 @@ the clamp at 1 discards the surplus of the others).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "ChunkScores",
     "chunk_scores",
     "reconcile_budgets",
+    "unit_scores",
 ]
 
 
@@ -104,20 +105,32 @@ class ChunkScores:
 
 
 def chunk_scores(
-    tokens: VisualTokens, layout: FrameLayout, fraction: float, alphas: Sequence[float]
+    tokens: VisualTokens,
+    layout: FrameLayout,
+    fraction: float,
+    alphas: Sequence[float],
+    kernels: tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, Tensor, Tensor]]] | None = None,
 ) -> ChunkScores:
     """Channel selection and both similarities (to the chunk mean and to the frame means).
 
-    ``tokens`` is ``[N, D]``.
+    ``tokens`` is ``[N, D]``; ``kernels`` (select, score) replaces :func:`select_channels` and
+    :func:`unit_scores` (their compiled twins).
     """
+    select, score = kernels or (select_channels, unit_scores)
     x = tokens.tokens.float()  # [N, D]
-    chans = select_channels(x, fraction)
+    chans = select(x, fraction)
     raw = x.index_select(1, chans)  # [N, D']
+    xn, video_score, frame_score = score(raw, layout, tuple(alphas))
+    return ChunkScores(chans, raw, xn, video_score, frame_score)
+
+
+def unit_scores(raw: Tensor, layout: FrameLayout, alphas: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit rows ``[N, D']`` of ``raw`` and their similarity to the chunk mean and their frame's mean (``[N]`` each)."""
     xn = unit(raw)
     # Both centres are means of unit vectors and deliberately not re-normalised, as in the reference.
     video_score = gaussian_similarity(xn, xn.mean(dim=0), alphas)  # [N]
     frame_score = frame_similarity(xn, layout.mean(xn), layout, alphas)  # [N]
-    return ChunkScores(chans, raw, xn, video_score, frame_score)
+    return xn, video_score, frame_score
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,12 @@ class VidCom2(ScoringPruner):
     reference = "xuyang-liu16/VidCom2 (token_compressor/vidcom2/vidcom2.py)"
 
     params: VidCom2Params
+    _scoring_kernels: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+    """(select, score) for :func:`chunk_scores`; None: the eager functions."""
+
+    def compiled(self, compiler: Callable[[Callable], Callable]) -> VidCom2:
+        """This strategy with :func:`~.kernels.select_channels` and :func:`unit_scores` run through ``compiler``."""
+        return self.with_kernels(_scoring_kernels=(compiler(select_channels), compiler(unit_scores)))
 
     # ------------------------------------------------------------------ budgets
     def _keeps_all(self) -> bool:
@@ -237,7 +256,9 @@ class VidCom2(ScoringPruner):
         layout = layout or FrameLayout.of(tokens)
         counts = layout.counts
         with torch.no_grad():
-            s = chunk_scores(tokens, layout, self.params.channel_fraction, self.params.alphas)
+            s = chunk_scores(
+                tokens, layout, self.params.channel_fraction, self.params.alphas, self._scoring_kernels
+            )
             mean_video = layout.mean(s.video_score)  # [F]
             # An empty frame (pruned away before this stage) must not win the softmax with u = 0.
             uniqueness = torch.where(counts > 0, -mean_video, torch.full_like(mean_video, float("-inf")))

@@ -11,6 +11,7 @@ through.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,8 +22,8 @@ from torch import Tensor
 from ..scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
 from ..tokens import VisualTokens
 from ..types import ChunkInfo, Stage, StageInfo
-from .kernels import ChunkMeanMemory, MemoryStep, gaussian_similarity, unit
-from .vidcom2 import ScoringParams, chunk_scores
+from .kernels import ChunkMeanMemory, MemoryStep, gaussian_similarity, select_channels, unit
+from .vidcom2 import ScoringParams, chunk_scores, unit_scores
 
 __all__ = ["VidCom2Stream", "VidCom2StreamParams", "VidCom2StreamState", "VidCom2StreamAnalysis"]
 
@@ -76,6 +77,12 @@ class VidCom2Stream(ScoringPruner):
     reference = "lern-to-write/STC (model/vidcom2_for_rekv, compiled only)"
 
     params: VidCom2StreamParams
+    _scoring_kernels: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+    """(select, score) for :func:`~.vidcom2.chunk_scores`; None: the eager functions."""
+
+    def compiled(self, compiler: Callable[[Callable], Callable]) -> VidCom2Stream:
+        """This strategy with the chunk scoring kernels run through ``compiler``."""
+        return self.with_kernels(_scoring_kernels=(compiler(select_channels), compiler(unit_scores)))
 
     @classmethod
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
@@ -91,7 +98,7 @@ class VidCom2Stream(ScoringPruner):
         layout = layout or FrameLayout.of(tokens)
         p = self.params
         with torch.no_grad():
-            s = chunk_scores(tokens, layout, p.channel_fraction, p.alphas)
+            s = chunk_scores(tokens, layout, p.channel_fraction, p.alphas, self._scoring_kernels)
             step = state.peek(s.raw.mean(dim=0), self.name)  # raw features, this chunk's channel order
             # Unlike the chunk and frame centres, the memory comes from raw features and is normalised.
             memory_score = gaussian_similarity(s.unit_rows, unit(step.mean, dim=0), p.alphas)
