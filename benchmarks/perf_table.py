@@ -152,13 +152,13 @@ def table(rows: list[dict], meta: dict) -> str:
     lines.append("")
     lines.append(
         f"Ratios pipeline / baseline, median [min–max] over {meta['repeats']} interleaved repeats; "
-        f"{meta['frames']} frames of {meta['video']} at {meta['fps']:.3g} fps, one per chunk; model "
+        f"{meta['frames']} frames of {meta['video']} at {meta['fps']:.3g} fps, one per chunk unless noted below; model "
         f"`builtin-bench` ({meta['model']}); {meta['machine']['cpu']}, {meta['machine']['threads_used']} threads, "
         f"torch {meta['machine']['torch']}; load = 1-min load average before/after each row. "
         "Token cosine and first-token KL compare with the baseline's output: with random weights "
         "they are a proxy of how much a method perturbs the model, not of answer quality."
     )
-    for key in ("runs_note", "note"):
+    for key in ("chunk_note", "fps_note", "runs_note", "note"):
         if meta.get(key):
             lines.append("")
             lines.append(meta[key])
@@ -172,7 +172,7 @@ def _row(name: str, d: dict) -> dict:
 def rebuild(args: argparse.Namespace) -> int:
     """The tables from committed results: rows in ROWS order, a 'not run' row where none is."""
     meta = json.loads((RESULTS / "machine.json").read_text()) if (RESULTS / "machine.json").exists() else {}
-    rows, runs, results = [], {}, {}
+    rows, runs, results, grouped = [], {}, {}, []
     for row in ROWS:
         path = RESULTS / f"{row.name}.json"
         if not path.exists():
@@ -188,6 +188,8 @@ def rebuild(args: argparse.Namespace) -> int:
         results[row.name] = d
         rows.append(_row(row.name, d))
         runs[row.name] = (d["frames"], d["repeats"], round(d["fps"], 3))
+        if d.get("frames_per_chunk", 1) != 1:
+            grouped.append(f"{row.label}: {d['frames_per_chunk']} frames per chunk (its pipeline's setting)")
         meta.setdefault("machine", machine() | {"threads_used": d["threads"], "torch": d["torch_version"]})
         meta.update(
             model=d["model"], video=d["video"], fps=d["fps"], frames=d["frames"], repeats=d["repeats"]
@@ -196,6 +198,7 @@ def rebuild(args: argparse.Namespace) -> int:
         meta["runs_note"] = "Rows come from runs of different sizes: " + "; ".join(
             f"{n}: {f} frames at {fps:g} fps x {r} repeats" for n, (f, r, fps) in runs.items()
         )
+    meta["chunk_note"] = "; ".join(grouped) or None
     if args.note:
         meta["note"] = args.note
     _write(RESULTS / "machine.json", json.dumps(meta, indent=2))
@@ -370,6 +373,8 @@ def main() -> int:
         "repeats": args.repeats,
         "note": args.note,
     }
+    slow: dict[float, float] = {}
+    """pipeline fps -> the faster rate its rows were sampled at (the clip is too short)"""
     by_name = {r.name: r for r in ROWS}
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -382,7 +387,8 @@ def main() -> int:
         pipe = load_row(row)
         frames, fps, note = sample_frames(video, pipe.config.stream.fps, args.frames)
         meta["fps"] = fps
-        meta["fps_note"] = note
+        if note:
+            slow.setdefault(pipe.config.stream.fps, fps)
         print(f"{name}: {len(frames)} frames at {fps:.3g} fps ({note or 'pipeline rate'})", file=sys.stderr)
         r = run_benchmark(
             pipe, loaded, frames, DEFAULT_QUESTION, repeats=args.repeats, warmup=args.warmup, progress=False
@@ -392,6 +398,13 @@ def main() -> int:
         d = {"video": video.name, "fps": fps, "params": row.params, **r.as_dict()}
         _write(RESULTS / f"{name}.json", json.dumps(d, indent=2))
         print(f"{name}: ViT {spread_text(r.spreads.get('vit_ms'))}, load {r.load_average}", file=sys.stderr)
+    if slow:
+        rates = ", ".join(f"{r:g}" for r in sorted(slow))
+        faster = ", ".join(sorted({f"{f:.3g}" for f in slow.values()}))
+        meta["fps_note"] = (
+            f"{video.name} is too short for {args.frames} frames at the pipelines' own {rates} fps: "
+            f"those rows sample at {faster} fps instead"
+        )
     _write(RESULTS / "machine.json", json.dumps(meta, indent=2))
     return rebuild(args)
 

@@ -30,6 +30,18 @@ def frames():
     return random_frames(6)
 
 
+def answer_and_cache(bound, frames, question_ids=(5, 9, 14, 3)):
+    """A fresh stream on ``bound`` fed ``frames`` one by one and asked ``question_ids``: the answer
+    and a copy of every cache layer's (keys, values), for comparing decoder paths."""
+    import torch
+
+    s = bound.stream()
+    for f in frames:
+        s.add_frames(f[None])
+    answer = s.ask(torch.tensor(list(question_ids)), max_new_tokens=3)
+    return answer, [(layer.keys.clone(), layer.values.clone()) for layer in s.llm.cache.layers]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """The tiny LLaVA-OV saved with a byte tokenizer, for CLI runs that must stay fast."""

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.conftest import build_tiny_llava_ov
+from tests.conftest import answer_and_cache, build_tiny_llava_ov
 from tokencompress.decoder_attention import NAME, grouped_kv_attention, sdpa_grouped_kv
 from tokencompress.pipeline import Pipeline
 from tokencompress.video import iter_frames, sample_video_path
@@ -50,14 +50,6 @@ def test_equals_transformers_sdpa_bit_for_bit(
     assert torch.equal(got, want)
 
 
-def _stream_outputs(bound, frames):
-    s = bound.stream()
-    for f in frames:
-        s.add_frames(f[None])
-    answer = s.ask(torch.tensor([5, 9, 14, 3]), max_new_tokens=3)
-    return answer, [(layer.keys.clone(), layer.values.clone()) for layer in s.llm.cache.layers]
-
-
 @torch.inference_mode()
 def test_a_pipeline_prefills_with_grouped_kv_and_changes_nothing(monkeypatch, tiny_llava_ov) -> None:
     """A real clip through the tiny LLaVA-OV (2 K/V heads for 4 query heads): the cache and the
@@ -70,7 +62,7 @@ def test_a_pipeline_prefills_with_grouped_kv_and_changes_nothing(monkeypatch, ti
     )
     decoder_config = pipe.bind(model).target.language_model.config
     assert decoder_config.num_key_value_heads < decoder_config.num_attention_heads
-    plain_answer, plain_cache = _stream_outputs(pipe.bind(model), frames)
+    plain_answer, plain_cache = answer_and_cache(pipe.bind(model), frames)
 
     grouped = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -82,7 +74,7 @@ def test_a_pipeline_prefills_with_grouped_kv_and_changes_nothing(monkeypatch, ti
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
     with pipe.apply(model) as bound:
         assert decoder_config._attn_implementation == NAME
-        answer, cache = _stream_outputs(bound, frames)
+        answer, cache = answer_and_cache(bound, frames)
     assert decoder_config._attn_implementation == "sdpa"
     assert sum(grouped) >= len(frames) * decoder_config.num_hidden_layers  # every chunk, every layer
     assert torch.equal(answer.first_logits, plain_answer.first_logits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tests.conftest import answer_and_cache
 from tokencompress.cli_options import with_stream
 from tokencompress.decoder_kernels import packed_decoder_linears
 from tokencompress.pipeline import Pipeline
@@ -27,14 +28,6 @@ def _linears(model: nn.Module) -> list[nn.Linear]:
     ]
 
 
-def _run(bound, frames):
-    s = bound.stream()
-    for f in frames:
-        s.add_frames(f[None])
-    answer = s.ask(torch.tensor([5, 9, 14, 3]), max_new_tokens=3)
-    return answer, [(layer.keys.clone(), layer.values.clone()) for layer in s.llm.cache.layers]
-
-
 @torch.inference_mode()
 def test_packed_decoder_matches_stock_and_is_removed_on_exit(tiny_llava_ov, monkeypatch) -> None:
     """A real clip through the tiny LLaVA-OV: every decoder linear runs packed inside apply(), the
@@ -47,7 +40,7 @@ def test_packed_decoder_matches_stock_and_is_removed_on_exit(tiny_llava_ov, monk
     linears = _linears(model)
     with _pipe("stock").apply(model) as bound:
         assert not any("forward" in m.__dict__ for m in linears)  # the default leaves them alone
-        want, want_cache = _run(bound, frames)
+        want, want_cache = answer_and_cache(bound, frames)
 
     routed = []
     real_call = packed_linear.PackedLinears.__call__
@@ -59,7 +52,7 @@ def test_packed_decoder_matches_stock_and_is_removed_on_exit(tiny_llava_ov, monk
     monkeypatch.setattr(packed_linear.PackedLinears, "__call__", counting)
     with _pipe("packed").apply(model) as bound:
         assert all("forward" in m.__dict__ for m in linears)
-        got, cache = _run(bound, frames)
+        got, cache = answer_and_cache(bound, frames)
     assert not any("forward" in m.__dict__ for m in linears)
     assert {id(m) for m in routed} == {id(m) for m in linears}
     torch.testing.assert_close(got.first_logits, want.first_logits, atol=1e-4, rtol=1e-4)
