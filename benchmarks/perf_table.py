@@ -115,10 +115,10 @@ def machine() -> dict:
     }
 
 
-def spread_text(s: dict | None) -> str:
+def spread_text(s: dict | None, digits: int = 3) -> str:
     if not s:
         return "–"
-    return f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}–{s['max']:.{digits}f}]"
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -217,16 +217,15 @@ def rebuild(args: argparse.Namespace) -> int:
 def _target_line(
     figure: str, spread: dict | None, target: float, limit: float | None, percent: bool = False
 ) -> str:
-    if not spread:
-        return f"| {figure} | not run | {'–' if limit is None else f'{limit:.3f}'} | ≤ {target:g} | – |"
+    """One row of the targets table; ``percent`` shows shares (``spread`` as fractions) in %."""
     scale, unit = (100, " %") if percent else (1, "")
-    text = (
-        f"{scale * spread['median']:.3f}{unit} [{scale * spread['min']:.3f}–{scale * spread['max']:.3f}]"
-        if not percent
-        else f"{scale * spread['median']:.2f} % [{scale * spread['min']:.2f}–{scale * spread['max']:.2f}]"
-    )
-    met = "yes" if scale * spread["median"] <= target else "no"
-    lim = "–" if limit is None else (f"{limit:.3f}" if not percent else f"{limit:g} %")
+    if spread:
+        scaled = {k: scale * spread[k] for k in ("median", "min", "max")}
+        text = spread_text(scaled, 2 if percent else 3).replace(" [", f"{unit} [")
+        met = "yes" if scaled["median"] <= target else "no"
+    else:
+        text, met = "not run", "–"
+    lim = "–" if limit is None else (f"{limit:g} %" if percent else f"{limit:.3f}")
     return f"| {figure} | {text} | {lim} | ≤ {target:g}{unit} | {met} |"
 
 

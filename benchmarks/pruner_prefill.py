@@ -81,20 +81,22 @@ def main() -> None:
             state = pruner.new_state()
             b_t, p_t, pp_t = [], [], []
             waiting: list[list] = [[], []]
+
+            def prefill(j: int, tokens: VisualTokens, flush: bool) -> None:
+                """Stream ``j``'s chunk: its segment waits, and a full group (or the last) is prefilled."""
+                waiting[j].append(target.visual_segment(streams[j].llm, tokens))
+                if flush:
+                    target.prefill_segments(streams[j].llm, waiting[j])
+                    waiting[j] = []
+
             for i, tok in enumerate(carriers):
                 flush = (i + 1) % args.prefill_chunks == 0 or i + 1 == len(carriers)
                 t0 = time.perf_counter()
-                waiting[0].append(target.visual_segment(streams[0].llm, tok))
-                if flush:
-                    target.prefill_segments(streams[0].llm, waiting[0])
-                    waiting[0] = []
+                prefill(0, tok, flush)
                 t1 = time.perf_counter()
                 kept = pruner.apply(tok, state, ChunkInfo(i, i, 1))
                 t2 = time.perf_counter()
-                waiting[1].append(target.visual_segment(streams[1].llm, kept))
-                if flush:
-                    target.prefill_segments(streams[1].llm, waiting[1])
-                    waiting[1] = []
+                prefill(1, kept, flush)
                 t3 = time.perf_counter()
                 b_t.append(t1 - t0)
                 p_t.append(t2 - t1)

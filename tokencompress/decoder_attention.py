@@ -23,6 +23,7 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 __all__ = ["NAME", "grouped_kv_attention", "sdpa_grouped_kv"]
 
@@ -45,8 +46,6 @@ def sdpa_grouped_kv(
     ``query`` ``[B, H, L, d]``, ``key``/``value`` ``[B, H_kv, S, d]``, ``attention_mask``
     ``[B, 1, L, S]`` (bool or additive).
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     groups = getattr(module, "num_key_value_groups", 1)
     stock = (
         query.device.type != "cpu"

@@ -2,7 +2,7 @@
 
 A stock ``nn.Linear`` on CPU repacks its weight for the GEMM kernel on every call, a cost that does
 not shrink with the rows: a visual chunk pruned to 60 tokens pays it in full (measured on the bench
-preset's Qwen2-0.5B widths: its decoder linears take 0.64 of the stock time at 60 rows, 0.69 at
+preset's Qwen2-0.5B widths: its decoder linears take 0.62 of the stock time at 60 rows, 0.77 at
 196). Packing each weight once (:mod:`tokencompress.packed_linear`) removes it. The result agrees
 with the stock layer to float32 rounding, not bit for bit, so it is a stream setting that the
 baseline of a benchmark shares, never a silent default.
