@@ -46,12 +46,12 @@ def main() -> None:
 
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    from tokencompress.block_patch import BlockPatch
-    from tokencompress.compiling import CompileOptions, Compiler, TowerCompile
-    from tokencompress.models import BENCH_OVERRIDES
+    from tokencompress.patching.block_routing import BlockPatch
+    from tokencompress.patching.compiling import CompileOptions, Compiler, TowerCompile
+    from tokencompress.models.loading import BENCH_OVERRIDES
     from tokencompress.strategies.stc_cacher import StcCacher
-    from tokencompress.strategy import ChunkInfo
-    from tokencompress.targets.siglip_block import SiglipBlockAdapter
+    from tokencompress.api.strategy import ChunkInfo
+    from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
     v = BENCH_OVERRIDES["vision_config"]
     cfg = SiglipVisionConfig(**v, image_size=384, patch_size=14, vision_use_head=False)

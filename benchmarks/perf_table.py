@@ -76,7 +76,7 @@ PREFILL_RUNS = (
 
 def load_row(row: Row):
     """The row's pipeline with ``row.params`` set where a strategy has them."""
-    from tokencompress.pipeline import Pipeline
+    from tokencompress.pipeline.pipeline import Pipeline
 
     pipe = Pipeline.from_yaml(ROOT / "pipelines" / f"{row.pipeline}.yaml")
     if not row.params:
@@ -357,8 +357,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from tokencompress.bench import DEFAULT_QUESTION, run_benchmark, sample_frames
-    from tokencompress.models import load_model
-    from tokencompress.video import sample_video_path
+    from tokencompress.models.loading import load_model
+    from tokencompress.media.video import sample_video_path
 
     names = args.only.split(",") if args.only else list(PIPELINES)
     loaded = load_model("builtin-bench")

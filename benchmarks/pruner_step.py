@@ -19,8 +19,8 @@ import time
 import torch
 
 from tokencompress.strategies.stc_pruner import StcPruner
-from tokencompress.strategy import ChunkInfo
-from tokencompress.tokens import VisualTokens
+from tokencompress.api.strategy import ChunkInfo
+from tokencompress.api.tokens import VisualTokens
 
 
 def _prune_seconds(strategy, frames: list[torch.Tensor]) -> float:

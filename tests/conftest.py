@@ -8,7 +8,7 @@ import pytest
 
 def build_tiny_llava_ov(seed: int = 0):
     """The library's tiny LLaVA-OV: 8x8 = 64 ViT tokens, 4x4 = 16 pooled tokens per frame."""
-    from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
+    from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 
     return LlavaOnevisionTarget.tiny_model(seed)
 
@@ -45,7 +45,7 @@ def answer_and_cache(bound, frames, question_ids=(5, 9, 14, 3)):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """The tiny LLaVA-OV saved with a byte tokenizer, for CLI runs that must stay fast."""
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-llava-ov")
     build_tiny_llava_ov().save_pretrained(path)

@@ -37,7 +37,7 @@ def _(c: Ctx):
 
 @case("tokenizer-builtin-no-media")
 def _(c: Ctx):
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     byte_tokenizer("qwen2_vl").save_pretrained(c.tmp / "qwen2vl-tok")
     return c.cli("validate", STC, "--tokenizer", str(c.tmp / "qwen2vl-tok"))

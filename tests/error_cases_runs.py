@@ -13,8 +13,8 @@ from tests.error_harness import STC, STEP, Ctx, case
 from tests.plugin_fakes import FakeEntryPoint, KeepFirst, patch_entry_points, plugin, strategy_named
 from tests.videos import corrupt_mp4
 from tokencompress import BlockStrategy, Pipeline
-from tokencompress.cli import main
-from tokencompress.errors import PluginFault
+from tokencompress.cli.main import main
+from tokencompress.api.errors import PluginFault
 
 
 # ------------------------------------------------------------ partial results
@@ -38,7 +38,7 @@ def _(c: Ctx):
 
 @case("run-interrupted")
 def _(c: Ctx):
-    from tokencompress.session import Stream
+    from tokencompress.stream.stream import Stream
 
     real, calls = Stream.add_frames, []
 
@@ -72,7 +72,7 @@ def _(c: Ctx):
 
 @case("output-write-fails")
 def _(c: Ctx):
-    from tokencompress import outputs
+    from tokencompress.files import outputs
 
     report = c.tmp / "run.json"
     report.write_text('{"an": "older run"}')

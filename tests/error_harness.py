@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import build_tiny_llava_ov
 from tokencompress import Pipeline, TokenCompressError
-from tokencompress.cli import main
+from tokencompress.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"

@@ -22,7 +22,7 @@ from tokencompress import (
     VisualTokens,
     hookimpl,
 )
-from tokencompress import registry as registry_module
+from tokencompress.plugins import registry as registry_module
 
 
 def _installed(dist: str) -> bool:

@@ -14,7 +14,7 @@ import yaml
 from tests.conftest import build_tiny_llava_ov, random_frames
 from tokencompress import Pipeline
 from tokencompress.bench import RATIOS, BenchResult, format_table, run_benchmark, write_plot
-from tokencompress.cli import main
+from tokencompress.cli.main import main
 from tokencompress.strategies.stc_cacher import layer_macs, n_update
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def test_plot_skipped_without_matplotlib(result, tmp_path, monkeypatch):
 
 
 def test_cli_bench(model, tmp_path, capsys):
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     model_dir = tmp_path / "tiny"
     model.save_pretrained(model_dir)
@@ -167,7 +167,7 @@ def test_cli_bench_errors_are_one_line(tmp_path, capsys):
 
 
 def test_rejects_bad_frames(model):
-    from tokencompress.errors import TokenCompressError
+    from tokencompress.api.errors import TokenCompressError
 
     pipe = Pipeline.from_dict({"name": "p", "stages": {}})
     with pytest.raises(TokenCompressError, match="uint8"):

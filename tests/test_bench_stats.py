@@ -12,10 +12,10 @@ from tokencompress import Pipeline
 from tokencompress.bench.fidelity import fidelity, token_cosine
 from tokencompress.bench.spreads import one_repeat, per_repeat_ratios, spread
 from tokencompress.bench.sweep import parse_sweep, sweep_pipelines
-from tokencompress.errors import TokenCompressError
-from tokencompress.models import BENCH_OVERRIDES, default_model_config
-from tokencompress.packed_linear import PackedLinears, packing_available
-from tokencompress.tokens import VisualTokens
+from tokencompress.api.errors import TokenCompressError
+from tokencompress.models.loading import BENCH_OVERRIDES, default_model_config
+from tokencompress.kernels.packed_linear import PackedLinears, packing_available
+from tokencompress.api.tokens import VisualTokens
 
 
 def chunk(vit: float, prefill: float = 10.0, compress: float = 0.0) -> dict[str, float]:

@@ -20,8 +20,8 @@ import pytest
 from tests.conftest import build_tiny_llava_ov
 from tests.plugin_fakes import FakeEntryPoint, patch_entry_points, plugin
 from tests.test_pipeline_config import AttentionProbe
-from tokencompress import models
-from tokencompress.cli import main
+from tokencompress.models import loading as models
+from tokencompress.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 STC = str(ROOT / "pipelines" / "stc.yaml")
@@ -202,7 +202,7 @@ def test_run_stc_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
 
 
 def test_run_with_a_saved_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     ckpt = tmp_path / "tiny-llava-ov"
     build_tiny_llava_ov().save_pretrained(ckpt)
@@ -255,7 +255,7 @@ def test_console_script_help() -> None:
 )
 def test_cli_run_bad_options_are_one_line_errors(tmp_path, capsys, extra, needle):
     from tests.conftest import build_tiny_llava_ov
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     build_tiny_llava_ov().save_pretrained(tmp_path)
     byte_tokenizer("llava_onevision").save_pretrained(tmp_path)

@@ -1,6 +1,6 @@
 """The command line's shared vocabulary: --plugin files, --tokenizer, help, --version, live rows.
 
-Runs go through ``tokencompress.cli.main`` in process on the built-in tiny model (built once for
+Runs go through ``tokencompress.cli.main.main`` in process on the built-in tiny model (built once for
 the module) or the tiny saved checkpoint, with one or two frames so the file stays fast.
 """
 
@@ -16,10 +16,10 @@ import pytest
 from tests.error_harness import TINY_STC
 from tests.test_cli import ROW, assert_one_line_error, run_cli
 from tests.test_plugin_files import STRIDE
-from tokencompress import models
-from tokencompress.cli import main
-from tokencompress.cli_parser import build_parser
-from tokencompress.session import Stream
+from tokencompress.models import loading as models
+from tokencompress.cli.main import main
+from tokencompress.cli.parser import build_parser
+from tokencompress.stream.stream import Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 STC = str(ROOT / "pipelines" / "stc.yaml")

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from tests.conftest import answer_and_cache
-from tokencompress.cli_options import with_stream
-from tokencompress.decoder_kernels import packed_decoder_linears
-from tokencompress.pipeline import Pipeline
-from tokencompress.video import iter_frames, sample_video_path
+from tokencompress.cli.options import with_stream
+from tokencompress.patching.decoder_linears import packed_decoder_linears
+from tokencompress.pipeline.pipeline import Pipeline
+from tokencompress.media.video import iter_frames, sample_video_path
 
 
 def _pipe(kernels: str) -> Pipeline:
@@ -33,7 +33,7 @@ def test_packed_decoder_matches_stock_and_is_removed_on_exit(tiny_llava_ov, monk
     """A real clip through the tiny LLaVA-OV: every decoder linear runs packed inside apply(), the
     cache and first-answer logits stay within float32 rounding of the stock decoder, and on exit
     no linear keeps an instance forward."""
-    from tokencompress import packed_linear
+    from tokencompress.kernels import packed_linear
 
     model = tiny_llava_ov
     frames = [f.rgb for f in iter_frames(sample_video_path("bikes.mp4"), fps=2, max_frames=3)]

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tokencompress.hooks import hookspecs
+from tokencompress.plugins import hookspecs
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 PLUGIN_README = (Path(__file__).parent.parent / "plugins" / "tokencompress-uniform" / "README.md").read_text()

@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import random_frames
 from tokencompress import Pipeline
-from tokencompress.errors import ConfigError
+from tokencompress.api.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ def test_sliding_window_renumbering_matches_unrenumbered_crop(tiny_llava_ov):
 
 
 def test_position_guard_warns_then_refuses_naming_the_strategies(tiny_llava_ov):
-    from tokencompress.positions import PositionLimitError, PositionWarning
+    from tokencompress.stream.positions import PositionLimitError, PositionWarning
 
     model = copy.deepcopy(tiny_llava_ov)
     model.config.get_text_config().max_position_embeddings = 120

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import random_frames
 from tokencompress import Pipeline
-from tokencompress.targets.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
+from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
 
 pytestmark = pytest.mark.slow
 

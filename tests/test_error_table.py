@@ -17,7 +17,7 @@ import pytest
 from tests import error_cases_cli, error_cases_input, error_cases_runs  # noqa: F401 - they register the cases
 from tests.conftest import random_frames
 from tests.error_harness import CASES, TINY, Ctx, Row, table
-from tokencompress import models
+from tokencompress.models import loading as models
 
 
 # ------------------------------------------------------------------ the table

@@ -18,7 +18,7 @@ from tokencompress import (
     TokenStrategy,
     VisualTokens,
 )
-from tokencompress.hooks import hookspecs
+from tokencompress.plugins import hookspecs
 
 DOCS = Path(__file__).parent.parent / "docs"
 GUIDES = {"strategy": DOCS / "writing-a-strategy.md", "target": DOCS / "writing-a-target.md"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tokencompress import Pipeline, Stage
-from tokencompress.errors import BudgetError, CompatibilityError, ConfigError
-from tokencompress.kv_placement import kv_build
-from tokencompress.registry import Registry
-from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
+from tokencompress.api.errors import BudgetError, CompatibilityError, ConfigError
+from tokencompress.pipeline.kv_placement import kv_build
+from tokencompress.plugins.registry import Registry
+from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 
 
 def bind(model, kv, fpc=1, **stages):
@@ -118,7 +118,7 @@ def test_rekv_without_pre_rope_projections_is_refused(tiny_llava_ov):
 
 
 def test_schema_lists_the_kv_cache_strategies():
-    from tokencompress.pipeline_config import json_schema
+    from tokencompress.pipeline.config import json_schema
 
     text = str(json_schema(Registry()))
     assert "kv_cache" in text and "ReKVStep" in text and "SlidingWindowStep" in text

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokencompress import CompatibilityError, Pipeline, Stage
-from tokencompress.placement import place_strategies
+from tokencompress.pipeline.placement import place_strategies
 
 PREFIX = torch.tensor([11, 12, 13, 14, 15])
 QUESTION = torch.tensor([21, 22, 23])

@@ -21,7 +21,7 @@ from tokencompress import (
     Stage,
     TokenStrategy,
 )
-from tokencompress.pipeline_config import json_schema, load_config, parse_config
+from tokencompress.pipeline.config import json_schema, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from tokencompress import Pipeline, PluginError, Registry
-from tokencompress.plugin_files import load_plugin_file
+from tokencompress.plugins.local_files import load_plugin_file
 
 STRIDE = textwrap.dedent(
     """

@@ -23,11 +23,11 @@ from tests.conftest import random_frames
 from tests.test_transactions import build as build_injecting
 from tests.test_transactions import same_stream
 from tokencompress import Pipeline
-from tokencompress.errors import CompatibilityError, PluginFault
-from tokencompress.target import Target
-from tokencompress.targets.qwen2_vl import Qwen2VLTarget
-from tokencompress.targets.qwen3_vl import Qwen3VLTarget
-from tokencompress.tokenizer import byte_tokenizer
+from tokencompress.api.errors import CompatibilityError, PluginFault
+from tokencompress.api.target import Target
+from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
+from tokencompress.targets.qwen.qwen3_vl import Qwen3VLTarget
+from tokencompress.models.tokenizer import byte_tokenizer
 
 LOGITS_TOL = {"atol": 1e-4, "rtol": 0.0}
 CACHE_TOL = {"atol": 1e-5, "rtol": 0.0}
@@ -239,14 +239,14 @@ def test_kv_cache_strategies_refuse_grouped_prefill(tiny_llava_ov, strategy) -> 
 
 def test_a_target_without_segments_refuses_grouped_prefill(tiny_llava_ov) -> None:
     """A target with its own prefill_visual and no visual_segment cannot group exactly: refused."""
-    from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
+    from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 
     class OwnPrefill(LlavaOnevisionTarget):
         def prefill_visual(self, state, tokens):  # pragma: no cover - never reached
             return Target.prefill_visual(self, state, tokens)
 
-    from tokencompress.prefill_group import check_prefill_grouping
-    from tokencompress.types import StreamConfig
+    from tokencompress.api.prefill_segment import check_prefill_grouping
+    from tokencompress.api.types import StreamConfig
 
     target = OwnPrefill(tiny_llava_ov)
     check_prefill_grouping(StreamConfig(prefill_chunks=1), target, [])
@@ -259,7 +259,7 @@ TINY_PRUNER = "stages:\n  pre_prefill:\n    - {strategy: stc_pruner, tokens_per_
 
 
 def test_run_flag_overrides_the_pipeline(tmp_path, capsys, tiny_checkpoint) -> None:
-    from tokencompress.cli import main
+    from tokencompress.cli.main import main
 
     pipe = tmp_path / "p.yaml"
     pipe.write_text(TINY_PRUNER)
@@ -280,7 +280,7 @@ def test_run_flag_overrides_the_pipeline(tmp_path, capsys, tiny_checkpoint) -> N
 
 @pytest.mark.slow
 def test_bench_runs_the_baseline_with_the_same_setting(tmp_path, capsys, tiny_checkpoint) -> None:
-    from tokencompress.cli import main
+    from tokencompress.cli.main import main
 
     pipe = tmp_path / "pr.yaml"
     pipe.write_text("name: pr\n" + TINY_PRUNER)
@@ -300,7 +300,7 @@ def test_bench_runs_the_baseline_with_the_same_setting(tmp_path, capsys, tiny_ch
 
 
 def test_yaml_and_schema_carry_the_setting(tmp_path, capsys) -> None:
-    from tokencompress.cli import main
+    from tokencompress.cli.main import main
 
     good = tmp_path / "good.yaml"
     good.write_text("stream: {prefill_chunks: 4}\n")

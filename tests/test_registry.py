@@ -30,9 +30,9 @@ from tokencompress import (
     TokenCompressError,
     TokenStrategy,
 )
-from tokencompress.registry import DISABLE_ENV
-from tokencompress.strategy import BlockStrategy
-from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
+from tokencompress.plugins.registry import DISABLE_ENV
+from tokencompress.api.strategy import BlockStrategy
+from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 
 BUILTIN_STRATEGIES = {"stc_cacher", "stc_pruner"}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.videos import spliced_ts, write_segment
-from tokencompress.cli import main
-from tokencompress.video import iter_frames
+from tokencompress.cli.main import main
+from tokencompress.media.video import iter_frames
 
 TINY_STC = (
     "stages:\n  pre_vit_block:\n    - {strategy: stc_cacher}\n"

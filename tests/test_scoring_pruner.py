@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokencompress import ChunkInfo, PerFrameParams, Plan, ScoringPruner, Stage, StrategyParams, VisualTokens
-from tokencompress.scoring_pruner import FrameLayout, select_per_frame
+from tokencompress.api.scoring_pruner import FrameLayout, select_per_frame
 from tokencompress.strategies.kernels import ChunkMeanMemory, channel_variance, gaussian_similarity
 from tokencompress.strategies.stc_pruner import StcPruner
 from tokencompress.testing import check_token_strategy, visual_tokens

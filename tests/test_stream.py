@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import random_frames
 from tokencompress import Pipeline, VideoError
-from tokencompress.types import ChatFormat
+from tokencompress.api.types import ChatFormat
 
 STC = {
     "pre_vit_block": [{"strategy": "stc_cacher", "update_token_ratio": 0.25, "cache_interval": 2}],

@@ -10,7 +10,7 @@ import torch
 from tests.plugin_fakes import KeepFirst, plugin
 from tokencompress import BlockStrategy, Need, Registry, Stage, StageInfo
 from tokencompress.strategies.stc_cacher import StcCacher
-from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
+from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 from tokencompress.testing import check_block_strategy, check_pair, check_target, moving_frames
 
 

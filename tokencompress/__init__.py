@@ -20,42 +20,42 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "Answer": ".session",
-    "BlockAdapter": ".block_adapter",
-    "BlockCall": ".types",
-    "BlockStrategy": ".strategy",
-    "BoundPipeline": ".pipeline",
-    "BudgetError": ".errors",
-    "ChatFormat": ".types",
-    "ChunkInfo": ".types",
-    "ChunkStats": ".session",
-    "CompatibilityError": ".errors",
-    "ConfigError": ".errors",
-    "LLMState": ".target",
-    "LoadedModel": ".models",
-    "Need": ".types",
-    "PerFrameParams": ".scoring_pruner",
-    "Pipeline": ".pipeline",
-    "PipelineConfig": ".pipeline_config",
-    "Plan": ".scoring_pruner",
-    "PluginError": ".errors",
-    "Registry": ".registry",
-    "ScoringPruner": ".scoring_pruner",
-    "Stage": ".types",
-    "StageEvent": ".hooks",
-    "StageInfo": ".types",
-    "Strategy": ".strategy",
-    "StrategyParams": ".strategy",
-    "Stream": ".session",
-    "StreamConfig": ".types",
-    "Target": ".target",
-    "TargetOptions": ".target",
-    "TokenCompressError": ".errors",
-    "TokenStrategy": ".strategy",
-    "VideoError": ".errors",
-    "VisualTokens": ".tokens",
-    "hookimpl": ".hooks",
-    "load_model": ".models",
+    "Answer": ".stream.stream",
+    "BlockAdapter": ".api.block_adapter",
+    "BlockCall": ".api.types",
+    "BlockStrategy": ".api.strategy",
+    "BoundPipeline": ".pipeline.pipeline",
+    "BudgetError": ".api.errors",
+    "ChatFormat": ".api.types",
+    "ChunkInfo": ".api.types",
+    "ChunkStats": ".stream.stream",
+    "CompatibilityError": ".api.errors",
+    "ConfigError": ".api.errors",
+    "LLMState": ".api.target",
+    "LoadedModel": ".models.loading",
+    "Need": ".api.types",
+    "PerFrameParams": ".api.scoring_pruner",
+    "Pipeline": ".pipeline.pipeline",
+    "PipelineConfig": ".pipeline.config",
+    "Plan": ".api.scoring_pruner",
+    "PluginError": ".api.errors",
+    "Registry": ".plugins.registry",
+    "ScoringPruner": ".api.scoring_pruner",
+    "Stage": ".api.types",
+    "StageEvent": ".plugins",
+    "StageInfo": ".api.types",
+    "Strategy": ".api.strategy",
+    "StrategyParams": ".api.strategy",
+    "Stream": ".stream.stream",
+    "StreamConfig": ".api.types",
+    "Target": ".api.target",
+    "TargetOptions": ".api.target",
+    "TokenCompressError": ".api.errors",
+    "TokenStrategy": ".api.strategy",
+    "VideoError": ".api.errors",
+    "VisualTokens": ".api.tokens",
+    "hookimpl": ".plugins",
+    "load_model": ".models.loading",
 }
 """Public name → module. Resolved on first use (PEP 562), so ``import tokencompress`` (and the
 command line's startup) does not import torch: a Ctrl-C during a command's first second lands
@@ -76,8 +76,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static tools see the real names
-    from .block_adapter import BlockAdapter
-    from .errors import (
+    from .api.block_adapter import BlockAdapter
+    from .api.errors import (
         BudgetError,
         CompatibilityError,
         ConfigError,
@@ -85,17 +85,17 @@ if TYPE_CHECKING:  # static tools see the real names
         TokenCompressError,
         VideoError,
     )
-    from .hooks import StageEvent, hookimpl
-    from .models import LoadedModel, load_model
-    from .pipeline import BoundPipeline, Pipeline
-    from .pipeline_config import PipelineConfig
-    from .registry import Registry
-    from .scoring_pruner import PerFrameParams, Plan, ScoringPruner
-    from .session import Answer, ChunkStats, Stream
-    from .strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
-    from .target import LLMState, Target, TargetOptions
-    from .tokens import VisualTokens
-    from .types import BlockCall, ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
+    from .plugins import StageEvent, hookimpl
+    from .models.loading import LoadedModel, load_model
+    from .pipeline.pipeline import BoundPipeline, Pipeline
+    from .pipeline.config import PipelineConfig
+    from .plugins.registry import Registry
+    from .api.scoring_pruner import PerFrameParams, Plan, ScoringPruner
+    from .stream.stream import Answer, ChunkStats, Stream
+    from .api.strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
+    from .api.target import LLMState, Target, TargetOptions
+    from .api.tokens import VisualTokens
+    from .api.types import BlockCall, ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
 
 __all__ = [
     "Answer",

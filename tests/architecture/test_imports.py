@@ -2,7 +2,7 @@
 
 A cycle hidden behind a function-level or ``TYPE_CHECKING`` import still couples two modules
 both ways: neither can be read, tested or moved alone. Shared vocabulary belongs in
-``tokencompress.types``, below both sides.
+``tokencompress.api.types``, below both sides.
 """
 
 from __future__ import annotations
@@ -113,6 +113,6 @@ def test_the_command_line_starts_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, tokencompress, tokencompress.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, tokencompress, tokencompress.cli.main; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -19,6 +19,6 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def builtin_model():
-    from tokencompress.models import load_model
+    from tokencompress.models.loading import load_model
 
     return load_model(None)

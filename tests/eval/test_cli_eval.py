@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tokencompress.cli import _parser, main
-from tokencompress.eval.cli import run
+from tokencompress.cli.main import _parser, main
+from tokencompress.cli.eval_command import run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_reference_equals_incremental_for_stateless_pipelines(builtin_model, syn
         assert [p[f] for f in fields] == [inc[key][f] for f in fields], key
     assert [ref[(f"10_{i}", "baseline")]["frames"]["count"] for i in range(4)] == [1, 2, 1, 2]
 
-    from tokencompress.target import Target
+    from tokencompress.api.target import Target
 
     monkeypatch.setattr(Target, "rewind", lambda self, state, length, position: None)  # the mistake
     _, leak = eval_cli(
@@ -113,7 +113,7 @@ def test_one_line_errors_before_the_model_loads(synth, tmp_path, capsys):
 
 
 def test_a_pipeline_the_model_cannot_run(builtin_model, synth, tmp_path):
-    from tokencompress.errors import TokenCompressError
+    from tokencompress.api.errors import TokenCompressError
 
     bad = tmp_path / "big.yaml"
     bad.write_text(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokencompress.errors import TokenCompressError
+from tokencompress.api.errors import TokenCompressError
 
 from .helpers import run_scripted
 

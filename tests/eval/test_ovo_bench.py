@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tokencompress.errors import TokenCompressError
+from tokencompress.api.errors import TokenCompressError
 from tokencompress.eval.loaders import load_benchmark
 from tokencompress.eval.loading import LoadOptions
 from tokencompress.eval.video_source import probe_times

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokencompress.errors import TokenCompressError, VideoError
+from tokencompress.api.errors import TokenCompressError, VideoError
 from tokencompress.eval.sampling import FrameRule, clip_indices, select
 from tokencompress.eval.video_source import probe_times
-from tokencompress.video import sample_video_path
+from tokencompress.media.video import sample_video_path
 
 NTSC = 30000 / 1001
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from tests.plugin_fakes import plugin
 from tokencompress import CompatibilityError, ConfigError, Pipeline, Registry
-from tokencompress.targets.llava_onevision import LlavaOnevisionTarget
+from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 
 
 class Unsupported(nn.Module):

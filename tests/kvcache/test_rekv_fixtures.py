@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from tests.fixture_cases import Case, Checker, collect, need, params, run_case
-from tokencompress.kvcache.memory import LayerMemory, ReKVSettings
-from tokencompress.kvcache.retrieval import (
+from tokencompress.strategies.rekv.memory import LayerMemory, ReKVSettings
+from tokencompress.strategies.rekv.retrieval import (
     block_scores,
     expand_representatives,
     representatives,
     select_blocks,
 )
-from tokencompress.kvcache.rope import inv_freq
+from tokencompress.kernels.rope import inv_freq
 
 
 def _tol(case: Case, key: str) -> dict[str, float]:

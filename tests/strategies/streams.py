@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from tokencompress.testing import visual_tokens
-from tokencompress.tokens import VisualTokens
+from tokencompress.api.tokens import VisualTokens
 
 
 @st.composite

@@ -12,7 +12,7 @@ from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tests.fixture_cases import Case, params, parse_tolerance
-from tokencompress.block_patch import BlockPatch
+from tokencompress.patching.block_routing import BlockPatch
 from tokencompress.strategies.stc_cacher import (
     CacherState,
     StcCacher,
@@ -21,8 +21,8 @@ from tokencompress.strategies.stc_cacher import (
     n_update,
     select_updates,
 )
-from tokencompress.strategy import BlockCall, ChunkInfo
-from tokencompress.targets.siglip_block import SiglipBlockAdapter
+from tokencompress.api.strategy import BlockCall, ChunkInfo
+from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
 CONFIG_KEYS = (
     "hidden_size",

@@ -20,13 +20,13 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from tests.conftest import random_frames
 from tests.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
-from tokencompress.block_adapter import BlockAdapter
-from tokencompress.block_patch import BlockPatch
-from tokencompress.errors import BudgetError, CompatibilityError, ConfigError
-from tokencompress.hooks import hookimpl
-from tokencompress.pipeline import Pipeline
-from tokencompress.registry import Registry
-from tokencompress.stages import Stage, StageInfo
+from tokencompress.api.block_adapter import BlockAdapter
+from tokencompress.patching.block_routing import BlockPatch
+from tokencompress.api.errors import BudgetError, CompatibilityError, ConfigError
+from tokencompress.plugins import hookimpl
+from tokencompress.pipeline.pipeline import Pipeline
+from tokencompress.plugins.registry import Registry
+from tokencompress.api.types import Stage, StageInfo
 from tokencompress.strategies.visionzip import VisionZip, VisionZipParams
 from tokencompress.strategies.visionzip_select import (
     cls_row_from_qk,
@@ -36,10 +36,10 @@ from tokencompress.strategies.visionzip_select import (
     select,
     split_heads,
 )
-from tokencompress.strategy import ChunkInfo, LayerProbe
-from tokencompress.targets.siglip_block import SiglipBlockAdapter
+from tokencompress.api.strategy import ChunkInfo, LayerProbe
+from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 from tokencompress.testing import check_token_strategy, visual_tokens
-from tokencompress.tokens import VisualTokens
+from tokencompress.api.tokens import VisualTokens
 
 # tests/fixtures/visionzip/README.md's float tolerance (indices exact), where a sidecar has none
 README_TOL = parse_tolerance("`rtol = 1e-5`, `atol = 1e-5`")

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from tests.conftest import random_frames, stock_reference_5_24
 from tokencompress import CompatibilityError, Pipeline, Stage
 from tokencompress.strategies.visionzip_select import dominant_scores_cls, select, split_heads
-from tokencompress.targets.llava_next_video import LlavaNextVideoTarget
+from tokencompress.targets.llava.llava_next_video import LlavaNextVideoTarget
 
 pytestmark = pytest.mark.slow
 
@@ -192,8 +192,8 @@ def test_visionzip_pipeline_runs_through_cli(tmp_path, capsys):
     the selection replaces the pooler, and the summary compares against the pooler's 144."""
     from pathlib import Path
 
-    from tokencompress.cli import main
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.cli.main import main
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     LlavaNextVideoTarget.tiny_model(image_size=336).save_pretrained(tmp_path)
     byte_tokenizer("llava_onevision").save_pretrained(tmp_path)

@@ -130,7 +130,7 @@ def test_from_pretrained_roundtrip(tmp_path, frames):
 
     model = build_tiny_llava_ov(seed=3)
     model.save_pretrained(tmp_path)
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     byte_tokenizer("llava_onevision").save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path))

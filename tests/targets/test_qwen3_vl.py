@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import random_frames, stock_reference_5_24
 from tokencompress import Pipeline
-from tokencompress.targets.qwen3_vl import DeepStackTokens, Qwen3VLTarget
-from tokencompress.tokenizer import byte_tokenizer
-from tokencompress.tokens import VisualTokens
+from tokencompress.targets.qwen.qwen3_vl import DeepStackTokens, Qwen3VLTarget
+from tokencompress.models.tokenizer import byte_tokenizer
+from tokencompress.api.tokens import VisualTokens
 
 pytestmark = pytest.mark.slow
 
@@ -314,7 +314,7 @@ def test_pruned_tokens_keep_their_unpruned_positions(budget, fpc, cacher, timest
 def test_livecc_qwen3_pipeline_runs_through_cli(tmp_path, capsys):
     from pathlib import Path
 
-    from tokencompress.cli import main
+    from tokencompress.cli.main import main
 
     tiny().save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)

@@ -33,8 +33,8 @@ from tokencompress.strategies.tome import ToMeState
 from tokencompress.strategies.tome_merge import match_bipartite, merge_wavg
 from tokencompress.strategies.visionzip import VisionZip
 from tokencompress.strategies.visionzip_select import select
-from tokencompress.strategy import LayerProbe
-from tokencompress.targets.qwen2_vl import Qwen2_5_VLTarget
+from tokencompress.api.strategy import LayerProbe
+from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import random_frames
 from tokencompress import Pipeline, Stage, load_model
-from tokencompress.target import cache_argument
-from tokencompress.targets.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
-from tokencompress.targets.qwen_patches import fit_to_grid, frames_to_patches
+from tokencompress.api.target import cache_argument
+from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
+from tokencompress.targets.qwen.qwen_patches import fit_to_grid, frames_to_patches
 
 pytestmark = pytest.mark.slow
 
@@ -479,7 +479,7 @@ def test_block_call_data_is_derived_once_per_chunk_and_variant(target_cls, varia
 # ----------------------------------------------------------------- pipeline file
 @pytest.fixture(scope="module")
 def saved_qwen2vl(tmp_path_factory) -> Path:
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-qwen2vl")
     tiny(Qwen2VLTarget).save_pretrained(path)
@@ -489,8 +489,8 @@ def saved_qwen2vl(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("target_cls", [Qwen2VLTarget, Qwen2_5_VLTarget], ids=["qwen2_vl", "qwen2_5_vl"])
 def test_livecc_pipeline_runs_through_cli(target_cls, tmp_path, capsys):
-    from tokencompress.cli import main
-    from tokencompress.tokenizer import byte_tokenizer
+    from tokencompress.cli.main import main
+    from tokencompress.models.tokenizer import byte_tokenizer
 
     tiny(target_cls).save_pretrained(tmp_path)
     byte_tokenizer("qwen2_vl").save_pretrained(tmp_path)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import VisualTokens
+from ..api.tokens import VisualTokens
 
 __all__ = ["fidelity", "token_cosine"]
 

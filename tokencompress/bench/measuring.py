@@ -3,7 +3,7 @@ KV-cache size and machine load.
 
 FLOPs come from ``torch.utils.flop_counter`` in an untimed pass, because counting runs every op
 through Python and would swamp the timings. The "ViT" share is whatever runs inside the
-target's :meth:`~tokencompress.target.Target.vision_module`, read off the counter by a forward
+target's :meth:`~tokencompress.api.target.Target.vision_module`, read off the counter by a forward
 pre-hook and a forward hook on that module (removed on exit); nothing of the target is replaced.
 """
 
@@ -33,7 +33,7 @@ def _cpu_sdpa_flops(
 
 
 def _packed_linear_flops(x: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    """oneDNN linears on prepacked weights (:mod:`tokencompress.packed_linear`): 2·M·K·N, read off
+    """oneDNN linears on prepacked weights (:mod:`tokencompress.kernels.packed_linear`): 2·M·K·N, read off
     the input ``[M, K]`` and output ``[M, N]`` shapes, since the packed weight's shape is opaque."""
     rows, inner = x  # the counter passes shapes
     return 2 * rows * inner * out_shape[-1]

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..chunk_summary import summarize
-from ..compiling import CompileOptions
-from ..errors import TokenCompressError
-from ..frames import as_frames
-from ..kv_stats import kv_cache_note, retrieval_overhead
-from ..models import LoadedModel
-from ..pipeline import BoundPipeline, Pipeline
-from ..session import ChunkStats, Stream
+from ..stream.chunk_summary import summarize
+from ..patching.compiling import CompileOptions
+from ..api.errors import TokenCompressError
+from ..media.frames import as_frames
+from ..stream.kv_stats import kv_cache_note, retrieval_overhead
+from ..models.loading import LoadedModel
+from ..pipeline.pipeline import BoundPipeline, Pipeline
+from ..stream.stream import ChunkStats, Stream
 from .fidelity import fidelity
 from .measuring import count_flops, kv_bytes, load_average, peak_memory
 from .reporting import notes_for
@@ -60,7 +60,7 @@ def run_benchmark(
       figure (:mod:`.spreads`), reported as median [min-max] over repeats; end-to-end time is
       the repeat's chunks plus its answer.
 
-    ``compile`` runs both variants compiled (:mod:`tokencompress.compiling`), after one untimed
+    ``compile`` runs both variants compiled (:mod:`tokencompress.patching.compiling`), after one untimed
     compile warm-up run of each, whose time the notes give.
     """
     from tqdm import tqdm

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 
 __all__ = ["sample_frames"]
 
@@ -15,7 +15,7 @@ __all__ = ["sample_frames"]
 def sample_frames(video: str | os.PathLike[str], fps: float, n: int) -> tuple[np.ndarray, float, str | None]:
     """``n`` frames at the pipeline's ``fps``; a clip too short for that is sampled faster, and
     the returned note says so (the caller must show it: the rate changes what a chunk sees)."""
-    from ..video import iter_frames, probe
+    from ..media.video import iter_frames, probe
 
     if n < 1:
         raise TokenCompressError(f"need at least 1 frame, got {n}")

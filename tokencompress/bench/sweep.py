@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenCompressError
-from ..pipeline import Pipeline
+from ..api.errors import TokenCompressError
+from ..pipeline.pipeline import Pipeline
 from .results import BenchResult
 
 __all__ = ["parse_sweep", "sweep_pipelines", "sweep_payload", "write_sweep_plot"]

@@ -1,6 +1,6 @@
 """What a protocol drives: an engine per variant (baseline or pipeline), a session per stream.
 
-:class:`StreamEngine` runs a bound pipeline's :class:`~tokencompress.session.Stream`; the fakes
+:class:`StreamEngine` runs a bound pipeline's :class:`~tokencompress.stream.stream.Stream`; the fakes
 in :mod:`tokencompress.eval.fakes` implement the same two methods, so every protocol and scorer
 check runs without weights. A session is fed frames, asked, and answers from its cache; asking
 never leaves the question or the answer in the cache (``Stream.ask`` rewinds).

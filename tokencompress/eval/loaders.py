@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import TokenCompressError
-from ..video import probe
-from . import offline, ovo_bench, streamingbench
+from ..api.errors import TokenCompressError
+from ..media.video import probe
+from . import offline
+from . import ovo_bench
+from . import streamingbench
 from .loading import LoadOptions
 from .records import Loaded
 from .sampling import FrameRule

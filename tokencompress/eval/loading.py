@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenCompressError, VideoError
+from ..api.errors import TokenCompressError, VideoError
 from .prompts import Prompts, load_prompts
 
 __all__ = ["LoadOptions", "Skips", "Durations", "require", "read_json", "RecordError"]
@@ -75,7 +75,7 @@ class Durations:
 
     def __call__(self, path: str, where: str) -> float:
         if path not in self._seen:
-            from ..video import probe
+            from ..media.video import probe
 
             if not Path(path).is_file():
                 raise VideoError(f"{where}: video not found: {path}")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 
 __all__ = ["PredictionLog", "atomic_write", "read_logs"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 from .loading import Durations, LoadOptions, RecordError, Skips, ceil_end, field_of, keep, read_json, require
 from .records import Loaded, Query
 

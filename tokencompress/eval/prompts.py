@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 
 __all__ = ["Prompts", "load_prompts"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 from .engine import Engine, Reply, Session
 from .records import Query
 from .sampling import FrameRule, select

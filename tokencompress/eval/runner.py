@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 from .aggregate import aggregate, retention
 from .engine import Engine
 from .outputs import PredictionLog, atomic_write, read_logs

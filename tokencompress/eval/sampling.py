@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import TokenCompressError, VideoError
+from ..api.errors import TokenCompressError, VideoError
 
 __all__ = ["FrameRule", "RULES", "clip_indices", "select"]
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 from .extraction import (
     LETTERS,
     count_digits,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenCompressError
+from ..api.errors import TokenCompressError
 from .loading import Durations, LoadOptions, RecordError, Skips, field_of, keep, read_json
 from .records import Loaded, Poll, Query
 

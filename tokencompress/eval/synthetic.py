@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..video import sample_video_path
+from ..media.video import sample_video_path
 from .clips import cut_clips
 from .synthetic_tables import (
     BBB,
@@ -49,7 +49,7 @@ def _write(path: Path, data: Any) -> None:
 def build_ovo(root: Path, chunks: bool = True) -> dict[str, Any]:
     import math
 
-    from ..video import probe
+    from ..media.video import probe
 
     for clip, rel in OVO_VIDEOS.items():
         _link(sample_video_path(clip), root / "data" / "src_videos" / rel)

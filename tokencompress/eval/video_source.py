@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import VideoError
-from ..video import _DECODE_ERRORS, _check_path, _open, _reason, _stream_fps
+from ..api.errors import VideoError
+from ..media.video import _DECODE_ERRORS, _check_path, _open, _reason, _stream_fps
 
 __all__ = ["VideoSource", "probe_times"]
 

@@ -1,7 +1,7 @@
 """Entry point that registers the built-in strategies."""
 
-from ..hooks import Registrar, hookimpl
-from .rekv import ReKV
+from ..plugins import Registrar, hookimpl
+from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner

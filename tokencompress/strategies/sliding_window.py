@@ -7,7 +7,7 @@ by ``-delta`` and every later position is ``delta`` lower, so positions stay bel
 ``sink_tokens + n_local + chunk`` however long the stream runs. ``delta`` is the gap between the
 sinks' next position and the window's smallest position component; under Qwen's 3-D M-RoPE all
 three components move by the same ``delta``, which is one rotation of every channel by ``delta``
-(:func:`tokencompress.kvcache.rotate_by`), so the window's own geometry is unchanged. Questions
+(:func:`tokencompress.strategies.rekv.rotate_by`), so the window's own geometry is unchanged. Questions
 run on the stock cache and are cropped away afterwards as without a strategy.
 
 Each eviction rotates the window's keys again; in float32 that costs ~1e-7 per rotation, in
@@ -20,11 +20,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..errors import BudgetError
-from ..kv_strategy import KVBuild, KVCacheStrategy, KVMemory
-from ..kvcache import rotate_by
-from ..strategy import StrategyParams
-from ..target import LLMState, Target
+from ..api.errors import BudgetError
+from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
+from .rekv import rotate_by
+from ..api.strategy import StrategyParams
+from ..api.target import LLMState, Target
 
 __all__ = ["SlidingWindow", "SlidingWindowParams", "SlidingWindowMemory"]
 

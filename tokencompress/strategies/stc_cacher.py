@@ -21,9 +21,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..block_adapter import BlockAdapter
-from ..strategy import BlockStrategy, StrategyParams
-from ..types import BlockCall, ChunkInfo
+from ..api.block_adapter import BlockAdapter
+from ..api.strategy import BlockStrategy, StrategyParams
+from ..api.types import BlockCall, ChunkInfo
 
 __all__ = [
     "StcCacherParams",

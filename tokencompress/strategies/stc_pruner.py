@@ -23,9 +23,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
-from ..tokens import VisualTokens
-from ..types import ChunkInfo, Stage, StageInfo
+from ..api.scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, Stage, StageInfo
 from .kernels import ChunkMeanMemory, MemoryStep, frame_similarity, gaussian_similarity, select_channels, unit
 
 __all__ = [

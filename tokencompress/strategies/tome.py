@@ -47,8 +47,8 @@ import torch
 from pydantic import Field, NonNegativeInt, model_validator
 from torch import Tensor
 
-from ..strategy import BlockStrategy, StrategyParams
-from ..types import BlockCall, ChunkInfo, Need, StageInfo
+from ..api.strategy import BlockStrategy, StrategyParams
+from ..api.types import BlockCall, ChunkInfo, Need, StageInfo
 from .tome_merge import (
     capped_r,
     match_bipartite,

@@ -27,11 +27,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from ..errors import BudgetError
-from ..scoring_pruner import FrameLayout, Plan, ScoringPruner
-from ..strategy import StrategyParams
-from ..tokens import VisualTokens
-from ..types import ChunkInfo, Stage, StageInfo
+from ..api.errors import BudgetError
+from ..api.scoring_pruner import FrameLayout, Plan, ScoringPruner
+from ..api.strategy import StrategyParams
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, Stage, StageInfo
 from .kernels import frame_similarity, gaussian_similarity, select_channels, unit
 
 __all__ = [

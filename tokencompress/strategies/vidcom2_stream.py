@@ -19,9 +19,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
-from ..tokens import VisualTokens
-from ..types import ChunkInfo, Stage, StageInfo
+from ..api.scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, Stage, StageInfo
 from .kernels import ChunkMeanMemory, MemoryStep, gaussian_similarity, select_channels, unit
 from .vidcom2 import ScoringParams, chunk_scores, unit_scores
 

@@ -50,10 +50,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..errors import BudgetError, CompatibilityError
-from ..strategy import StrategyParams, TokenStrategy
-from ..tokens import VisualTokens
-from ..types import ChunkInfo, LayerProbe, Need, Stage, StageInfo
+from ..api.errors import BudgetError, CompatibilityError
+from ..api.strategy import StrategyParams, TokenStrategy
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, LayerProbe, Need, Stage, StageInfo
 from .visionzip_select import (
     Selection,
     cls_row_from_qk,

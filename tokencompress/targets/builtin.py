@@ -1,10 +1,10 @@
 """Entry point that registers the built-in targets."""
 
-from ..hooks import Registrar, hookimpl
-from .llava_next_video import LlavaNextVideoTarget
-from .llava_onevision import LlavaOnevisionTarget
-from .qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
-from .qwen3_vl import Qwen3VLTarget
+from ..plugins import Registrar, hookimpl
+from .llava.llava_next_video import LlavaNextVideoTarget
+from .llava.llava_onevision import LlavaOnevisionTarget
+from .qwen.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
+from .qwen.qwen3_vl import Qwen3VLTarget
 
 
 @hookimpl

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline
-from ..pipeline_config import PipelineConfig
-from ..registry import Registry
-from ..strategy import BlockStrategy
-from ..types import Stage, StreamConfig
+from ..pipeline.pipeline import Pipeline
+from ..pipeline.config import PipelineConfig
+from ..plugins.registry import Registry
+from ..api.strategy import BlockStrategy
+from ..api.types import Stage, StreamConfig
 from .frames import moving_frames
 
 __all__ = ["check_block_strategy"]

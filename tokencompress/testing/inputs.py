@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from ..tokens import VisualTokens
+from ..api.tokens import VisualTokens
 
 __all__ = ["visual_tokens"]
 

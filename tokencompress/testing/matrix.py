@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CompatibilityError
-from ..pipeline import Pipeline
-from ..registry import Registry
-from ..strategy import TokenStrategy
-from ..types import Stage
+from ..api.errors import CompatibilityError
+from ..pipeline.pipeline import Pipeline
+from ..plugins.registry import Registry
+from ..api.strategy import TokenStrategy
+from ..api.types import Stage
 from .frames import moving_frames
 from .token_strategy import check_token_strategy
 

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import torch
 
-from ..scoring_pruner import ScoringPruner
-from ..strategy import TokenStrategy
-from ..tokens import VisualTokens
-from ..types import ChunkInfo
+from ..api.scoring_pruner import ScoringPruner
+from ..api.strategy import TokenStrategy
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo
 
 __all__ = ["check_token_strategy"]
 

@@ -12,7 +12,7 @@ from tokencompress_lmms_eval import INSTALL_HINT
 from tokencompress_lmms_eval.options import ModelArgs, cut_at_stop, decode_settings
 
 from tokencompress import Pipeline, load_model
-from tokencompress.video import sample_video_path
+from tokencompress.media.video import sample_video_path
 
 TASKS = PLUGIN / "tests" / "tasks"
 STC = REPO / "pipelines" / "stc.yaml"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tokencompress_uniform import UniformGrid
 
 from tokencompress import Pipeline, Registry, VisualTokens
-from tokencompress.plugin_files import load_plugin_file
+from tokencompress.plugins.local_files import load_plugin_file
 from tokencompress.testing import (
     check_pair,
     check_token_strategy,
@@ -48,7 +48,7 @@ def test_kit_matrix(strategy_name: str, target_name: str) -> None:
 def test_same_results_installed_and_as_a_local_file() -> None:
     as_file = Registry(entry_points=False, plugins=[load_plugin_file(tokencompress_uniform.__file__)])
     assert as_file.strategies["uniform_grid"].package == "file:__init__.py"
-    from tokencompress.models import build_default_model
+    from tokencompress.models.loading import build_default_model
 
     model = build_default_model().model  # LLaVA-OV geometry: 196 tokens per frame, as the file expects
     frames = moving_frames(2)

@@ -99,7 +99,7 @@ def test_params() -> None:
 def test_example_pipeline_streams_on_llava_onevision_geometry() -> None:
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from tokencompress.models import default_model_config
+    from tokencompress.models.loading import default_model_config
 
     torch.manual_seed(0)
     config = default_model_config(vocab_size=300, image_token_id=298, video_token_id=299)  # 384 px

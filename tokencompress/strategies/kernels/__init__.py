@@ -7,7 +7,7 @@ fixtures pin, so the two strategies cannot drift apart.
 """
 
 from .channels import channel_variance, select_channels
-from .memory import ChunkMeanMemory, MemoryStep
+from .chunk_means import ChunkMeanMemory, MemoryStep
 from .similarity import EPS, frame_similarity, gaussian_similarity, unit
 
 __all__ = [

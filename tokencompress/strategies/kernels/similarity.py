@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ...scoring_pruner import FrameLayout
+from ...api.scoring_pruner import FrameLayout
 
 __all__ = ["EPS", "frame_similarity", "gaussian_similarity", "unit"]
 

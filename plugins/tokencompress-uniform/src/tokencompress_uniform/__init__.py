@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor
 
 from tokencompress import ChunkInfo, PerFrameParams, ScoringPruner, Stage, StageInfo, VisualTokens, hookimpl
-from tokencompress.hooks import Registrar
+from tokencompress.plugins import Registrar
 
 __all__ = [
     "UniformGrid",

@@ -1,0 +1,169 @@
+"""Reversible routing of encoder-layer forwards through a chain of block strategies.
+
+transformers 5 records hidden states with hooks on the layer classes, so the layer modules must
+stay in place: the patch sets an instance ``forward`` (kept out of the class) and deletes it on
+exit. Outside a stream's chunk, and in every thread other than the one running that chunk,
+the layers run their stock forward, so other users of the model are unaffected.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..api.block_adapter import BlockAdapter
+from ..api.errors import TokenCompressError
+from ..plugins.faults import Attribution, check_hidden, guarded
+from ..api.strategy import BlockStrategy
+from ..api.types import BlockCall, ChunkInfo, LayerProbe
+
+__all__ = ["BlockPatch"]
+
+_MISSING = object()
+
+
+@dataclass
+class _Active:
+    states: Sequence[Any]
+    chunk: ChunkInfo
+    thread: int
+
+
+class BlockPatch:
+    """Installs ``strategies`` on ``layers`` for the duration of a ``with`` block.
+
+    ``chunk(states, info)`` activates the chain for one chunk with one stream's states, for the
+    calling thread only; chunks of streams sharing a model take turns (a lock), so no stream
+    ever sees another's state.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        adapters: Sequence[BlockAdapter],
+        strategies: Sequence[BlockStrategy],
+        probe_layers: Sequence[int] = (),
+        attribution: Attribution | None = None,
+    ):
+        if len(layers) != len(adapters):
+            raise ValueError("one adapter per layer is required")
+        self.layers = list(layers)
+        self.adapters = list(adapters)
+        self.strategies = list(strategies)
+        self.probe_layers = sorted(set(probe_layers))
+        self.attribution = attribution if attribution is not None else Attribution(None)
+        self._active: _Active | None = None
+        self._saved: list[Any] = []
+        self._handles: list[Any] = []
+        self._lock = threading.Lock()
+        self.installed = False
+
+    def __enter__(self) -> BlockPatch:
+        for layer in self.layers:
+            if getattr(layer.forward, "__tokencompress_patch__", None) is not None or any(
+                getattr(h, "__tokencompress_probe__", False) for h in layer._forward_pre_hooks.values()
+            ):
+                raise TokenCompressError(
+                    "this model is already inside a tokencompress apply(); leave it first"
+                )
+        try:
+            for i in self.probe_layers:
+                hook = self._make_probe(i)
+                self._handles.append(self.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+            if self.strategies:
+                self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
+                for i, layer in enumerate(self.layers):
+                    layer.forward = types.MethodType(self._make_forward(i, layer.forward), layer)
+                self.installed = True
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if not self.installed:
+            return
+        for layer, saved in zip(self.layers, self._saved, strict=True):
+            if saved is _MISSING:
+                del layer.forward
+            else:
+                layer.forward = saved
+        self._saved = []
+        self.installed = False
+
+    @contextmanager
+    def chunk(self, states: Sequence[Any], info: ChunkInfo) -> Iterator[None]:
+        """Route layer calls through the strategies with these per-stream ``states``."""
+        if (self.strategies or self.probe_layers) and not (self.installed or self._handles):
+            raise RuntimeError(
+                "the pipeline's encoder hooks are not installed: open streams inside "
+                "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
+            )
+        with self._lock:
+            self._active = _Active(states, info, threading.get_ident())
+            try:
+                yield
+            finally:
+                self._active = None
+
+    def _make_probe(self, index: int) -> Callable[..., None]:
+        adapter = self.adapters[index]
+
+        def probe(_layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            active = self._active
+            if active is not None and active.thread == threading.get_ident():
+                hidden, rest = (args[0], args[1:]) if args else (kwargs["hidden_states"], ())
+                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                bound = adapter.bind(rest, kw)
+                active.chunk.probes[index] = LayerProbe(bound.to_frames(hidden), bound, len(self.layers))
+
+        probe.__tokencompress_probe__ = True  # type: ignore[attr-defined]
+        return probe
+
+    def _make_forward(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        patch = self
+        adapter = self.adapters[index]
+        strategies = self.strategies
+        n_layers = len(self.layers)
+
+        def forward(_layer: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            active = patch._active
+            if active is None or active.thread != threading.get_ident():
+                return stock(hidden_states, *args, **kwargs)
+            bound = adapter.bind(args, kwargs)
+
+            where = f"pre_vit_block layer {index}, chunk {active.chunk.index}"
+
+            def stock_frames(h: Tensor) -> Tensor:
+                return bound.to_frames(stock(bound.from_frames(h), *args, **kwargs))
+
+            def run(j: int, h: Tensor) -> Tensor:
+                if j == len(strategies):
+                    return guarded(patch.attribution, "encoder layer", _layer, where, stock_frames, h)
+                call = BlockCall(bound, index, n_layers, active.states[j], active.chunk)
+                s = strategies[j]
+                out = guarded(
+                    patch.attribution,
+                    "strategy",
+                    s,
+                    where,
+                    s.block_forward,
+                    call,
+                    h,
+                    lambda nxt: run(j + 1, nxt),
+                )
+                return check_hidden(patch.attribution, s, where, h, out)
+
+            return bound.from_frames(run(0, bound.to_frames(hidden_states)))
+
+        forward.__tokencompress_patch__ = patch  # type: ignore[attr-defined]
+        return forward

@@ -1,0 +1,105 @@
+"""A stream's decoder side: its LLM state, the kv_cache strategy's memory (if any) and the position guard.
+
+A :class:`~tokencompress.stream.stream.Stream` owns one of these; every prefill goes through it so a
+kv_cache strategy (ReKV's sliding window and block store, StreamingLLM's window) sees each
+text run and chunk, and a stream without one is warned near the model's position limit and
+refused past it, naming the strategies that would let it go on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from ..api.errors import ConfigError
+from .positions import PositionGuard
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, Stage
+
+__all__ = ["DecoderMemory"]
+
+
+class DecoderMemory:
+    """``llm`` is the stream's :class:`~tokencompress.api.target.LLMState`; ``kv`` the strategy's memory."""
+
+    def __init__(self, bound: Any, target: Any) -> None:
+        self.bound = bound
+        self.target = target
+        kv = getattr(bound, "kv", None)
+        self.kv = kv.new_memory(target, bound.kv_build) if kv is not None else None
+        self.llm = self.kv.new_llm_state(target) if self.kv is not None else target.new_llm_state()
+        layout = target.decoder_layout()
+        self.guard = PositionGuard(
+            layout.max_positions if layout is not None else 0,
+            target.kv_cache_strategies,
+            bounded=self.kv is not None and self.kv.bounds_positions,
+        )
+
+    def before_prefill(self, kind: str, tokens: int) -> None:
+        if self.kv is not None:
+            if self.kv.custom_attention and not self.bound.kv_patch.installed:
+                raise RuntimeError(
+                    "the pipeline's decoder hooks are not installed: open streams inside "
+                    "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
+                )
+            self.kv.before_prefill(self.llm, kind, tokens)
+
+    def after_encode(self) -> None:
+        if self.kv is not None:
+            self.kv.after_encode(self.llm)
+
+    def check_chunk(self, tokens: VisualTokens, chunk: ChunkInfo) -> None:
+        """Refuse a chunk that would break the memory's frame grid."""
+        build = getattr(self.bound, "kv_build", None)
+        if self.kv is not None and build is not None and getattr(self.kv, "custom_attention", False):
+            per = build.tokens_per_frame
+            counts = tokens.counts()
+            if per is not None and counts.numel() and not bool((counts == per).all()):
+                raise ConfigError(
+                    f"chunk {chunk.index}: frames kept {counts.tolist()} tokens, but the kv_cache strategy stores "
+                    f"one block of {per} tokens per frame; use a pruner with a fixed per-frame budget"
+                )
+
+    def guard_chunk(self, chunk: ChunkInfo, length: int, position: int, visual: int) -> None:
+        """After a chunk's prefill: past the position limit, take the chunk back out and refuse it.
+
+        Checked after the fact because only the target knows where its positions end (M-RoPE
+        advances by the grid, not the token count); the wasted prefill happens once, at the limit.
+        """
+        try:
+            self.guard.check(self.llm.next_position, f"chunk {chunk.index}")
+        except Exception:
+            self.target.rewind(self.llm, length, position)
+            self.llm.visual_tokens = visual
+            raise
+
+    def observe(self, chunk: ChunkInfo, n_in: int, seconds: float, stream_id: int) -> None:
+        """Tell observers what the decoder memory holds after a chunk (stage kv_cache)."""
+        if self.kv is not None:
+            self.bound.observe(Stage.KV_CACHE, chunk, n_in, self.cache_tokens(), seconds, stream_id)
+
+    def cache_tokens(self) -> int:
+        """Tokens resident in the decoder's attention cache (per layer)."""
+        return self.kv.resident_tokens(self.llm) if self.kv is not None else self.llm.length
+
+    def stored(self) -> tuple[int, int]:
+        """(tokens per layer, host bytes) the strategy keeps outside the attention cache."""
+        return (self.kv.stored_tokens(), self.kv.stored_bytes()) if self.kv is not None else (0, 0)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this memory holds, by device (``"cpu"``, ``"cuda:0"``, ...)."""
+        device = str(self.target.device)
+        if self.kv is None:
+            held = sum(
+                t.numel() * t.element_size()
+                for layer in self.llm.cache.layers
+                for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                if isinstance(t, Tensor)
+            )
+            return {device: held}
+        out = {device: self.kv.device_bytes(self.llm)}
+        stored = self.kv.stored_bytes(allocated=True)
+        if stored:
+            out["cpu"] = out.get("cpu", 0) + stored
+        return out

@@ -1,0 +1,142 @@
+"""The typed seam between a pipeline and a stream: one call encodes one chunk.
+
+A :class:`~tokencompress.stream.stream.Stream` owns a video's state (strategy states, counters, the
+LLM cache); a bound pipeline owns the model, its target and its strategies. The stream hands
+frames and its position across :class:`ChunkEncoder`; back come the visual tokens, the chunk's
+:class:`~tokencompress.api.types.ChunkInfo` and a :class:`ChunkTiming` filled by a
+:class:`ChunkRecorder`. Later stages (the LLM's KV memory) plug in at this seam, so neither side
+reaches into the other's attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from .timing import now
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, Stage, StreamConfig
+
+if TYPE_CHECKING:
+    from ..api.target import Target
+
+__all__ = ["StageCount", "ChunkTiming", "ChunkRecorder", "StreamPosition", "EncodedChunk", "ChunkEncoder"]
+
+
+@dataclass(frozen=True)
+class StageCount:
+    """Tokens into and out of one token stage of one chunk, and the seconds its strategies took."""
+
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChunkTiming:
+    """Where one chunk's vision-side time went (seconds) and what each token stage kept."""
+
+    preprocess_s: float
+    vit_s: float
+    stages: Mapping[Stage, StageCount] = field(default_factory=dict)
+
+    @property
+    def compress_s(self) -> float:
+        """Time spent inside token-stage strategies (block strategies count as ViT time)."""
+        return sum(c.seconds for c in self.stages.values())
+
+    def tokens(self, stage: Stage) -> tuple[int, int]:
+        """(in, out) at ``stage``; (0, 0) where the chunk never reached it."""
+        c = self.stages.get(stage)
+        return (c.tokens_in, c.tokens_out) if c is not None else (0, 0)
+
+
+class ChunkRecorder:
+    """Collects one chunk's marks as the vision path runs; :meth:`finish` freezes them.
+
+    The encoder marks the end of preprocessing, the tower's end (the first token stage starts
+    there) and every stage's counts; reads synchronise the device first (:func:`now`).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._start = now(device)
+        self._vit_start: float | None = None
+        self._vit_end: float | None = None
+        self._stages: dict[Stage, StageCount] = {}
+
+    def preprocessed(self) -> None:
+        self._vit_start = now(self.device)
+
+    def tower_finished(self) -> float:
+        """Marks the tower's end once (later calls keep the first mark); returns the ViT seconds."""
+        if self._vit_end is None:
+            self._vit_end = now(self.device)
+        return self._vit_end - self._vit_start_or_start
+
+    def stage(self, stage: Stage, tokens_in: int, tokens_out: int, seconds: float) -> None:
+        self._stages[stage] = StageCount(tokens_in, tokens_out, seconds)
+
+    @property
+    def _vit_start_or_start(self) -> float:
+        return self._vit_start if self._vit_start is not None else self._start
+
+    def finish(self) -> ChunkTiming:
+        self.tower_finished()  # a target with no token stage: the tower ran to the end
+        assert self._vit_end is not None
+        vit_start = self._vit_start_or_start
+        return ChunkTiming(vit_start - self._start, self._vit_end - vit_start, dict(self._stages))
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where the next chunk starts in its stream."""
+
+    chunk: int
+    """Index of the chunk (0 for the stream's first)."""
+    frame: int
+    """Stream index of its first video frame."""
+    token_frame: int
+    """Stream index of its first token frame (a Qwen temporal slice holds 2 video frames)."""
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """What the vision side gives the stream for one chunk."""
+
+    tokens: VisualTokens
+    """Visual tokens in LLM width, ready for the target's ``prefill_visual``."""
+    chunk: ChunkInfo
+    timing: ChunkTiming
+
+
+class ChunkEncoder(Protocol):
+    """What a stream needs from the pipeline it runs through (a ``BoundPipeline``)."""
+
+    @property
+    def target(self) -> Target: ...
+
+    @property
+    def stream_config(self) -> StreamConfig: ...
+
+    def new_states(self) -> list[Any]:
+        """Fresh per-stream state of every strategy, in pipeline order."""
+        ...
+
+    def copy_states(self, states: Sequence[Any]) -> list[Any]:
+        """Copies of ``states`` that later chunks cannot change (for the chunk transaction)."""
+        ...
+
+    def encode_chunk(
+        self,
+        states: Sequence[Any],
+        frames: Sequence[np.ndarray],
+        position: StreamPosition,
+        stream_id: int = 0,
+    ) -> EncodedChunk:
+        """Run the vision path of one chunk with one stream's strategy ``states``."""
+        ...
