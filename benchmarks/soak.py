@@ -93,7 +93,7 @@ def soak(
                         "stored_tokens": last.stored_tokens,
                         "stored_bytes": last.stored_bytes,
                         "next_position": stream.llm.next_position,
-                        "memory_bytes": stream.memory(),
+                        "memory_bytes": stream.bytes_by_device(),
                         "ms_per_chunk": 1e3 * window_t / window_n,
                     }
                 )

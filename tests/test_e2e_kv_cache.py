@@ -124,7 +124,7 @@ def test_rekv_bounded_window_retrieves_topk_frames_per_layer(tiny_llava_ov):
     assert len(answer.retrieved) == 2
     for ids in answer.retrieved:
         assert ids == sorted(set(ids)) and len(ids) == 2 and all(0 <= i < 10 for i in ids)
-    mem = stream.memory()
+    mem = stream.bytes_by_device()
     assert mem["cpu"] >= stats[-1].stored_bytes
 
 

@@ -51,7 +51,7 @@ def test_long_stream_stays_bounded(tiny_llava_ov, name):
         s.prefill_ids(torch.tensor([11, 12, 13, 14, 15]))
         for i in range(FRAMES):
             (c,) = s.add_frames(video[i])
-            device = s.memory()[str(s.target.device)]
+            device = s.bytes_by_device()[str(s.target.device)]
             if name.startswith("rekv"):  # the host store and the representatives ([frames, kvh, d]) grow
                 device -= s.kv.stored_bytes(allocated=True) + sum(m.store.reps.nbytes for m in s.kv.layers)
             rows.append((c.cache_tokens, c.stored_tokens, device, state_bytes(s.states), s.llm.next_position))

@@ -15,7 +15,7 @@ from tokencompress import (
     BudgetError,
     CompatibilityError,
     ConfigError,
-    Need,
+    Capability,
     Pipeline,
     Registry,
     Stage,
@@ -169,7 +169,7 @@ def test_budget_larger_than_a_frame_is_refused_at_bind(tiny_llava_ov: nn.Module)
 class AttentionProbe(TokenStrategy):
     name = "attention_probe"
     stage = Stage.POST_VIT
-    needs = frozenset({Need.ATTENTION})
+    needs = frozenset({Capability.ATTENTION})
     changes_count = False
 
     def apply(self, tokens, state, chunk):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tokencompress import ChunkInfo, PerFrameParams, Plan, ScoringPruner, Stage, StrategyParams, VisualTokens
 from tokencompress.api.scoring_pruner import FrameLayout, select_per_frame
-from tokencompress.strategies.kernels import ChunkMeanMemory, channel_variance, gaussian_similarity
+from tokencompress.strategies.kernels import ChunkMeans, channel_variance, gaussian_similarity
 from tokencompress.strategies.stc_pruner import StcPruner
 from tokencompress.testing import check_token_strategy, visual_tokens
 
@@ -86,9 +86,9 @@ def test_gaussian_similarity_adds_bandwidths_in_order() -> None:
 
 
 def test_memory_peek_is_pure_and_commit_stores() -> None:
-    memory = ChunkMeanMemory()
+    memory = ChunkMeans()
     step = memory.peek(torch.tensor([1.0, 3.0]), "m")
-    assert memory == ChunkMeanMemory() and step.mean.tolist() == [1.0, 3.0]
+    assert memory == ChunkMeans() and step.mean.tolist() == [1.0, 3.0]
     memory.commit(step)
     memory.commit(memory.peek(torch.tensor([3.0, 5.0]), "m"))
     assert memory.count == 2 and memory.total.tolist() == [4.0, 8.0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.plugin_fakes import KeepFirst, plugin
-from tokencompress import BlockStrategy, Need, Registry, Stage, StageInfo
+from tokencompress import BlockStrategy, Capability, Registry, Stage, StageInfo
 from tokencompress.strategies.stc_cacher import StcCacher
 from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 from tokencompress.testing import check_block_strategy, check_pair, check_target, moving_frames
@@ -105,7 +105,7 @@ class NeedsCls(KeepFirst):
     """A pruner that needs a class token, which no Qwen tower has."""
 
     name = "needs_cls"
-    needs = frozenset({Need.CLS_TOKEN})
+    needs = frozenset({Capability.CLS_TOKEN})
 
 
 def test_matrix_cell_reports_a_refusal_naming_both_sides(tiny_llava_ov):

@@ -10,20 +10,22 @@ next chunk and a question must give bit-identical results on both.
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import random_frames
 from tests.plugin_fakes import plugin
 from tokencompress import BlockStrategy, Pipeline, Registry, Stage, TokenStrategy, VideoError
 from tokencompress.api.errors import PluginFault
+from tokencompress.strategies.rekv.store import BlockStore
 
-EXAMPLES = 8
+EXAMPLES = 5
 LAYERS = 2  # the tiny LLaVA-OV's vision tower depth
 
 
@@ -53,7 +55,24 @@ def injectors(arm: dict[str, Any]) -> list[type]:
     return [InjectBlock, token(Stage.POST_VIT), token(Stage.PRE_PREFILL)]
 
 
-def build(arm: dict[str, Any], fpc: int) -> Pipeline:
+SMALL_MEMORY = {"rekv": {"n_local": 12, "topk": 2}, "sliding_window": {"n_local": 12}}
+"""Windows of two pruned frames (6 tokens each), so the few chunks of an example roll the window
+and offload blocks; a kv_cache strategy missing here runs with its ``conformance_params``."""
+
+
+def kv_strategies() -> list[str | None]:
+    """None (no memory) and every kv_cache strategy the registry holds, built-in or installed."""
+    return [None, *sorted(n for n, r in Registry().strategies.items() if r.cls.stage is Stage.KV_CACHE)]
+
+
+def kv_step(name: str) -> dict[str, Any]:
+    if name in SMALL_MEMORY:
+        return {"strategy": name, **SMALL_MEMORY[name]}
+    cls = Registry().strategy(name)
+    return {"strategy": name, **cls.conformance_params(SimpleNamespace(tokens_per_frame=6))}
+
+
+def build(arm: dict[str, Any], fpc: int, kv: str | None = None) -> Pipeline:
     reg = Registry(plugins=[plugin("pkg-inject", injectors(arm))])
     stages = {
         "pre_vit_block": [
@@ -66,12 +85,20 @@ def build(arm: dict[str, Any], fpc: int) -> Pipeline:
             {"strategy": "inject_pre_prefill"},
         ],
     }
+    if kv is not None:
+        stages["kv_cache"] = [kv_step(kv)]
     return Pipeline.from_dict({"stages": stages, "stream": {"frames_per_chunk": fpc}}, reg)
 
 
 def same(a: Any, b: Any, path: str = "state") -> None:
-    """Deep equality with tensors compared exactly (values, dtype, shape)."""
-    if isinstance(a, torch.Tensor):
+    """Deep equality with tensors compared exactly (values, dtype, shape); the project's own objects
+    (kv_cache memories and their layers) field by field, a block store by its stored blocks."""
+    if isinstance(a, BlockStore):
+        assert type(b) is BlockStore and len(a) == len(b), path
+        ids = torch.arange(len(a))
+        same(a.gather(ids), b.gather(ids), f"{path}.blocks")
+        same(a.reps, b.reps, f"{path}.reps")
+    elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
     elif isinstance(a, np.ndarray):
         assert np.array_equal(a, b), path
@@ -87,6 +114,9 @@ def same(a: Any, b: Any, path: str = "state") -> None:
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             same(x, y, f"{path}[{i}]")
+    elif type(a).__module__.startswith("tokencompress.") and hasattr(a, "__dict__"):
+        assert type(a) is type(b), path
+        same(vars(a), vars(b), f"{path}.")
     else:
         assert a == b, (path, a, b)
 
@@ -106,9 +136,13 @@ def same_stream(a: Any, b: Any) -> None:
         if la.get_seq_length():
             assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values), f"cache layer {i}"
     assert [s.pre_prefill for s in a.history] == [s.pre_prefill for s in b.history]
+    same(a.kv, b.kv, "kv_cache memory")
+    assert (a.decoder.stored(), a.cache_tokens()) == (b.decoder.stored(), b.cache_tokens())
 
 
-WHERE = [*(f"layer:{i}" for i in range(LAYERS)), "post_vit", "pre_prefill", "prefill"]
+WHERE = [*(f"layer:{i}" for i in range(LAYERS)), "post_vit", "pre_prefill", "decoder:1", "prefill"]
+"""Encoder layers, the two token stages, the prefill half-way (decoder layer 1 of 2: layer 0 has
+appended its keys, and stored them in a kv_cache memory) and after the whole prefill."""
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -119,13 +153,15 @@ WHERE = [*(f"layer:{i}" for i in range(LAYERS)), "post_vit", "pre_prefill", "pre
     fpc=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
+@example(chunks_before=2, where="decoder:1", error=RuntimeError, fpc=1, seed=0)
+@pytest.mark.parametrize("kv", kv_strategies())
 def test_a_failed_chunk_leaves_the_stream_as_if_it_never_came(
-    tiny_llava_ov, monkeypatch, chunks_before, where, error, fpc, seed
+    tiny_llava_ov, monkeypatch, chunks_before, where, error, fpc, seed, kv
 ) -> None:
     arm: dict[str, Any] = {"error": error}
     frames = random_frames(fpc * (chunks_before + 2), seed=seed)
     chunk = [frames[i * fpc : (i + 1) * fpc] for i in range(chunks_before + 2)]
-    with build(arm, fpc).apply(tiny_llava_ov) as bound:
+    with build(arm, fpc, kv).apply(tiny_llava_ov) as bound:
         real_prefill = bound.target.prefill_visual
 
         def prefill(llm, tokens):
@@ -135,6 +171,14 @@ def test_a_failed_chunk_leaves_the_stream_as_if_it_never_came(
                 raise arm["error"]("injected failure")
 
         monkeypatch.setattr(bound.target, "prefill_visual", prefill)
+
+        def decoder_layer(module, args, kwargs):
+            if arm.get("where") == "decoder:1":
+                arm["where"] = None
+                raise arm["error"]("injected failure")
+
+        layer_1 = bound.target.decoder_layout().attention[1]
+        handle = layer_1.register_forward_pre_hook(decoder_layer, with_kwargs=True)
         failed, clean = bound.stream(), bound.stream()
         for c in chunk[:chunks_before]:
             assert len(failed.add_frames(c)) == len(clean.add_frames(c)) == 1
@@ -151,6 +195,7 @@ def test_a_failed_chunk_leaves_the_stream_as_if_it_never_came(
         same_stream(failed, clean)
         question = torch.tensor([5, 6])
         assert torch.equal(failed.ask(question, 1).first_logits, clean.ask(question, 1).first_logits)
+        handle.remove()
 
 
 def test_frames_queued_before_a_failed_call_stay_queued(tiny_llava_ov) -> None:

@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": ".api.errors",
     "LLMState": ".api.target",
     "LoadedModel": ".models.loading",
-    "Need": ".api.types",
+    "Capability": ".api.types",
     "PerFrameParams": ".api.scoring_pruner",
     "Pipeline": ".pipeline.pipeline",
     "PipelineConfig": ".pipeline.config",
@@ -95,7 +95,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .api.strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
     from .api.target import LLMState, Target, TargetOptions
     from .api.tokens import VisualTokens
-    from .api.types import BlockCall, ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
+    from .api.types import BlockCall, ChatFormat, ChunkInfo, Capability, Stage, StageInfo, StreamConfig
 
 __all__ = [
     "Answer",
@@ -111,7 +111,7 @@ __all__ = [
     "ConfigError",
     "LLMState",
     "LoadedModel",
-    "Need",
+    "Capability",
     "PerFrameParams",
     "Pipeline",
     "PipelineConfig",

@@ -2,7 +2,7 @@
 
 ``rekv_retrieval`` cases check representatives, scores and top-k per layer; ``rekv_stream`` cases
 feed every op (init, chunks, questions, prompt and decode steps) through one fresh
-:class:`LayerMemory` per layer and compare outputs, retrieved ids, kept KV and the counters the
+:class:`ReKVLayer` per layer and compare outputs, retrieved ids, kept KV and the counters the
 sidecar records. Tolerances come from the sidecars; nothing about a case is hard-coded.
 """
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.fixture_cases import Case, Checker, collect, need, params, run_case
-from tokencompress.strategies.rekv.memory import LayerMemory, ReKVSettings
+from tokencompress.strategies.rekv.layer import ReKVLayer, ReKVSettings
 from tokencompress.strategies.rekv.retrieval import (
     block_scores,
     expand_representatives,
@@ -64,14 +64,14 @@ def _check_retrieval(case: Case) -> dict[str, float]:
     return check.done()
 
 
-def _memory(case: Case, count_sinks_once: bool = False) -> LayerMemory:
+def _memory(case: Case, count_sinks_once: bool = False) -> ReKVLayer:
     p = need(case.meta, "params", where=case.name)
     settings = ReKVSettings(
         n_init=p["n_init"], n_local=p["n_local"], block_size=p["block_size"], topk=p["topk"],
         chunk_size=p["retrieve_chunk_size"], exc_block_size=p.get("exc_block_size"),
         count_sinks_once=count_sinks_once,
     )  # fmt: skip
-    return LayerMemory(
+    return ReKVLayer(
         settings, p["num_heads"], p["num_kv_heads"], p["head_dim"], inv_freq(p["head_dim"], p["rope_theta"])
     )
 

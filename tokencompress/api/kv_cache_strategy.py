@@ -8,6 +8,7 @@ decoder layout and the token layout the earlier stages leave per frame.
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -106,6 +107,23 @@ class KVMemory:
     def retrieved(self) -> list[list[int]] | None:
         """Frames each layer retrieved at the last question (None when the method does not retrieve)."""
         return None
+
+    # ------------------------------------------------------------ transactions
+    def snapshot(self) -> Any:
+        """Everything a chunk can change in this memory, for :meth:`restore`.
+
+        A stream takes one before every chunk (and text prefill) and restores it when the chunk
+        fails, so the memory is exactly as on a stream that never saw the chunk. The default deep
+        copies the memory's fields: correct for any memory, cheap for small ones. A memory holding
+        a large store overrides both methods with something cheaper (ReKV keeps its block count
+        and trims back to it). A snapshot is restored at most once.
+        """
+        return copy.deepcopy(self.__dict__)
+
+    def restore(self, snapshot: Any) -> None:
+        """Put the memory back exactly as :meth:`snapshot` saw it."""
+        self.__dict__.clear()
+        self.__dict__.update(snapshot)
 
 
 class MemoryCache(DynamicCache):

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from .tokens import VisualTokens
-from .types import BlockCall, ChunkInfo, LayerProbe, Need, Stage, StageInfo
+from .types import BlockCall, ChunkInfo, LayerProbe, Capability, Stage, StageInfo
 
 __all__ = [
-    "Need",
+    "Capability",
     "StrategyParams",
     "ChunkInfo",
     "LayerProbe",
@@ -58,7 +58,7 @@ class Strategy(ABC):
     name: ClassVar[str]
     stage: ClassVar[Stage]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
-    needs: ClassVar[frozenset[Need]] = frozenset()
+    needs: ClassVar[frozenset[Capability]] = frozenset()
     changes_count: ClassVar[bool] = True
     """False when the stage's token count is unchanged (shape-preserving)."""
     dynamic_count: ClassVar[bool] = False
@@ -156,7 +156,7 @@ class BlockStrategy(Strategy):
     """
 
     stage = Stage.PRE_VIT_BLOCK
-    needs = frozenset({Need.BLOCK_ADAPTER})
+    needs = frozenset({Capability.BLOCK_ADAPTER})
     changes_count = False
     computes_layer: ClassVar[bool] = False
     """True when ``block_forward`` computes the layer itself and never calls ``run_next``: such a

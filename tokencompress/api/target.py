@@ -26,7 +26,7 @@ from .block_adapter import BlockAdapter
 from .kv_cache import DecoderLayout
 from .prefill_segment import PrefillSegment
 from .tokens import VisualTokens
-from .types import ChatFormat, ChunkInfo, Need, Stage, StageInfo, StreamConfig
+from .types import ChatFormat, ChunkInfo, Capability, Stage, StageInfo, StreamConfig
 
 __all__ = ["Target", "TargetOptions", "LLMState", "StageRunner"]
 
@@ -74,7 +74,7 @@ class Target(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     Options: ClassVar[type[TargetOptions]] = TargetOptions
-    provides: ClassVar[dict[Stage, frozenset[Need]]] = {}
+    provides: ClassVar[dict[Stage, frozenset[Capability]]] = {}
     """What each stage can offer to strategies (checked against ``Strategy.needs``)."""
     tokenizer_layout: ClassVar[str] = "llava_onevision"
     """Placeholder tokens a fallback tokenizer needs for this family (see :mod:`tokencompress.models.tokenizer`)."""

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Stage",
     "StageInfo",
-    "Need",
-    "provided_needs",
+    "Capability",
+    "provided_capabilities",
     "ChunkInfo",
     "LayerProbe",
     "BlockCall",
@@ -64,7 +64,7 @@ class StageInfo:
     """True where the model's own code after this stage needs every token (stock pooling, mergers)."""
 
 
-class Need(str, Enum):
+class Capability(str, Enum):
     """Capabilities a strategy may require from a target at its stage."""
 
     BLOCK_ADAPTER = "block_adapter"
@@ -92,10 +92,13 @@ class Need(str, Enum):
         return self.value
 
 
-_IMPLIED_NEEDS = {Need.POSITION_FREE_ATTENTION: frozenset({Need.SUBSET_ATTENTION})}
+Need = Capability
+"""The name this enum had before 0.2 (kept so existing plugins import unchanged)."""
+
+_IMPLIED_NEEDS = {Capability.POSITION_FREE_ATTENTION: frozenset({Capability.SUBSET_ATTENTION})}
 
 
-def provided_needs(provides: frozenset[Need]) -> frozenset[Need]:
+def provided_capabilities(provides: frozenset[Capability]) -> frozenset[Capability]:
     """``provides`` plus what it implies (position-free attention runs any token subset)."""
     return provides.union(*(_IMPLIED_NEEDS.get(n, frozenset()) for n in provides))
 

@@ -169,13 +169,13 @@ def _interleaved(runners: Sequence[_Runner], keep: bool) -> None:
     kinds: list[list[str]] = [[] for _ in runners]
     for start in range(0, len(frames), step):
         for r, stream, kind in zip(runners, streams, kinds, strict=True):
-            with r.bound.hooks():
+            with r.bound.patched():
                 stream.add_frames(frames[start : start + step])
                 if len(frames) - start < step:  # a short last chunk is a chunk of its own, as at the end
                     stream.flush()  # of a stream (a full one needs none: it would close a prefill group)
             kind.append(_chunk_kind(stream.states))
     for r, stream, kind in zip(runners, streams, kinds, strict=True):
-        with r.bound.hooks():
+        with r.bound.patched():
             answer = stream.ask(r.question, max_new_tokens=1)
         if keep:
             r.measured.append((list(stream.history), answer.first_token_ms, answer.total_ms))
@@ -223,7 +223,7 @@ class _Runner:
         target = self.bound.target
         step = self.bound.config.stream.frames_per_chunk
         missing_tower = False
-        with peak_memory(target.device) as memory, self.bound.hooks():
+        with peak_memory(target.device) as memory, self.bound.patched():
             stream = self.bound.stream(tokenizer=self.tokenizer)
             if self.tokenizer is not None:  # the chat prefix goes first, as in a real stream
                 stream.prefill_ids(_prefix_ids(stream, self.tokenizer))

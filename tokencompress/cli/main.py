@@ -247,7 +247,7 @@ def _kv_summary(stream: Any) -> dict[str, Any]:
         "kv_cache_strategy": stream.bound.kv.name,
         "stored_tokens": stream.kv.stored_tokens(),
         "stored_bytes": stream.kv.stored_bytes(),
-        "memory_bytes": stream.memory(),
+        "memory_bytes": stream.bytes_by_device(),
     }
 
 

@@ -92,7 +92,7 @@ class BoundPipeline:
         return self.config.stream
 
     @contextmanager
-    def hooks(self) -> Iterator[BoundPipeline]:
+    def patched(self) -> Iterator[BoundPipeline]:
         """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses
         it): the compiled tower (with ``compile``; the block patch wraps the compiled layers), the
         decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical) and, with

@@ -75,5 +75,5 @@ class Pipeline:
         """Install the pipeline on ``model`` for the ``with`` block; restores every forward on exit
         (``compile`` as in :meth:`bind`)."""
         bound = self.bind(model, compile)
-        with bound.hooks():
+        with bound.patched():
             yield bound

@@ -14,7 +14,7 @@ from ..api.errors import CompatibilityError
 from .config import PipelineConfig
 from ..api.strategy import Strategy
 from ..api.target import Target
-from ..api.types import Stage, provided_needs
+from ..api.types import Stage, provided_capabilities
 
 __all__ = ["Placement", "place_strategies", "TOKEN_PATH"]
 
@@ -60,7 +60,7 @@ def _check_step(where: str, strategy: Strategy, stage: Stage, target: Target, la
         raise CompatibilityError(
             f"{where}: strategy '{strategy.name}' runs at {stage.value}, which target '{target.name}' does not expose"
         )
-    missing = strategy.needs - provided_needs(target.provides[stage])
+    missing = strategy.needs - provided_capabilities(target.provides[stage])
     if missing:
         raise CompatibilityError(
             f"{where}: strategy '{strategy.name}' needs {', '.join(sorted(m.value for m in missing))} at "

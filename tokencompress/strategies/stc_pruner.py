@@ -26,7 +26,7 @@ from torch import Tensor
 from ..api.scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
-from .kernels import ChunkMeanMemory, MemoryStep, frame_similarity, gaussian_similarity, select_channels, unit
+from .kernels import ChunkMeans, ChunkMeansStep, frame_similarity, gaussian_similarity, select_channels, unit
 
 __all__ = [
     "StcPruner",
@@ -68,7 +68,7 @@ class StcPrunerDebug:
 
 
 @dataclass
-class StcPrunerState(ChunkMeanMemory):
+class StcPrunerState(ChunkMeans):
     """One stream's temporal memory (``total``: ``[D']`` faithful or ``[D]`` channel_consistent)."""
 
     last: StcPrunerDebug | None = None
@@ -76,7 +76,7 @@ class StcPrunerState(ChunkMeanMemory):
 
 @dataclass(frozen=True)
 class _Update:
-    memory: MemoryStep
+    memory: ChunkMeansStep
     debug: StcPrunerDebug
 
 

@@ -48,7 +48,7 @@ from pydantic import Field, NonNegativeInt, model_validator
 from torch import Tensor
 
 from ..api.strategy import BlockStrategy, StrategyParams
-from ..api.types import BlockCall, ChunkInfo, Need, StageInfo
+from ..api.types import BlockCall, ChunkInfo, Capability, StageInfo
 from .tome_merge import (
     capped_r,
     match_bipartite,
@@ -190,14 +190,14 @@ class ToMe(BlockStrategy):
     def conformance_params(cls, info: StageInfo) -> dict[str, Any]:
         return {"r": max(1, info.tokens_per_frame // 8)}
 
-    needs = frozenset({Need.BLOCK_ADAPTER, Need.SUBSET_ATTENTION})
+    needs = frozenset({Capability.BLOCK_ADAPTER, Capability.SUBSET_ATTENTION})
     params: ToMeParams
 
     def __init__(self, params: ToMeParams | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.changes_count = self.params.output == "compact"  # type: ignore[misc]
         if self.params.class_token:
-            self.needs = self.needs | {Need.CLS_TOKEN}  # type: ignore[misc]
+            self.needs = self.needs | {Capability.CLS_TOKEN}  # type: ignore[misc]
 
     @property
     def protected(self) -> int:

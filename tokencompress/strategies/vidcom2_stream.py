@@ -22,7 +22,7 @@ from torch import Tensor
 from ..api.scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
-from .kernels import ChunkMeanMemory, MemoryStep, gaussian_similarity, select_channels, unit
+from .kernels import ChunkMeans, ChunkMeansStep, gaussian_similarity, select_channels, unit
 from .vidcom2 import ScoringParams, chunk_scores, unit_scores
 
 __all__ = ["VidCom2Stream", "VidCom2StreamParams", "VidCom2StreamState", "VidCom2StreamAnalysis"]
@@ -40,7 +40,7 @@ class VidCom2StreamParams(PerFrameParams, ScoringParams):
 
 
 @dataclass
-class VidCom2StreamState(ChunkMeanMemory):
+class VidCom2StreamState(ChunkMeans):
     """One stream's memory: ``total`` ``[D']`` float32 sum of the raw chunk means, each in its own
     chunk's channel order, and their ``count``."""
 
@@ -57,7 +57,7 @@ class VidCom2StreamAnalysis:
     frame_score: Tensor  # [N] f32, similarity to the row's own frame mean
     memory_score: Tensor  # [N] f32, similarity to the normalised stream memory
     token_score: Tensor  # [N] f32, the chosen mode's combined similarity; the lowest are kept
-    step: MemoryStep  # the memory including this chunk, committed by apply()
+    step: ChunkMeansStep  # the memory including this chunk, committed by apply()
 
     @property
     def memory(self) -> Tensor:

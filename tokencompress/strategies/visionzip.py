@@ -53,7 +53,7 @@ from torch import Tensor
 from ..api.errors import BudgetError, CompatibilityError
 from ..api.strategy import StrategyParams, TokenStrategy
 from ..api.tokens import VisualTokens
-from ..api.types import ChunkInfo, LayerProbe, Need, Stage, StageInfo
+from ..api.types import ChunkInfo, LayerProbe, Capability, Stage, StageInfo
 from .visionzip_select import (
     Selection,
     cls_row_from_qk,
@@ -123,7 +123,7 @@ class VisionZip(TokenStrategy):
     name = "visionzip"
     stage = Stage.POST_VIT
     Params = VisionZipParams
-    needs = frozenset({Need.ATTENTION, Need.KEYS})
+    needs = frozenset({Capability.ATTENTION, Capability.KEYS})
     summary = (
         "VisionZip: keep the most-attended tokens per frame, merge the rest into a few by key similarity"
     )
@@ -148,7 +148,7 @@ class VisionZip(TokenStrategy):
         super().__init__(params, **kwargs)
         if self.params.score == "cls":
             # an explicit CLS score is meaningless on a CLS-free tower: refuse it at build time
-            self.needs = frozenset(type(self).needs | {Need.CLS_TOKEN})
+            self.needs = frozenset(type(self).needs | {Capability.CLS_TOKEN})
 
     # ------------------------------------------------------------------ declarations
     def resolve_layer(self, num_layers: int) -> int:

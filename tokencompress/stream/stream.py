@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from .seam import ChunkEncoder, EncodedChunk, StreamPosition
-from .decoder_side import DecoderMemory
+from .decoder_state import DecoderState
 from ..api.errors import ConfigError
 from ..plugins.faults import Attribution, guarded
 from ..media.frames import as_frames
 from ..api.prefill_segment import PrefillSegment
-from .transaction import StreamSnapshot
+from .transaction import transaction
 from .timing import now
 from ..api.tokens import VisualTokens
 from ..api.types import Stage
@@ -32,6 +32,19 @@ from ..api.types import Stage
 __all__ = ["Stream", "ChunkStats", "Answer"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """A stream as it was before a chunk (see :meth:`Stream.snapshot`)."""
+
+    states: list[Any]
+    counters: tuple[int, int, int, bool]
+    """chunks done, frames seen, token frames seen, system prompt prefilled."""
+    history: int
+    waiting: list[PrefillSegment]
+    """Decoder inputs of chunks waiting for a group prefill (immutable; the list is copied)."""
+    decoder: Any
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,7 @@ class Stream:
     def reset(self) -> None:
         """Forget the video: new strategy states, empty KV cache, counters at zero."""
         self.states = self.bound.new_states()
-        self.decoder = DecoderMemory(self.bound, self.target)
+        self.decoder = DecoderState(self.bound, self.target)
         self.llm, self.kv, self.guard = self.decoder.llm, self.decoder.kv, self.decoder.guard
         self.llm.tokenizer = self.tokenizer
         self.frames_seen = 0
@@ -149,6 +162,9 @@ class Stream:
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting) after every chunk so far; returns last-token logits."""
         self.prefill_waiting()
+        return self._transaction(lambda: self._prefill_ids_once(ids))
+
+    def _prefill_ids_once(self, ids: Tensor) -> Tensor:
         self._prefixed = True
         self.guard.check(self.llm.next_position + ids.numel(), "prefill_ids")
         self.decoder.before_prefill("text", ids.numel())
@@ -236,12 +252,25 @@ class Stream:
 
     def _transaction(self, work: Callable[[], T]) -> T:
         """``work()``, or on any exception (Ctrl-C included) the stream as it was before it."""
-        snapshot = StreamSnapshot.take(self)
-        try:
-            return work()
-        except BaseException:
-            snapshot.restore(self)
-            raise
+        return transaction(self, work)
+
+    def snapshot(self) -> StreamSnapshot:
+        """Everything a chunk can change: strategy states, counters, history, waiting chunks and the
+        decoder state's own snapshot (:mod:`tokencompress.stream.transaction`)."""
+        return StreamSnapshot(
+            states=self.bound.copy_states(self.states),
+            counters=(self.chunks_done, self.frames_seen, self.token_frames_seen, self._prefixed),
+            history=len(self.history),
+            waiting=list(self._waiting),
+            decoder=self.decoder.snapshot(),
+        )
+
+    def restore(self, snapshot: StreamSnapshot) -> None:
+        self.states = snapshot.states
+        self.chunks_done, self.frames_seen, self.token_frames_seen, self._prefixed = snapshot.counters
+        del self.history[snapshot.history :]
+        self._waiting = list(snapshot.waiting)
+        self.decoder.restore(snapshot.decoder)
 
     def _position(self) -> StreamPosition:
         return StreamPosition(self.chunks_done, self.frames_seen, self.token_frames_seen)
@@ -385,11 +414,12 @@ class Stream:
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Answer(text, out, 1e3 * (t1 - t0), 1e3 * (t2 - t0), logits, retrieval_ms, retrieved)
 
-    # -------------------------------------------------------------- memory
+    # -------------------------------------------------------------- footprint
     def cache_tokens(self) -> int:
         """Tokens resident in the decoder's attention cache (per layer)."""
         return self.decoder.cache_tokens()
 
-    def memory(self) -> dict[str, int]:
-        """Bytes this stream's decoder memory holds, by device (``"cpu"``, ``"cuda:0"``, ...)."""
-        return self.decoder.memory()
+    def bytes_by_device(self) -> dict[str, int]:
+        """Bytes this stream's decoder state holds (cache and kv_cache memory), by device (``"cpu"``,
+        ``"cuda:0"``, ...)."""
+        return self.decoder.bytes_by_device()

@@ -1,27 +1,50 @@
 """A chunk is a transaction: a stream is advanced by a whole chunk or left exactly as it was.
 
 A failure inside a chunk (a plugin error, out-of-memory, Ctrl-C in a notebook) can come after
-some strategy already moved its state (the Cacher's counter, the Pruner's memory) or after some
-LLM layers already appended their keys. The snapshot taken before the chunk holds a copy
-of every strategy state (``Strategy.copy_state``: a deep copy unless the strategy knows a cheaper
-one that later chunks cannot change), the LLM state's small fields and the cache length, and the
-stream's counters; restoring it crops every cache layer back to its length, so the next chunk
-runs exactly as on a stream that never saw the failed one.
+some strategy already moved its state (the Cacher's counter, the Pruner's memory), after some
+LLM layers already appended their keys, or after a kv_cache memory stored some of them (ReKV's
+block store). So every owner of stream state snapshots itself and restores itself:
+
+* the :class:`~tokencompress.stream.stream.Stream`: strategy states (``Strategy.copy_state``: a
+  deep copy unless the strategy knows a cheaper one), counters, history, chunks waiting for a group
+  prefill, and its decoder state's snapshot;
+* the :class:`~tokencompress.stream.decoder_state.DecoderState`: the LLM state's small fields and
+  the cache length (restoring crops every cache layer back to it), the position guard, and the
+  kv_cache memory's own snapshot;
+* each :class:`~tokencompress.api.kv_cache_strategy.KVMemory`: ``snapshot()``/``restore()`` (a deep
+  copy by default; ReKV keeps block counts and trims back to them).
 
 Cost: one copy of the strategy states per chunk. The Cacher's reference tensors (layers x tokens
 x width floats) are replaced, never written in place, so its copy shares them and costs nothing
-but a few dicts; a deep copy of them would also take fresh pages every chunk.
+but a few dicts; ReKV's store is trimmed, never copied.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["StreamSnapshot", "crop_cache"]
+__all__ = ["StateOwner", "crop_cache", "transaction"]
 
-_COUNTERS = ("chunks_done", "frames_seen", "token_frames_seen", "_prefixed")
+T = TypeVar("T")
+
+
+class StateOwner(Protocol):
+    """What a chunk transaction needs of an owner of stream state."""
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, snapshot: Any) -> None: ...
+
+
+def transaction(owner: StateOwner, work: Callable[[], T]) -> T:
+    """``work()``, or on any exception (Ctrl-C included) ``owner`` as it was before it."""
+    snapshot = owner.snapshot()
+    try:
+        return work()
+    except BaseException:
+        owner.restore(snapshot)
+        raise
 
 
 def crop_cache(cache: Any, length: int) -> None:
@@ -31,38 +54,3 @@ def crop_cache(cache: Any, length: int) -> None:
         extra = layer.get_seq_length() - length
         if extra > 0:
             layer.crop(-extra)
-
-
-@dataclass
-class StreamSnapshot:
-    states: list[Any]
-    llm_fields: dict[str, Any]
-    cache_length: int
-    counters: dict[str, Any]
-    history: int
-    waiting: list[Any]
-    """Decoder inputs of chunks waiting for a group prefill (immutable; the list is copied)."""
-
-    @classmethod
-    def take(cls, stream: Any) -> StreamSnapshot:
-        llm = stream.llm
-        # the cache is cropped instead of copied; the tokenizer is shared and never changes
-        fields = {k: copy.deepcopy(v) for k, v in vars(llm).items() if k not in ("cache", "tokenizer")}
-        return cls(
-            states=stream.bound.copy_states(stream.states),
-            llm_fields=fields,
-            cache_length=llm.length,
-            counters={k: getattr(stream, k) for k in _COUNTERS},
-            history=len(stream.history),
-            waiting=list(getattr(stream, "_waiting", ())),
-        )
-
-    def restore(self, stream: Any) -> None:
-        stream.states = self.states
-        crop_cache(stream.llm.cache, self.cache_length)
-        for k, v in self.llm_fields.items():
-            setattr(stream.llm, k, v)
-        for k, v in self.counters.items():
-            setattr(stream, k, v)
-        del stream.history[self.history :]
-        stream._waiting = list(self.waiting)

@@ -7,13 +7,13 @@ fixtures pin, so the two strategies cannot drift apart.
 """
 
 from .channels import channel_variance, select_channels
-from .chunk_means import ChunkMeanMemory, MemoryStep
+from .chunk_means import ChunkMeans, ChunkMeansStep
 from .similarity import EPS, frame_similarity, gaussian_similarity, unit
 
 __all__ = [
     "EPS",
-    "ChunkMeanMemory",
-    "MemoryStep",
+    "ChunkMeans",
+    "ChunkMeansStep",
     "channel_variance",
     "frame_similarity",
     "gaussian_similarity",

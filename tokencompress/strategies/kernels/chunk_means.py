@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["ChunkMeanMemory", "MemoryStep"]
+__all__ = ["ChunkMeans", "ChunkMeansStep"]
 
 
 @dataclass(frozen=True)
-class MemoryStep:
+class ChunkMeansStep:
     """The memory after one more chunk, computed but not yet committed."""
 
     total: Tensor
@@ -24,7 +24,7 @@ class MemoryStep:
 
 
 @dataclass
-class ChunkMeanMemory:
+class ChunkMeans:
     """The mean of every chunk's mean token so far, kept as a sum and a count (O(D), STC quirk P4).
 
     Both references keep an ever-growing list and average it on every chunk; the sum is the same up
@@ -37,7 +37,7 @@ class ChunkMeanMemory:
     total: Tensor | None = None
     count: int = 0
 
-    def peek(self, chunk_mean: Tensor, owner: str) -> MemoryStep:
+    def peek(self, chunk_mean: Tensor, owner: str) -> ChunkMeansStep:
         """The memory with ``chunk_mean`` ``[D']`` folded in; this object is left as it is."""
         if self.total is not None and self.total.shape != chunk_mean.shape:
             raise ValueError(
@@ -45,7 +45,7 @@ class ChunkMeanMemory:
                 f"{chunk_mean.shape[0]}; the feature width must not change within a stream"
             )
         total = chunk_mean if self.total is None else self.total + chunk_mean
-        return MemoryStep(total, self.count + 1)
+        return ChunkMeansStep(total, self.count + 1)
 
-    def commit(self, step: MemoryStep) -> None:
+    def commit(self, step: ChunkMeansStep) -> None:
         self.total, self.count = step.total, step.count

@@ -1,7 +1,7 @@
 """ReKV's per-layer video KV memory (Di et al., ICLR 2025), reimplemented and checked on golden outputs.
 
 The kernels work on pre-RoPE, batch-free tensors and know nothing about transformers: a
-:class:`LayerMemory` per decoder layer holds the sinks, the sliding window, the frame blocks (in
+:class:`ReKVLayer` per decoder layer holds the sinks, the sliding window, the frame blocks (in
 a host-memory :class:`BlockStore`) and, during an answer, the answer cache. The ``kv_cache``
 stage (``tokencompress.strategies.rekv.strategy``) feeds it the projections of a real decoder.
 
@@ -29,14 +29,14 @@ How the reference's quirks are handled (Q1-Q15 are the labels the tests and the 
 """
 
 from .attention import window_sink_attention
-from .memory import LayerMemory, QuestionInfo, ReKVSettings
+from .layer import ReKVLayer, QuestionInfo, ReKVSettings
 from .retrieval import Selection, block_scores, expand_representatives, representatives, select_blocks
 from ...kernels.rope import cos_sin, inv_freq, rotate, rotate_by
 from .store import BlockStore
 
 __all__ = [
     "BlockStore",
-    "LayerMemory",
+    "ReKVLayer",
     "QuestionInfo",
     "ReKVSettings",
     "Selection",

@@ -77,6 +77,15 @@ class BlockStore:
             v.transpose(0, 1).reshape(self.kvh, m * self.bs, self.d),
         )
 
+    def snapshot(self) -> tuple[int, int, Tensor]:
+        """(blocks, slabs, representatives): stored rows are never rewritten and ``reps`` is replaced,
+        not written, so trimming back to the counts restores the store (no copy of the blocks)."""
+        return self.count, len(self.k_slabs), self.reps
+
+    def restore(self, snapshot: tuple[int, int, Tensor]) -> None:
+        self.count, slabs, self.reps = snapshot
+        del self.k_slabs[slabs:], self.v_slabs[slabs:]
+
     def nbytes(self) -> int:
         """Host bytes allocated for blocks (whole slabs)."""
         return sum(t.numel() * t.element_size() for t in (*self.k_slabs, *self.v_slabs))

@@ -2,7 +2,7 @@
 block in host memory, and per-layer top-k retrieval of frames at each question.
 
 The kernels and the list of reference quirks are in :mod:`tokencompress.strategies.rekv`. This module
-binds them to a decoder: one :class:`LayerMemory` per layer, fed by the patched attention with
+binds them to a decoder: one :class:`ReKVLayer` per layer, fed by the patched attention with
 the layer's pre-RoPE projections. At a question the bare question runs first through every
 layer in retrieval mode (each layer picks its own frames with its own mean query, so layer l's
 choice depends on the layers before it), then the prompt and the answer attend
@@ -19,15 +19,17 @@ refused by those targets, with the reason).
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+
+from typing import Any, Literal
 
 from pydantic import Field
 
 from ...api.errors import BudgetError, CompatibilityError, ConfigError
 from ...api.kv_cache import DecoderLayout, Phase
 from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory, MemoryCache
-from . import LayerMemory, QuestionInfo, ReKVSettings
-from ...api.strategy import Need, StrategyParams
+from . import ReKVLayer, QuestionInfo, ReKVSettings
+from ...api.strategy import Capability, StrategyParams
 from ...api.target import LLMState, Target
 
 __all__ = ["ReKV", "ReKVParams", "ReKVMemory"]
@@ -52,7 +54,7 @@ class ReKVParams(StrategyParams):
 
 
 class ReKVMemory(KVMemory):
-    """One stream's ReKV memory: a :class:`LayerMemory` per decoder layer."""
+    """One stream's ReKV memory: a :class:`ReKVLayer` per decoder layer."""
 
     custom_attention = True
 
@@ -61,7 +63,7 @@ class ReKVMemory(KVMemory):
         freqs = target.rope_inv_freq()
         self.settings = settings
         self.layers = [
-            LayerMemory(
+            ReKVLayer(
                 settings,
                 layout.num_heads,
                 layout.num_kv_heads,
@@ -74,6 +76,17 @@ class ReKVMemory(KVMemory):
         ]
         self.external: list[int] | None = None
         self.infos: list[QuestionInfo | None] = [None] * layout.num_layers
+
+    def snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The question-time fields (small) and each layer's own snapshot (block counts, not blocks)."""
+        fields = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "layers"}
+        return fields, [layer.snapshot() for layer in self.layers]
+
+    def restore(self, snapshot: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+        fields, layers = snapshot
+        for layer, saved in zip(self.layers, layers, strict=True):
+            layer.restore(saved)
+        self.__dict__.update(fields)
 
     def make_cache(self, target: Target) -> MemoryCache:
         return MemoryCache(self, target.model.config.get_text_config())
@@ -143,7 +156,7 @@ class ReKV(KVCacheStrategy):
 
     name = "rekv"
     Params = ReKVParams
-    needs = frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D})
+    needs = frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D})
     summary = (
         "ReKV: window + attention sinks while encoding, frames in host memory, per-layer top-k retrieval"
     )

@@ -33,7 +33,7 @@ from ...api.block_adapter import BlockAdapter
 from ...media.frames import resize_frames
 from ...api.target import StageRunner, Target
 from ...api.tokens import VisualTokens
-from ...api.types import ChatFormat, ChunkInfo, Need, Stage, StageInfo
+from ...api.types import ChatFormat, ChunkInfo, Capability, Stage, StageInfo
 from .feature_layer import selected_features
 from ..qwen.qwen_patches import CLIP_MEAN, CLIP_STD
 from .siglip_block import SiglipBlockAdapter
@@ -47,11 +47,13 @@ class LlavaNextVideoTarget(Target):
         "LLaVA-NeXT-Video (CLIP with CLS + Llama): 576 → 2x2 average pool → 144 tokens per frame, 1-D RoPE"
     )
     provides = {
-        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION, Need.CLS_TOKEN}),
-        Stage.POST_VIT: frozenset({Need.ATTENTION, Need.KEYS, Need.CLS_TOKEN}),
-        Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS, Need.CLS_TOKEN}),
+        Stage.PRE_VIT_BLOCK: frozenset(
+            {Capability.BLOCK_ADAPTER, Capability.POSITION_FREE_ATTENTION, Capability.CLS_TOKEN}
+        ),
+        Stage.POST_VIT: frozenset({Capability.ATTENTION, Capability.KEYS, Capability.CLS_TOKEN}),
+        Stage.PRE_PREFILL: frozenset({Capability.ATTENTION, Capability.KEYS, Capability.CLS_TOKEN}),
         # a Llama decoder with 1-D RoPE: queries and keys readable pre-RoPE, positions renumberable
-        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D}),
+        Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D}),
     }
     kv_cache_strategies = frozenset({"rekv", "sliding_window"})
     tokenizer_layout = (

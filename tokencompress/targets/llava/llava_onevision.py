@@ -22,7 +22,7 @@ from ...api.block_adapter import BlockAdapter
 from ...media.frames import resize_frames
 from ...api.target import LLMState, StageRunner, Target, TargetOptions
 from ...api.tokens import VisualTokens
-from ...api.types import ChunkInfo, Need, Stage, StageInfo
+from ...api.types import ChunkInfo, Capability, Stage, StageInfo
 from .feature_layer import selected_features
 from .siglip_block import SiglipBlockAdapter
 
@@ -46,11 +46,11 @@ class LlavaOnevisionTarget(Target):
     Options = LlavaOnevisionOptions
     provides = {
         Stage.PRE_VIT_BLOCK: frozenset(
-            {Need.BLOCK_ADAPTER, Need.POSITION_FREE_ATTENTION, Need.SUBSET_ATTENTION}
+            {Capability.BLOCK_ADAPTER, Capability.POSITION_FREE_ATTENTION, Capability.SUBSET_ATTENTION}
         ),
         Stage.POST_VIT: frozenset(),
-        Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
-        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS, Need.ROPE_1D}),
+        Stage.PRE_PREFILL: frozenset({Capability.ATTENTION, Capability.KEYS}),
+        Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D}),
     }
     tokenizer_layout = "llava_onevision"
     kv_cache_strategies = frozenset({"rekv", "sliding_window"})

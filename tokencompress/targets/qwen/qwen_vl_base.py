@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ...api.block_adapter import BlockAdapter
 from ...api.target import LLMState, StageRunner, Target, TargetOptions
 from ...api.tokens import VisualTokens
-from ...api.types import ChunkInfo, Need, Stage, StageInfo
+from ...api.types import ChunkInfo, Capability, Stage, StageInfo
 from .qwen_layout import ChunkLayout, LayoutSlot, merge_block_positions
 from .qwen_mrope import chunk_positions
 from .qwen_patches import CLIP_MEAN, CLIP_STD, fit_to_grid, frames_to_patches
@@ -80,12 +80,12 @@ class QwenVLTarget(Target):
     provides = {
         # Rotary attention is not position-free, but the adapter places any token subset at chosen
         # positions (merged tokens at their anchor's (h, w) and window): SUBSET_ATTENTION.
-        Stage.PRE_VIT_BLOCK: frozenset({Need.BLOCK_ADAPTER, Need.SUBSET_ATTENTION}),
+        Stage.PRE_VIT_BLOCK: frozenset({Capability.BLOCK_ADAPTER, Capability.SUBSET_ATTENTION}),
         Stage.POST_VIT: frozenset(),
         # a probed layer's attention (rotary, windows) and keys, carried onto the merged grid
-        Stage.PRE_PREFILL: frozenset({Need.ATTENTION, Need.KEYS}),
+        Stage.PRE_PREFILL: frozenset({Capability.ATTENTION, Capability.KEYS}),
         # M-RoPE: queries and keys are readable pre-RoPE, but positions are 3-D.
-        Stage.KV_CACHE: frozenset({Need.PRE_ROPE_PROJECTIONS}),
+        Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS}),
     }
     tokenizer_layout = "qwen2_vl"
     kv_cache_strategies = frozenset({"sliding_window"})

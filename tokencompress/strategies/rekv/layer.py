@@ -28,14 +28,14 @@ from .attention import window_sink_attention
 from .retrieval import Selection, block_scores, representatives, select_blocks
 from .store import BlockStore
 
-__all__ = ["ReKVSettings", "LayerMemory", "QuestionInfo"]
+__all__ = ["ReKVSettings", "ReKVLayer", "QuestionInfo"]
 
 
 @dataclass(frozen=True)
 class ReKVSettings:
     """Per-layer parameters (see :class:`tokencompress.strategies.rekv.strategy.ReKVParams` for their meaning).
 
-    ``n_init`` None leaves the sink count open: every token is a sink until :meth:`LayerMemory.close_sinks`
+    ``n_init`` None leaves the sink count open: every token is a sink until :meth:`ReKVLayer.close_sinks`
     (called when the first frame arrives) fixes it to the tokens encoded so far.
     """
 
@@ -70,7 +70,7 @@ def _empty(kvh: int, d: int, like: Tensor | None, dtype: torch.dtype, device: to
     return torch.zeros(kvh, 0, d, dtype=dtype if like is None else like.dtype, device=device)
 
 
-class LayerMemory:
+class ReKVLayer:
     """The memory of one layer of one stream (the reference's ``ContextManager``)."""
 
     def __init__(
@@ -114,6 +114,18 @@ class LayerMemory:
         if self.n_init is None:
             self.n_init = self.length
             self.pend_start = self.length
+
+    def snapshot(self) -> dict[str, Any]:
+        """This layer's fields and its store's counts. Every tensor field is replaced, never written
+        in place (``torch.cat``, slices), so holding the references is a snapshot."""
+        fields = dict(self.__dict__)
+        fields["store"] = self.store.snapshot()
+        return fields
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        fields = dict(snapshot)
+        self.store.restore(fields.pop("store"))
+        self.__dict__.update(fields)
 
     def state(self) -> dict[str, Any]:
         """The counters the reference reports after each encode op."""

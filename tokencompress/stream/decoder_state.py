@@ -8,19 +8,21 @@ refused past it, naming the strategies that would let it go on.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import Tensor
 
 from ..api.errors import ConfigError
 from .positions import PositionGuard
+from .transaction import crop_cache
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage
 
-__all__ = ["DecoderMemory"]
+__all__ = ["DecoderState"]
 
 
-class DecoderMemory:
+class DecoderState:
     """``llm`` is the stream's :class:`~tokencompress.api.target.LLMState`; ``kv`` the strategy's memory."""
 
     def __init__(self, bound: Any, target: Any) -> None:
@@ -35,6 +37,24 @@ class DecoderMemory:
             target.kv_cache_strategies,
             bounded=self.kv is not None and self.kv.bounds_positions,
         )
+
+    # ------------------------------------------------------------ transactions
+    def snapshot(self) -> tuple[dict[str, Any], int, bool, Any]:
+        """The LLM state's small fields (deep-copied; the cache is cropped back instead and the
+        tokenizer never changes), the cache length, the guard's warning flag and the kv_cache
+        memory's own snapshot."""
+        fields = {k: copy.deepcopy(v) for k, v in vars(self.llm).items() if k not in ("cache", "tokenizer")}
+        memory = self.kv.snapshot() if self.kv is not None else None
+        return fields, self.llm.length, self.guard.warned, memory
+
+    def restore(self, snapshot: tuple[dict[str, Any], int, bool, Any]) -> None:
+        fields, length, warned, memory = snapshot
+        crop_cache(self.llm.cache, length)
+        for k, v in fields.items():
+            setattr(self.llm, k, v)
+        self.guard.warned = warned
+        if self.kv is not None:
+            self.kv.restore(memory)
 
     def before_prefill(self, kind: str, tokens: int) -> None:
         if self.kv is not None:
@@ -87,7 +107,7 @@ class DecoderMemory:
         """(tokens per layer, host bytes) the strategy keeps outside the attention cache."""
         return (self.kv.stored_tokens(), self.kv.stored_bytes()) if self.kv is not None else (0, 0)
 
-    def memory(self) -> dict[str, int]:
+    def bytes_by_device(self) -> dict[str, int]:
         """Bytes this memory holds, by device (``"cpu"``, ``"cuda:0"``, ...)."""
         device = str(self.target.device)
         if self.kv is None:
