@@ -30,10 +30,10 @@ def main() -> None:
 
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    from tokencompress.patching.block_routing import BlockPatch
-    from tokencompress.models.loading import BENCH_OVERRIDES
-    from tokencompress.strategies.stc_cacher import StcCacher, layer_macs, n_update
     from tokencompress.api.strategy import ChunkInfo
+    from tokencompress.models.loading import BENCH_OVERRIDES
+    from tokencompress.patching.block_routing import BlockPatch
+    from tokencompress.strategies.stc_cacher import StcCacher, layer_macs, n_update
     from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
     v = BENCH_OVERRIDES["vision_config"]

@@ -46,11 +46,11 @@ def main() -> None:
 
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
+    from tokencompress.api.strategy import ChunkInfo
+    from tokencompress.models.loading import BENCH_OVERRIDES
     from tokencompress.patching.block_routing import BlockPatch
     from tokencompress.patching.compiling import CompileOptions, Compiler, TowerCompile
-    from tokencompress.models.loading import BENCH_OVERRIDES
     from tokencompress.strategies.stc_cacher import StcCacher
-    from tokencompress.api.strategy import ChunkInfo
     from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
     v = BENCH_OVERRIDES["vision_config"]

@@ -357,8 +357,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from tokencompress.bench import DEFAULT_QUESTION, run_benchmark, sample_frames
-    from tokencompress.models.loading import load_model
     from tokencompress.media.video import sample_video_path
+    from tokencompress.models.loading import load_model
 
     names = args.only.split(",") if args.only else list(PIPELINES)
     loaded = load_model("builtin-bench")

@@ -45,12 +45,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from tokencompress.models.loading import load_model
-    from tokencompress.pipeline.pipeline import Pipeline
-    from tokencompress.strategies.stc_pruner import StcPruner
     from tokencompress.api.tokens import VisualTokens
     from tokencompress.api.types import ChunkInfo
     from tokencompress.media.video import iter_frames, sample_video_path
+    from tokencompress.models.loading import load_model
+    from tokencompress.pipeline.pipeline import Pipeline
+    from tokencompress.strategies.stc_pruner import StcPruner
 
     loaded = load_model(args.model)
     base = Pipeline.from_dict(

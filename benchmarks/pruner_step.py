@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from tokencompress.strategies.stc_pruner import StcPruner
 from tokencompress.api.strategy import ChunkInfo
 from tokencompress.api.tokens import VisualTokens
+from tokencompress.strategies.stc_pruner import StcPruner
 
 
 def _prune_seconds(strategy, frames: list[torch.Tensor]) -> float:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from tokencompress import Pipeline
+from tokencompress.media.video import iter_frames, sample_video_path
 from tokencompress.models.loading import build_default_model
 from tokencompress.stream.positions import PositionLimitError
-from tokencompress.media.video import iter_frames, sample_video_path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {

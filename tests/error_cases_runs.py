@@ -13,8 +13,8 @@ from tests.error_harness import STC, STEP, Ctx, case
 from tests.plugin_fakes import FakeEntryPoint, KeepFirst, patch_entry_points, plugin, strategy_named
 from tests.videos import corrupt_mp4
 from tokencompress import BlockStrategy, Pipeline
-from tokencompress.cli.main import main
 from tokencompress.api.errors import PluginFault
+from tokencompress.cli.main import main
 
 
 # ------------------------------------------------------------ partial results

@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tokencompress import Pipeline
+from tokencompress.api.errors import TokenCompressError
+from tokencompress.api.tokens import VisualTokens
 from tokencompress.bench.fidelity import fidelity, token_cosine
 from tokencompress.bench.spreads import one_repeat, per_repeat_ratios, spread
 from tokencompress.bench.sweep import parse_sweep, sweep_pipelines
-from tokencompress.api.errors import TokenCompressError
-from tokencompress.models.loading import BENCH_OVERRIDES, default_model_config
 from tokencompress.kernels.packed_linear import PackedLinears, packing_available
-from tokencompress.api.tokens import VisualTokens
+from tokencompress.models.loading import BENCH_OVERRIDES, default_model_config
 
 
 def chunk(vit: float, prefill: float = 10.0, compress: float = 0.0) -> dict[str, float]:

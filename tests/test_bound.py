@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from tokencompress import Pipeline
-from tokencompress.stream.seam import ChunkTiming, EncodedChunk, StageCount, StreamPosition
 from tokencompress.api.types import Stage
+from tokencompress.stream.seam import ChunkTiming, EncodedChunk, StageCount, StreamPosition
 
 STC = {
     "stream": {"frames_per_chunk": 1},

@@ -20,8 +20,8 @@ import pytest
 from tests.conftest import build_tiny_llava_ov
 from tests.plugin_fakes import FakeEntryPoint, patch_entry_points, plugin
 from tests.test_pipeline_config import AttentionProbe
-from tokencompress.models import loading as models
 from tokencompress.cli.main import main
+from tokencompress.models import loading as models
 
 ROOT = Path(__file__).resolve().parents[1]
 STC = str(ROOT / "pipelines" / "stc.yaml")

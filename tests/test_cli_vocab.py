@@ -16,9 +16,9 @@ import pytest
 from tests.error_harness import TINY_STC
 from tests.test_cli import ROW, assert_one_line_error, run_cli
 from tests.test_plugin_files import STRIDE
-from tokencompress.models import loading as models
 from tokencompress.cli.main import main
 from tokencompress.cli.parser import build_parser
+from tokencompress.models import loading as models
 from tokencompress.stream.stream import Stream
 
 ROOT = Path(__file__).resolve().parents[1]

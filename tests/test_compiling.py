@@ -11,8 +11,8 @@ import torch
 from tests.test_cli import assert_one_line_error, run_cli
 from tokencompress import Pipeline, TokenCompressError
 from tokencompress.bench import sample_frames
-from tokencompress.patching.compiling import CompileOptions, compile_options
 from tokencompress.media.video import sample_video_path
+from tokencompress.patching.compiling import CompileOptions, compile_options
 
 ATOL = RTOL = 1e-5
 CACHER = {"strategy": "stc_cacher", "update_token_ratio": 0.25, "cache_interval": 2}

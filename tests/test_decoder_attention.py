@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tests.conftest import answer_and_cache, build_tiny_llava_ov
+from tokencompress.media.video import iter_frames, sample_video_path
 from tokencompress.patching.decoder_attention import NAME, grouped_kv_attention, sdpa_grouped_kv
 from tokencompress.pipeline.pipeline import Pipeline
-from tokencompress.media.video import iter_frames, sample_video_path
 
 
 class _Module(nn.Module):

@@ -7,9 +7,9 @@ from torch import nn
 
 from tests.conftest import answer_and_cache
 from tokencompress.cli.options import with_stream
+from tokencompress.media.video import iter_frames, sample_video_path
 from tokencompress.patching.decoder_linears import packed_decoder_linears
 from tokencompress.pipeline.pipeline import Pipeline
-from tokencompress.media.video import iter_frames, sample_video_path
 
 
 def _pipe(kernels: str) -> Pipeline:

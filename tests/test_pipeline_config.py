@@ -13,9 +13,9 @@ from torch import nn
 from tests.plugin_fakes import KeepFirst, plugin, strategy_named
 from tokencompress import (
     BudgetError,
+    Capability,
     CompatibilityError,
     ConfigError,
-    Capability,
     Pipeline,
     Registry,
     Stage,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tokencompress import Pipeline, Stage
-from tokencompress.models.loading import build_default_model
 from tokencompress.media.video import iter_frames, sample_video_path
+from tokencompress.models.loading import build_default_model
 
 ALL_PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
 PIPELINES = [p for p in ALL_PIPELINES if Pipeline.from_yaml(p).config.target in ("auto", "llava_onevision")]
@@ -56,9 +56,9 @@ TARGETED = [p for p in ALL_PIPELINES if p not in PIPELINES]
 
 def _target_model(name: str):
     """(model with the real checkpoints' token geometry, tokenizer, LLM tokens per token frame)."""
+    from tokencompress.models.tokenizer import byte_tokenizer
     from tokencompress.targets.llava.llava_next_video import LlavaNextVideoTarget
     from tokencompress.targets.qwen.qwen3_vl import Qwen3VLTarget
-    from tokencompress.models.tokenizer import byte_tokenizer
 
     if name == "qwen3_vl":  # 448x448 frames (the target's default): 14x14 merged tokens per slice
         return Qwen3VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 196

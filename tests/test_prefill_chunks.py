@@ -25,9 +25,9 @@ from tests.test_transactions import same_stream
 from tokencompress import Pipeline
 from tokencompress.api.errors import CompatibilityError, PluginFault
 from tokencompress.api.target import Target
+from tokencompress.models.tokenizer import byte_tokenizer
 from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
 from tokencompress.targets.qwen.qwen3_vl import Qwen3VLTarget
-from tokencompress.models.tokenizer import byte_tokenizer
 
 LOGITS_TOL = {"atol": 1e-4, "rtol": 0.0}
 CACHE_TOL = {"atol": 1e-5, "rtol": 0.0}

@@ -30,8 +30,8 @@ from tokencompress import (
     TokenCompressError,
     TokenStrategy,
 )
-from tokencompress.plugins.registry import DISABLE_ENV
 from tokencompress.api.strategy import BlockStrategy
+from tokencompress.plugins.registry import DISABLE_ENV
 from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 
 BUILTIN_STRATEGIES = {"stc_cacher", "stc_pruner"}

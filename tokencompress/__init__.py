@@ -85,17 +85,17 @@ if TYPE_CHECKING:  # static tools see the real names
         TokenCompressError,
         VideoError,
     )
-    from .plugins import StageEvent, hookimpl
-    from .models.loading import LoadedModel, load_model
-    from .pipeline.pipeline import BoundPipeline, Pipeline
-    from .pipeline.config import PipelineConfig
-    from .plugins.registry import Registry
     from .api.scoring_pruner import PerFrameParams, Plan, ScoringPruner
-    from .stream.stream import Answer, ChunkStats, Stream
     from .api.strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
     from .api.target import LLMState, Target, TargetOptions
     from .api.tokens import VisualTokens
-    from .api.types import BlockCall, ChatFormat, ChunkInfo, Capability, Stage, StageInfo, StreamConfig
+    from .api.types import BlockCall, Capability, ChatFormat, ChunkInfo, Stage, StageInfo, StreamConfig
+    from .models.loading import LoadedModel, load_model
+    from .pipeline.config import PipelineConfig
+    from .pipeline.pipeline import BoundPipeline, Pipeline
+    from .plugins import StageEvent, hookimpl
+    from .plugins.registry import Registry
+    from .stream.stream import Answer, ChunkStats, Stream
 
 __all__ = [
     "Answer",

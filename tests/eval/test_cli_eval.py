@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tokencompress.cli.main import _parser, main
 from tokencompress.cli.eval_command import run
+from tokencompress.cli.main import _parser, main
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.fixture_cases import Case, Checker, collect, need, params, run_case
+from tokencompress.kernels.rope import inv_freq
 from tokencompress.strategies.rekv.layer import ReKVLayer, ReKVSettings
 from tokencompress.strategies.rekv.retrieval import (
     block_scores,
@@ -19,7 +20,6 @@ from tokencompress.strategies.rekv.retrieval import (
     representatives,
     select_blocks,
 )
-from tokencompress.kernels.rope import inv_freq
 
 
 def _tol(case: Case, key: str) -> dict[str, float]:

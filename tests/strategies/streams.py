@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from tokencompress.testing import visual_tokens
 from tokencompress.api.tokens import VisualTokens
+from tokencompress.testing import visual_tokens
 
 
 @st.composite

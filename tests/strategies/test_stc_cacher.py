@@ -12,6 +12,7 @@ from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tests.fixture_cases import Case, params, parse_tolerance
+from tokencompress.api.strategy import BlockCall, ChunkInfo
 from tokencompress.patching.block_routing import BlockPatch
 from tokencompress.strategies.stc_cacher import (
     CacherState,
@@ -21,7 +22,6 @@ from tokencompress.strategies.stc_cacher import (
     n_update,
     select_updates,
 )
-from tokencompress.api.strategy import BlockCall, ChunkInfo
 from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
 CONFIG_KEYS = (

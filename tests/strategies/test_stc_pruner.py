@@ -13,11 +13,11 @@ from pydantic import ValidationError
 from tests.fixture_cases import Case, collect, is_exact, params
 from tests.strategies.streams import streams
 from tokencompress.api.errors import BudgetError
+from tokencompress.api.strategy import ChunkInfo
+from tokencompress.api.tokens import VisualTokens
 from tokencompress.api.types import Stage, StageInfo
 from tokencompress.strategies.stc_pruner import StcPruner, StcPrunerState, gaussian_similarity
-from tokencompress.api.strategy import ChunkInfo
 from tokencompress.testing import check_token_strategy, visual_tokens
-from tokencompress.api.tokens import VisualTokens
 
 PROPS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODES = st.sampled_from(["faithful", "channel_consistent"])

@@ -18,11 +18,12 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tests.conftest import random_frames
 from tests.fixture_cases import Case, Checker, collect, need, params, parse_tolerance, run_case
-from tokencompress.patching.block_routing import BlockPatch
 from tokencompress.api.errors import CompatibilityError
-from tokencompress.pipeline.pipeline import Pipeline
-from tokencompress.pipeline.config import PipelineConfig
+from tokencompress.api.strategy import ChunkInfo
 from tokencompress.api.types import Stage
+from tokencompress.patching.block_routing import BlockPatch
+from tokencompress.pipeline.config import PipelineConfig
+from tokencompress.pipeline.pipeline import Pipeline
 from tokencompress.strategies.tome import ToMe, ToMeParams, ToMeState
 from tokencompress.strategies.tome_merge import (
     bipartite_soft_matching,
@@ -35,7 +36,6 @@ from tokencompress.strategies.tome_merge import (
     source_from_owner,
     unmerge_to_grid,
 )
-from tokencompress.api.strategy import ChunkInfo
 from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
 # Tolerances of tests/fixtures/tome/README.md, used where a sidecar carries none of its own.

@@ -17,12 +17,12 @@ from tests.fixture_cases import Case, collect, is_exact, need, params
 from tests.strategies.streams import streams
 from tokencompress.api.errors import BudgetError
 from tokencompress.api.scoring_pruner import select_per_frame
+from tokencompress.api.strategy import ChunkInfo
+from tokencompress.api.tokens import VisualTokens
 from tokencompress.api.types import Stage, StageInfo
 from tokencompress.strategies.vidcom2 import VidCom2, reconcile_budgets
 from tokencompress.strategies.vidcom2_stream import VidCom2Stream, VidCom2StreamAnalysis, VidCom2StreamState
-from tokencompress.api.strategy import ChunkInfo
 from tokencompress.testing import check_token_strategy, visual_tokens
-from tokencompress.api.tokens import VisualTokens
 
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RATIOS = st.floats(0.01, 1.0)

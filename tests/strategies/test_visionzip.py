@@ -21,12 +21,14 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from tests.conftest import random_frames
 from tests.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
 from tokencompress.api.block_adapter import BlockAdapter
-from tokencompress.patching.block_routing import BlockPatch
 from tokencompress.api.errors import BudgetError, CompatibilityError, ConfigError
-from tokencompress.plugins import hookimpl
-from tokencompress.pipeline.pipeline import Pipeline
-from tokencompress.plugins.registry import Registry
+from tokencompress.api.strategy import ChunkInfo, LayerProbe
+from tokencompress.api.tokens import VisualTokens
 from tokencompress.api.types import Stage, StageInfo
+from tokencompress.patching.block_routing import BlockPatch
+from tokencompress.pipeline.pipeline import Pipeline
+from tokencompress.plugins import hookimpl
+from tokencompress.plugins.registry import Registry
 from tokencompress.strategies.visionzip import VisionZip, VisionZipParams
 from tokencompress.strategies.visionzip_select import (
     cls_row_from_qk,
@@ -36,10 +38,8 @@ from tokencompress.strategies.visionzip_select import (
     select,
     split_heads,
 )
-from tokencompress.api.strategy import ChunkInfo, LayerProbe
 from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 from tokencompress.testing import check_token_strategy, visual_tokens
-from tokencompress.api.tokens import VisualTokens
 
 # tests/fixtures/visionzip/README.md's float tolerance (indices exact), where a sidecar has none
 README_TOL = parse_tolerance("`rtol = 1e-5`, `atol = 1e-5`")

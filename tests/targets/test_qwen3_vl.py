@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import random_frames, stock_reference_5_24
 from tokencompress import Pipeline
-from tokencompress.targets.qwen.qwen3_vl import DeepStackTokens, Qwen3VLTarget
-from tokencompress.models.tokenizer import byte_tokenizer
 from tokencompress.api.tokens import VisualTokens
+from tokencompress.models.tokenizer import byte_tokenizer
+from tokencompress.targets.qwen.qwen3_vl import DeepStackTokens, Qwen3VLTarget
 
 pytestmark = pytest.mark.slow
 

@@ -29,11 +29,11 @@ from tests.targets.test_qwen_vl import (
     tiny,
 )
 from tokencompress import CompatibilityError, Pipeline
+from tokencompress.api.strategy import LayerProbe
 from tokencompress.strategies.tome import ToMeState
 from tokencompress.strategies.tome_merge import match_bipartite, merge_wavg
 from tokencompress.strategies.visionzip import VisionZip
 from tokencompress.strategies.visionzip_select import select
-from tokencompress.api.strategy import LayerProbe
 from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget
 
 pytestmark = pytest.mark.slow

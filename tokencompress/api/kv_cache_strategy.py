@@ -18,8 +18,8 @@ from transformers import DynamicCache
 
 from .errors import ConfigError
 from .kv_cache import DecoderLayout, Phase
-from .types import Stage
 from .strategy import Strategy
+from .types import Stage
 
 if TYPE_CHECKING:
     from .target import LLMState, Target

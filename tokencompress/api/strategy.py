@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from .tokens import VisualTokens
-from .types import BlockCall, ChunkInfo, LayerProbe, Capability, Stage, StageInfo
+from .types import BlockCall, Capability, ChunkInfo, LayerProbe, Stage, StageInfo
 
 __all__ = [
     "Capability",

@@ -26,7 +26,7 @@ from .block_adapter import BlockAdapter
 from .kv_cache import DecoderLayout
 from .prefill_segment import PrefillSegment
 from .tokens import VisualTokens
-from .types import ChatFormat, ChunkInfo, Capability, Stage, StageInfo, StreamConfig
+from .types import Capability, ChatFormat, ChunkInfo, Stage, StageInfo, StreamConfig
 
 __all__ = ["Target", "TargetOptions", "LLMState", "StageRunner"]
 

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..stream.chunk_summary import summarize
-from ..patching.compiling import CompileOptions
 from ..api.errors import TokenCompressError
 from ..media.frames import as_frames
-from ..stream.kv_stats import kv_cache_note, retrieval_overhead
 from ..models.loading import LoadedModel
+from ..patching.compiling import CompileOptions
 from ..pipeline.pipeline import BoundPipeline, Pipeline
+from ..stream.chunk_summary import summarize
+from ..stream.kv_stats import kv_cache_note, retrieval_overhead
 from ..stream.stream import ChunkStats, Stream
 from .fidelity import fidelity
 from .measuring import count_flops, kv_bytes, load_average, peak_memory

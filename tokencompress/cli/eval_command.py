@@ -79,7 +79,6 @@ def add_parser(sub: Any, parents: Any = ()) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     """The command; ``loaded_model`` (a :class:`~tokencompress.models.loading.LoadedModel`) skips loading."""
     from ..api.errors import TokenCompressError
-    from ..pipeline.pipeline import Pipeline
     from ..eval.engine import StreamEngine
     from ..eval.loaders import load_benchmark, preflight
     from ..eval.loading import LoadOptions
@@ -88,6 +87,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     from ..eval.sampling import FrameRule
     from ..eval.scoring import MODES, check_mode
     from ..eval.shard import Shard
+    from ..pipeline.pipeline import Pipeline
 
     fps = args.fps if args.fps is not None else (1.0 if args.benchmark in ONLINE else 0.5)
     rule = FrameRule(args.frame_rule, fps, args.num_frames)

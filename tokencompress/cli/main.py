@@ -14,10 +14,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from ..api.errors import TokenCompressError
 from ..stream.chunk_summary import stock_llm_tokens, summarize
 from .args import check_args
 from .options import compile_for, registry_for, show_progress, with_stream
-from ..api.errors import TokenCompressError
 
 __all__ = ["main"]
 
@@ -99,12 +99,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..stream.kv_stats import summarise_retrieval
-    from ..models.loading import load_model
     from ..files.outputs import check_output_file, write_json
-    from ..pipeline.pipeline import Pipeline
-    from .run_loop import stream_video
     from ..media.video import probe, sample_video_path
+    from ..models.loading import load_model
+    from ..pipeline.pipeline import Pipeline
+    from ..stream.kv_stats import summarise_retrieval
+    from .run_loop import stream_video
 
     pipeline = with_stream(
         Pipeline.from_yaml(args.pipeline, registry_for(args)),
@@ -269,10 +269,10 @@ def _bench(args: argparse.Namespace) -> int:
     import traceback
 
     from ..bench import DEFAULT_QUESTION, format_table, run_benchmark, sample_frames, write_plot
-    from ..models.loading import load_model
     from ..files.outputs import RunStatus, atomic_path, check_output_dir, write_json
-    from ..pipeline.pipeline import Pipeline
     from ..media.video import sample_video_path
+    from ..models.loading import load_model
+    from ..pipeline.pipeline import Pipeline
 
     if args.warmup < 0:
         raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")

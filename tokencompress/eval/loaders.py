@@ -6,9 +6,7 @@ from pathlib import Path
 
 from ..api.errors import TokenCompressError
 from ..media.video import probe
-from . import offline
-from . import ovo_bench
-from . import streamingbench
+from . import offline, ovo_bench, streamingbench
 from .loading import LoadOptions
 from .records import Loaded
 from .sampling import FrameRule

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from ..api.block_adapter import BlockAdapter
 from ..api.errors import TokenCompressError
-from ..plugins.faults import Attribution, check_hidden, guarded
 from ..api.strategy import BlockStrategy
 from ..api.types import BlockCall, ChunkInfo, LayerProbe
+from ..plugins.faults import Attribution, check_hidden, guarded
 
 __all__ = ["BlockPatch"]
 

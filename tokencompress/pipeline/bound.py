@@ -15,25 +15,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
+from ..api.kv_cache_strategy import KVMemory
+from ..api.prefill_segment import check_prefill_grouping
+from ..api.strategy import BlockStrategy, Strategy, TokenStrategy
+from ..api.target import Target
+from ..api.tokens import VisualTokens
+from ..api.types import ChunkInfo, Stage, StreamConfig
 from ..patching.block_routing import BlockPatch
-from ..stream.seam import ChunkRecorder, EncodedChunk, StreamPosition
 from ..patching.compiling import CompileOptions, Compiler, TowerCompile
 from ..patching.decoder_attention import grouped_kv_attention
 from ..patching.decoder_linears import packed_decoder_linears
-from ..plugins.faults import Attribution, check_tokens, guarded
-from ..plugins.events import StageEvent
 from ..patching.kv_routing import KVPatch
-from .kv_placement import kv_build
-from ..api.kv_cache_strategy import KVMemory
-from .config import PipelineConfig
-from .placement import TOKEN_PATH, Placement
-from ..api.prefill_segment import check_prefill_grouping
+from ..plugins.events import StageEvent
+from ..plugins.faults import Attribution, check_tokens, guarded
 from ..plugins.registry import Registry
-from ..api.strategy import BlockStrategy, Strategy, TokenStrategy
-from ..api.target import Target
+from ..stream.seam import ChunkRecorder, EncodedChunk, StreamPosition
 from ..stream.timing import now
-from ..api.tokens import VisualTokens
-from ..api.types import ChunkInfo, Stage, StreamConfig
+from .config import PipelineConfig
+from .kv_placement import kv_build
+from .placement import TOKEN_PATH, Placement
 
 if TYPE_CHECKING:
     from ..stream.stream import Stream

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from ..api.errors import ConfigError
-from .grammar import MAX_STEPS, TOP_KEYS, format_validation_error, json_schema, validate
-from ..plugins.registry import Registry
 from ..api.strategy import Strategy
 from ..api.types import Stage, StreamConfig
+from ..plugins.registry import Registry
+from .grammar import MAX_STEPS, TOP_KEYS, format_validation_error, json_schema, validate
 
 __all__ = [
     "StreamConfig",

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..api.errors import ConfigError, PluginError
-from ..plugins.registry import Registry, close_matches
 from ..api.types import Stage, StreamConfig
+from ..plugins.registry import Registry, close_matches
 
 __all__ = [
     "MAX_STEPS",

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..api.errors import CompatibilityError
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
-from .config import PipelineConfig
 from ..api.target import Target
 from ..api.types import Stage
+from .config import PipelineConfig
 
 __all__ = ["kv_build"]
 

@@ -16,13 +16,13 @@ from typing import Any
 from pydantic import ValidationError
 from torch import nn
 
-from .bound import BoundPipeline
-from ..patching.compiling import CompileOptions, compile_options
 from ..api.errors import ConfigError
+from ..patching.compiling import CompileOptions, compile_options
+from ..plugins.registry import Registry
+from .bound import BoundPipeline
 from .config import PipelineConfig, load_config, parse_config
 from .grammar import format_validation_error, to_json
 from .placement import place_strategies
-from ..plugins.registry import Registry
 
 __all__ = ["Pipeline", "BoundPipeline"]
 

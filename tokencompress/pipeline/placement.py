@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..api.errors import CompatibilityError
-from .config import PipelineConfig
 from ..api.strategy import Strategy
 from ..api.target import Target
 from ..api.types import Stage, provided_capabilities
+from .config import PipelineConfig
 
 __all__ = ["Placement", "place_strategies", "TOKEN_PATH"]
 

@@ -61,8 +61,8 @@ def close_matches(word: str, options: Iterable[str]) -> str:
 def _check_stage_kind(cls: type) -> None:
     """A strategy's base class decides how it is called; its declared stage must agree."""
     from ..api.kv_cache_strategy import KVCacheStrategy
-    from ..api.types import Stage
     from ..api.strategy import BlockStrategy, Strategy, TokenStrategy, count_undeclared
+    from ..api.types import Stage
 
     stage = getattr(cls, "stage", None)
     if not isinstance(stage, Stage):

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from ..api.errors import BudgetError
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
-from .rekv import rotate_by
 from ..api.strategy import StrategyParams
 from ..api.target import LLMState, Target
+from .rekv import rotate_by
 
 __all__ = ["SlidingWindow", "SlidingWindowParams", "SlidingWindowMemory"]
 

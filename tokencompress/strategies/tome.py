@@ -48,7 +48,7 @@ from pydantic import Field, NonNegativeInt, model_validator
 from torch import Tensor
 
 from ..api.strategy import BlockStrategy, StrategyParams
-from ..api.types import BlockCall, ChunkInfo, Capability, StageInfo
+from ..api.types import BlockCall, Capability, ChunkInfo, StageInfo
 from .tome_merge import (
     capped_r,
     match_bipartite,

@@ -53,7 +53,7 @@ from torch import Tensor
 from ..api.errors import BudgetError, CompatibilityError
 from ..api.strategy import StrategyParams, TokenStrategy
 from ..api.tokens import VisualTokens
-from ..api.types import ChunkInfo, LayerProbe, Capability, Stage, StageInfo
+from ..api.types import Capability, ChunkInfo, LayerProbe, Stage, StageInfo
 from .visionzip_select import (
     Selection,
     cls_row_from_qk,

@@ -14,10 +14,10 @@ from typing import Any
 from torch import Tensor
 
 from ..api.errors import ConfigError
-from .positions import PositionGuard
-from .transaction import crop_cache
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage
+from .positions import PositionGuard
+from .transaction import crop_cache
 
 __all__ = ["DecoderState"]
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from .timing import now
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StreamConfig
+from .timing import now
 
 if TYPE_CHECKING:
     from ..api.target import Target

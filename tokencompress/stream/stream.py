@@ -18,16 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .seam import ChunkEncoder, EncodedChunk, StreamPosition
-from .decoder_state import DecoderState
 from ..api.errors import ConfigError
-from ..plugins.faults import Attribution, guarded
-from ..media.frames import as_frames
 from ..api.prefill_segment import PrefillSegment
-from .transaction import transaction
-from .timing import now
 from ..api.tokens import VisualTokens
 from ..api.types import Stage
+from ..media.frames import as_frames
+from ..plugins.faults import Attribution, guarded
+from .decoder_state import DecoderState
+from .seam import ChunkEncoder, EncodedChunk, StreamPosition
+from .timing import now
+from .transaction import transaction
 
 __all__ = ["Stream", "ChunkStats", "Answer"]
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pipeline.pipeline import Pipeline
-from ..pipeline.config import PipelineConfig
-from ..plugins.registry import Registry
 from ..api.strategy import BlockStrategy
 from ..api.types import Stage, StreamConfig
+from ..pipeline.config import PipelineConfig
+from ..pipeline.pipeline import Pipeline
+from ..plugins.registry import Registry
 from .frames import moving_frames
 
 __all__ = ["check_block_strategy"]

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from ..api.errors import CompatibilityError
-from ..pipeline.pipeline import Pipeline
-from ..plugins.registry import Registry
 from ..api.strategy import TokenStrategy
 from ..api.types import Stage
+from ..pipeline.pipeline import Pipeline
+from ..plugins.registry import Registry
 from .frames import moving_frames
 from .token_strategy import check_token_strategy
 

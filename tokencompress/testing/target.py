@@ -12,10 +12,10 @@ from collections.abc import Iterable
 
 import torch
 
-from ..pipeline.pipeline import Pipeline
-from ..plugins.registry import Registry
 from ..api.target import Target
 from ..api.types import Stage
+from ..pipeline.pipeline import Pipeline
+from ..plugins.registry import Registry
 from .frames import moving_frames
 from .matrix import PairResult, check_pair
 

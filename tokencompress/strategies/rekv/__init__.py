@@ -28,10 +28,10 @@ How the reference's quirks are handled (Q1-Q15 are the labels the tests and the 
 * Q15 memory reported as layer 0 × layers: the real sum (``device_bytes``, ``BlockStore.nbytes``).
 """
 
-from .attention import window_sink_attention
-from .layer import ReKVLayer, QuestionInfo, ReKVSettings
-from .retrieval import Selection, block_scores, expand_representatives, representatives, select_blocks
 from ...kernels.rope import cos_sin, inv_freq, rotate, rotate_by
+from .attention import window_sink_attention
+from .layer import QuestionInfo, ReKVLayer, ReKVSettings
+from .retrieval import Selection, block_scores, expand_representatives, representatives, select_blocks
 from .store import BlockStore
 
 __all__ = [

@@ -20,7 +20,6 @@ refused by those targets, with the reason).
 from __future__ import annotations
 
 import copy
-
 from typing import Any, Literal
 
 from pydantic import Field
@@ -28,9 +27,9 @@ from pydantic import Field
 from ...api.errors import BudgetError, CompatibilityError, ConfigError
 from ...api.kv_cache import DecoderLayout, Phase
 from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory, MemoryCache
-from . import ReKVLayer, QuestionInfo, ReKVSettings
 from ...api.strategy import Capability, StrategyParams
 from ...api.target import LLMState, Target
+from . import QuestionInfo, ReKVLayer, ReKVSettings
 
 __all__ = ["ReKV", "ReKVParams", "ReKVMemory"]
 

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...api.block_adapter import BlockAdapter
-from ...media.frames import resize_frames
 from ...api.target import StageRunner, Target
 from ...api.tokens import VisualTokens
-from ...api.types import ChatFormat, ChunkInfo, Capability, Stage, StageInfo
-from .feature_layer import selected_features
+from ...api.types import Capability, ChatFormat, ChunkInfo, Stage, StageInfo
+from ...media.frames import resize_frames
 from ..qwen.qwen_patches import CLIP_MEAN, CLIP_STD
+from .feature_layer import selected_features
 from .siglip_block import SiglipBlockAdapter
 
 __all__ = ["LlavaNextVideoTarget"]

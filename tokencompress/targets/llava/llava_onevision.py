@@ -19,10 +19,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ...api.block_adapter import BlockAdapter
-from ...media.frames import resize_frames
 from ...api.target import LLMState, StageRunner, Target, TargetOptions
 from ...api.tokens import VisualTokens
-from ...api.types import ChunkInfo, Capability, Stage, StageInfo
+from ...api.types import Capability, ChunkInfo, Stage, StageInfo
+from ...media.frames import resize_frames
 from .feature_layer import selected_features
 from .siglip_block import SiglipBlockAdapter
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ...api.block_adapter import BlockAdapter
 from ...api.target import LLMState, StageRunner, Target, TargetOptions
 from ...api.tokens import VisualTokens
-from ...api.types import ChunkInfo, Capability, Stage, StageInfo
+from ...api.types import Capability, ChunkInfo, Stage, StageInfo
 from .qwen_layout import ChunkLayout, LayoutSlot, merge_block_positions
 from .qwen_mrope import chunk_positions
 from .qwen_patches import CLIP_MEAN, CLIP_STD, fit_to_grid, frames_to_patches
