@@ -7,10 +7,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from transformers import DynamicCache
 
 from tests.conftest import answer_and_cache, build_tiny_llava_ov
 from tokencompress.media.video import iter_frames, sample_video_path
-from tokencompress.patching.decoder_attention import NAME, grouped_kv_attention, sdpa_grouped_kv
+from tokencompress.patching.decoder_attention import NAME, GroupedKVAttention, sdpa_grouped_kv
 from tokencompress.pipeline.pipeline import Pipeline
 
 
@@ -86,12 +87,60 @@ def test_a_pipeline_prefills_with_grouped_kv_and_changes_nothing(monkeypatch, ti
 def test_the_config_is_restored_when_the_block_fails_and_other_kinds_are_left_alone() -> None:
     model = build_tiny_llava_ov()
     lm = model.model.language_model
-    with pytest.raises(RuntimeError, match="boom"), grouped_kv_attention(lm) as on:
-        assert on and lm.config._attn_implementation == NAME
+    with pytest.raises(RuntimeError, match="boom"), GroupedKVAttention(lm) as on:
+        assert on.switched and lm.config._attn_implementation == NAME
         raise RuntimeError("boom")
     assert lm.config._attn_implementation == "sdpa"
+    assert not any("_tokencompress_grouped_kv" in vars(m) for m in lm.modules())
     lm.config._attn_implementation = "eager"
-    with grouped_kv_attention(lm) as on:
-        assert not on and lm.config._attn_implementation == "eager"
-    with grouped_kv_attention(None) as on:
-        assert not on
+    with GroupedKVAttention(lm) as on:
+        assert not on.switched and lm.config._attn_implementation == "eager"
+    with GroupedKVAttention(None) as on:
+        assert not on.switched
+
+
+@torch.inference_mode()
+def test_a_thread_outside_the_streams_gets_stock_attention(monkeypatch, tiny_llava_ov) -> None:
+    """The config switch is visible to every thread, so the grouped call is routed per thread: a
+    plain decoder call from another thread while a pipeline is applied runs transformers' stock
+    sdpa (no ``enable_gqa``), and a stream's prefill in this thread runs the grouped one."""
+    import threading
+
+    model = tiny_llava_ov
+    pipe = Pipeline.from_dict({"name": "p", "stages": {}})
+    lm = pipe.bind(model).target.language_model
+    calls: list[tuple[str, bool]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        # the grouped call: a mask and grouped heads together (stock sdpa groups only without a mask)
+        grouped = kwargs.get("enable_gqa", False) and kwargs.get("attn_mask") is not None
+        calls.append((threading.current_thread().name, grouped))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        plain = model.model.language_model(ids).last_hidden_state
+    with pipe.apply(model) as bound:
+        assert lm.config._attn_implementation == NAME
+        out: dict[str, torch.Tensor] = {}
+
+        def outside() -> None:
+            with torch.no_grad():
+                cache = DynamicCache(config=lm.config)
+                lm(ids, past_key_values=cache)  # a cache, then a masked chunk: the grouped case
+                out["h"] = lm(torch.tensor([[8, 9]]), past_key_values=cache).last_hidden_state
+
+        calls.clear()
+        worker = threading.Thread(target=outside, name="outside")
+        worker.start()
+        worker.join()
+        assert calls and not any(gqa for _, gqa in calls)  # stock sdpa only
+        calls.clear()
+        stream = bound.stream()
+        stream.prefill_ids(torch.tensor([5, 6, 7]))
+        stream.prefill_ids(torch.tensor([8, 9]))
+        assert any(gqa for _, gqa in calls)  # the stream's masked prefill read grouped K/V
+    with torch.no_grad():
+        assert torch.equal(model.model.language_model(ids).last_hidden_state, plain)

@@ -20,46 +20,62 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "Answer": ".stream.stream",
-    "BlockAdapter": ".api.block_adapter",
+    # the vocabulary of stages and chunks
     "BlockCall": ".api.types",
-    "BlockStrategy": ".api.strategy",
-    "BoundPipeline": ".pipeline.pipeline",
-    "BudgetError": ".api.errors",
+    "Capability": ".api.types",
     "ChatFormat": ".api.types",
     "ChunkInfo": ".api.types",
-    "ChunkStats": ".stream.stream",
-    "CompatibilityError": ".api.errors",
-    "ConfigError": ".api.errors",
-    "LLMState": ".api.target",
-    "LoadedModel": ".models.loading",
-    "Capability": ".api.types",
-    "PerFrameParams": ".api.scoring_pruner",
-    "Pipeline": ".pipeline.pipeline",
-    "PipelineConfig": ".pipeline.config",
-    "Plan": ".api.scoring_pruner",
-    "PluginError": ".api.errors",
-    "Registry": ".plugins.registry",
-    "ScoringPruner": ".api.scoring_pruner",
+    "LayerProbe": ".api.types",
+    "Need": ".api.types",
     "Stage": ".api.types",
-    "StageEvent": ".plugins",
     "StageInfo": ".api.types",
+    "StreamConfig": ".api.types",
+    "VisualTokens": ".api.tokens",
+    # what plugin authors subclass
+    "BlockAdapter": ".api.block_adapter",
+    "BlockStrategy": ".api.strategy",
+    "DecoderLayout": ".api.kv_cache",
+    "KVBuild": ".api.kv_cache_strategy",
+    "KVCacheStrategy": ".api.kv_cache_strategy",
+    "KVMemory": ".api.kv_cache_strategy",
+    "LLMState": ".api.target",
+    "PerFrameParams": ".api.scoring_pruner",
+    "Plan": ".api.scoring_pruner",
+    "ScoringPruner": ".api.scoring_pruner",
     "Strategy": ".api.strategy",
     "StrategyParams": ".api.strategy",
-    "Stream": ".stream.stream",
-    "StreamConfig": ".api.types",
     "Target": ".api.target",
     "TargetOptions": ".api.target",
-    "TokenCompressError": ".api.errors",
     "TokenStrategy": ".api.strategy",
+    # errors
+    "BudgetError": ".api.errors",
+    "CompatibilityError": ".api.errors",
+    "ConfigError": ".api.errors",
+    "PluginError": ".api.errors",
+    "TokenCompressError": ".api.errors",
     "VideoError": ".api.errors",
-    "VisualTokens": ".api.tokens",
-    "hookimpl": ".plugins",
+    # plugins
+    "Registrar": ".plugins.registrar",
+    "Registry": ".plugins.registry",
+    "StageEvent": ".plugins.events",
+    "hookimpl": ".plugins.markers",
+    "load_plugin_file": ".plugins.local_files",
+    # running
+    "Answer": ".stream.stream",
+    "BoundPipeline": ".pipeline.bound",
+    "ChunkStats": ".stream.stream",
+    "LoadedModel": ".models.loading",
+    "Pipeline": ".pipeline.pipeline",
+    "PipelineConfig": ".pipeline.config",
+    "Stream": ".stream.stream",
     "load_model": ".models.loading",
 }
-"""Public name → module. Resolved on first use (PEP 562), so ``import tokencompress`` (and the
-command line's startup) does not import torch: a Ctrl-C during a command's first second lands
-in code that handles it, and ``--help`` / ``--version`` answer at once."""
+"""The public API: name → module, the one list (``__all__`` is its keys; a test checks that the
+static imports below name the same). Resolved on first use (PEP 562), so ``import tokencompress``
+(and the command line's startup) does not import torch: a Ctrl-C during a command's first second
+lands in code that handles it, and ``--help`` / ``--version`` answer at once."""
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -75,7 +91,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-if TYPE_CHECKING:  # static tools see the real names
+if TYPE_CHECKING:  # static tools see the real names (tests/architecture checks them against _EXPORTS)
     from .api.block_adapter import BlockAdapter
     from .api.errors import (
         BudgetError,
@@ -85,53 +101,30 @@ if TYPE_CHECKING:  # static tools see the real names
         TokenCompressError,
         VideoError,
     )
+    from .api.kv_cache import DecoderLayout
+    from .api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
     from .api.scoring_pruner import PerFrameParams, Plan, ScoringPruner
     from .api.strategy import BlockStrategy, Strategy, StrategyParams, TokenStrategy
     from .api.target import LLMState, Target, TargetOptions
     from .api.tokens import VisualTokens
-    from .api.types import BlockCall, Capability, ChatFormat, ChunkInfo, Stage, StageInfo, StreamConfig
+    from .api.types import (
+        BlockCall,
+        Capability,
+        ChatFormat,
+        ChunkInfo,
+        LayerProbe,
+        Need,
+        Stage,
+        StageInfo,
+        StreamConfig,
+    )
     from .models.loading import LoadedModel, load_model
+    from .pipeline.bound import BoundPipeline
     from .pipeline.config import PipelineConfig
-    from .pipeline.pipeline import BoundPipeline, Pipeline
-    from .plugins import StageEvent, hookimpl
+    from .pipeline.pipeline import Pipeline
+    from .plugins.events import StageEvent
+    from .plugins.local_files import load_plugin_file
+    from .plugins.markers import hookimpl
+    from .plugins.registrar import Registrar
     from .plugins.registry import Registry
     from .stream.stream import Answer, ChunkStats, Stream
-
-__all__ = [
-    "Answer",
-    "BlockAdapter",
-    "BlockCall",
-    "BlockStrategy",
-    "BoundPipeline",
-    "BudgetError",
-    "ChatFormat",
-    "ChunkInfo",
-    "ChunkStats",
-    "CompatibilityError",
-    "ConfigError",
-    "LLMState",
-    "LoadedModel",
-    "Capability",
-    "PerFrameParams",
-    "Pipeline",
-    "PipelineConfig",
-    "Plan",
-    "PluginError",
-    "Registry",
-    "ScoringPruner",
-    "Stage",
-    "StageEvent",
-    "StageInfo",
-    "Strategy",
-    "StrategyParams",
-    "StreamConfig",
-    "Stream",
-    "Target",
-    "TargetOptions",
-    "TokenCompressError",
-    "TokenStrategy",
-    "VideoError",
-    "VisualTokens",
-    "hookimpl",
-    "load_model",
-]

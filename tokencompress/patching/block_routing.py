@@ -9,7 +9,6 @@ the layers run their stock forward, so other users of the model are unaffected.
 from __future__ import annotations
 
 import threading
-import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,14 +17,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..api.block_adapter import BlockAdapter
-from ..api.errors import TokenCompressError
 from ..api.strategy import BlockStrategy
 from ..api.types import BlockCall, ChunkInfo, LayerProbe
 from ..plugins.faults import Attribution, check_hidden, guarded
+from .overrides import Overrides, mark, refuse_nested
 
 __all__ = ["BlockPatch"]
-
-_MISSING = object()
 
 
 @dataclass
@@ -59,28 +56,23 @@ class BlockPatch:
         self.probe_layers = sorted(set(probe_layers))
         self.attribution = attribution if attribution is not None else Attribution(None)
         self._active: _Active | None = None
-        self._saved: list[Any] = []
+        self._overrides = Overrides("block")
         self._handles: list[Any] = []
         self._lock = threading.Lock()
-        self.installed = False
+
+    @property
+    def installed(self) -> bool:
+        return self._overrides.installed
 
     def __enter__(self) -> BlockPatch:
-        for layer in self.layers:
-            if getattr(layer.forward, "__tokencompress_patch__", None) is not None or any(
-                getattr(h, "__tokencompress_probe__", False) for h in layer._forward_pre_hooks.values()
-            ):
-                raise TokenCompressError(
-                    "this model is already inside a tokencompress apply(); leave it first"
-                )
+        refuse_nested(self.layers, allow=("compiled",))  # the compiled tower sits below this patch
         try:
             for i in self.probe_layers:
-                hook = self._make_probe(i)
+                hook = mark(self._make_probe(i), "probe")
                 self._handles.append(self.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
             if self.strategies:
-                self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
                 for i, layer in enumerate(self.layers):
-                    layer.forward = types.MethodType(self._make_forward(i, layer.forward), layer)
-                self.installed = True
+                    self._overrides.forward(layer, self._make_forward(i, layer.forward))
         except BaseException:
             self.__exit__()
             raise
@@ -90,15 +82,7 @@ class BlockPatch:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if not self.installed:
-            return
-        for layer, saved in zip(self.layers, self._saved, strict=True):
-            if saved is _MISSING:
-                del layer.forward
-            else:
-                layer.forward = saved
-        self._saved = []
-        self.installed = False
+        self._overrides.restore()
 
     @contextmanager
     def chunk(self, states: Sequence[Any], info: ChunkInfo) -> Iterator[None]:
@@ -126,7 +110,6 @@ class BlockPatch:
                 bound = adapter.bind(rest, kw)
                 active.chunk.probes[index] = LayerProbe(bound.to_frames(hidden), bound, len(self.layers))
 
-        probe.__tokencompress_probe__ = True  # type: ignore[attr-defined]
         return probe
 
     def _make_forward(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -165,5 +148,4 @@ class BlockPatch:
 
             return bound.from_frames(run(0, bound.to_frames(hidden_states)))
 
-        forward.__tokencompress_patch__ = patch  # type: ignore[attr-defined]
         return forward

@@ -18,17 +18,15 @@ call the compiled forward as their stock layer.
 from __future__ import annotations
 
 import threading
-import types
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ..api.errors import TokenCompressError
+from .overrides import Overrides, mark, refuse_nested
 
 __all__ = ["CompileOptions", "Compiler", "TowerCompile", "compile_options"]
-
-_MISSING = object()
 
 
 class CompileOptions(BaseModel):
@@ -137,42 +135,32 @@ class TowerCompile:
     def __init__(self, layers: Sequence[Any], compiler: Compiler | None) -> None:
         self.layers = list(layers) if compiler is not None else []
         self.compiler = compiler
-        self._saved: list[Any] = []
+        self._overrides = Overrides("compiled")
 
     def __enter__(self) -> TowerCompile:
         if not self.layers:
             return self
         assert self.compiler is not None
-        for layer in self.layers:
-            forward = layer.forward
-            if getattr(forward, "__tokencompress_compiled__", False) or getattr(
-                forward, "__tokencompress_patch__", None
-            ):
-                raise TokenCompressError(
-                    "this model is already inside a tokencompress apply(); leave it first"
-                )
-        self._saved = [layer.__dict__.get("forward", _MISSING) for layer in self.layers]
+        refuse_nested(self.layers)
         # One compiled function for every layer: the stock forward of the layer's class,
         # unbound, so layers of one class share one graph (their weights are graph inputs).
         for layer in self.layers:
             stock = layer.forward
             fn = getattr(stock, "__func__", None)
-            compiled = self.compiler(fn) if fn is not None else self.compiler(stock)
-            layer.forward = _bind(compiled, layer) if fn is not None else compiled
+            if fn is None:
+                self._overrides.set(layer, "forward", mark(self.compiler(stock), "compiled"))
+            else:
+                self._overrides.forward(layer, _calling(self.compiler(fn)))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for layer, saved in zip(self.layers, self._saved, strict=False):
-            if saved is _MISSING:
-                layer.__dict__.pop("forward", None)
-            else:
-                layer.forward = saved
-        self._saved = []
+        self._overrides.restore()
 
 
-def _bind(compiled: Callable[..., Any], layer: Any) -> Callable[..., Any]:
+def _calling(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """A forward that calls the compiled class forward with the layer as ``self``."""
+
     def forward(_layer: Any, *args: Any, **kwargs: Any) -> Any:
         return compiled(_layer, *args, **kwargs)
 
-    forward.__tokencompress_compiled__ = True  # type: ignore[attr-defined]
-    return types.MethodType(forward, layer)
+    return forward

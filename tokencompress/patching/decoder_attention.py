@@ -10,13 +10,20 @@ same values bit for bit, so inside a pipeline the decoder runs that call instead
 
 The mechanism is transformers' own extension point: one stateless function registered under
 :data:`NAME` (attention and mask interfaces), selected by the decoder's config for the ``with``
-block and the config's own value put back on exit. Every other case (CUDA, where the masked GQA
-kernel falls back to the math path; decoding one token; no mask; other attention kinds) runs the
-stock ``sdpa`` function unchanged.
+block and the config's own value put back on exit. The config is shared by every thread that uses
+the model, so the switch is scoped like the encoder's block routing: each attention module gets an
+instance attribute naming the :class:`GroupedKVAttention` that owns the block, and the function
+reads the grouped heads in place only for calls from a thread inside that owner's
+:meth:`~GroupedKVAttention.calls` (a stream's prefill or answer); any other thread (a plain
+``generate`` next to a stream) runs the stock ``sdpa`` function. So does every other case (CUDA,
+where the masked GQA kernel falls back to the math path; decoding one token; no mask; other
+attention kinds).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,9 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-__all__ = ["NAME", "grouped_kv_attention", "sdpa_grouped_kv"]
+from .overrides import Overrides
+
+__all__ = ["NAME", "GroupedKVAttention", "sdpa_grouped_kv"]
 
 NAME = "tokencompress_sdpa_grouped_kv"
+OWNER = "_tokencompress_grouped_kv"
+"""Instance attribute of each attention module inside the ``with`` block: its owner."""
 
 
 def sdpa_grouped_kv(
@@ -47,8 +58,11 @@ def sdpa_grouped_kv(
     ``[B, 1, L, S]`` (bool or additive).
     """
     groups = getattr(module, "num_key_value_groups", 1)
+    owner = getattr(module, OWNER, None)
     stock = (
-        query.device.type != "cpu"
+        owner is None
+        or not owner.routes_this_thread()
+        or query.device.type != "cpu"
         or groups <= 1
         or attention_mask is None
         or query.shape[2] == 1
@@ -82,18 +96,48 @@ def _register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-@contextmanager
-def grouped_kv_attention(decoder: nn.Module | None) -> Iterator[bool]:
-    """Run ``decoder`` (a transformers decoder whose config selects ``sdpa``) with
-    :func:`sdpa_grouped_kv` for the ``with`` block; yields whether it was switched. Decoders on
-    another attention implementation, or with no config, are left alone."""
-    config = getattr(decoder, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
-        yield False
-        return
-    _register()
-    config._attn_implementation = NAME
-    try:
-        yield True
-    finally:
-        config._attn_implementation = "sdpa"
+class GroupedKVAttention:
+    """Selects :func:`sdpa_grouped_kv` on ``decoder`` (a transformers decoder whose config selects
+    ``sdpa``) for a ``with`` block, for the threads inside :meth:`calls` only. Decoders on another
+    attention implementation, or with no config, are left alone (``switched`` stays False)."""
+
+    def __init__(self, decoder: nn.Module | None) -> None:
+        self.decoder = decoder
+        self.switched = False
+        self._overrides = Overrides("grouped_kv")
+        self._threads: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> GroupedKVAttention:
+        config = getattr(self.decoder, "config", None)
+        if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+            return self
+        assert self.decoder is not None
+        _register()
+        self._overrides.set_value(config, "_attn_implementation", NAME)
+        for module in self.decoder.modules():
+            if hasattr(module, "num_key_value_groups"):
+                self._overrides.set(module, OWNER, self)
+        self.switched = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._overrides.restore()
+        self.switched = False
+
+    @contextmanager
+    def calls(self) -> Iterator[None]:
+        """The calling thread's decoder calls read grouped K/V in place for the block (re-entrant)."""
+        me = threading.get_ident()
+        with self._lock:
+            self._threads[me] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._threads[me] -= 1
+                if not self._threads[me]:
+                    del self._threads[me]
+
+    def routes_this_thread(self) -> bool:
+        return threading.get_ident() in self._threads

@@ -13,7 +13,6 @@ embedding and the vocabulary head are left alone); on exit the modules are exact
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,10 +20,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..kernels.packed_linear import PackedLinears
+from .overrides import Overrides
 
 __all__ = ["packed_decoder_linears"]
-
-_MISSING = object()
 
 
 def _decoder_linears(decoder: nn.Module) -> list[nn.Linear]:
@@ -40,22 +38,17 @@ def packed_decoder_linears(decoder: nn.Module | None, active: bool = True) -> It
     this block) while the block runs; yields how many linears were routed."""
     linears = _decoder_linears(decoder) if (active and decoder is not None) else []
     packs = PackedLinears()
-    saved: list[Any] = []
+    overrides = Overrides("packed")
 
     def make(linear: nn.Linear) -> Any:
         def forward(_self: nn.Linear, x: Tensor) -> Tensor:
             return packs((linear,), x)
 
-        return types.MethodType(forward, linear)
+        return forward
 
     try:
         for linear in linears:
-            saved.append(linear.__dict__.get("forward", _MISSING))
-            linear.forward = make(linear)
+            overrides.forward(linear, make(linear))
         yield len(linears)
     finally:
-        for linear, old in zip(linears, saved, strict=False):
-            if old is _MISSING:
-                del linear.forward
-            else:
-                linear.forward = old
+        overrides.restore()

@@ -11,7 +11,6 @@ cache update) has to be replaced anyway. On exit the modules are exactly as they
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +19,9 @@ from torch import Tensor, nn
 from ..api.errors import TokenCompressError
 from ..api.kv_cache import DecoderLayout
 from ..api.kv_cache_strategy import MemoryCache
+from .overrides import Overrides, refuse_nested
 
 __all__ = ["KVPatch"]
-
-_MISSING = object()
 
 
 class KVPatch:
@@ -32,35 +30,23 @@ class KVPatch:
     def __init__(self, layout: DecoderLayout | None, active: bool) -> None:
         self.layout = layout
         self.active = active and layout is not None
-        self._saved: list[Any] = []
-        self.installed = False
+        self._overrides = Overrides("kv")
+
+    @property
+    def installed(self) -> bool:
+        return self._overrides.installed
 
     def __enter__(self) -> KVPatch:
         if not self.active:
             return self
         assert self.layout is not None
-        for attn in self.layout.attention:
-            if getattr(attn.forward, "__tokencompress_kv__", None) is not None:
-                raise TokenCompressError(
-                    "this model is already inside a tokencompress apply(); leave it first"
-                )
-        self._saved = [attn.__dict__.get("forward", _MISSING) for attn in self.layout.attention]
+        refuse_nested(self.layout.attention)
         for i, attn in enumerate(self.layout.attention):
-            attn.forward = types.MethodType(self._make_forward(i, attn.forward), attn)
-        self.installed = True
+            self._overrides.forward(attn, self._make_forward(i, attn.forward))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.installed:
-            return
-        assert self.layout is not None
-        for attn, saved in zip(self.layout.attention, self._saved, strict=True):
-            if saved is _MISSING:
-                del attn.forward
-            else:
-                attn.forward = saved
-        self._saved = []
-        self.installed = False
+        self._overrides.restore()
 
     def _make_forward(self, index: int, stock: Callable[..., Any]) -> Callable[..., Any]:
         layout = self.layout
@@ -81,5 +67,4 @@ class KVPatch:
             out = cache.memory.attend(index, q, k, v)
             return o_proj(out[None].to(hidden_states.dtype)), None
 
-        forward.__tokencompress_kv__ = self  # type: ignore[attr-defined]
         return forward

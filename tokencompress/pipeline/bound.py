@@ -9,7 +9,7 @@ comes back; any number of streams may share one bound pipeline.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StreamConfig
 from ..patching.block_routing import BlockPatch
 from ..patching.compiling import CompileOptions, Compiler, TowerCompile
-from ..patching.decoder_attention import grouped_kv_attention
+from ..patching.decoder_attention import GroupedKVAttention
 from ..patching.decoder_linears import packed_decoder_linears
 from ..patching.kv_routing import KVPatch
 from ..plugins.events import StageEvent
@@ -76,6 +76,7 @@ class BoundPipeline:
         self.tower = TowerCompile(target.vit_layers(), self.compiler)
         self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
         """The kv_cache strategy and what it was built for (both None without one)."""
+        self.decoder_attention = GroupedKVAttention(getattr(target, "language_model", None))
         self.kv_patch = KVPatch(
             self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()
         )
@@ -103,10 +104,19 @@ class BoundPipeline:
             self.tower,
             self.patch,
             self.kv_patch,
-            grouped_kv_attention(decoder),
+            self.decoder_attention,
             packed_decoder_linears(decoder, packed),
         ):
             yield self
+
+    @property
+    def kv_routed(self) -> bool:
+        return self.kv_patch.installed
+
+    def decoder_calls(self) -> AbstractContextManager[None]:
+        """A stream's decoder work (prefills, answers) runs inside this: the decoder attention reads
+        grouped K/V in place for the calling thread only (:mod:`..patching.decoder_attention`)."""
+        return self.decoder_attention.calls()
 
     def _compiled_twins(self) -> Callable[[Strategy], Strategy]:
         """Each strategy as this pipeline runs it: itself, or with compile on its compiled twin

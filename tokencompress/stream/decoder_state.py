@@ -9,7 +9,7 @@ refused past it, naming the strategies that would let it go on.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -19,17 +19,21 @@ from ..api.types import ChunkInfo, Stage
 from .positions import PositionGuard
 from .transaction import crop_cache
 
+if TYPE_CHECKING:
+    from ..api.target import Target
+    from .seam import ChunkEncoder
+
 __all__ = ["DecoderState"]
 
 
 class DecoderState:
     """``llm`` is the stream's :class:`~tokencompress.api.target.LLMState`; ``kv`` the strategy's memory."""
 
-    def __init__(self, bound: Any, target: Any) -> None:
+    def __init__(self, bound: ChunkEncoder, target: Target) -> None:
         self.bound = bound
         self.target = target
-        kv = getattr(bound, "kv", None)
-        self.kv = kv.new_memory(target, bound.kv_build) if kv is not None else None
+        kv, build = bound.kv, bound.kv_build
+        self.kv = kv.new_memory(target, build) if kv is not None and build is not None else None
         self.llm = self.kv.new_llm_state(target) if self.kv is not None else target.new_llm_state()
         layout = target.decoder_layout()
         self.guard = PositionGuard(
@@ -58,7 +62,7 @@ class DecoderState:
 
     def before_prefill(self, kind: str, tokens: int) -> None:
         if self.kv is not None:
-            if self.kv.custom_attention and not self.bound.kv_patch.installed:
+            if self.kv.custom_attention and not self.bound.kv_routed:
                 raise RuntimeError(
                     "the pipeline's decoder hooks are not installed: open streams inside "
                     "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
@@ -71,8 +75,8 @@ class DecoderState:
 
     def check_chunk(self, tokens: VisualTokens, chunk: ChunkInfo) -> None:
         """Refuse a chunk that would break the memory's frame grid."""
-        build = getattr(self.bound, "kv_build", None)
-        if self.kv is not None and build is not None and getattr(self.kv, "custom_attention", False):
+        build = self.bound.kv_build
+        if self.kv is not None and build is not None and self.kv.custom_attention:
             per = build.tokens_per_frame
             counts = tokens.counts()
             if per is not None and counts.numel() and not bool((counts == per).all()):

@@ -22,7 +22,11 @@ from ..api.types import ChunkInfo, Stage, StreamConfig
 from .timing import now
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
     from ..api.target import Target
+    from ..plugins.faults import Attribution
 
 __all__ = ["StageCount", "ChunkTiming", "ChunkRecorder", "StreamPosition", "EncodedChunk", "ChunkEncoder"]
 
@@ -122,6 +126,37 @@ class ChunkEncoder(Protocol):
 
     @property
     def stream_config(self) -> StreamConfig: ...
+
+    @property
+    def attribution(self) -> Attribution:
+        """Who to blame for a failure (strategy, package), for the stream's plugin-fault messages."""
+        ...
+
+    @property
+    def kv(self) -> KVCacheStrategy | None:
+        """The pipeline's kv_cache strategy (None without one); a stream opens its memory."""
+        ...
+
+    @property
+    def kv_build(self) -> KVBuild | None:
+        """What the kv_cache strategy was built for (layout, tokens per frame), None without one."""
+        ...
+
+    @property
+    def kv_routed(self) -> bool:
+        """Whether the decoder's attention is routed through kv_cache memories right now (inside
+        ``apply()``); a memory with its own attention cannot run without it."""
+        ...
+
+    def decoder_calls(self) -> AbstractContextManager[None]:
+        """The scope of a stream's decoder work in the calling thread (prefills, answers)."""
+        ...
+
+    def observe(
+        self, stage: Stage, chunk: ChunkInfo, n_in: int, n_out: int, seconds: float, stream_id: int
+    ) -> None:
+        """Tell observer plugins a stage finished."""
+        ...
 
     def new_states(self) -> list[Any]:
         """Fresh per-stream state of every strategy, in pipeline order."""

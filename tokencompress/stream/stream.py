@@ -9,6 +9,7 @@ interleaved freely; ``reset()`` drops it all.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..api.prefill_segment import PrefillSegment
 from ..api.tokens import VisualTokens
 from ..api.types import Stage
 from ..media.frames import as_frames
-from ..plugins.faults import Attribution, guarded
+from ..plugins.faults import guarded
 from .decoder_state import DecoderState
 from .seam import ChunkEncoder, EncodedChunk, StreamPosition
 from .timing import now
@@ -101,6 +102,18 @@ class Answer:
     """Frames each decoder layer retrieved for this question (ReKV), else None."""
 
 
+def _decoder_work(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a public stream method inside the bound pipeline's decoder scope (the grouped-K/V
+    attention is routed for this thread only; see :meth:`ChunkEncoder.decoder_calls`)."""
+
+    @functools.wraps(method)
+    def run(self: Stream, *args: Any, **kwargs: Any) -> T:
+        with self.bound.decoder_calls():
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Stream:
     """One video stream through a :class:`BoundPipeline`.
 
@@ -116,7 +129,7 @@ class Stream:
         self.tokenizer = tokenizer
         self.frames_per_chunk = bound.stream_config.frames_per_chunk
         self.prefill_chunks = bound.stream_config.prefill_chunks
-        self._attribution = getattr(bound, "attribution", None) or Attribution(None)
+        self._attribution = bound.attribution
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -159,6 +172,7 @@ class Stream:
                 self.target.prefill_text(self.llm, ids, logits=False)
                 self.decoder.after_encode()
 
+    @_decoder_work
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting) after every chunk so far; returns last-token logits."""
         self.prefill_waiting()
@@ -173,6 +187,7 @@ class Stream:
         return logits
 
     # --------------------------------------------------------------- frames
+    @_decoder_work
     def add_frames(self, frames: np.ndarray | Tensor) -> list[ChunkStats]:
         """Queue ``[N, H, W, 3]`` (or one ``[H, W, 3]``, or a list of frames) uint8 RGB frames;
         encode every full chunk.
@@ -197,6 +212,7 @@ class Stream:
             del self._pending[: self.frames_per_chunk]  # only once the chunk went through
         return done
 
+    @_decoder_work
     def flush(self) -> list[ChunkStats]:
         """Encode leftover frames as one more (short) chunk, never with a stale chunk index, and
         prefill the tokens of every chunk still waiting for its group (``stream.prefill_chunks``).
@@ -214,6 +230,7 @@ class Stream:
         """Chunks whose tokens wait for their group prefill (at most ``stream.prefill_chunks - 1``)."""
         return len(self._waiting)
 
+    @_decoder_work
     def prefill_waiting(self) -> None:
         """Prefill the tokens of the chunks waiting for their group now (a short group). Its time goes
         to the last chunk's entry in ``history``; a failure leaves them waiting and the stream as it was."""
@@ -369,6 +386,7 @@ class Stream:
         return n
 
     # ------------------------------------------------------------ questions
+    @_decoder_work
     def ask(
         self, question: str | Tensor, max_new_tokens: int = 32, frames: Sequence[int] | None = None
     ) -> Answer:

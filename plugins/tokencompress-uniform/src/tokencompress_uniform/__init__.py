@@ -15,8 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from tokencompress import ChunkInfo, PerFrameParams, ScoringPruner, Stage, StageInfo, VisualTokens, hookimpl
-from tokencompress.plugins import Registrar
+from tokencompress import ChunkInfo, PerFrameParams, Registrar, ScoringPruner, Stage, StageInfo, VisualTokens, hookimpl
 
 __all__ = [
     "UniformGrid",
