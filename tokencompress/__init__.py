@@ -61,9 +61,9 @@ _EXPORTS: dict[str, str] = {
     "hookimpl": ".plugins.markers",
     "load_plugin_file": ".plugins.local_files",
     # running
-    "Answer": ".stream.stream",
+    "Answer": ".stream.results",
     "BoundPipeline": ".pipeline.bound",
-    "ChunkStats": ".stream.stream",
+    "ChunkStats": ".stream.results",
     "LoadedModel": ".models.loading",
     "Pipeline": ".pipeline.pipeline",
     "PipelineConfig": ".pipeline.config",
@@ -127,4 +127,5 @@ if TYPE_CHECKING:  # static tools see the real names (tests/architecture checks 
     from .plugins.markers import hookimpl
     from .plugins.registrar import Registrar
     from .plugins.registry import Registry
-    from .stream.stream import Answer, ChunkStats, Stream
+    from .stream.results import Answer, ChunkStats
+    from .stream.stream import Stream

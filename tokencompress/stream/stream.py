@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,80 +25,14 @@ from ..api.types import Stage
 from ..media.frames import as_frames
 from ..plugins.faults import guarded
 from .decoder_state import DecoderState
+from .results import Answer, ChunkStats
 from .seam import ChunkEncoder, EncodedChunk, StreamPosition
 from .timing import now
-from .transaction import transaction
+from .transaction import StreamSnapshot, transaction
 
-__all__ = ["Stream", "ChunkStats", "Answer"]
+__all__ = ["Answer", "ChunkStats", "Stream", "StreamSnapshot"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class StreamSnapshot:
-    """A stream as it was before a chunk (see :meth:`Stream.snapshot`)."""
-
-    states: list[Any]
-    counters: tuple[int, int, int, bool]
-    """chunks done, frames seen, token frames seen, system prompt prefilled."""
-    history: int
-    waiting: list[PrefillSegment]
-    """Decoder inputs of chunks waiting for a group prefill (immutable; the list is copied)."""
-    decoder: Any
-
-
-@dataclass(frozen=True)
-class ChunkStats:
-    """What one chunk cost and kept; token counts are per stage (in, out).
-
-    With ``stream.prefill_chunks > 1`` a chunk whose tokens wait for their group reports
-    ``prefill_ms = 0`` and ``prefilled_chunks = 0``; the chunk that runs the group prefill reports
-    the whole group's prefill time and how many chunks it carried (when ``flush()``/``ask()``
-    closes a short group, the last chunk's entry in ``Stream.history`` is updated so).
-    """
-
-    chunk: int
-    first_frame: int
-    frames: int
-    vit_tokens: int
-    post_vit: tuple[int, int]
-    pre_prefill: tuple[int, int]
-    preprocess_ms: float
-    vit_ms: float
-    compress_ms: float
-    prefill_ms: float
-    """Decoder time of the prefill this chunk ran (its own tokens, or its whole group's)."""
-    total_ms: float
-    cache_tokens: int
-    """Tokens resident in the decoder's attention cache after the chunk (per layer); tokens still
-    waiting for a group prefill are not resident yet."""
-    stored_tokens: int = 0
-    """Tokens per layer a kv_cache strategy keeps outside the attention cache (ReKV's block store)."""
-    stored_bytes: int = 0
-    """Host bytes of that store, all layers."""
-    prefilled_chunks: int = 1
-    """Chunks whose tokens this chunk's prefill carried: 1 unless ``stream.prefill_chunks > 1``, then
-    0 while its tokens wait, or the size of the group whose prefill it ran."""
-
-    @property
-    def llm_tokens(self) -> int:
-        return self.pre_prefill[1]
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    token_ids: list[int]
-    first_token_ms: float
-    total_ms: float
-    first_logits: Tensor = field(repr=False)
-    retrieval_ms: float = 0.0
-    """Time of the kv_cache strategy's retrieval pass (ReKV), included in ``first_token_ms``."""
-    retrieved: list[list[int]] | None = None
-    """Frames each decoder layer retrieved for this question (ReKV), else None."""
 
 
 def _decoder_work(method: Callable[..., T]) -> Callable[..., T]:

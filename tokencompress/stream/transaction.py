@@ -22,9 +22,10 @@ but a few dicts; ReKV's store is trimmed, never copied.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["StateOwner", "crop_cache", "transaction"]
+__all__ = ["StateOwner", "StreamSnapshot", "crop_cache", "transaction"]
 
 T = TypeVar("T")
 
@@ -35,6 +36,19 @@ class StateOwner(Protocol):
     def snapshot(self) -> Any: ...
 
     def restore(self, snapshot: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """A stream as it was before a chunk (see :meth:`~tokencompress.stream.stream.Stream.snapshot`)."""
+
+    states: list[Any]
+    counters: tuple[int, int, int, bool]
+    """chunks done, frames seen, token frames seen, system prompt prefilled."""
+    history: int
+    waiting: list[Any]
+    """Decoder inputs of chunks waiting for a group prefill (immutable; the list is copied)."""
+    decoder: Any
 
 
 def transaction(owner: StateOwner, work: Callable[[], T]) -> T:

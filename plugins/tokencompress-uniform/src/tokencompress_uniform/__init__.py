@@ -15,7 +15,16 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from tokencompress import ChunkInfo, PerFrameParams, Registrar, ScoringPruner, Stage, StageInfo, VisualTokens, hookimpl
+from tokencompress import (
+    ChunkInfo,
+    PerFrameParams,
+    Registrar,
+    ScoringPruner,
+    Stage,
+    StageInfo,
+    VisualTokens,
+    hookimpl,
+)
 
 __all__ = [
     "UniformGrid",
