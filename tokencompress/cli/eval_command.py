@@ -80,6 +80,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     """The command; ``loaded_model`` (a :class:`~tokencompress.models.loading.LoadedModel`) skips loading."""
     from ..api.errors import TokenCompressError
     from ..eval.engine import StreamEngine
+    from ..eval.guards import skip_summary
     from ..eval.loaders import load_benchmark, preflight
     from ..eval.loading import LoadOptions
     from ..eval.prompts import load_prompts
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     max_new = args.max_new_tokens or (128 if args.benchmark in ONLINE else 16)
     if max_new < 1:
         raise TokenCompressError(f"--max-new-tokens must be >= 1, got {max_new}")
+    _check_out(args.out)
     prompts = load_prompts(args.prompts)
     opts = LoadOptions(
         tasks=args.tasks, limit=args.limit, strict=args.strict, context=args.context, prompts=prompts
@@ -107,9 +109,10 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
         data.scoring_default if data.scoring_default in MODES[args.benchmark] else MODES[args.benchmark][0]
     )
     check_mode(args.benchmark, scoring)
+    skipped = skip_summary(data.skipped, data.skipped_ids)
     if not data.queries:
         raise TokenCompressError(
-            f"--data {args.data}: no {args.benchmark} queries left (skipped: {data.skipped or 'none'}; check --tasks/--limit)"
+            f"--data {args.data}: no {args.benchmark} queries left (skipped: {skipped}; check --tasks/--limit)"
         )
     preflight(data, rule)
     from .options import registry_for, show_progress
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     try:
         say = print if rank0 else (lambda *a, **k: None)
         say(
-            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {data.skipped or 'none'}"
+            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {skipped}"
         )
         for w in data.warnings[:5]:
             say(f"warning: {w}")
@@ -184,6 +187,14 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
             + (", retention.png" if results.get("plot") else "")
         )
     return 0
+
+
+def _check_out(out: str) -> None:
+    """``--out`` is (or can become) a folder where every output can be written: checked before loading."""
+    from ..files.outputs import check_output_dir
+
+    names = ["results.json", "results.md", "predictions.jsonl", "retention.png", "preds.rank0.jsonl"]
+    check_output_dir(out, "--out", names)
 
 
 def _drop_baselines(pipelines: list[Any]) -> list[Any]:

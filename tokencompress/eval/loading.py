@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.errors import TokenCompressError, VideoError
+from .guards import RECORD_DEPTH, check_json_depth, depth
 from .prompts import Prompts, load_prompts
 
 __all__ = ["LoadOptions", "Skips", "Durations", "require", "read_json", "RecordError"]
@@ -37,11 +38,14 @@ class Skips:
         self.strict = strict
         self.source = source
         self.counts: Counter[str] = Counter()
+        self.ids: dict[str, list[str]] = {}
+        """Reason -> where each skipped record is (``record id 7``, ``real:0:1``...)."""
 
     def skip(self, where: str, err: RecordError) -> None:
         if self.strict:
             raise TokenCompressError(f"{self.source}: {where}: {err} (drop --strict to skip such records)")
         self.counts[str(err)] += 1
+        self.ids.setdefault(str(err), []).append(where)
 
 
 def require(root: Path, rel: str, what: str) -> Path:
@@ -53,7 +57,14 @@ def require(root: Path, rel: str, what: str) -> Path:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenCompressError(
+            f"{path}: not UTF-8 text (byte {exc.start}); an annotation is JSON"
+        ) from None
+    check_json_depth(text, path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TokenCompressError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
@@ -62,9 +73,17 @@ def field_of(record: dict[str, Any], name: str, kinds: type | tuple[type, ...] |
     if not isinstance(record, dict) or name not in record or record[name] is None:
         raise RecordError(f"missing field '{name}'")
     value = record[name]
-    if kinds is not None and not isinstance(value, kinds):
+    if kinds is not None and (
+        not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds))
+    ):
         raise RecordError(f"field '{name}' has type {type(value).__name__}")
+    if isinstance(value, (list, dict)) and depth(value) > RECORD_DEPTH:
+        raise RecordError(f"field '{name}' is nested more than {RECORD_DEPTH} levels deep")
     return value
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
 
 
 class Durations:

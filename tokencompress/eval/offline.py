@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.errors import TokenCompressError
+from .guards import inside
 from .loading import Durations, LoadOptions, RecordError, Skips, field_of, keep, read_json
 from .records import Loaded, Query
 
@@ -50,7 +51,7 @@ def load(bench: str, data: Path, opts: LoadOptions) -> Loaded:
     parsed = []
     for n, row in enumerate(rows):
         try:
-            parsed.append(_parse_row(bench, row, data / video_dir, id_field, exts, n))
+            parsed.append(_parse_row(bench, row, data, video_dir, id_field, exts, n))
         except RecordError as err:
             skips.skip(f"row {n}", err)
     known = MLVU_TYPES if bench == "mlvu" else {r["task"] for r in parsed}
@@ -59,7 +60,7 @@ def load(bench: str, data: Path, opts: LoadOptions) -> Loaded:
     for item in keep(parsed, lambda r: r["task"], opts, known):
         durations(item["video"], item["qid"])
         queries.append(_query(bench, item, len(queries), opts))
-    return Loaded(bench, queries, dict(skips.counts), source)
+    return Loaded(bench, queries, dict(skips.counts), source, skipped_ids=skips.ids)
 
 
 def _rows(data: Path, names: tuple[str, ...]) -> tuple[list[Any] | None, str]:
@@ -85,17 +86,20 @@ def _parquet(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def _find_video(folder: Path, stem: str, exts: tuple[str, ...]) -> str:
+def _find_video(data: Path, folder: Path, stem: str, exts: tuple[str, ...]) -> str:
     for ext in exts:
         if (folder / f"{stem}{ext}").is_file():
-            return str(folder / f"{stem}{ext}")
-    return str(folder / f"{stem}{exts[0]}")
+            return inside([data, folder], folder, f"{stem}{ext}", RecordError)
+    return inside([data, folder], folder, f"{stem}{exts[0]}", RecordError)
 
 
 def _parse_row(
-    bench: str, row: dict[str, Any], folder: Path, id_field: str, exts: tuple[str, ...], n: int
+    bench: str, row: dict[str, Any], data: Path, video_dir: str, id_field: str, exts: tuple[str, ...], n: int
 ) -> dict[str, Any]:
-    video = _find_video(folder, str(field_of(row, id_field)), exts)
+    video = _find_video(data, data / video_dir, str(field_of(row, id_field)), exts)
+    options = row.get("options") if bench == "videomme" else row.get("option")
+    if bench != "mlvu" and isinstance(options, list) and len(options) > 8:
+        raise RecordError(f"{len(options)} options; at most 8 (A-H)")
     question = field_of(row, "question", str)
     if bench == "videomme":
         options = [str(o) for o in field_of(row, "options", list)]
@@ -167,7 +171,8 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
     items = []
     for v, entry in enumerate(videos):
         try:
-            video = os.path.abspath(path.parent / field_of(entry, "video_path", str))
+            rel = field_of(entry, "video_path", str)
+            video = os.path.abspath(inside([path.parent], path.parent, rel, RecordError))
             convs = field_of(entry, "conversations", list)
             vid = str(entry.get("video_id", v))
         except RecordError as err:
@@ -176,6 +181,8 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
         for c, conv in enumerate(convs):
             try:
                 choices = [str(x) for x in field_of(conv, "choices", list)]
+                if len(choices) > 8:
+                    raise RecordError(f"{len(choices)} choices; at most 8 (A-H)")
                 answer = str(field_of(conv, "answer"))
                 if answer in choices:
                     gt = "ABCDEFGH"[choices.index(answer)]
@@ -220,4 +227,11 @@ def _load_rekv(bench: str, path: Path, opts: LoadOptions) -> Loaded:
                 answer_prefix=p.get("rekv", "answer_prefix"),
             )
         )
-    return Loaded(bench, queries, dict(skips.counts), f"ReKV JSON {path.name}", scoring_default="stc")
+    return Loaded(
+        bench,
+        queries,
+        dict(skips.counts),
+        f"ReKV JSON {path.name}",
+        scoring_default="stc",
+        skipped_ids=skips.ids,
+    )

@@ -1,7 +1,8 @@
 """Files an eval writes: per-rank prediction logs (append-only, resumable) and atomic results.
 
 A log line is written and flushed as soon as a query is answered, so a killed run loses at most
-the line being written; reading skips a torn last line. Everything else is written to a temp
+the line being written; reading skips (and names) a torn or corrupt line, and the next append
+starts a fresh line. Everything else is written to a temp
 file in the same folder and renamed over the target, so a reader never sees half a file.
 """
 
@@ -35,38 +36,79 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     return path
 
 
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
+def _lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value or ``None``) for every non-blank line: a line torn by a kill, not
+    UTF-8 or not JSON gives ``None``."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill: that query is simply redone
+                yield n, json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+                yield n, None
 
 
-def read_logs(out: Path, run_key: str) -> tuple[dict[tuple[str, str], dict[str, Any]], int]:
-    """Finished predictions of this run (any rank's log), keyed by (qid, pipeline key); and how
-    many lines belonged to a different run setting (ignored, not overwritten)."""
+def _usable(rec: dict[str, Any]) -> bool:
+    """Holds what resuming and scoring read: ids, frame count and timings of the right types."""
+    if not all(isinstance(rec.get(k), str) for k in ("qid", "pipeline_key")):
+        return False
+    frames, timings, dialog = rec.get("frames"), rec.get("timings"), rec.get("dialog", [])
+    return (
+        isinstance(frames, dict)
+        and isinstance(frames.get("count"), int)
+        and isinstance(timings, dict)
+        and all(_number(v) for v in timings.values())
+        and (rec.get("visual_tokens") is None or _number(rec["visual_tokens"]))
+        and isinstance(dialog, list)
+        and all(isinstance(turn, dict) for turn in dialog)
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_logs(out: Path, run_key: str) -> tuple[dict[tuple[str, str], dict[str, Any]], int, list[str]]:
+    """Finished predictions of this run (any rank's log), keyed by (qid, pipeline key); how many
+    lines belonged to a different run setting (ignored, not overwritten); and one warning per log
+    holding unusable lines (not UTF-8, not a JSON object, a key missing): they are skipped and
+    named by line number, and their queries are answered again."""
     done: dict[tuple[str, str], dict[str, Any]] = {}
     stale = 0
+    warnings = []
     for path in sorted(out.glob("preds.rank*.jsonl")):
-        for rec in _lines(path):
-            if rec.get("run_key") != run_key:
+        bad: list[int] = []
+        for n, rec in _lines(path):
+            if not isinstance(rec, dict) or not isinstance(rec.get("run_key"), str):
+                bad.append(n)
+            elif rec["run_key"] != run_key:
                 stale += 1
-                continue
-            done[(rec["qid"], rec["pipeline_key"])] = rec
-    return done, stale
+            elif not _usable(rec):
+                bad.append(n)
+            else:
+                done[(rec["qid"], rec["pipeline_key"])] = rec
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            warnings.append(
+                f"{path}: skipped {len(bad)} unreadable line(s) ({shown}); "
+                f"queries with no other answer in the logs are answered again"
+            )
+    return done, stale, warnings
 
 
 class PredictionLog:
+    """This rank's log, appended to; a torn last line (a kill mid-write) is ended first, so the
+    next record starts on a line of its own and is read back on resume."""
+
     def __init__(self, out: Path, rank: int) -> None:
         self.path = out / f"preds.rank{rank}.jsonl"
         try:
             out.mkdir(parents=True, exist_ok=True)
+            torn = _ends_torn(self.path)
             self._fh = open(self.path, "a", encoding="utf-8")
+            if torn:
+                self._fh.write("\n")
         except OSError as exc:
             raise TokenCompressError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 
@@ -78,3 +120,12 @@ class PredictionLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """``path`` exists, is not empty and its last byte is not a newline."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"

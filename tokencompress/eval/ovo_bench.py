@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.errors import TokenCompressError
+from .guards import inside, realtime
 from .loading import Durations, LoadOptions, RecordError, Skips, ceil_end, field_of, keep, read_json, require
 from .records import Loaded, Query
 
@@ -51,14 +52,15 @@ def load(root: Path, opts: LoadOptions) -> Loaded:
             queries.extend(_queries(root, rec, opts, durations, len(queries)))
         except RecordError as err:
             skips.skip(f"record id {rec['id']}", err)
-    return Loaded(BENCH, queries, dict(skips.counts), ANNOTATION)
+    return Loaded(BENCH, queries, dict(skips.counts), ANNOTATION, skipped_ids=skips.ids)
 
 
 def _queries(
     root: Path, rec: dict[str, Any], opts: LoadOptions, durations: Durations, start: int
 ) -> list[Query]:
     task, rid = rec["task"], rec["id"]
-    video = str(root / "data" / "src_videos" / rec["video"])  # opaque: '&' and '=' stay as they are
+    videos = root / "data" / "src_videos"  # opaque names: '&' and '=' stay as they are
+    video = inside([root, videos], videos, rec["video"], RecordError)
     chunks = root / "data" / "chunked_videos"
     p = opts.prompts
     common = dict(bench=BENCH, task=task, category=TASK_CATEGORY[task], video=video)
@@ -70,7 +72,7 @@ def _queries(
             question = field_of(rec, "question", str)
         out = []
         for i, probe in enumerate(probes):
-            t = field_of(probe, "realtime", (int, float))
+            t = realtime(field_of(probe, "realtime", (int, float)), f"test_info[{i}].realtime", RecordError)
             if task == "REC":
                 prompt, gt = p.fill(BENCH, "rec", question=question), field_of(probe, "count", int)
             elif task == "SSR":
@@ -96,8 +98,10 @@ def _queries(
                 )
             )
         return out
-    t = field_of(rec, "realtime", (int, float))
+    t = realtime(field_of(rec, "realtime", (int, float)), "realtime", RecordError)
     options = field_of(rec, "options", list)
+    if len(options) > 10:
+        raise RecordError(f"{len(options)} options; at most 10 (A-J)")
     gt = field_of(rec, "gt", int)
     if not 0 <= gt < len(options):
         raise RecordError(f"gt {gt} is outside the {len(options)} options")

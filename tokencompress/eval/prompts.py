@@ -18,6 +18,28 @@ from ..api.errors import TokenCompressError
 
 __all__ = ["Prompts", "load_prompts"]
 
+MAX_DEPTH = 64
+"""Deeper YAML is refused before it is built (PyYAML recurses once per level)."""
+
+
+class _Bounded(yaml.SafeLoader):
+    """A safe loader that stops at :data:`MAX_DEPTH` levels of nesting."""
+
+    _level = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._level += 1
+        try:
+            if self._level > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(
+                    f"nested more than {MAX_DEPTH} levels deep (line {mark.line + 1}); "
+                    f"a prompts file maps sections to key: template"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._level -= 1
+
 
 class Prompts:
     def __init__(self, table: dict[str, dict[str, str]], source: str) -> None:
@@ -53,9 +75,11 @@ def load_prompts(path: str | Path | None = None) -> Prompts:
     if path is not None:
         p = Path(path)
         try:
-            user = yaml.safe_load(p.read_text(encoding="utf-8"))
+            user = yaml.load(p.read_text(encoding="utf-8"), Loader=_Bounded)  # noqa: S506 - a SafeLoader
         except OSError as exc:
             raise TokenCompressError(f"--prompts {p}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise TokenCompressError(f"--prompts {p}: not UTF-8 text (byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise TokenCompressError(f"--prompts {p}: not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(user, dict) or not all(isinstance(v, dict) for v in user.values()):

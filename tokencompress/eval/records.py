@@ -70,3 +70,5 @@ class Loaded:
     """Which annotation layout was read (e.g. ``data/ovo_bench_new.json``)."""
     scoring_default: str = "official"
     warnings: list[str] = field(default_factory=list)
+    skipped_ids: dict[str, list[str]] = field(default_factory=dict)
+    """Reason -> where each skipped record was (``record id 7``, ``real:0:1``...)."""

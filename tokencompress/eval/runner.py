@@ -14,6 +14,7 @@ import json
 import platform
 import random
 import sys
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ def evaluate(
     if len(queries) != len(loaded.queries):
         raise TokenCompressError(f"{loaded.source}: duplicate query ids")
     run_key = settings.run_key()
-    done, stale = read_logs(out, run_key)
+    done, stale, log_warnings = read_logs(out, run_key)
+    for w in log_warnings if shard.rank == 0 else []:
+        warnings.warn(w, RuntimeWarning, stacklevel=2)
     groups = group_queries(loaded.queries)
     mine = assign(groups, shard.rank, shard.world)
     log = PredictionLog(out, shard.rank)
@@ -127,7 +130,8 @@ def evaluate(
     gathered = shard.gather(records)
     if gathered is None:
         return None
-    return _finish(loaded, engines, settings, out, [r for part in gathered for r in part], shard, stale)
+    records = [r for part in gathered for r in part]
+    return _finish(loaded, engines, settings, out, records, shard, stale, log_warnings)
 
 
 def _finish(
@@ -138,6 +142,7 @@ def _finish(
     records: list[dict[str, Any]],
     shard: Shard,
     stale: int,
+    log_warnings: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     queries = {q.qid: q for q in loaded.queries}
     index = {e.key: i for i, e in enumerate(engines)}
@@ -186,12 +191,14 @@ def _finish(
         "random_weights": settings.random_weights,
         "queries": len(queries),
         "skipped": loaded.skipped,
+        "skipped_ids": loaded.skipped_ids,
         "warnings": loaded.warnings,
         "ranks": shard.world,
         "device": settings.device,
         # speed ratios are only valid with one rank per device (docs/design.md §9)
         "ranks_per_device": _ranks_per_device(settings.device, shard.world),
         "stale_log_lines": stale,
+        "log_warnings": list(log_warnings),
         "versions": _versions(),
         "variants": variants,
     }

@@ -20,6 +20,10 @@ __all__ = ["FrameRule", "RULES", "clip_indices", "select"]
 
 RULES = ("rekv_stride", "uniform_k", "time_slots")
 _EPS = 1e-6
+FPS_RANGE = (1e-4, 1000.0)
+"""Sampling rates eval accepts: beyond them the frame arithmetic overflows (``--fps 1e308``)."""
+MAX_FRAMES = 1024
+"""The most frames ``uniform_k`` spreads over a window (``--num-frames``)."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,12 @@ class FrameRule:
             raise TokenCompressError(f"--frame-rule {self.name}: unknown; choose one of {', '.join(RULES)}")
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise TokenCompressError(f"--fps must be > 0, got {self.fps}")
-        if self.k < 1:
-            raise TokenCompressError(f"--num-frames must be >= 1, got {self.k}")
+        if not FPS_RANGE[0] <= self.fps <= FPS_RANGE[1]:
+            raise TokenCompressError(
+                f"--fps must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}, got {self.fps:g}"
+            )
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_FRAMES:
+            raise TokenCompressError(f"--num-frames must be between 1 and {MAX_FRAMES}, got {self.k}")
 
     def stride(self, avg_fps: float, video: str = "") -> int:
         """``rekv_stride``'s step; refuses a rate the source cannot give (upstream would crash)."""

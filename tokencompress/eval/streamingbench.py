@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.errors import TokenCompressError
+from .guards import inside
 from .loading import Durations, LoadOptions, RecordError, Skips, field_of, keep, read_json
 from .records import Loaded, Poll, Query
 
@@ -55,9 +56,12 @@ CATEGORY.update({c: CONTEXT for c in ("MCU", "ACU", "SQA", "PO")})
 def parse_time(stamp: str) -> int:
     """Upstream: split on ':', reverse, sum ``int(x) * 60**i`` ("00:24" = 24, "00:00:8" = 8)."""
     try:
-        return sum(int(x) * 60**i for i, x in enumerate(reversed(stamp.strip().split(":"))))
+        parts = [int(x) for x in reversed(stamp.strip().split(":"))]
     except ValueError:
         raise RecordError(f"time_stamp '{stamp}' is not H:MM:SS") from None
+    if any(x < 0 for x in parts):
+        raise RecordError(f"time_stamp '{stamp}' is negative")
+    return sum(x * 60**i for i, x in enumerate(parts))
 
 
 def load(root: Path, opts: LoadOptions) -> Loaded:
@@ -88,7 +92,14 @@ def load(root: Path, opts: LoadOptions) -> Loaded:
         except RecordError as err:
             skips.skip(item["qid"], err)
     warnings = [q.meta["warning"] for q in queries if "warning" in q.meta]
-    return Loaded(BENCH, queries, dict(skips.counts), "src/data/questions_*.json", warnings=warnings)
+    return Loaded(
+        BENCH,
+        queries,
+        dict(skips.counts),
+        "src/data/questions_*.json",
+        warnings=warnings,
+        skipped_ids=skips.ids,
+    )
 
 
 def _questions(
@@ -99,7 +110,8 @@ def _questions(
     history: list[dict[str, str]] = []
     for e, entry in enumerate(entries):
         try:
-            video = os.path.abspath(data / field_of(entry, "video_path", str))  # links stay links
+            rel = field_of(entry, "video_path", str)
+            video = os.path.abspath(inside([data.parents[1], data / "videos"], data, rel, RecordError))
             questions = field_of(entry, "questions", list)
         except RecordError as err:
             skips.skip(f"{family}:{prefix}{e}", err)
@@ -119,6 +131,10 @@ def _questions(
                     "t": parse_time(field_of(question, "time_stamp", str)),
                     "time_stamp": question["time_stamp"],
                 }
+                if item["task"] != "PO" and item["t"] < 1:
+                    raise RecordError(
+                        f"time_stamp '{item['time_stamp']}' leaves no video before the question"
+                    )
                 if item["task"] == "PO":
                     item["gt_time"] = parse_time(field_of(question, "ground_truth_time_stamp", str))
                     item["gt_output"] = str(field_of(question, "ground_truth_output"))

@@ -2,7 +2,8 @@
 
 ``build(kind, root)`` writes one set from the declarative tables below and returns a manifest:
 paths, the scripted responses keyed by ``qid`` and the expected figures, worked out independently of
-the harness. Sources are symlinks to the sample clips; OVO's 20 chunk files are real cuts (scaled
+the harness. Sources are hard links to (or copies of) the sample clips, never symlinks: eval
+refuses a video that resolves outside ``--data``. OVO's 20 chunk files are real cuts (scaled
 down: only their timing matters). Run as a script to build a set::
 
     python -m tokencompress.eval.synthetic ovo-bench /tmp/ovo
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,10 @@ def _link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_symlink() or dst.exists():
         dst.unlink()
-    os.symlink(src, dst)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(src, dst)
 
 
 def _write(path: Path, data: Any) -> None:
