@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tokencompress import models
+from tokencompress.models import loading as models
 from tokencompress.api.errors import TokenCompressError
 from tokencompress.cli import main
 from tokencompress.eval.sampling import FrameRule
