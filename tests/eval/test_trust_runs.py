@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tokencompress.models import loading as models
 from tokencompress.api.errors import TokenCompressError
 from tokencompress.cli import main
 from tokencompress.eval.sampling import FrameRule
+from tokencompress.models import loading as models
 
 from .helpers import run_scripted
 

@@ -14,11 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor
 
 from .tokens import VisualTokens
 from .types import BlockCall, Capability, ChunkInfo, LayerProbe, Stage, StageInfo
+from .value_bounds import bounded
 
 __all__ = [
     "Capability",
@@ -33,9 +34,11 @@ __all__ = [
 
 
 class StrategyParams(BaseModel):
-    """Base of every strategy's parameters: unknown keys are errors, values are immutable."""
+    """Base of every strategy's parameters: unknown keys are errors, values are immutable, and
+    every number (of every field, in subclasses too) is within :mod:`.value_bounds`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _bounded = field_validator("*")(bounded)
 
 
 def count_undeclared(cls: type) -> str:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
+
+from .value_bounds import bounded
 
 if TYPE_CHECKING:
     from .block_adapter import BlockAdapter
@@ -155,6 +157,7 @@ class StreamConfig(BaseModel):
     runs matrix multiplies far below their per-FLOP speed; grouping trades bounded latency for it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _bounded = field_validator("*")(bounded)
     frames_per_chunk: int = Field(1, ge=1, description="Frames encoded and prefilled together")
     fps: float = Field(0.5, gt=0, allow_inf_nan=False, description="Frames sampled per second of video")
     prefill_chunks: int = Field(

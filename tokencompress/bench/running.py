@@ -33,9 +33,18 @@ from .reporting import notes_for
 from .results import BenchResult, VariantResult
 from .spreads import per_repeat_ratios
 
-__all__ = ["DEFAULT_QUESTION", "run_benchmark"]
+__all__ = ["DEFAULT_QUESTION", "check_counts", "run_benchmark"]
 
 DEFAULT_QUESTION = "What is happening in the video?"
+
+
+def check_counts(repeats: int, warmup: int, prefix: str = "") -> None:
+    """The one check of a benchmark's ``repeats`` (>= 1) and ``warmup`` (>= 0); ``prefix`` is
+    ``"--"`` where they came from the command line."""
+    if repeats < 1:
+        raise TokenCompressError(f"{prefix}repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise TokenCompressError(f"{prefix}warmup must be >= 0, got {warmup}")
 
 
 def run_benchmark(
@@ -65,10 +74,7 @@ def run_benchmark(
     """
     from tqdm import tqdm
 
-    if repeats < 1:
-        raise TokenCompressError(f"repeats must be >= 1, got {repeats}")
-    if warmup < 0:
-        raise TokenCompressError(f"warmup must be >= 0, got {warmup}")
+    check_counts(repeats, warmup)
     model, tokenizer, description, random_weights = _unpack(loaded_model)
     frames = _check_frames(frames)
     question = _question(question_ids_or_text, tokenizer)

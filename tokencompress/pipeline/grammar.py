@@ -14,13 +14,15 @@ import json
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from ..api.errors import ConfigError, PluginError
 from ..api.types import Stage, StreamConfig
+from ..api.value_bounds import ERROR_TYPE, bounded
 from ..plugins.registry import Registry, close_matches
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_STEPS",
     "MAX_VALUES",
     "TOP_KEYS",
@@ -37,6 +39,9 @@ MAX_STEPS = 64
 """Steps one pipeline may hold in all stages together; real pipelines have one to four."""
 MAX_VALUES = 100_000
 """Values (mappings, lists, scalars, aliases expanded) one pipeline may hold."""
+MAX_DEPTH = 32
+"""Levels of nested mappings and lists a pipeline may have; real ones have five
+(``stages`` → stage → step list → step → a parameter's list)."""
 
 _CACHE_ATTR = "_tokencompress_pipeline_model"
 _TYPE_WORDS = {
@@ -60,11 +65,13 @@ _PYDANTIC_LABELS = {"int", "float", "str", "bool", "list", "tuple", "dict", "set
 
 
 def _step_model(name: str, cls: type) -> type[BaseModel]:
-    """The strategy's own ``Params`` plus the ``strategy`` tag that selects it."""
+    """The strategy's own ``Params`` plus the ``strategy`` tag that selects it, with every number
+    bounded (:mod:`.value_bounds`) whatever base a third-party ``Params`` has."""
     return create_model(
         f"{cls.__name__}Step",
         __base__=cls.Params,
         __doc__=cls.summary or cls.__doc__,
+        __validators__={"_tokencompress_bounded": field_validator("*")(bounded)},
         strategy=(Literal[name], ...),  # type: ignore[valid-type]
     )
 
@@ -113,19 +120,21 @@ def json_schema(registry: Registry) -> dict[str, Any]:
 def _count_values(data: Any, source: str) -> None:
     """Refuse huge documents before pydantic (or an alias bomb) spends minutes and gigabytes."""
     seen = 0
-    todo = [data]
+    todo = [(data, 0)]
     while todo:
-        node = todo.pop()
+        node, depth = todo.pop()
         seen += 1
         if seen > MAX_VALUES:
             raise ConfigError(
                 f"{source}: the pipeline holds more than {MAX_VALUES} values; a pipeline has at most "
                 f"{MAX_STEPS} steps of a few parameters each (is this the right file?)"
             )
-        if isinstance(node, dict):
-            todo.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            todo.extend(node)
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple)) else ()
+        )
+        if children and depth >= MAX_DEPTH:
+            raise ConfigError(too_deep(source))
+        todo.extend((child, depth + 1) for child in children)
     stages = data.get("stages") if isinstance(data, dict) else None
     if isinstance(stages, dict):
         total = sum(len(v) for v in stages.values() if isinstance(v, list))
@@ -134,6 +143,14 @@ def _count_values(data: Any, source: str) -> None:
                 f"stages: {total} steps in all; a pipeline has at most {MAX_STEPS} (split it, or check "
                 "for a generated list gone wrong)"
             )
+
+
+def too_deep(where: str) -> str:
+    """The message for values nested more than :data:`MAX_DEPTH` levels deep."""
+    return (
+        f"{where}: values nested more than {MAX_DEPTH} levels deep; a pipeline needs about five "
+        "(is this the right file?)"
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -204,6 +221,8 @@ def _message(e: dict[str, Any], registry: Registry, source: str) -> str:
         return f"{path}: unknown key '{key}'{close_matches(key, allowed)}; allowed: {', '.join(allowed)}"
     if kind == "missing":
         return f"{where}: required field is missing"
+    if kind == ERROR_TYPE:
+        return f"{where}{e.get('ctx', {}).get('sub', '')}: {e['msg']}"
     if kind == "union_tag_not_found":
         return f"{where}: missing 'strategy' (one of {', '.join(sorted(registry.strategies))})"
     if kind == "union_tag_invalid" or (kind == "literal_error" and parts and parts[-1] == "strategy"):
@@ -300,4 +319,6 @@ def format_validation_error(prefix: str, err: ValidationError, allowed: list[str
         return f"{path}: unknown key '{key}'{close_matches(key, allowed or [])}; allowed: {', '.join(allowed or [])}"
     if e["type"] == "missing":
         return f"{path}: required field is missing"
+    if e["type"] == ERROR_TYPE:
+        return f"{path}{e.get('ctx', {}).get('sub', '')}: {e['msg']}"
     return f"{path}: {_words(e)} (got {_yaml_value(e.get('input'))})"

@@ -74,6 +74,14 @@ def _check_step(where: str, strategy: Strategy, stage: Stage, target: Target, la
             f"run it at pre_prefill instead"
         )
     strategy.check(info)
+    rival = next((s for s in later if getattr(s, "computes_layer", False)), None)
+    if rival is not None and getattr(strategy, "computes_layer", False):
+        # neither order can work: the advice must not depend on which one came first
+        a, b = sorted((strategy.name, rival.name))
+        raise CompatibilityError(
+            f"{where}: strategies '{a}' and '{b}' both compute the whole encoder layer themselves, so "
+            f"one {strategy.stage.value} stage cannot run both in either order; keep one of them"
+        )
     if later and getattr(strategy, "computes_layer", False):
         raise CompatibilityError(
             f"{where}: strategy '{strategy.name}' computes the whole encoder layer itself, so "

@@ -23,6 +23,8 @@ def load_plugin_file(path: str | Path) -> ModuleType:
     p = Path(path)
     if p.is_dir():
         raise PluginError(f"--plugin {p}: is a directory; give a .py file (or pip install the package)")
+    if p.exists() and not p.is_file():  # a device, a pipe, a socket
+        raise PluginError(f"--plugin {p}: not a regular Python file; give a .py file")
     if not p.is_file():
         raise PluginError(f"--plugin {p}: file not found")
     if p.suffix != ".py":
