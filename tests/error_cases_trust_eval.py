@@ -34,7 +34,7 @@ def _edit_first(data: str, key: str, raw: str) -> None:
 
 @case("eval-fps-range")
 def _(c: Ctx):
-    return _eval(c, _ovo(c, "[]"), "--fps", "1e308", "--frame-rule", "time_slots")
+    return _eval(c, _ovo(c, "[]"), "--fps", "5000", "--frame-rule", "time_slots")
 
 
 @case("eval-num-frames-range")

@@ -18,7 +18,7 @@ from tests.conftest import build_tiny_llava_ov
 from tests.plugin_fakes import KeepFirst, plugin
 from tokencompress import ConfigError, Pipeline, Registry, Stage
 from tokencompress.api.errors import CompatibilityError, TokenCompressError
-from tokencompress.cli import main
+from tokencompress.cli.main import main
 from tokencompress.pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +248,7 @@ def test_model_path_that_does_not_exist(capsys: pytest.CaptureFixture[str], give
 
 
 def test_hub_ids_are_not_paths() -> None:
-    from tokencompress.models import looks_like_path
+    from tokencompress.models.loading import looks_like_path
 
     assert not looks_like_path("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")
     assert not looks_like_path("gpt2")
@@ -276,7 +276,7 @@ def test_bench_counts_are_checked_by_one_function(capsys: pytest.CaptureFixture[
 
 
 def test_at_least_one_checks_name_real_options() -> None:
-    from tokencompress import cli_args
+    from tokencompress.cli import args as cli_args
     from tokencompress.cli.parser import build_parser
 
     parser = build_parser()
