@@ -16,7 +16,7 @@ from typing import Any
 
 from .chunk_summary import stock_llm_tokens, summarize
 from .cli_args import check_args
-from .cli_options import compile_for, registry_for, show_progress, with_stream
+from .cli_options import compile_for, print_loaded, registry_for, show_progress, with_stream
 from .errors import TokenCompressError
 
 __all__ = ["main"]
@@ -86,7 +86,7 @@ def _validate(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
     where = "file"
     if not args.no_model:
-        loaded = load_model(args.model, tokenizer=args.tokenizer)
+        loaded = load_model(args.model, tokenizer=args.tokenizer, with_tokenizer=False)
         bound = pipeline.bind(loaded.model)
         where = f"model {args.model or 'builtin'} (target {bound.target.name})"
         for note in bound.notes:
@@ -122,8 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"video: {video}")
     info = probe(video)
     loaded = load_model(args.model, tokenizer=args.tokenizer)
-    print(f"model: {loaded.description}")
-    print(f"tokenizer: {loaded.tokenizer_description}")
+    print_loaded(loaded)
     cfg = pipeline.config
     fps = cfg.stream.fps if args.fps is None else args.fps
     expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
@@ -293,7 +292,7 @@ def _bench(args: argparse.Namespace) -> int:
     source = "pipeline stream.fps" if args.fps is None else "--fps"
     print(f"video: {shown}; {len(frames)} frames at {used_fps:.3g} fps ({source} = {fps:g})")
     loaded = load_model(args.model, tokenizer=args.tokenizer)
-    print(f"model: {loaded.description}")
+    print_loaded(loaded, tokenizer=False)
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
     out.mkdir(parents=True, exist_ok=True)
     if args.sweep:

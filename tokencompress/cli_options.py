@@ -21,6 +21,7 @@ __all__ = [
     "compile_for",
     "add_model",
     "add_plugin",
+    "print_loaded",
     "add_prefill_chunks",
     "add_progress",
     "add_sampling",
@@ -64,6 +65,15 @@ def add_model(p: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
         metavar="PATH_OR_ID",
         help="tokenizer directory or hub id, for checkpoints saved without one (default: the model's own)",
     )
+
+
+def print_loaded(loaded: Any, tokenizer: bool = True) -> None:
+    """The ``model:`` (and ``tokenizer:``) lines of a loaded model, then a ``note:`` per fallback taken."""
+    print(f"model: {loaded.description}")
+    if tokenizer:
+        print(f"tokenizer: {loaded.tokenizer_description}")
+    for note in loaded.notes:
+        print(f"note: {note}")
 
 
 def add_sampling(p: argparse.ArgumentParser, max_frames: int | None, fps_help: str) -> None:
