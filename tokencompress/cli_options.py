@@ -33,9 +33,11 @@ __all__ = [
 ]
 
 MODEL_HELP = (
-    "hub id or local checkpoint directory for from_pretrained, or a built-in random-weight model: "
-    "'builtin' (tiny, the default), 'builtin-medium' or 'builtin-bench' (real per-token widths, for "
-    "latency; builtin-bench is the README table's preset)"
+    "hub id or local checkpoint directory for from_pretrained, or a built-in model with RANDOM weights "
+    "(real token counts and timings, noise for answers): 'builtin' (tiny LLaVA-OneVision, the default), "
+    "'builtin-medium' or 'builtin-bench' (real per-token widths, for latency; builtin-bench is the README "
+    "table's preset), 'builtin-qwen' (tiny Qwen2.5-VL), 'builtin-qwen3' (tiny Qwen3-VL with DeepStack), "
+    "'builtin-llava-next-video' (tiny LLaVA-NeXT-Video)"
 )
 
 

@@ -145,7 +145,16 @@ def build_default_model(seed: int = 0, tokenizer: Any = None, size: str = "tiny"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 """What ``from_pretrained`` reads a tokenizer from; named in the error when none is usable."""
 
-BUILTIN_MODELS = ("builtin", "builtin-medium", "builtin-bench")
+BUILTIN_MODELS = (
+    "builtin",
+    "builtin-medium",
+    "builtin-bench",
+    "builtin-qwen",
+    "builtin-qwen3",
+    "builtin-llava-next-video",
+)
+"""Every ``--model`` name that builds a random-weight model; the last three are the other
+targets' (see :mod:`.builtin_models`)."""
 
 
 def load_model(
@@ -155,11 +164,18 @@ def load_model(
     with_tokenizer: bool = True,
 ) -> LoadedModel:
     """``None`` or ``builtin`` → the built-in model, ``builtin-medium`` / ``builtin-bench`` → its
-    real-width presets; anything else goes through ``from_pretrained``. ``tokenizer`` (a hub id or
+    real-width presets, ``builtin-qwen`` / ``builtin-qwen3`` / ``builtin-llava-next-video`` → the
+    other targets' built-in models; anything else goes through ``from_pretrained``. ``tokenizer`` (a hub id or
     directory) replaces the checkpoint's own tokenizer, for checkpoints saved without one.
     ``with_tokenizer=False`` loads a checkpoint without looking for its tokenizer at all
     (``tokenizer`` is None then): checking a pipeline against a model needs none."""
     tok = _explicit_tokenizer(tokenizer) if tokenizer is not None else None
+    if name_or_path is not None and name_or_path.startswith("builtin"):
+        from .builtin_models import build_builtin_target_model, is_builtin_target_model
+
+        if is_builtin_target_model(name_or_path):
+            built = build_builtin_target_model(name_or_path, tokenizer=tok, source=tokenizer)
+            return LoadedModel(*built, random_weights=True)
     for names, size in (
         (("builtin", DEFAULT_NAME), "tiny"),
         (("builtin-medium", MEDIUM_NAME), "medium"),
