@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "VisualTokens": ".tokens",
     "hookimpl": ".hooks",
     "load_model": ".models",
+    "load_plugin_file": ".plugin_files",
 }
 """Public name → module. Resolved on first use (PEP 562), so ``import tokencompress`` (and the
 command line's startup) does not import torch: a Ctrl-C during a command's first second lands
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .models import LoadedModel, load_model
     from .pipeline import BoundPipeline, Pipeline
     from .pipeline_config import PipelineConfig
+    from .plugin_files import load_plugin_file
     from .registry import Registry
     from .scoring_pruner import PerFrameParams, Plan, ScoringPruner
     from .session import Answer, ChunkStats, Stream
@@ -134,4 +136,5 @@ __all__ = [
     "VisualTokens",
     "hookimpl",
     "load_model",
+    "load_plugin_file",
 ]
