@@ -195,7 +195,8 @@ def test_a_checkpoint_without_a_usable_tokenizer_and_the_fix(
     (ckpt / "tokenizer_config.json").write_text('{"tokenizer_class": "Qwen2Tokenizer"}')
     empty = str(tmp_path / "empty.yaml")
     Path(empty).write_text("name: empty\n")
-    code, _, err = run_cli(capsys, "validate", empty, "--model", str(ckpt))
+    # run: validate loads no tokenizer of the checkpoint's (tests/test_checkpoints.py)
+    code, _, err = run_cli(capsys, "run", empty, "--model", str(ckpt), "--max-frames", "1")
     assert_one_line_error(
         code, err, "has no usable tokenizer", "tokenizer.json", "--tokenizer", "next to the weights"
     )

@@ -84,3 +84,46 @@ def test_the_method_check_sees_a_new_method() -> None:
         def brand_new_public_method(self) -> None: ...
 
     assert "brand_new_public_method" in public_names(Grown)
+
+
+# ------------------------------------------------------------- what the guides import
+IMPORT = re.compile(r"from (tokencompress[\w.]*) import \(?\s*(\w+(?:\s*,\s*\w+)*)")
+
+
+def test_every_name_a_guide_imports_exists() -> None:
+    """Code blocks and inline code alike: a name shown as importable must be importable."""
+    import importlib
+
+    text = "".join(p.read_text() for p in GUIDES.values())
+    seen = 0
+    for module, names in IMPORT.findall(text):
+        for name in (n.strip() for n in names.split(",")):
+            seen += 1
+            assert hasattr(importlib.import_module(module), name), f"from {module} import {name}"
+    assert seen >= 10
+
+
+def test_load_plugin_file_is_importable_from_the_top_level() -> None:
+    import tokencompress
+    from tokencompress.plugins.local_files import load_plugin_file
+
+    assert "load_plugin_file" in tokencompress.__all__
+    assert tokencompress.load_plugin_file is load_plugin_file
+    assert "from tokencompress import Registry,\nload_plugin_file" in GUIDES["strategy"].read_text()
+
+
+def test_the_testing_kit_is_in_the_guides() -> None:
+    """Every name of ``tokencompress.testing`` is in a guide; its checks run in an executed block."""
+    import tokencompress.testing as kit
+
+    text = "".join(p.read_text() for p in GUIDES.values())
+    code = "".join(b for p in GUIDES.values() for b in code_blocks(p))
+    assert [n for n in kit.__all__ if f"`{n}" not in text and n not in code] == []
+    checks = [n for n in kit.__all__ if n.startswith(("check_", "parametrize_"))]
+    assert [n for n in checks if f"{n}(" not in code] == []
+
+
+def test_the_strategy_guide_gives_conformance_params_a_signature_and_an_example() -> None:
+    text = GUIDES["strategy"].read_text()
+    assert "`conformance_params(info: StageInfo) ->" in " ".join(text.split())
+    assert any("def conformance_params(cls, info)" in b for b in code_blocks(GUIDES["strategy"]))

@@ -17,7 +17,7 @@ from typing import Any
 from ..api.errors import TokenCompressError
 from ..stream.chunk_summary import stock_llm_tokens, summarize
 from .args import check_args
-from .options import compile_for, registry_for, show_progress, with_stream
+from .options import compile_for, print_loaded, registry_for, show_progress, with_stream
 from .terminal import printable
 
 __all__ = ["main"]
@@ -88,7 +88,7 @@ def _validate(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_yaml(args.pipeline, registry_for(args))
     where = "file"
     if not args.no_model:
-        loaded = load_model(args.model, tokenizer=args.tokenizer)
+        loaded = load_model(args.model, tokenizer=args.tokenizer, with_tokenizer=False)
         bound = pipeline.bind(loaded.model)
         where = f"model {printable(args.model or 'builtin')} (target {printable(bound.target.name)})"
         for note in bound.notes:
@@ -124,8 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"video: {printable(video)}")
     info = probe(video)
     loaded = load_model(args.model, tokenizer=args.tokenizer)
-    print(f"model: {printable(loaded.description)}")
-    print(f"tokenizer: {printable(loaded.tokenizer_description)}")
+    print_loaded(loaded)
     cfg = pipeline.config
     fps = cfg.stream.fps if args.fps is None else args.fps
     expected = max(1, math.ceil(info.duration_s * fps)) if info.duration_s else None
@@ -292,7 +291,7 @@ def _bench(args: argparse.Namespace) -> int:
     source = "pipeline stream.fps" if args.fps is None else "--fps"
     print(f"video: {shown}; {len(frames)} frames at {used_fps:.3g} fps ({source} = {fps:g})")
     loaded = load_model(args.model, tokenizer=args.tokenizer)
-    print(f"model: {printable(loaded.description)}")
+    print_loaded(loaded, tokenizer=False)
     pipeline.bind(loaded.model)  # budget and compatibility errors before any timing starts
     out.mkdir(parents=True, exist_ok=True)
     if args.sweep:

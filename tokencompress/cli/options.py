@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..api.errors import TokenCompressError
+from .terminal import printable
 
 __all__ = [
     "HelpFormatter",
@@ -21,6 +22,7 @@ __all__ = [
     "compile_for",
     "add_model",
     "add_plugin",
+    "print_loaded",
     "add_prefill_chunks",
     "add_progress",
     "add_sampling",
@@ -32,9 +34,11 @@ __all__ = [
 ]
 
 MODEL_HELP = (
-    "hub id or local checkpoint directory for from_pretrained, or a built-in random-weight model: "
-    "'builtin' (tiny, the default), 'builtin-medium' or 'builtin-bench' (real per-token widths, for "
-    "latency; builtin-bench is the README table's preset)"
+    "hub id or local checkpoint directory for from_pretrained, or a built-in model with RANDOM weights "
+    "(real token counts and timings, noise for answers): 'builtin' (tiny LLaVA-OneVision, the default), "
+    "'builtin-medium' or 'builtin-bench' (real per-token widths, for latency; builtin-bench is the README "
+    "table's preset), 'builtin-qwen' (tiny Qwen2.5-VL), 'builtin-qwen3' (tiny Qwen3-VL with DeepStack), "
+    "'builtin-llava-next-video' (tiny LLaVA-NeXT-Video)"
 )
 
 
@@ -64,6 +68,15 @@ def add_model(p: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
         metavar="PATH_OR_ID",
         help="tokenizer directory or hub id, for checkpoints saved without one (default: the model's own)",
     )
+
+
+def print_loaded(loaded: Any, tokenizer: bool = True) -> None:
+    """The ``model:`` (and ``tokenizer:``) lines of a loaded model, then a ``note:`` per fallback taken."""
+    print(f"model: {printable(loaded.description)}")
+    if tokenizer:
+        print(f"tokenizer: {printable(loaded.tokenizer_description)}")
+    for note in loaded.notes:
+        print(f"note: {printable(note)}")
 
 
 def add_sampling(p: argparse.ArgumentParser, max_frames: int | None, fps_help: str) -> None:

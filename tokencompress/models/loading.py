@@ -69,6 +69,8 @@ class LoadedModel:
     description: str
     tokenizer_description: str
     random_weights: bool
+    notes: tuple[str, ...] = ()
+    """What the user should know about how the model or tokenizer was chosen (a fallback taken)."""
 
 
 def default_model_config(vocab_size: int, image_token_id: int, video_token_id: int, **overrides: Any) -> Any:
@@ -145,7 +147,16 @@ def build_default_model(seed: int = 0, tokenizer: Any = None, size: str = "tiny"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 """What ``from_pretrained`` reads a tokenizer from; named in the error when none is usable."""
 
-BUILTIN_MODELS = ("builtin", "builtin-medium", "builtin-bench")
+BUILTIN_MODELS = (
+    "builtin",
+    "builtin-medium",
+    "builtin-bench",
+    "builtin-qwen",
+    "builtin-qwen3",
+    "builtin-llava-next-video",
+)
+"""Every ``--model`` name that builds a random-weight model; the last three are the other
+targets' (see :mod:`.builtin_models`)."""
 
 
 def looks_like_path(name: str) -> bool:
@@ -157,12 +168,24 @@ def looks_like_path(name: str) -> bool:
 
 
 def load_model(
-    name_or_path: str | None, dtype: torch.dtype = torch.float32, tokenizer: str | None = None
+    name_or_path: str | None,
+    dtype: torch.dtype = torch.float32,
+    tokenizer: str | None = None,
+    with_tokenizer: bool = True,
 ) -> LoadedModel:
     """``None`` or ``builtin`` → the built-in model, ``builtin-medium`` / ``builtin-bench`` → its
-    real-width presets; anything else goes through ``from_pretrained``. ``tokenizer`` (a hub id or
-    directory) replaces the checkpoint's own tokenizer, for checkpoints saved without one."""
+    real-width presets, ``builtin-qwen`` / ``builtin-qwen3`` / ``builtin-llava-next-video`` → the
+    other targets' built-in models; anything else goes through ``from_pretrained``. ``tokenizer`` (a hub id or
+    directory) replaces the checkpoint's own tokenizer, for checkpoints saved without one.
+    ``with_tokenizer=False`` loads a checkpoint without looking for its tokenizer at all
+    (``tokenizer`` is None then): checking a pipeline against a model needs none."""
     tok = _explicit_tokenizer(tokenizer) if tokenizer is not None else None
+    if name_or_path is not None and name_or_path.startswith("builtin"):
+        from .builtin import build_builtin_target_model, is_builtin_target_model
+
+        if is_builtin_target_model(name_or_path):
+            built = build_builtin_target_model(name_or_path, tokenizer=tok, source=tokenizer)
+            return LoadedModel(*built, random_weights=True)
     for names, size in (
         (("builtin", DEFAULT_NAME), "tiny"),
         (("builtin-medium", MEDIUM_NAME), "medium"),
@@ -190,14 +213,17 @@ def load_model(
         where = "directory" if path.exists() else "model id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokenCompressError(f"cannot load model {where} '{name_or_path}': {first}") from None
+    notes: tuple[str, ...] = ()
     if tok is not None:
         _check_fits(tok[0], model, f"--tokenizer {tokenizer}")
         tokenizer_obj, tok_desc = tok
+    elif not with_tokenizer:
+        tokenizer_obj, tok_desc = None, "not loaded (none needed)"
     else:
-        tokenizer_obj, tok_desc = _tokenizer_for(name_or_path, model)
+        tokenizer_obj, tok_desc, notes = _tokenizer_for(name_or_path, model)
     n = sum(p.numel() for p in model.parameters())
     desc = f"{name_or_path} ({type(model).__name__}, {n / 1e6:.1f} M parameters)"
-    return LoadedModel(model, tokenizer_obj, desc, tok_desc, random_weights=False)
+    return LoadedModel(model, tokenizer_obj, desc, tok_desc, random_weights=False, notes=notes)
 
 
 def _looked_for() -> str:
@@ -256,25 +282,37 @@ def _check_fits(tok: Any, model: nn.Module, what: str) -> None:
         )
 
 
-def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str]:
-    """The checkpoint's own tokenizer if it ships a usable one, else the offline Qwen2 one if ids fit."""
+def _ships_no_tokenizer(name_or_path: str) -> bool:
+    """A local checkpoint directory with none of :data:`TOKENIZER_FILES` (``save_pretrained`` of a
+    model alone). ``AutoTokenizer`` would still build an empty tokenizer there for some model
+    types (Qwen2-VL: from the config's ``model_type``), which must not count as the checkpoint's."""
+    path = Path(name_or_path)
+    return path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES)
+
+
+def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str, tuple[str, ...]]:
+    """The checkpoint's own tokenizer if it ships a usable one, else the offline Qwen2 one if ids
+    fit (with a note saying so)."""
     from transformers import AutoTokenizer
 
     from .tokenizer import load_tokenizer
 
     try:
+        if _ships_no_tokenizer(name_or_path):
+            raise OSError("no tokenizer files")
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError, TypeError):
         pass
     else:
         why = _unusable(tok)
         if why is None:
-            return tok, f"{type(tok).__name__} from {name_or_path}"
+            return tok, f"{type(tok).__name__} from {name_or_path}", ()
         raise TokenCompressError(
             f"model '{name_or_path}' has no usable tokenizer ({why}; looked for {_looked_for()}); "
             "pass --tokenizer PATH_OR_ID, or save the tokenizer next to the weights"
         )
-    tok, desc = load_tokenizer(_tokenizer_layout(model))
+    layout = _tokenizer_layout(model)
+    tok, desc = load_tokenizer(layout)
     vocab = model.config.get_text_config().vocab_size
     if len(tok) > vocab:
         raise TokenCompressError(
@@ -282,7 +320,11 @@ def _tokenizer_for(name_or_path: str, model: nn.Module) -> tuple[Any, str]:
             f"({vocab}) is smaller than the fallback tokenizer's ({len(tok)}); pass --tokenizer PATH_OR_ID, "
             "or save the tokenizer next to the weights"
         )
-    return tok, desc
+    note = (
+        f"{name_or_path} ships no tokenizer files (looked for {_looked_for()}); using the offline "
+        f"tokenizer with {layout} placeholders instead (pass --tokenizer PATH_OR_ID for the checkpoint's own)"
+    )
+    return tok, desc, (note,)
 
 
 def _tokenizer_layout(model: nn.Module) -> str:
