@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_tiny_llava_ov
-from tokencompress import models, tokenizer
+from tokencompress.models import loading as models
+from tokencompress.models import tokenizer
 from tokencompress.cli.main import main
 from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
 
