@@ -3,7 +3,7 @@
 A :class:`Stream` owns every piece of mutable state of one video: each strategy's state (the
 Cacher's reference tensors and chunk counter, the Pruner's memory), the KV cache and the
 position counter. Streams on one bound model never share any of it, so they can be
-interleaved freely; ``reset()`` drops it all.
+interleaved freely; ``reset()`` drops it all. A stream takes one caller at a time (``stream_lock``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from torch import Tensor
 
 from .chunk_seam import ChunkEncoder, EncodedChunk, StreamPosition
 from .decoder_memory import DecoderMemory
-from .errors import ConfigError
 from .faults import Attribution, guarded
 from .frames import as_frames
 from .prefill_group import PrefillSegment
+from .stream_checks import check_ask, check_ids
+from .stream_lock import StreamLock, one_caller
 from .stream_txn import StreamSnapshot
 from .timing import now
 from .tokens import VisualTokens
@@ -88,6 +89,8 @@ class Answer:
     """Frames each decoder layer retrieved for this question (ReKV), else None."""
 
 
+@one_caller("reset", "prefill_ids", "add_frames", "flush", "prefill_waiting", "add_video", "encode_only")
+@one_caller("ask", "cache_tokens", "memory")
 class Stream:
     """One video stream through a :class:`BoundPipeline`.
 
@@ -104,6 +107,7 @@ class Stream:
         self.frames_per_chunk = bound.stream_config.frames_per_chunk
         self.prefill_chunks = bound.stream_config.prefill_chunks
         self._attribution = getattr(bound, "attribution", None) or Attribution(None)
+        self._lock = StreamLock()
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -148,6 +152,7 @@ class Stream:
 
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting) after every chunk so far; returns last-token logits."""
+        ids = check_ids(ids, self.target, "prefill_ids")
         self.prefill_waiting()
         self._prefixed = True
         self.guard.check(self.llm.next_position + ids.numel(), "prefill_ids")
@@ -351,10 +356,9 @@ class Stream:
         same ids when given as ids) first chooses what the answer sees; ``frames`` hands it the
         stream frame indices to use instead (external retrieval).
         """
+        question, frames = check_ask(self.target, question, max_new_tokens, frames, self.kv)
         ids = self._ids(self.question_text(question)) if isinstance(question, str) else question
         bare = self._ids(question) if isinstance(question, str) else question
-        if frames is not None and self.kv is None:
-            raise ConfigError("ask(frames=...): external retrieval needs a kv_cache strategy such as rekv")
         self.flush()
         self._ensure_prefix()
         self.guard.check(self.llm.next_position + 2 * ids.numel() + max_new_tokens + 1, "this question")
@@ -364,7 +368,7 @@ class Stream:
         try:
             t0 = now(device)
             if self.kv is not None:
-                self.kv.retrieve(self.target, self.llm, bare, None if frames is None else list(frames))
+                self.kv.retrieve(self.target, self.llm, bare, frames)
                 retrieval_ms = 1e3 * (now(device) - t0)
                 retrieved = self.kv.retrieved()
             self.target.end_of_video(self.llm)
