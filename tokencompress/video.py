@@ -118,32 +118,39 @@ def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     return values.reshape(3, 3) if values.size == 9 else None
 
 
-def upright_rgb(frame: av.VideoFrame, path: Path | str) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of ``frame`` as it is meant to be shown: its display matrix applied.
+def _upright_axes(frame: av.VideoFrame, path: Path | str) -> tuple[bool, int, int] | None:
+    """(transpose, row step, column step) that shows ``frame`` upright; None when stored upright.
 
-    FFmpeg's matrix maps a stored pixel (x, y) (y down) to ``(a x + c y, b x + d y)`` with
+    FFmpeg's display matrix maps a stored pixel (x, y) (y down) to ``(a x + c y, b x + d y)`` with
     ``[[a, b], [c, d]]`` its 2x2 part; the quarter turns and mirrors that cameras write are the
     signed permutations of the axes. Any other matrix (a free angle, a shear) is refused.
     """
-    rgb = frame.to_ndarray(format="rgb24")
     m = _display_matrix(frame)
     if m is None:
-        return rgb
+        return None
     (a, b), (c, d) = np.rint(m[:2, :2] / 65536.0).astype(int)
     if (a, b, c, d) == (1, 0, 0, 1):
-        return rgb
+        return None
     if b == c == 0 and abs(a) == abs(d) == 1:
-        out = rgb[::d, ::a]
-    elif a == d == 0 and abs(b) == abs(c) == 1:
-        out = rgb.transpose(1, 0, 2)[::b, ::c]
-    else:
-        angle = getattr(frame, "rotation", None)
-        turn = f"turns the picture by {angle} degrees" if angle is not None else "is no quarter turn"
-        raise VideoError(
-            f"{path}: its display matrix {turn}; only quarter turns and mirrors are supported, "
-            "re-encode the video upright"
-        )
-    return np.ascontiguousarray(out)
+        return False, int(d), int(a)
+    if a == d == 0 and abs(b) == abs(c) == 1:
+        return True, int(b), int(c)
+    angle = getattr(frame, "rotation", None)
+    turn = f"turns the picture by {angle} degrees" if angle is not None else "is no quarter turn"
+    raise VideoError(
+        f"{path}: its display matrix {turn}; only quarter turns and mirrors are supported, "
+        "re-encode the video upright"
+    )
+
+
+def upright_rgb(frame: av.VideoFrame, path: Path | str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of ``frame`` as it is meant to be shown: its display matrix applied."""
+    rgb = frame.to_ndarray(format="rgb24")
+    axes = _upright_axes(frame, path)
+    if axes is None:
+        return rgb
+    transpose, rows, cols = axes
+    return np.ascontiguousarray((rgb.transpose(1, 0, 2) if transpose else rgb)[::rows, ::cols])
 
 
 def _reason(exc: BaseException) -> str:
@@ -249,6 +256,8 @@ class FrameReader:
                     raise DecodeError(
                         f"cannot decode video {p} after frame {self.decoded}: {_reason(exc)}", self.decoded
                     ) from exc
+                if self.decoded == 0:
+                    _upright_axes(frame, p)  # a clip that cannot be shown upright is refused up front
                 index = self.decoded
                 self.decoded += 1
                 pts = float(frame.time) if frame.time is not None else None
