@@ -77,7 +77,7 @@ def frame_indices(frames: Any) -> list[int]:
             out.append(operator.index(f))
         except TypeError:
             raise ConfigError(
-                f"ask(frames=...): frame indices must be integers, got {f!r} ({type(f).__name__}) at "
+                f"ask(frames=...): frame indices must be integers, got {f} ({type(f).__name__}) at "
                 f"position {i}; give stream frame indices such as [0, 4, 9]"
             ) from None
     return out
