@@ -153,7 +153,27 @@ BAD_ASK = [
 ]
 
 
-@pytest.mark.parametrize(("args", "kwargs", "message"), BAD_ASK)
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    BAD_ASK,
+    ids=[
+        "tokens-negative",
+        "tokens-zero",
+        "tokens-bool",
+        "tokens-float",
+        "ids-float",
+        "ids-bool",
+        "ids-past-vocab",
+        "ids-negative",
+        "ids-empty",
+        "ids-2d",
+        "ids-0d",
+        "ids-list",
+        "ids-meta",
+        "blank-question",
+        "frames-without-kv",
+    ],
+)
 def test_ask_refuses_bad_arguments_before_anything_moves(tiny_llava_ov, args, kwargs, message):
     with _bound(tiny_llava_ov, frames_per_chunk=2) as bound:
         s = bound.stream()
