@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_tiny_llava_ov
+from tokencompress.cli.main import main
 from tokencompress.models import loading as models
 from tokencompress.models import tokenizer
-from tokencompress.cli.main import main
 from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
 
 pytestmark = pytest.mark.slow

@@ -16,6 +16,7 @@ import pytest
 
 import tests.error_cases_models  # noqa: F401 - it registers the cases
 import tests.error_cases_trust_eval  # noqa: F401 - registers the eval cases
+import tests.error_cases_trust_streams  # noqa: F401 - it registers the cases
 import tests.error_cases_trust_validate  # noqa: F401 - registers its cases
 from tests import error_cases_cli, error_cases_input, error_cases_runs  # noqa: F401 - they register the cases
 from tests.conftest import random_frames

@@ -178,3 +178,64 @@ def test_a_pruner_without_a_budget_must_plan_its_own() -> None:
     pruner = OwnBudget()
     out = pruner.apply(VisualTokens.from_frames(torch.randn(2, 4, 3), (2, 2)), None, ChunkInfo(0, 0, 2))
     assert out.source.tolist() == [3, 7] and pruner.planned_count(4, 2) is None
+
+
+# ------------------------------------------------------------- contracts at run time
+def _fault(model: Any, name: str, frames: int = 1) -> str:
+    from tests.conftest import random_frames
+    from tests.strategy_contract_fakes import contract_pipeline
+    from tokencompress.api.errors import PluginFault
+
+    with contract_pipeline(name, frames).apply(model) as bound:
+        s = bound.stream()
+        with pytest.raises(PluginFault) as exc:
+            s.add_frames(random_frames(frames))
+        assert s.chunks_done == 0 and s.llm.length == 0  # the chunk was rolled back
+    return str(exc.value)
+
+
+def test_a_count_other_than_planned_count_is_a_named_fault(tiny_llava_ov) -> None:
+    """A run used to end with exit 0 on a strategy that broke the count it promised (a serving engine
+    sizes its buffers from ``planned_count``); only the testing kit noticed."""
+    assert _fault(tiny_llava_ov, "overshoot", 2) == (
+        "strategy 'overshoot' (pkg-contracts source) failed at pre_prefill, chunk 0: apply() returned 10 tokens, "
+        "but planned_count() promised 8 for 2 frame(s) of 16 tokens; make them agree, or return None from "
+        "planned_count() (dynamic_count = True) if the count depends on the data"
+    )
+
+
+def test_a_data_dependent_count_is_not_checked(tiny_llava_ov) -> None:
+    from tests.conftest import random_frames
+    from tests.strategy_contract_fakes import contract_pipeline
+
+    with contract_pipeline("adaptive", 2).apply(tiny_llava_ov) as bound:
+        (stats,) = bound.stream().add_frames(random_frames(2))
+    assert stats.pre_prefill == (32, 10)
+
+
+def test_ragged_input_is_not_checked_against_planned_count() -> None:
+    from tests.strategy_contract_fakes import Overshoot
+    from tokencompress.plugins.faults import Attribution, check_planned
+
+    tok = VisualTokens.from_frames(torch.randn(2, 6, 3), (2, 3))
+    ragged = tok.take(torch.tensor([0, 1, 2, 6, 7]))  # 3 and 2 tokens: planned_count has no answer
+    out = ragged.take(torch.tensor([0, 1, 3, 4]))
+    check_planned(Attribution(None), Overshoot(), "pre_prefill, chunk 0", ragged, out)  # no fault
+    with pytest.raises(Exception, match=r"apply\(\) returned 4 tokens, but planned_count\(\) promised 8"):
+        check_planned(Attribution(None), Overshoot(), "pre_prefill, chunk 0", tok, out)
+
+
+@pytest.mark.parametrize(
+    ("name", "detail"),
+    [
+        ("short_scores", "ValueError: score() returned scores of shape (15,), expected [16] (one per token"),
+        ("list_scores", "ValueError: score() returned scores of type list, expected a tensor [16]"),
+        ("long_budgets", "ValueError: plan() returned budgets of shape (2,), expected [1] (one per frame"),
+        ("no_plan", "ValueError: plan() returned tuple, expected a Plan"),
+    ],
+)
+def test_a_malformed_plan_is_a_named_fault(tiny_llava_ov, name: str, detail: str) -> None:
+    """A score() of the wrong length used to surface as torch's ``shape '[-1, 16]' is invalid``."""
+    message = _fault(tiny_llava_ov, name)
+    assert message.startswith(f"strategy '{name}' (pkg-contracts source) failed at pre_prefill, chunk 0: ")
+    assert detail in message and "\n" not in message

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import random_frames
-from tokencompress import Pipeline, VideoError
+from tokencompress import ConfigError, Pipeline, VideoError
 from tokencompress.api.types import ChatFormat
 
 STC = {
@@ -20,13 +20,22 @@ def pipeline(stages=None, **extra) -> Pipeline:
     return Pipeline.from_dict({"stages": stages or {}, **extra})
 
 
-def test_failed_question_leaves_the_cache_as_it_was(tiny_llava_ov, frames):
+def test_failed_question_leaves_the_cache_as_it_was(tiny_llava_ov, frames, monkeypatch):
     with pipeline(STC, target_options={"newline": True}).apply(tiny_llava_ov) as bound:
         s = bound.stream()
         s.add_frames(frames[:2])
         length, position = s.llm.length, s.llm.next_position
-        with pytest.raises(IndexError):
-            s.ask(torch.tensor([5, 10**6]))  # an id outside the vocabulary fails mid-prefill
+        with pytest.raises(ConfigError, match="outside the model's vocabulary"):
+            s.ask(torch.tensor([5, 10**6]))  # refused before anything is prefilled
+        assert (s.llm.length, s.llm.next_position) == (length, position)
+
+        def out_of_memory(*args):
+            raise MemoryError("simulated")
+
+        with monkeypatch.context() as m:  # a failure mid-answer, after the question was prefilled
+            m.setattr(bound.target, "greedy_decode", out_of_memory)
+            with pytest.raises(MemoryError):
+                s.ask(torch.tensor([5, 10]))
         assert (s.llm.length, s.llm.next_position) == (length, position)
         with pytest.raises(RuntimeError, match="tokenizer"):
             s.ask("no tokenizer on this stream")

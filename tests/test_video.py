@@ -113,3 +113,71 @@ def test_bad_fps(tmp_path: Path, fps: float) -> None:
     with pytest.raises(VideoError, match="fps") as exc:
         iter_frames(path, fps=fps)
     assert str(path) in str(exc.value)
+
+
+# ------------------------------------------------------------------ rotation
+needs_display_matrix = pytest.mark.skipif(
+    not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
+    reason="this PyAV cannot write a display matrix (set_display_rotation)",
+)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same picture up to the codec's loss (mpeg4 at its default rate)."""
+    return a.shape == b.shape and float(np.abs(a.astype(int) - b.astype(int)).mean()) < 8
+
+
+# (degrees, hflip) → the stored picture as it is shown; every case was checked against FFmpeg's
+# own autorotate (ffmpeg -i clip.mp4 -f rawvideo), which agrees with these on all eight orientations
+ORIENTATIONS = [
+    (90, False, lambda x: np.rot90(x, 1)),  # a quarter turn counter-clockwise
+    (-90, False, lambda x: np.rot90(x, -1)),  # a phone held upright: a quarter turn clockwise
+    (180, False, lambda x: x[::-1, ::-1]),
+    (0, True, lambda x: x[:, ::-1]),  # a front camera's mirror
+    (90, True, lambda x: np.rot90(x, 1)[:, ::-1]),
+]
+
+
+@needs_display_matrix
+@pytest.mark.parametrize(
+    ("degrees", "hflip", "shown"), ORIENTATIONS, ids=["ccw", "cw", "180", "mirror", "ccw-mirror"]
+)
+def test_frames_come_out_as_the_display_matrix_shows_them(tmp_path: Path, degrees, hflip, shown) -> None:
+    from tests.videos import corners, rotated_mp4
+
+    path = rotated_mp4(tmp_path / "phone.mp4", degrees, hflip)
+    want = np.ascontiguousarray(shown(corners()))
+    frames = list(iter_frames(path))
+    assert len(frames) == 3 and all(_close(f.rgb, want) for f in frames)
+    assert frames[0].rgb.flags.c_contiguous
+    if abs(degrees) == 90:
+        assert frames[0].rgb.shape == (64, 48, 3)  # portrait, not sideways
+
+
+@needs_display_matrix
+def test_the_evaluation_decoder_shows_frames_upright_too(tmp_path: Path) -> None:
+    from tests.videos import corners, rotated_mp4
+    from tokencompress.eval.video_source import VideoSource
+
+    path = rotated_mp4(tmp_path / "phone.mp4", -90)
+    (rgb,) = VideoSource(str(path)).frames([1])
+    assert _close(rgb, np.rot90(corners(), -1))
+
+
+@needs_display_matrix
+def test_a_free_angle_is_refused_before_a_frame_counts(tmp_path: Path) -> None:
+    from tests.videos import rotated_mp4
+
+    path = rotated_mp4(tmp_path / "tilted.mp4", 45)
+    reader = iter_frames(path)
+    with pytest.raises(VideoError, match="turns the picture by 45 degrees; only quarter turns") as exc:
+        next(reader)
+    assert str(path) in str(exc.value) and reader.decoded == 0
+
+
+def test_a_clip_without_a_display_matrix_is_untouched(tmp_path: Path) -> None:
+    from tests.videos import corners, write_segment
+
+    path = tmp_path / "plain.mp4"
+    write_segment(path, 64, 48, 2, codec="mpeg4")
+    assert next(iter(iter_frames(path))).rgb.shape == corners().shape

@@ -1,4 +1,4 @@
-"""Small test videos written with PyAV: a spliced broadcast and a file corrupt part-way."""
+"""Small test videos written with PyAV: a spliced broadcast, a file corrupt part-way, a rotated phone clip."""
 
 from __future__ import annotations
 
@@ -46,4 +46,29 @@ def corrupt_mp4(path: Path, n: int = 100) -> Path:
     return path
 
 
-__all__ = ["write_segment", "spliced_ts", "corrupt_mp4"]
+def corners(w: int = 64, h: int = 48) -> np.ndarray:
+    """A ``[h, w, 3]`` picture with a red top-left, a green top-right and a blue bottom-left corner."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:16, :16] = (255, 0, 0)
+    img[:16, -16:] = (0, 255, 0)
+    img[-16:, :16] = (0, 0, 255)
+    return img
+
+
+def rotated_mp4(path: Path, degrees: float, hflip: bool = False, n: int = 3) -> Path:
+    """``n`` frames of :func:`corners` stored landscape, with a display matrix (as phones write)
+    that turns them ``degrees`` counter-clockwise (then mirrors them left-right with ``hflip``)."""
+    img = corners()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = img.shape[1], img.shape[0], "yuv420p"
+        stream.set_display_rotation(degrees, hflip=hflip)
+        for _ in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+__all__ = ["write_segment", "spliced_ts", "corrupt_mp4", "corners", "rotated_mp4"]

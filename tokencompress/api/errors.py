@@ -15,6 +15,7 @@ __all__ = [
     "PluginError",
     "DecodeError",
     "PluginFault",
+    "StreamBusyError",
 ]
 
 
@@ -55,4 +56,12 @@ class PluginFault(TokenCompressError):
 
     The message names the plugin, its package and version, the stage and the chunk; the
     original exception is kept as ``__cause__`` (shown under ``--debug``).
+    """
+
+
+class StreamBusyError(TokenCompressError):
+    """A second thread called a stream while another thread's call was still running on it.
+
+    A stream takes one caller at a time (:mod:`tokencompress.stream.lock`): the second caller is
+    refused at once, before it touches anything, and the first one's call goes on unharmed.
     """

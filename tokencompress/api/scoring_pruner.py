@@ -207,10 +207,32 @@ class ScoringPruner(TokenStrategy):
     def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
         """Write ``plan.update`` into ``state``; called once per chunk, after the gather succeeded."""
 
+    def _checked(self, plan: Any, tokens: VisualTokens) -> Plan:
+        """``plan`` if it holds one score per row and one budget per frame, else a ValueError saying which
+        (the pipeline reports it as a fault of this strategy, like non-finite scores)."""
+        own = "score()" if type(self).plan is ScoringPruner.plan else "plan()"
+        if not isinstance(plan, Plan):
+            raise ValueError(f"plan() returned {type(plan).__name__}, expected a Plan")
+        n, f = tokens.count, plan.layout.num_frames
+        for what, value, want, source in (
+            ("scores", plan.scores, n, own),
+            ("budgets", plan.budgets, f, "plan()"),
+        ):
+            if not isinstance(value, Tensor):
+                raise ValueError(
+                    f"{source} returned {what} of type {type(value).__name__}, expected a tensor [{want}]"
+                )
+            if tuple(value.shape) != (want,):
+                raise ValueError(
+                    f"{source} returned {what} of shape {tuple(value.shape)}, expected [{want}] "
+                    f"(one per {'token' if what == 'scores' else 'frame'} of the chunk)"
+                )
+        return plan
+
     def apply(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> VisualTokens:
         if tokens.count == 0:
             return tokens
-        plan = self.plan(tokens, state, chunk)
+        plan = self._checked(self.plan(tokens, state, chunk), tokens)
         if plan.keeps_all():
             kept = tokens
         else:

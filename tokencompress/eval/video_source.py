@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..api.errors import VideoError
-from ..media.video import _DECODE_ERRORS, _check_path, _open, _reason, _stream_fps
+from ..media.video import _DECODE_ERRORS, _check_path, _open, _reason, _stream_fps, upright_rgb
 
 __all__ = ["VideoSource", "probe_times"]
 
@@ -70,7 +70,7 @@ class VideoSource:
             last = max(wanted)
             for i, frame in enumerate(container.decode(video=0)):
                 if i in wanted:
-                    self._pixels[i] = frame.to_ndarray(format="rgb24")
+                    self._pixels[i] = upright_rgb(frame, self.path)
                 if i >= last:
                     break
         except _DECODE_ERRORS as exc:

@@ -25,22 +25,39 @@ def as_frames(frames: np.ndarray | Tensor | Sequence[np.ndarray | Tensor]) -> li
     if isinstance(frames, (list, tuple)):
         out = []
         for i, frame in enumerate(frames):
-            arr = _array(frame)
+            arr, dtype = _array(frame, f"frames[{i}]")
             if arr.ndim != 3:
                 raise VideoError(f"frames[{i}] must be one RGB frame [H, W, 3], got shape {tuple(arr.shape)}")
-            out.extend(_checked(arr[None], f"frames[{i}]"))
+            out.extend(_checked(arr[None], f"frames[{i}]", dtype))
         return out
-    arr = _array(frames)
+    arr, dtype = _array(frames, "frames")
     if arr.ndim == 3:
         arr = arr[None]
-    return _checked(arr, "frames")
+    return _checked(arr, "frames", dtype)
 
 
-def _array(frames: Any) -> np.ndarray:
-    return frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+def _array(frames: Any, what: str) -> tuple[np.ndarray, str]:
+    """The frames as numpy, and the name of the dtype they came in (numpy has no bfloat16 or float8:
+    such tensors are read as float32 so the check below can name them and suggest the conversion)."""
+    if not isinstance(frames, Tensor):
+        arr = np.asarray(frames)
+        return arr, str(arr.dtype)
+    name = str(frames.dtype).removeprefix("torch.")
+    if frames.device.type == "meta":
+        raise VideoError(
+            f"{what}: a tensor on the meta device holds no pixels; give real uint8 RGB frames "
+            "(a numpy array, or a tensor on the CPU or a GPU)"
+        )
+    t = frames.detach()
+    if t.dtype.is_complex:
+        raise VideoError(f"{what} must be uint8 RGB (0-255), got {name}; give real-valued uint8 RGB frames")
+    try:
+        return t.cpu().numpy(), name
+    except TypeError:  # a dtype numpy lacks (bfloat16, float8, ...): every such dtype is a float
+        return t.float().cpu().numpy(), name
 
 
-def _checked(arr: np.ndarray, what: str) -> list[np.ndarray]:
+def _checked(arr: np.ndarray, what: str, dtype: str | None = None) -> list[np.ndarray]:
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise VideoError(f"{what} must be RGB [N, H, W, 3] (or one [H, W, 3]), got shape {tuple(arr.shape)}")
     if arr.shape[1] == 0 or arr.shape[2] == 0:
@@ -48,7 +65,7 @@ def _checked(arr: np.ndarray, what: str) -> list[np.ndarray]:
             f"{what} must have at least one pixel, got shape {tuple(arr.shape)} (an empty frame)"
         )
     if arr.dtype != np.uint8:
-        raise VideoError(f"{what} must be uint8 RGB (0-255), got {arr.dtype}; {_conversion(arr)}")
+        raise VideoError(f"{what} must be uint8 RGB (0-255), got {dtype or arr.dtype}; {_conversion(arr)}")
     return list(arr)
 
 

@@ -1,4 +1,8 @@
-"""Video decoding for streaming runs: sample clips, probing and lazy frame sampling via PyAV."""
+"""Video decoding for streaming runs: sample clips, probing and lazy frame sampling via PyAV.
+
+Frames come out as they are shown, not as they are stored: a clip's display matrix (a phone's
+portrait rotation, a mirror) is applied to every decoded frame, as players and FFmpeg do.
+"""
 
 from __future__ import annotations
 
@@ -99,6 +103,54 @@ def _open(p: Path) -> av.container.InputContainer:
         container.close()
         raise
     return container
+
+
+def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's 3x3 display matrix (16.16 fixed point in the 2x2 part), or None when it has none."""
+    try:
+        kind = av.sidedata.sidedata.Type.DISPLAYMATRIX
+        data = frame.side_data.get(kind)
+    except (AttributeError, KeyError, TypeError, ValueError):  # a PyAV without frame side data
+        return None
+    if data is None:
+        return None
+    values = np.frombuffer(bytes(data), dtype=np.int32)
+    return values.reshape(3, 3) if values.size == 9 else None
+
+
+def _upright_axes(frame: av.VideoFrame, path: Path | str) -> tuple[bool, int, int] | None:
+    """(transpose, row step, column step) that shows ``frame`` upright; None when stored upright.
+
+    FFmpeg's display matrix maps a stored pixel (x, y) (y down) to ``(a x + c y, b x + d y)`` with
+    ``[[a, b], [c, d]]`` its 2x2 part; the quarter turns and mirrors that cameras write are the
+    signed permutations of the axes. Any other matrix (a free angle, a shear) is refused.
+    """
+    m = _display_matrix(frame)
+    if m is None:
+        return None
+    (a, b), (c, d) = np.rint(m[:2, :2] / 65536.0).astype(int)
+    if (a, b, c, d) == (1, 0, 0, 1):
+        return None
+    if b == c == 0 and abs(a) == abs(d) == 1:
+        return False, int(d), int(a)
+    if a == d == 0 and abs(b) == abs(c) == 1:
+        return True, int(b), int(c)
+    angle = getattr(frame, "rotation", None)
+    turn = f"turns the picture by {angle} degrees" if angle is not None else "is no quarter turn"
+    raise VideoError(
+        f"{path}: its display matrix {turn}; only quarter turns and mirrors are supported, "
+        "re-encode the video upright"
+    )
+
+
+def upright_rgb(frame: av.VideoFrame, path: Path | str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of ``frame`` as it is meant to be shown: its display matrix applied."""
+    rgb = frame.to_ndarray(format="rgb24")
+    axes = _upright_axes(frame, path)
+    if axes is None:
+        return rgb
+    transpose, rows, cols = axes
+    return np.ascontiguousarray((rgb.transpose(1, 0, 2) if transpose else rgb)[::rows, ::cols])
 
 
 def _reason(exc: BaseException) -> str:
@@ -204,6 +256,8 @@ class FrameReader:
                     raise DecodeError(
                         f"cannot decode video {p} after frame {self.decoded}: {_reason(exc)}", self.decoded
                     ) from exc
+                if self.decoded == 0:
+                    _upright_axes(frame, p)  # a clip that cannot be shown upright is refused up front
                 index = self.decoded
                 self.decoded += 1
                 pts = float(frame.time) if frame.time is not None else None
@@ -219,7 +273,7 @@ class FrameReader:
                     if clock < next_sample - 1e-9:
                         continue
                     next_sample = start + (math.floor((clock - start) * fps + 1e-9) + 1) / fps
-                yield SampledFrame(index, clock, frame.to_ndarray(format="rgb24"))
+                yield SampledFrame(index, clock, upright_rgb(frame, p))
                 self.sampled += 1
                 if self.max_frames is not None and self.sampled >= self.max_frames:
                     return

@@ -20,7 +20,7 @@ from ..api.tokens import VisualTokens
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["Attribution", "guarded", "check_tokens", "check_hidden"]
+__all__ = ["Attribution", "guarded", "check_tokens", "check_hidden", "check_planned"]
 
 T = TypeVar("T")
 
@@ -88,7 +88,31 @@ def check_tokens(
             where,
             f"apply() returned {after.count} tokens, expected {want} {before.count}",
         )
+    if strategy.changes_count:
+        check_planned(attribution, strategy, where, before, after)
     return after
+
+
+def check_planned(
+    attribution: Attribution, strategy: Any, where: str, before: VisualTokens, after: VisualTokens
+) -> None:
+    """A count-changing strategy keeps the count its ``planned_count`` promised for an input of equal
+    frames (a serving engine sizes its buffers from it). Data-dependent strategies (``planned_count``
+    None) and ragged inputs (frames of different counts, after an earlier adaptive step) are exempt."""
+    counts = before.counts()
+    if not counts.numel() or not bool((counts == counts[0]).all()):
+        return
+    per, frames = int(counts[0]), before.num_frames
+    planned = guarded(attribution, "strategy", strategy, where, strategy.planned_count, per, frames)
+    if planned is not None and after.count != planned:
+        raise attribution.fault(
+            "strategy",
+            strategy,
+            where,
+            f"apply() returned {after.count} tokens, but planned_count() promised {planned} "
+            f"for {frames} frame(s) of {per} tokens; make them agree, or return None from "
+            "planned_count() (dynamic_count = True) if the count depends on the data",
+        )
 
 
 def check_hidden(attribution: Attribution, strategy: Any, where: str, before: Tensor, after: Any) -> Tensor:

@@ -3,7 +3,7 @@
 A :class:`Stream` owns every piece of mutable state of one video: each strategy's state (the
 Cacher's reference tensors and chunk counter, the Pruner's memory), the KV cache and the
 position counter. Streams on one bound model never share any of it, so they can be
-interleaved freely; ``reset()`` drops it all.
+interleaved freely; ``reset()`` drops it all. A stream takes one caller at a time (``stream_lock``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..api.errors import ConfigError
 from ..api.prefill_segment import PrefillSegment
 from ..api.tokens import VisualTokens
 from ..api.types import Stage
 from ..media.frames import as_frames
 from ..plugins.faults import guarded
+from .checks import check_ask, check_ids
 from .decoder_state import DecoderState
+from .lock import StreamLock, one_caller
 from .results import Answer, ChunkStats
 from .seam import ChunkEncoder, EncodedChunk, StreamPosition
 from .timing import now
@@ -47,6 +48,8 @@ def _decoder_work(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
+@one_caller("reset", "prefill_ids", "add_frames", "flush", "prefill_waiting", "add_video", "encode_only")
+@one_caller("ask", "cache_tokens", "bytes_by_device")
 class Stream:
     """One video stream through a :class:`BoundPipeline`.
 
@@ -63,6 +66,7 @@ class Stream:
         self.frames_per_chunk = bound.stream_config.frames_per_chunk
         self.prefill_chunks = bound.stream_config.prefill_chunks
         self._attribution = bound.attribution
+        self._lock = StreamLock()
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -108,6 +112,7 @@ class Stream:
     @_decoder_work
     def prefill_ids(self, ids: Tensor) -> Tensor:
         """Append raw token ids (no chat formatting) after every chunk so far; returns last-token logits."""
+        ids = check_ids(ids, self.target, "prefill_ids")
         self.prefill_waiting()
         return self._transaction(lambda: self._prefill_ids_once(ids))
 
@@ -331,10 +336,9 @@ class Stream:
         same ids when given as ids) first chooses what the answer sees; ``frames`` hands it the
         stream frame indices to use instead (external retrieval).
         """
+        question, frames = check_ask(self.target, question, max_new_tokens, frames, self.kv)
         ids = self._ids(self.question_text(question)) if isinstance(question, str) else question
         bare = self._ids(question) if isinstance(question, str) else question
-        if frames is not None and self.kv is None:
-            raise ConfigError("ask(frames=...): external retrieval needs a kv_cache strategy such as rekv")
         self.flush()
         self._ensure_prefix()
         self.guard.check(self.llm.next_position + 2 * ids.numel() + max_new_tokens + 1, "this question")
@@ -344,7 +348,7 @@ class Stream:
         try:
             t0 = now(device)
             if self.kv is not None:
-                self.kv.retrieve(self.target, self.llm, bare, None if frames is None else list(frames))
+                self.kv.retrieve(self.target, self.llm, bare, frames)
                 retrieval_ms = 1e3 * (now(device) - t0)
                 retrieved = self.kv.retrieved()
             self.target.end_of_video(self.llm)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api.errors import CompatibilityError
+from ..api.errors import CompatibilityError, PluginFault
 from ..api.strategy import TokenStrategy
 from ..api.types import Stage
 from ..pipeline.pipeline import Pipeline
@@ -96,7 +96,10 @@ def check_pair(
 
         bound.run_stage = spy  # type: ignore[method-assign]
         stream = bound.stream()
-        stats = stream.add_frames(frames)
+        try:
+            stats = stream.add_frames(frames)
+        except PluginFault as exc:  # a promise the stream checks as it runs (a planned count, a shape)
+            raise AssertionError(str(exc)) from exc
         infos = bound.target.stage_info()
         for c in stats:
             expected = infos[Stage.POST_VIT].tokens_per_frame * bound.target.token_frames(c.frames)
