@@ -265,12 +265,11 @@ def _summary_text(s: dict[str, Any]) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import re
     import traceback
 
     from .bench import DEFAULT_QUESTION, format_table, run_benchmark, sample_frames, write_plot
     from .models import load_model
-    from .outputs import RunStatus, atomic_path, check_output_dir, write_json
+    from .outputs import RunStatus, check_output_dir, file_stem, write_json
     from .pipeline import Pipeline
     from .video import sample_video_path
 
@@ -282,7 +281,7 @@ def _bench(args: argparse.Namespace) -> int:
         decoder_kernels=args.decoder_kernels,
     )
     compile_for(args)  # a bad --compile-* before any model loads
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pipeline.name) or "pipeline"
+    stem = file_stem(pipeline.name)  # a long name is shortened (outputs.file_stem)
     out = check_output_dir(args.out, "--out", [f"{stem}.json", f"{stem}.png"])  # before any timing
     video = args.video if args.video is not None else sample_video_path("bikes.mp4")
     shown = (
@@ -338,8 +337,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     write_json(out / f"{stem}.json", {**RunStatus().as_dict(), **payload, **result.as_dict()}, "--out")
     print(f"wrote {out / f'{stem}.json'}")
-    with atomic_path(out / f"{stem}.png", "--out") as tmp:
-        png = write_plot(result, tmp)
+    png = write_plot(result, out / f"{stem}.png", "--out")
     if png is None:
         print("note: matplotlib is not installed, plot skipped (pip install 'tokencompress[bench]')")
     else:
@@ -359,6 +357,7 @@ def _bench_sweep(
     from .bench import DEFAULT_QUESTION, run_benchmark
     from .bench.reporting import fmt_spread
     from .bench.sweep import parse_sweep, sweep_payload, sweep_pipelines, write_sweep_plot
+    from .outputs import write_json
 
     param, values = parse_sweep(args.sweep)
     if note:
@@ -388,9 +387,9 @@ def _bench_sweep(
     if note:
         payload["note"] = note
     path = out / f"{stem}_sweep.json"
-    path.write_text(json.dumps(payload, indent=2))
+    write_json(path, payload, "--out")
     print(f"wrote {path}")
-    png = write_sweep_plot(payload, out / f"{stem}_sweep.png")
+    png = write_sweep_plot(payload, out / f"{stem}_sweep.png", "--out")
     print(f"wrote {png}" if png is not None else "note: matplotlib is not installed, plot skipped")
     return 0
 
