@@ -66,7 +66,23 @@ def test_a_link_to_stdout_prints_and_stays_a_link(tmp_path: Path, capfd: pytest.
     write_json(link, {"a": 1})
     print("after")
     assert link.is_symlink() and os.readlink(link) == "/dev/stdout"
-    assert capfd.readouterr().out == 'before\n{\n  "a": 1\n}after\n'
+    assert capfd.readouterr().out == 'before\n{\n  "a": 1\n}\nafter\n'
+
+
+@pytest.mark.slow
+def test_run_json_to_stdout_prints_the_report(
+    tmp_path: Path, tiny_checkpoint: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pipe = tmp_path / "tiny.yaml"
+    pipe.write_text("stages:\n  pre_prefill:\n    - {strategy: stc_pruner, tokens_per_frame: 8}\n")
+    link = tmp_path / "stdout.json"
+    link.symlink_to("/dev/stdout")  # as /dev/stdout itself, never replaced even as root
+    argv = ["run", str(pipe), "--model", str(tiny_checkpoint), "--max-frames", "1", "--no-progress"]
+    assert main([*argv, "--json", str(link)]) == 0
+    out = capfd.readouterr().out
+    report = json.loads(out[out.index("\n{\n") + 1 : out.index("\n}\n") + 2])
+    assert report["status"] == "complete" and report["summary"]["chunks"] == 1
+    assert out.endswith(f"wrote {link}\n") and link.is_symlink()
 
 
 def test_a_link_to_dev_fd_writes_that_descriptor(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def atomic_path(path: str | os.PathLike[str], flag: str = "output") -> Iterator[
 
 def write_json(path: str | os.PathLike[str], payload: Any, flag: str = "output") -> Path:
     """Write ``payload`` as indented JSON atomically (NaN/inf as null, so the file is valid JSON)."""
-    text = json.dumps(_finite(payload), indent=2, allow_nan=False, default=_plain)
+    text = json.dumps(_finite(payload), indent=2, allow_nan=False, default=_plain) + "\n"
     return write_text(path, text, flag)
 
 
