@@ -286,7 +286,7 @@ def _temp_file(near: Path, t: _Target) -> Path:
     tmp = _fresh(near, lambda name: os.close(os.open(name, _CREATE, 0o666)))
     if t.mode is not None:
         os.chmod(tmp, t.mode)
-    if t.owner is not None and os.geteuid() == 0 and t.owner != (0, 0):
+    if t.owner is not None and os.geteuid() == 0 and t.owner != (os.geteuid(), os.getegid()):
         os.chown(tmp, *t.owner)
     return tmp
 
