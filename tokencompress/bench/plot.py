@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..files.outputs import write_with
 from .results import BenchResult
 
 __all__ = ["write_plot"]
 
 
-def write_plot(result: BenchResult, path_png: str | os.PathLike[str]) -> Path | None:
+def write_plot(result: BenchResult, path_png: str | os.PathLike[str], flag: str = "output") -> Path | None:
     """Horizontal bars of pipeline / baseline (1.0 = baseline), time and FLOPs side by side per
-    stage. Returns None, without raising, when matplotlib is not installed."""
+    stage, written atomically (``flag`` names the option in an error). Returns None, without
+    raising, when matplotlib is not installed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -57,5 +59,4 @@ def write_plot(result: BenchResult, path_png: str | os.PathLike[str]) -> Path | 
     )
     path = Path(path_png)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return write_with(path, lambda tmp: fig.savefig(tmp, dpi=120), flag)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.errors import TokenCompressError
+from ..files.outputs import write_with
 from ..pipeline.pipeline import Pipeline
 from .results import BenchResult
 
@@ -83,8 +84,11 @@ def sweep_payload(param: str, values: list[float | int], results: list[BenchResu
     }
 
 
-def write_sweep_plot(payload: dict[str, Any], path_png: str | os.PathLike[str]) -> Path | None:
-    """Time ratios (median with min-max bars) and FLOP ratios against the swept value."""
+def write_sweep_plot(
+    payload: dict[str, Any], path_png: str | os.PathLike[str], flag: str = "output"
+) -> Path | None:
+    """Time ratios (median with min-max bars) and FLOP ratios against the swept value, written
+    atomically (``flag`` names the option in an error)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -119,5 +123,4 @@ def write_sweep_plot(payload: dict[str, Any], path_png: str | os.PathLike[str]) 
     ax.legend(fontsize=8)
     path = Path(path_png)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return write_with(path, lambda tmp: fig.savefig(tmp, dpi=120), flag)

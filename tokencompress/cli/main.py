@@ -270,7 +270,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from ..bench import DEFAULT_QUESTION, format_table, run_benchmark, sample_frames, write_plot
     from ..bench.naming import result_stem
-    from ..files.outputs import RunStatus, atomic_path, check_output_dir, write_json
+    from ..files.outputs import RunStatus, check_output_dir, write_json
     from ..media.video import sample_video_path
     from ..models.loading import load_model
     from ..pipeline.pipeline import Pipeline
@@ -336,8 +336,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     write_json(out / f"{stem}.json", {**RunStatus().as_dict(), **payload, **result.as_dict()}, "--out")
     print(f"wrote {printable(out / f'{stem}.json')}")
-    with atomic_path(out / f"{stem}.png", "--out") as tmp:
-        png = write_plot(result, tmp)
+    png = write_plot(result, out / f"{stem}.png", "--out")
     if png is None:
         print("note: matplotlib is not installed, plot skipped (pip install 'tokencompress[bench]')")
     else:
@@ -357,6 +356,7 @@ def _bench_sweep(
     from ..bench import DEFAULT_QUESTION, run_benchmark
     from ..bench.reporting import fmt_spread
     from ..bench.sweep import parse_sweep, sweep_payload, sweep_pipelines, write_sweep_plot
+    from ..files.outputs import write_json
 
     param, values = parse_sweep(args.sweep)
     if note:
@@ -386,9 +386,9 @@ def _bench_sweep(
     if note:
         payload["note"] = note
     path = out / f"{stem}_sweep.json"
-    path.write_text(json.dumps(payload, indent=2))
+    write_json(path, payload, "--out")
     print(f"wrote {printable(path)}")
-    png = write_sweep_plot(payload, out / f"{stem}_sweep.png")
+    png = write_sweep_plot(payload, out / f"{stem}_sweep.png", "--out")
     print(f"wrote {printable(png)}" if png is not None else "note: matplotlib is not installed, plot skipped")
     return 0
 

@@ -10,30 +10,36 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..api.errors import TokenCompressError
+from ..files.outputs import write_bytes
 
-__all__ = ["PredictionLog", "atomic_write", "read_logs"]
+__all__ = ["PredictionLog", "atomic_write", "read_logs", "write_results"]
 
 
-def atomic_write(path: Path, data: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_write(path: Path, data: str | bytes, flag: str = "--out") -> Path:
+    """``data`` into ``path`` through :func:`tokencompress.files.outputs.write_bytes` (temp file, rename)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TokenCompressError(f"{flag} {path.parent}: cannot write: {exc.strerror or exc}") from None
+    return write_bytes(path, data.encode() if isinstance(data, str) else data, flag)
+
+
+def write_results(out: Path, files: dict[str, str | bytes]) -> None:
+    """Each of ``files`` (name -> content) into ``out``, atomically. A failure (a full disk) names
+    the file and says the answers are kept in the per-rank logs, so a rerun only writes results."""
+    for name, data in files.items():
+        try:
+            atomic_write(out / name, data)
+        except TokenCompressError as exc:
+            raise TokenCompressError(
+                f"{exc}; every answer is kept in {out / 'preds.rank*.jsonl'}: free space and rerun the "
+                "same command to write the results without answering again"
+            ) from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -113,13 +119,22 @@ class PredictionLog:
             raise TokenCompressError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        for rec in records:
-            self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            for rec in records:
+                self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise TokenCompressError(
+                f"--out {self.path}: cannot write: {exc.strerror or exc}; the answers logged before are kept: "
+                "free space and rerun the same command to go on from there"
+            ) from None
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # the write that failed was reported; the lines before it are on disk
 
 
 def _ends_torn(path: Path) -> bool:

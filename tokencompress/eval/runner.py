@@ -23,7 +23,7 @@ from typing import Any
 from ..api.errors import TokenCompressError
 from .aggregate import aggregate, retention
 from .engine import Engine
-from .outputs import PredictionLog, atomic_write, read_logs
+from .outputs import PredictionLog, read_logs, write_results
 from .protocols import run_group
 from .records import Loaded, Query
 from .report import format_table, speed_ratios, speed_summary, write_plot
@@ -203,12 +203,10 @@ def _finish(
         "variants": variants,
     }
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered)
-    atomic_write(out / "predictions.jsonl", lines)
-    atomic_write(out / "results.json", json.dumps(results, indent=2, sort_keys=False) + "\n")
-    atomic_write(out / "results.md", format_table(results))
     png = write_plot(results, out / "retention.png") if len(variants) > 1 else None
-    if png is not None:
-        atomic_write(out / "retention.png", png)
+    files = {"predictions.jsonl": lines, "results.json": json.dumps(results, indent=2) + "\n"}
+    files["results.md"] = format_table(results)
+    write_results(out, {**files, **({"retention.png": png} if png is not None else {})})
     results["plot"] = str(out / "retention.png") if png is not None else None
     return results
 

@@ -13,14 +13,14 @@ import base64
 import hashlib
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
+
+from ..files.outputs import atomic_dir
 
 Layout = Literal["llava_onevision", "qwen2_vl"]
 
@@ -224,26 +224,9 @@ def _save_atomically(tok: PreTrainedTokenizerFast, entry: Path, replace: bool) -
     """Write to a sibling temp dir and rename, so a concurrent reader sees all or nothing.
     Cache trouble (read-only home, a racing writer) is never fatal: the tokenizer is in hand."""
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    except OSError:
-        return
-    try:
-        tok.save_pretrained(str(tmp))
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not replace:
-                return  # a racing writer got there first; its copy is equivalent
-            # Move the broken entry aside by rename so no reader ever sees a half-deleted dir.
-            stale = entry.with_name(f".{entry.name}-stale-{os.getpid()}")
-            os.replace(entry, stale)
-            os.replace(tmp, entry)
-            shutil.rmtree(stale, ignore_errors=True)
+        atomic_dir(entry, lambda tmp: tok.save_pretrained(str(tmp)), replace)
     except OSError:
         pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def byte_tokenizer(layout: Layout = "llava_onevision") -> PreTrainedTokenizerFast:
