@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import tests.error_cases_trust_venv  # noqa: F401 - side environments
 from tests import error_cases_cli, error_cases_input, error_cases_runs  # noqa: F401 - they register the cases
 from tests.conftest import random_frames
 from tests.error_harness import CASES, TINY, Ctx, Row, table

@@ -124,12 +124,14 @@ def _pins_text() -> str:
 
 
 def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """pip's last ``ERROR:`` line (else the last line it wrote)."""
     lines = [
         ln.strip()
-        for ln in (proc.stderr + proc.stdout).splitlines()
+        for ln in (proc.stdout + "\n" + proc.stderr).splitlines()
         if ln.strip() and not ln.startswith("WARNING: Location")
     ]
-    return lines[-1] if lines else f"exit code {proc.returncode}"
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    return (errors or lines or [f"exit code {proc.returncode}"])[-1]
 
 
 def _conflict(proc: subprocess.CompletedProcess[str]) -> str:
