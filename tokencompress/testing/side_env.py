@@ -15,7 +15,10 @@ Python, a conda env), that adds only the extra packages and never resolves its o
   torchaudio, triton and transformers (:attr:`SideEnv.constraints`, those that are installed),
   and is planned first with ``pip install --dry-run --report``: a plan that needs another torch,
   or would install torch, triton, CUDA libraries (``nvidia-*``, ``cuda-*``) or any pinned package
-  is refused with :class:`SideEnvError` before any wheel is downloaded. After a build,
+  is refused with :class:`SideEnvError` before anything is installed. Planning fetches only
+  what pip needs to read requirements (the planned light wheels where the index serves no
+  separate metadata); with torch pinned, pip never looks at another torch's wheels, and no
+  heavy download starts. After a build,
   :meth:`SideEnv.verify` checks that ``torch.__version__`` and ``transformers.__version__`` inside
   are the outer ones.
 * :func:`default_location` keys the cache folder by the recipe and the outer environment's
@@ -194,7 +197,7 @@ class SideEnv:
             if any(word in proc.stderr + proc.stdout for word in _CONFLICT):
                 raise SideEnvError(
                     f"{self.name}: {what} cannot be installed next to this environment's {_pins_text()}: "
-                    f"{_conflict(proc)}; nothing was downloaded or installed"
+                    f"{_conflict(proc)}; nothing was installed"
                 )
             raise SideEnvError(f"{self.name}: pip install --dry-run {what} failed: {_last_line(proc)}")
         items = json.loads(report.read_text()).get("install", [])
