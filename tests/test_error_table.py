@@ -19,6 +19,7 @@ import tests.error_cases_outputs  # noqa: F401 - output paths and failed writes
 import tests.error_cases_trust_eval  # noqa: F401 - registers the eval cases
 import tests.error_cases_trust_streams  # noqa: F401 - it registers the cases
 import tests.error_cases_trust_validate  # noqa: F401 - registers its cases
+import tests.error_cases_trust_venv  # noqa: F401 - side environments
 from tests import error_cases_cli, error_cases_input, error_cases_runs  # noqa: F401 - they register the cases
 from tests.conftest import random_frames
 from tests.error_harness import CASES, TINY, Ctx, Row, table

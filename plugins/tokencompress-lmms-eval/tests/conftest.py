@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lmms_venv import IndexUnreachable, default_venv, ensure_venv, install_plugin, venv_env  # noqa: E402
 
+from tokencompress.testing.side_env import SideEnvError  # noqa: E402
+
 
 @dataclass(frozen=True)
 class LmmsEnv:
@@ -37,4 +39,6 @@ def lmms(tmp_path_factory: pytest.TempPathFactory) -> LmmsEnv:
         python = ensure_venv(Path(where) if where else default_venv())
     except IndexUnreachable as exc:
         pytest.skip(f"lmms-eval checks need the package index to build their venv: {exc}")
+    except SideEnvError as exc:  # it would need a torch of its own: refused, nothing downloaded
+        pytest.fail(str(exc), pytrace=False)
     return LmmsEnv(python, install_plugin(python, tmp_path_factory.mktemp("lmms-plugin")))

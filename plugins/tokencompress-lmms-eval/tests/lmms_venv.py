@@ -1,21 +1,22 @@
 """lmms-eval beside the project's environment, installed the way the plugin's README says.
 
 lmms-eval's own requirements clash with this project's (torchvision must match torch exactly,
-av<16, filelock's old layout), so it never goes into the test environment itself. A venv with
-``--system-site-packages`` sees the project's packages (torch, transformers, av, tokencompress)
-and adds only the plugin's ``lmms-eval`` extra and lmms-eval itself (``--no-deps``).
+av<16, filelock's old layout), so it never goes into the test environment itself. It goes into
+a side environment (``tokencompress.testing.side_env``): a venv layered over the running
+interpreter's environment, venv or not, so it sees the project's packages (torch, transformers,
+av, tokencompress) and adds only the plugin's ``lmms-eval`` extra and lmms-eval itself
+(``--no-deps``), under the outer torch and transformers as pins. It never downloads a torch: a
+plan that would is refused with the reason, and the lmms-eval tests fail with it.
 
-That venv holds third-party packages only, so it is built once per machine and reused (it is
-keyed by the Python and the requirement lists, built under a file lock). The plugin itself is
-installed per test session into a private ``--target`` folder that goes first on
-``PYTHONPATH``: every run tests the plugin next to these tests, whichever checkout that is.
+That venv holds third-party packages only, so it is built once per machine and outer
+environment and reused (keyed by the requirement lists and the outer environment, built under a
+file lock). The plugin itself is installed per test session into a private ``--target`` folder
+that goes first on ``PYTHONPATH``: every run tests the plugin next to these tests, whichever
+checkout that is.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+from tokencompress.testing.side_env import SideEnv, default_location, ensure
 
 PLUGIN = Path(__file__).resolve().parents[1]
 REPO = PLUGIN.parents[1]
@@ -42,11 +45,13 @@ def extra_requirements() -> list[str]:
         return list(tomllib.load(fh)["project"]["optional-dependencies"]["lmms-eval"])
 
 
+def recipe() -> dict[str, object]:
+    return {"lmms_eval": LMMS_EVAL, "extra": extra_requirements(), "build": BUILD}
+
+
 def default_venv() -> Path:
-    key = json.dumps([sys.executable, sys.version, LMMS_EVAL, extra_requirements(), BUILD])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "tokencompress" / f"lmms-eval-venv-{digest}"
+    """Under ``~/.cache/tokencompress``, keyed by :func:`recipe` and the running environment."""
+    return default_location("lmms-eval", recipe())
 
 
 def venv_env(plugin_dir: Path | None = None, **extra: str) -> dict[str, str]:
@@ -78,33 +83,25 @@ def _run_pip(python: Path, *args: str) -> None:
         raise RuntimeError(f"pip {' '.join(args)} failed: {_last_line(proc)}")
 
 
+def _build(side: SideEnv) -> None:
+    wheels = side.path / "wheels"
+    probe = side.pip("download", "--no-deps", "--dest", str(wheels), LMMS_EVAL)
+    if probe.returncode != 0:
+        raise IndexUnreachable(f"cannot download {LMMS_EVAL}: {_last_line(probe)}")
+    (wheel,) = wheels.glob("lmms_eval-*.whl")
+    # The README's order: the extra first, then lmms-eval without its requirements.
+    side.install(*extra_requirements(), *BUILD)
+    side.install(str(wheel), no_deps=True)
+
+
 def ensure_venv(venv: Path) -> Path:
     """Build the venv unless a complete one is there; return its python.
 
-    Raises :class:`IndexUnreachable` when lmms-eval cannot even be downloaded; any later failure
-    is a real one and raises ``RuntimeError`` with pip's last line.
+    Raises :class:`IndexUnreachable` when lmms-eval cannot even be downloaded, and
+    :class:`~tokencompress.testing.side_env.SideEnvError` (one line: what, and why) when the
+    build would need a torch of its own or any later step fails.
     """
-    python = venv / "bin" / "python"
-    marker = venv / "tokencompress-lmms-eval.json"
-    wanted = json.dumps({"lmms_eval": LMMS_EVAL, "extra": extra_requirements(), "build": BUILD})
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second test session waits instead of building over it
-        if python.exists() and marker.exists() and marker.read_text() == wanted:
-            return python
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(venv)], check=True
-        )
-        wheels = venv / "wheels"
-        probe = _pip(python, "download", "--no-deps", "--dest", str(wheels), LMMS_EVAL)
-        if probe.returncode != 0:
-            raise IndexUnreachable(f"cannot download {LMMS_EVAL}: {_last_line(probe)}")
-        (wheel,) = wheels.glob("lmms_eval-*.whl")
-        # The README's order: the extra first, then lmms-eval without its requirements.
-        _run_pip(python, "install", *extra_requirements(), *BUILD)
-        _run_pip(python, "install", "--no-deps", str(wheel))
-        marker.write_text(wanted)
-    return python
+    return ensure(venv, recipe(), _build, name="lmms-eval venv", env=venv_env()).python
 
 
 def install_plugin(python: Path, target: Path) -> Path:
