@@ -93,15 +93,11 @@ class VisualTokens:
         """``[N]`` index of each row's representative inside its own frame (row-major)."""
         return self.pos[:, 0] * self.grid[1] + self.pos[:, 1]
 
-    def split_frames(self) -> list[Tensor]:
-        """Per-frame token tensors (ragged when budgets differ between frames)."""
-        return list(torch.split(self.tokens, self.counts().tolist()))
-
     def dense(self) -> Tensor:
         """``[F, n, D]``; only when every frame holds the same number of tokens."""
         counts = self.counts()
         if self.num_frames and not bool((counts == counts[0]).all()):
-            raise ValueError(f"frames hold different token counts {counts.tolist()}; use split_frames()")
+            raise ValueError(f"frames hold different token counts {counts.tolist()}; split rows by counts()")
         return self.tokens.view(self.num_frames, -1, self.dim)
 
     # ------------------------------------------------------------ transforms

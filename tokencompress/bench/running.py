@@ -72,15 +72,55 @@ def run_benchmark(
     ``compile`` runs both variants compiled (:mod:`tokencompress.patching.compiling`), after one untimed
     compile warm-up run of each, whose time the notes give.
     """
-    from tqdm import tqdm
-
     check_counts(repeats, warmup)
     model, tokenizer, description, random_weights = _unpack(loaded_model)
     frames = _check_frames(frames)
     question = _question(question_ids_or_text, tokenizer)
     load_before = load_average()
+    runners = _runners(pipeline, model, tokenizer, frames, question, compile)
+    compiled_note = _compile_warmup(runners, compile) if compile is not None else None
+    _run_all(runners, warmup, repeats, progress)
+    load = [load_before, load_average()]
+    baseline, compressed = (r.result() for r in runners)
+    base_r, pipe_r = runners
+    target = runners[1].bound.target
+    kv_cache = retrieval_overhead(pipe_r.answers)
+    notes = _notes(pipeline, notes_for(baseline, compressed, model, load), compiled_note, kv_cache)
+    return BenchResult(
+        pipeline_name=pipeline.name,
+        model=description,
+        random_weights=random_weights,
+        frames=int(frames.shape[0]),
+        frame_shape=[int(s) for s in frames.shape[1:]],
+        frames_per_chunk=pipeline.config.stream.frames_per_chunk,
+        prefill_chunks=pipeline.config.stream.prefill_chunks,
+        repeats=repeats,
+        warmup=warmup,
+        device=str(target.device),
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        load_average=None if None in load else load,
+        baseline=baseline,
+        pipeline=compressed,
+        notes=notes,
+        kv_cache=kv_cache,
+        spreads=per_repeat_ratios(baseline.runs, compressed.runs, compressed.chunk_kinds),
+        fidelity=fidelity(base_r.final_tokens, pipe_r.final_tokens, base_r.first_logits, pipe_r.first_logits),
+    )
+
+
+def _runners(
+    pipeline: Pipeline,
+    model: nn.Module,
+    tokenizer: Any,
+    frames: np.ndarray,
+    question: str | Tensor,
+    compile: CompileOptions | None,
+) -> list[_Runner]:
+    """The baseline (the same config with no stages, so only the stages differ) and the pipeline,
+    both bound to the one ``model`` so they share weights and frames."""
     base_cfg = dataclasses.replace(pipeline.config, name="baseline", stages={})
-    runners = [
+    return [
         _Runner(
             "baseline",
             Pipeline(base_cfg, pipeline.registry).bind(model, compile),
@@ -90,7 +130,13 @@ def run_benchmark(
         ),
         _Runner(pipeline.name, pipeline.bind(model, compile), tokenizer, frames, question),
     ]
-    compiled_note = _compile_warmup(runners, compile) if compile is not None else None
+
+
+def _run_all(runners: list[_Runner], warmup: int, repeats: int, progress: bool) -> None:
+    """Every variant's counting pass, then ``warmup + repeats`` interleaved runs, behind one progress
+    bar on stderr (``1 + warmup + repeats`` steps per variant)."""
+    from tqdm import tqdm
+
     total = len(runners) * (1 + warmup + repeats)  # per variant: counting pass, interleaved runs
     with tqdm(
         total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr, leave=False
@@ -104,14 +150,16 @@ def run_benchmark(
             bar.set_postfix_str(f"interleaved {what}")
             # Alternate who goes first, so neither always runs on the caches the other left.
             _interleaved(runners if i % 2 == 0 else runners[::-1], keep=i >= warmup)
-    load = [load_before, load_average()]
-    baseline, compressed = (r.result() for r in runners)
-    base_r, pipe_r = runners
-    target = runners[1].bound.target
-    notes = notes_for(baseline, compressed, model, load)
+
+
+def _notes(
+    pipeline: Pipeline, notes: list[str], compiled_note: str | None, kv_cache: dict[str, float] | None
+) -> list[str]:
+    """``notes`` (the figures' own, from :func:`notes_for`) plus what the reader needs to compare
+    the run with another: compiling, the kv_cache retrieval overhead, grouped prefills and packed
+    decoder kernels."""
     if compiled_note:
         notes.append(compiled_note)
-    kv_cache = retrieval_overhead(pipe_r.answers)
     if kv_cache is not None:
         notes.append(kv_cache_note(kv_cache))
     group = pipeline.config.stream.prefill_chunks
@@ -126,27 +174,7 @@ def run_benchmark(
             "decoder: linears on prepacked weights (stream.decoder_kernels: packed), baseline and pipeline "
             "alike; equal to the stock layers to float32 rounding"
         )
-    return BenchResult(
-        pipeline_name=pipeline.name,
-        model=description,
-        random_weights=random_weights,
-        frames=int(frames.shape[0]),
-        frame_shape=[int(s) for s in frames.shape[1:]],
-        frames_per_chunk=pipeline.config.stream.frames_per_chunk,
-        prefill_chunks=group,
-        repeats=repeats,
-        warmup=warmup,
-        device=str(target.device),
-        threads=torch.get_num_threads(),
-        torch_version=torch.__version__,
-        load_average=None if None in load else load,
-        baseline=baseline,
-        pipeline=compressed,
-        notes=notes,
-        kv_cache=kv_cache,
-        spreads=per_repeat_ratios(baseline.runs, compressed.runs, compressed.chunk_kinds),
-        fidelity=fidelity(base_r.final_tokens, pipe_r.final_tokens, base_r.first_logits, pipe_r.first_logits),
-    )
+    return notes
 
 
 def _compile_warmup(runners: Sequence[_Runner], options: CompileOptions) -> str:

@@ -28,7 +28,6 @@ __all__ = [
     "add_sampling",
     "registry_for",
     "show_progress",
-    "with_prefill_chunks",
     "add_decoder_kernels",
     "with_stream",
 ]
@@ -98,11 +97,6 @@ def add_prefill_chunks(p: argparse.ArgumentParser, extra: str = "") -> None:
         help="prefill the kept tokens of N consecutive chunks in one LLM call (overrides the pipeline's "
         "stream.prefill_chunks; tokens wait for at most N-1 later chunks)" + extra,
     )
-
-
-def with_prefill_chunks(pipeline: Any, n: int | None) -> Any:
-    """``pipeline`` with ``stream.prefill_chunks = n`` (itself when ``n`` is None)."""
-    return with_stream(pipeline, prefill_chunks=n)
 
 
 def add_decoder_kernels(p: argparse.ArgumentParser, extra: str = "") -> None:

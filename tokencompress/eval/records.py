@@ -54,10 +54,6 @@ class Query:
         """The unit of sharding and of one incremental stream: the source video."""
         return self.video
 
-    @property
-    def order_key(self) -> float:
-        return self.window[1]
-
 
 @dataclass
 class Loaded:

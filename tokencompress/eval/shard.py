@@ -57,17 +57,6 @@ class Shard:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def broadcast(self, obj: Any) -> Any:
-        if self.world == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
     def close(self) -> None:
         if self.owned and dist.is_initialized():
             dist.destroy_process_group()

@@ -45,7 +45,6 @@ class SlidingWindowMemory(KVMemory):
         super().__init__()
         self.n_local, self.sinks, self.freqs = n_local, sinks, freqs
         self.positions: Tensor | None = None  # [R, T] position ids of the cached tokens
-        self.evicted = 0
 
     def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
         if kind == "frames" and self.sinks is None:
@@ -80,7 +79,6 @@ class SlidingWindowMemory(KVMemory):
             layer.values = torch.cat((v[:, :, :s], v[:, :, total - self.n_local :]), dim=2).contiguous()
         self.positions = torch.cat((pos[:, :s], keep - max(delta, 0)), dim=1)
         llm.next_position -= max(delta, 0)
-        self.evicted += total - s - self.n_local
 
     def end_question(self, llm: LLMState) -> None:
         if llm.position_log is not None:

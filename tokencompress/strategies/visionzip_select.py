@@ -216,47 +216,19 @@ def select(
     doubles in magnitude); ``merge="mean"`` is the true mean of target and members that some
     ports use, an explicit opt-in because results change.
     """
-    if x.dim() != 3 or kbar.dim() != 3 or x.shape[:2] != kbar.shape[:2]:
-        raise ValueError(
-            f"expected x [B, N, D] and kbar [B, N, dh], got {tuple(x.shape)}, {tuple(kbar.shape)}"
-        )
-    if merge not in ("reference", "mean"):
-        raise ValueError(f"merge must be 'reference' or 'mean', got {merge!r}")
+    _check_inputs(x, score, kbar, has_cls, merge)
     b, n, d = x.shape
-    want = (b, n - 1) if has_cls else (b, n)
-    if tuple(score.shape) != want:
-        raise ValueError(
-            f"score must have shape {want} ({'patches only' if has_cls else 'all tokens'}), got {tuple(score.shape)}"
-        )
     _check_budgets(n, dominant, contextual, has_cls)
-    dev = x.device
-    positions = torch.arange(n, device=dev)
-
-    # Dominant: a stable descending sort is top-k with ties going to the lowest index.
-    k_top = dominant - 1 if has_cls else dominant
-    order = torch.sort(score.float(), dim=1, descending=True, stable=True).indices[:, :k_top]
-    if has_cls:
-        sel = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), order + 1], dim=1)
-    else:
-        sel = order
-    dom = torch.sort(sel, dim=1).values
-    dom_tokens = torch.gather(x, 1, dom[..., None].expand(b, dominant, d))
-
-    keep = torch.ones(b, n, dtype=torch.bool, device=dev)
-    keep.scatter_(1, sel, False)
-    r = n - dominant
-    rest = positions.expand(b, n)[keep].view(b, r)  # row-major masking keeps positions ascending
-
-    # Contextual: targets strided over the *remaining list*, not over the image grid.
+    sel, dom, dom_tokens, rest = _dominant(x, score, dominant, has_cls)
     c = contextual
     if c == 0:
-        empty = torch.zeros(b, 0, dtype=torch.long, device=dev)
+        empty = torch.zeros(b, 0, dtype=torch.long, device=x.device)
         return Selection(
             selected_indices_score_order=sel,
             dominant_indices=dom,
             dominant_tokens=dom_tokens,
             remaining_indices=rest,
-            target_local_indices=torch.zeros(0, dtype=torch.long, device=dev),
+            target_local_indices=torch.zeros(0, dtype=torch.long, device=x.device),
             target_indices=empty,
             merge_indices=empty,
             assignment=empty,
@@ -264,39 +236,9 @@ def select(
             contextual_tokens=x.new_zeros(b, 0, d),
             output_tokens=dom_tokens,
         )
-    step = max(1, r // c)
-    t_local = torch.arange(0, r, step, device=dev)[:c]
-    is_target = torch.zeros(r, dtype=torch.bool, device=dev)
-    is_target[t_local] = True
-    m_local = torch.arange(r, device=dev)[~is_target]
-    targets = rest[:, t_local]  # [B, C]
-    members = rest[:, m_local]  # [B, R-C]
-
-    kn = nnf.normalize(kbar.float(), dim=-1, eps=_EPS)
-    kt = torch.gather(kn, 1, targets[..., None].expand(b, c, kn.shape[-1]))
-    km = torch.gather(kn, 1, members[..., None].expand(b, members.shape[1], kn.shape[-1]))
-    # per-sample matmuls keep every frame's result independent of the others in the batch
-    sim = torch.stack(
-        [x.clone() @ y.clone().T for x, y in zip(km, kt, strict=True)]
-    )  # [B, R-C, C] cosine similarity
-    assignment = torch.argmax(sim, dim=2)  # first maximum wins
-    counts = torch.zeros(b, c, dtype=torch.long, device=dev).scatter_add_(
-        1, assignment, torch.ones_like(assignment)
-    )
-
-    work = torch.promote_types(x.dtype, torch.float32)
-    xt = torch.gather(x, 1, targets[..., None].expand(b, c, d)).to(work)
-    xm = torch.gather(x, 1, members[..., None].expand(b, members.shape[1], d)).to(work)
-    slot = (assignment + torch.arange(b, device=dev)[:, None] * c).reshape(-1)
-    summed = (
-        torch.zeros(b * c, d, dtype=work, device=dev).index_add_(0, slot, xm.reshape(-1, d)).view(b, c, d)
-    )
-    if merge == "reference":
-        ctx = xt + summed / counts.clamp(min=1)[..., None].to(work)
-    else:
-        ctx = (xt + summed) / (counts + 1)[..., None].to(work)
-    ctx = ctx.to(x.dtype)
-
+    t_local, targets, members = _targets(rest, c)
+    assignment, counts = _assign(kbar, targets, members)
+    ctx = _merge(x, targets, members, assignment, counts, merge)
     return Selection(
         selected_indices_score_order=sel,
         dominant_indices=dom,
@@ -310,3 +252,103 @@ def select(
         contextual_tokens=ctx,
         output_tokens=torch.cat([dom_tokens, ctx], dim=1),
     )
+
+
+def _check_inputs(x: Tensor, score: Tensor, kbar: Tensor, has_cls: bool, merge: str) -> None:
+    """Refuse mismatched shapes and unknown merge modes up front, naming what was expected, instead
+    of a broadcasting error deep in the selection."""
+    if x.dim() != 3 or kbar.dim() != 3 or x.shape[:2] != kbar.shape[:2]:
+        raise ValueError(
+            f"expected x [B, N, D] and kbar [B, N, dh], got {tuple(x.shape)}, {tuple(kbar.shape)}"
+        )
+    if merge not in ("reference", "mean"):
+        raise ValueError(f"merge must be 'reference' or 'mean', got {merge!r}")
+    b, n = x.shape[:2]
+    want = (b, n - 1) if has_cls else (b, n)
+    if tuple(score.shape) != want:
+        raise ValueError(
+            f"score must have shape {want} ({'patches only' if has_cls else 'all tokens'}), got {tuple(score.shape)}"
+        )
+
+
+def _dominant(
+    x: Tensor, score: Tensor, dominant: int, has_cls: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The dominant step: ``sel`` ``[B, K]`` (score order, CLS first), ``dom`` ``[B, K]`` (ascending),
+    their tokens ``[B, K, D]`` and the remaining positions ``rest`` ``[B, R]`` (ascending).
+
+    A stable descending sort is top-k with ties going to the lowest index, so the choice is
+    deterministic where the reference's top-k order is unspecified.
+    """
+    b, n, d = x.shape
+    dev = x.device
+    positions = torch.arange(n, device=dev)
+    k_top = dominant - 1 if has_cls else dominant
+    order = torch.sort(score.float(), dim=1, descending=True, stable=True).indices[:, :k_top]
+    if has_cls:
+        sel = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), order + 1], dim=1)
+    else:
+        sel = order
+    dom = torch.sort(sel, dim=1).values
+    dom_tokens = torch.gather(x, 1, dom[..., None].expand(b, dominant, d))
+
+    keep = torch.ones(b, n, dtype=torch.bool, device=dev)
+    keep.scatter_(1, sel, False)
+    r = n - dominant
+    rest = positions.expand(b, n)[keep].view(b, r)  # row-major masking keeps positions ascending
+    return sel, dom, dom_tokens, rest
+
+
+def _targets(rest: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``c`` contextual targets, strided over the *remaining list* (not over the image grid) as
+    the reference does: ``t_local`` ``[C]`` into ``rest``, ``targets`` ``[B, C]`` and the other
+    remaining positions ``members`` ``[B, R - C]``, both as original positions."""
+    r = rest.shape[1]
+    dev = rest.device
+    step = max(1, r // c)
+    t_local = torch.arange(0, r, step, device=dev)[:c]
+    is_target = torch.zeros(r, dtype=torch.bool, device=dev)
+    is_target[t_local] = True
+    m_local = torch.arange(r, device=dev)[~is_target]
+    return t_local, rest[:, t_local], rest[:, m_local]
+
+
+def _assign(kbar: Tensor, targets: Tensor, members: Tensor) -> tuple[Tensor, Tensor]:
+    """Each member's slot ``[B, R - C]`` (the target with the most similar normalised key, first
+    maximum winning) and the member count of each slot ``[B, C]``, from ``kbar`` ``[B, N, dh]``."""
+    b, c = targets.shape
+    kn = nnf.normalize(kbar.float(), dim=-1, eps=_EPS)
+    kt = torch.gather(kn, 1, targets[..., None].expand(b, c, kn.shape[-1]))
+    km = torch.gather(kn, 1, members[..., None].expand(b, members.shape[1], kn.shape[-1]))
+    # per-sample matmuls keep every frame's result independent of the others in the batch
+    sim = torch.stack(
+        [x.clone() @ y.clone().T for x, y in zip(km, kt, strict=True)]
+    )  # [B, R-C, C] cosine similarity
+    assignment = torch.argmax(sim, dim=2)  # first maximum wins
+    counts = torch.zeros(b, c, dtype=torch.long, device=targets.device).scatter_add_(
+        1, assignment, torch.ones_like(assignment)
+    )
+    return assignment, counts
+
+
+def _merge(
+    x: Tensor, targets: Tensor, members: Tensor, assignment: Tensor, counts: Tensor, merge: MergeMode
+) -> Tensor:
+    """The contextual tokens ``[B, C, D]`` in ``x``'s dtype, summed in at least float32 so a bf16
+    model's merge does not lose members: ``x[target] + mean(members)`` (reference) or the mean of
+    target and members (``merge="mean"``)."""
+    b, c = targets.shape
+    d = x.shape[2]
+    dev = x.device
+    work = torch.promote_types(x.dtype, torch.float32)
+    xt = torch.gather(x, 1, targets[..., None].expand(b, c, d)).to(work)
+    xm = torch.gather(x, 1, members[..., None].expand(b, members.shape[1], d)).to(work)
+    slot = (assignment + torch.arange(b, device=dev)[:, None] * c).reshape(-1)
+    summed = (
+        torch.zeros(b * c, d, dtype=work, device=dev).index_add_(0, slot, xm.reshape(-1, d)).view(b, c, d)
+    )
+    if merge == "reference":
+        ctx = xt + summed / counts.clamp(min=1)[..., None].to(work)
+    else:
+        ctx = (xt + summed) / (counts + 1)[..., None].to(work)
+    return ctx.to(x.dtype)

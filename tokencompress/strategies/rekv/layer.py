@@ -98,8 +98,7 @@ class ReKVLayer:
         self.sink_k, self.sink_v = e, e.clone()  # stream tokens [0, n_init)
         self.win_k, self.win_v = e.clone(), e.clone()  # stream tokens [win_start, length)
         self.win_start = 0
-        self.pend_k, self.pend_v = e.clone(), e.clone()  # tokens [pend_start, length) not yet blocks
-        self.pend_start = settings.n_init or 0
+        self.pend_k, self.pend_v = e.clone(), e.clone()  # tokens after the sinks not yet moved into blocks
         self.answer_k: Tensor | None = None
         self.answer_v: Tensor | None = None
         self.answer_sinks = 0
@@ -113,7 +112,6 @@ class ReKVLayer:
         """Fix the sink count to the tokens encoded so far (no-op once fixed)."""
         if self.n_init is None:
             self.n_init = self.length
-            self.pend_start = self.length
 
     def snapshot(self) -> dict[str, Any]:
         """This layer's fields and its store's counts. Every tensor field is replaced, never written
@@ -213,7 +211,6 @@ class ReKVLayer:
         k, v = self.pend_k[:, : m * bs], self.pend_v[:, : m * bs]
         self.store.add(k, v, representatives(k, bs))
         self.pend_k, self.pend_v = self.pend_k[:, m * bs :], self.pend_v[:, m * bs :]
-        self.pend_start += m * bs
 
     # --------------------------------------------------------------- questions
     def candidates(self) -> tuple[str, int, Tensor | None]:

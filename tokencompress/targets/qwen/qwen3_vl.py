@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,11 +38,8 @@ from torch import Tensor, nn
 from ...api.prefill_segment import PrefillSegment
 from ...api.target import LLMState, StageRunner, TargetOptions, cache_argument
 from ...api.tokens import VisualTokens
-from ...api.types import ChunkInfo, Stage
+from ...api.types import ChunkInfo, Stage, StreamConfig
 from .qwen_vl_base import QwenVLOptions, QwenVLTarget
-
-if TYPE_CHECKING:
-    from ...pipeline.config import StreamConfig
 
 __all__ = ["DeepStackTokens", "Qwen3VLOptions", "Qwen3VLTarget", "slice_groups_positions", "with_deepstack"]
 
