@@ -83,7 +83,7 @@ def test_a_second_thread_is_refused_while_a_call_runs(tiny_llava_ov, monkeypatch
                 "prefill_ids": lambda: s.prefill_ids(torch.tensor([5])),
                 "reset": s.reset,
                 "encode_only": lambda: s.encode_only(frames[:1]),
-                "memory": s.memory,
+                "bytes_by_device": s.bytes_by_device,
             }
             for name, call in calls.items():
                 with pytest.raises(StreamBusyError, match=BUSY):

@@ -78,17 +78,44 @@ def add_parser(sub: Any, parents: Any = ()) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     """The command; ``loaded_model`` (a :class:`~tokencompress.models.loading.LoadedModel`) skips loading."""
+    from ..eval.runner import evaluate
+    from ..eval.shard import Shard
+    from .options import show_progress
+
+    data, rule, scoring, max_new, prompts, skipped = _inputs(args)
+    registry, pipelines = _pipelines(args)
+    shard = Shard.from_env(args.device)
+    try:
+        say = print if shard.rank == 0 else (lambda *a, **k: None)
+        say(
+            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {skipped}"
+        )
+        for w in data.warnings[:5]:
+            say(f"warning: {w}")
+        loaded_model, device = _model(args, loaded_model, shard, say)
+        engines = _engines(args, registry, pipelines, loaded_model, max_new)
+        settings = _settings(args, rule, scoring, max_new, prompts, loaded_model, device)
+        say(
+            f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
+        )
+        results = evaluate(data, engines, settings, Path(args.out), shard, progress=show_progress(args))
+    finally:
+        shard.close()
+    if results is not None:
+        _print_results(args, results)
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Any, Any, str, int, Any, str]:
+    """Everything checked before the model loads: frame rule, answer length, ``--out``, prompts, the
+    benchmark's records (and what was skipped) and the scoring mode."""
     from ..api.errors import TokenCompressError
-    from ..eval.engine import StreamEngine
     from ..eval.guards import skip_summary
     from ..eval.loaders import load_benchmark, preflight
     from ..eval.loading import LoadOptions
     from ..eval.prompts import load_prompts
-    from ..eval.runner import Settings, evaluate
     from ..eval.sampling import FrameRule
     from ..eval.scoring import MODES, check_mode
-    from ..eval.shard import Shard
-    from ..pipeline.pipeline import Pipeline
 
     fps = args.fps if args.fps is not None else (1.0 if args.benchmark in ONLINE else 0.5)
     rule = FrameRule(args.frame_rule, fps, args.num_frames)
@@ -115,78 +142,95 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
             f"--data {args.data}: no {args.benchmark} queries left (skipped: {skipped}; check --tasks/--limit)"
         )
     preflight(data, rule)
-    from .options import registry_for, show_progress
+    return data, rule, scoring, max_new, prompts, skipped
+
+
+def _pipelines(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The registry and the pipelines to compare (the baseline is added by :func:`_engines`), each
+    name once."""
+    from ..api.errors import TokenCompressError
+    from ..pipeline.pipeline import Pipeline
+    from .options import registry_for
 
     registry = registry_for(args)
-    pipelines = [Pipeline.from_yaml(p, registry) for p in args.pipelines]
-    pipelines = _drop_baselines(pipelines)
+    pipelines = _drop_baselines([Pipeline.from_yaml(p, registry) for p in args.pipelines])
     names = [p.name for p in pipelines]
     if len(set(names)) != len(names):
         raise TokenCompressError(
             f"two pipelines are named '{next(n for n in names if names.count(n) > 1)}'; give each YAML its own name"
         )
-    shard = Shard.from_env(args.device)
-    rank0 = shard.rank == 0
-    try:
-        say = print if rank0 else (lambda *a, **k: None)
-        say(
-            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {skipped}"
-        )
-        for w in data.warnings[:5]:
-            say(f"warning: {w}")
-        if loaded_model is None:
-            from ..models.loading import load_model
+    return registry, pipelines
 
-            loaded_model = load_model(args.model, tokenizer=getattr(args, "tokenizer", None))
-        model = loaded_model.model
-        device = _device(args.device, shard)
-        if device != "cpu":
-            model.to(device)
-        say(f"model: {loaded_model.description}")
-        if loaded_model.random_weights:
-            say(
-                "note: random weights: answers are noise, so are scores and retention (speed figures still hold)"
-            )
-        from ..pipeline.config import PipelineConfig
 
-        first = pipelines[0].config if pipelines else PipelineConfig()
-        base_cfg = dataclasses.replace(first, name="baseline", stages={})
-        bound = [Pipeline(base_cfg, registry).bind(model)]
-        bound += [
-            p.bind(model) for p in pipelines
-        ]  # a pipeline the model cannot run fails here, before any query
-        engines = [StreamEngine(b, loaded_model.tokenizer, max_new, args.prompt_wrap) for b in bound]
-        settings = Settings(
-            benchmark=args.benchmark,
-            protocol=args.protocol,
-            rule=rule,
-            scoring=scoring,
-            max_new_tokens=max_new,
-            wrap=args.prompt_wrap,
-            model=loaded_model.description,
-            random_weights=loaded_model.random_weights,
-            prompts=f"{prompts.source} sha256:{prompts.digest}",
-            context=args.context,
-            device=device,
-        )
-        say(
-            f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
-        )
-        results = evaluate(data, engines, settings, Path(args.out), shard, progress=show_progress(args))
-    finally:
-        shard.close()
-    if results is not None:
-        from ..eval.report import format_table
+def _model(args: argparse.Namespace, loaded_model: Any, shard: Any, say: Any) -> tuple[Any, str]:
+    """The model (loaded unless given), on this rank's device, announced."""
+    if loaded_model is None:
+        from ..models.loading import load_model
 
-        print(format_table(results), end="")
-        errors = sum(v["speed"]["errors"] for v in results["variants"])
-        if errors:
-            print(f"note: {errors} inference error(s) scored 0 (see 'error' in predictions.jsonl)")
-        print(
-            f"wrote {Path(args.out) / 'results.json'}, results.md, predictions.jsonl"
-            + (", retention.png" if results.get("plot") else "")
-        )
-    return 0
+        loaded_model = load_model(args.model, tokenizer=getattr(args, "tokenizer", None))
+    device = _device(args.device, shard)
+    if device != "cpu":
+        loaded_model.model.to(device)
+    say(f"model: {loaded_model.description}")
+    if loaded_model.random_weights:
+        say("note: random weights: answers are noise, so are scores and retention (speed figures still hold)")
+    return loaded_model, device
+
+
+def _engines(
+    args: argparse.Namespace, registry: Any, pipelines: list[Any], loaded_model: Any, max_new: int
+) -> list[Any]:
+    """One engine per variant: the uncompressed baseline first, then each pipeline (a pipeline the
+    model cannot run fails here, before any query)."""
+    from ..eval.engine import StreamEngine
+    from ..pipeline.config import PipelineConfig
+    from ..pipeline.pipeline import Pipeline
+
+    model = loaded_model.model
+    first = pipelines[0].config if pipelines else PipelineConfig()
+    base_cfg = dataclasses.replace(first, name="baseline", stages={})
+    bound = [Pipeline(base_cfg, registry).bind(model), *(p.bind(model) for p in pipelines)]
+    return [StreamEngine(b, loaded_model.tokenizer, max_new, args.prompt_wrap) for b in bound]
+
+
+def _settings(
+    args: argparse.Namespace,
+    rule: Any,
+    scoring: str,
+    max_new: int,
+    prompts: Any,
+    loaded_model: Any,
+    device: str,
+) -> Any:
+    """What the results record about how they were made."""
+    from ..eval.runner import Settings
+
+    return Settings(
+        benchmark=args.benchmark,
+        protocol=args.protocol,
+        rule=rule,
+        scoring=scoring,
+        max_new_tokens=max_new,
+        wrap=args.prompt_wrap,
+        model=loaded_model.description,
+        random_weights=loaded_model.random_weights,
+        prompts=f"{prompts.source} sha256:{prompts.digest}",
+        context=args.context,
+        device=device,
+    )
+
+
+def _print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from ..eval.report import format_table
+
+    print(format_table(results), end="")
+    errors = sum(v["speed"]["errors"] for v in results["variants"])
+    if errors:
+        print(f"note: {errors} inference error(s) scored 0 (see 'error' in predictions.jsonl)")
+    print(
+        f"wrote {Path(args.out) / 'results.json'}, results.md, predictions.jsonl"
+        + (", retention.png" if results.get("plot") else "")
+    )
 
 
 def _check_out(out: str) -> None:
