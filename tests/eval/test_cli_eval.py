@@ -137,3 +137,17 @@ def test_a_pipeline_the_model_cannot_run(builtin_model, synth, tmp_path):
         not (tmp_path / "o" / "preds.rank0.jsonl").exists()
         or not (tmp_path / "o" / "preds.rank0.jsonl").read_text()
     )
+
+
+def test_eval_escapes_control_characters_in_what_it_echoes(builtin_model, synth, tmp_path, capsys):
+    """A pipeline name with terminal controls (ESC, BEL) is echoed as ``\\xNN`` in eval's lines and
+    its results table, never raw."""
+    pipe = tmp_path / "evil.yaml"
+    pipe.write_text((PIPES / "stc.yaml").read_text().replace("name: stc", 'name: "stc\\e[2J\\a"', 1))
+    eval_cli(
+        builtin_model, pipe, "--benchmark", "videomme", "--data", synth["videomme"]["root"],
+        "--fps", "0.25", "--limit", "1", "--max-new-tokens", "2", "--out", tmp_path / "o",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "stc\\x1b[2J\\x07" in out

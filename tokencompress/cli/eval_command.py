@@ -13,6 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .terminal import printable
+
 __all__ = ["BENCHMARKS", "add_parser", "run"]
 
 BENCHMARKS = ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema")
@@ -88,15 +90,19 @@ def run(args: argparse.Namespace, loaded_model: Any = None) -> int:
     try:
         say = print if shard.rank == 0 else (lambda *a, **k: None)
         say(
-            f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {skipped}"
+            printable(
+                f"benchmark: {args.benchmark} ({data.source}), {len(data.queries)} queries; skipped records: {skipped}"
+            )
         )
         for w in data.warnings[:5]:
-            say(f"warning: {w}")
+            say(f"warning: {printable(w)}")
         loaded_model, device = _model(args, loaded_model, shard, say)
         engines = _engines(args, registry, pipelines, loaded_model, max_new)
         settings = _settings(args, rule, scoring, max_new, prompts, loaded_model, device)
         say(
-            f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
+            printable(
+                f"protocol {args.protocol}, frames {rule.as_dict()}, scoring {scoring}; variants: {', '.join(e.name for e in engines)}"
+            )
         )
         results = evaluate(data, engines, settings, Path(args.out), shard, progress=show_progress(args))
     finally:
@@ -171,7 +177,7 @@ def _model(args: argparse.Namespace, loaded_model: Any, shard: Any, say: Any) ->
     device = _device(args.device, shard)
     if device != "cpu":
         loaded_model.model.to(device)
-    say(f"model: {loaded_model.description}")
+    say(f"model: {printable(loaded_model.description)}")
     if loaded_model.random_weights:
         say("note: random weights: answers are noise, so are scores and retention (speed figures still hold)")
     return loaded_model, device
@@ -223,7 +229,7 @@ def _settings(
 def _print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from ..eval.report import format_table
 
-    print(format_table(results), end="")
+    print(printable(format_table(results), keep="\n"), end="")
     errors = sum(v["speed"]["errors"] for v in results["variants"])
     if errors:
         print(f"note: {errors} inference error(s) scored 0 (see 'error' in predictions.jsonl)")

@@ -15,7 +15,8 @@ __all__ = ["printable"]
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def printable(text: Any) -> str:
+def printable(text: Any, keep: str = "") -> str:
     """``str(text)`` with C0 controls (``\\x00``-``\\x1f``, newline and tab included), DEL and C1
-    controls (``\\x80``-``\\x9f``) written as ``\\xNN``; everything else, non-ASCII letters too, as is."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    controls (``\\x80``-``\\x9f``) written as ``\\xNN``; everything else, non-ASCII letters too, as is.
+    ``keep``: controls the caller's own layout needs (``"\\n"`` for a multi-line table)."""
+    return _CONTROL.sub(lambda m: m.group() if m.group() in keep else f"\\x{ord(m.group()):02x}", str(text))
