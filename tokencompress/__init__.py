@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "CompatibilityError": ".api.errors",
     "ConfigError": ".api.errors",
     "PluginError": ".api.errors",
+    "StreamBusyError": ".api.errors",
     "TokenCompressError": ".api.errors",
     "VideoError": ".api.errors",
     # plugins
@@ -98,6 +99,7 @@ if TYPE_CHECKING:  # static tools see the real names (tests/architecture checks 
         CompatibilityError,
         ConfigError,
         PluginError,
+        StreamBusyError,
         TokenCompressError,
         VideoError,
     )
