@@ -25,9 +25,15 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → package modules it imports (packages' ``__init__`` re-exports are not edges)."""
+def import_graph(layer_packages: bool = False) -> dict[str, set[str]]:
+    """Module → package modules it imports (packages' ``__init__`` re-exports are not edges, unless
+    ``layer_packages``: then importing from a layer's own ``__init__``, e.g. ``from ..plugins import
+    hookimpl``, is an edge to that package)."""
     mods = _modules()
+
+    def counts(f: str) -> bool:
+        return mods[f].name != "__init__.py" or (layer_packages and f.count(".") == 1)
+
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -43,7 +49,7 @@ def import_graph() -> dict[str, set[str]]:
                 found = [a.name for a in node.names]
             else:
                 continue
-            graph[name].update(f for f in found if f in mods and f != name and mods[f].name != "__init__.py")
+            graph[name].update(f for f in found if f in mods and f != name and counts(f))
     return graph
 
 

@@ -10,8 +10,6 @@ layer's package ``__init__`` (a re-export still ties the importer to that layer)
 
 from __future__ import annotations
 
-import ast
-
 from .test_imports import _modules, import_graph
 
 BASE = {"api"}
@@ -59,35 +57,9 @@ def layer(module: str) -> str | None:
     return module.split(".")[1]
 
 
-def _package_edges() -> dict[str, set[str]]:
-    """Module → layer packages whose ``__init__`` it imports names from (``from ..plugins import
-    hookimpl``), which :func:`import_graph` leaves out as re-exports."""
-    mods = _modules()
-    packages = {m for m, p in mods.items() if p.name == "__init__.py" and m.count(".") == 1}
-    out: dict[str, set[str]] = {m: set() for m in mods}
-    for name, path in mods.items():
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                found = [target]
-            elif isinstance(node, ast.Import):
-                found = [a.name for a in node.names]
-            else:
-                continue
-            out[name].update(f for f in found if f in packages)
-    return out
-
-
 def layer_edges() -> set[tuple[str, str]]:
     """Every (importer, imported) module pair that crosses from one layer into another."""
-    graph = import_graph()
-    for module, packages in _package_edges().items():
-        graph[module] |= packages
+    graph = import_graph(layer_packages=True)
     edges = set()
     for a, targets in graph.items():
         for b in targets:
