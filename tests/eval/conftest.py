@@ -1,4 +1,4 @@
-"""Synthetic benchmark sets (built once per session) and the built-in tiny model."""
+"""Synthetic benchmark sets, built once per session (the built-in model is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,3 @@ def synth(tmp_path_factory):
         k: build(k, root / k)
         for k in ("ovo-bench", "streamingbench", "videomme", "mlvu", "egoschema", "rekv")
     }
-
-
-@pytest.fixture(scope="session")
-def builtin_model():
-    from tokencompress.models.loading import load_model
-
-    return load_model(None)

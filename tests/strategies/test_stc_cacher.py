@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from tests.fixture_cases import Case, params, parse_tolerance
+from tests.support.fixture_cases import Case, params, parse_tolerance
 from tokencompress.api.strategy import BlockCall, ChunkInfo
 from tokencompress.patching.block_routing import BlockPatch
 from tokencompress.strategies.stc_cacher import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixture_cases import Case, params
+from tests.support.fixture_cases import Case, params
 
 HANDLED = {"stc_pruner": "test_stc_pruner.py", "stc_cacher": "test_stc_cacher.py"}
 

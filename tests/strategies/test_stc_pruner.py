@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.fixture_cases import Case, collect, is_exact, params
-from tests.strategies.streams import streams
+from tests.support.fixture_cases import Case, collect, is_exact, params
+from tests.support.streams import streams
 from tokencompress.api.errors import BudgetError
 from tokencompress.api.strategy import ChunkInfo
 from tokencompress.api.tokens import VisualTokens

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from tests.conftest import random_frames
-from tests.fixture_cases import Case, Checker, collect, need, params, parse_tolerance, run_case
+from tests.support.fixture_cases import Case, Checker, collect, need, params, parse_tolerance, run_case
+from tests.support.models import random_frames
 from tokencompress.api.errors import CompatibilityError
 from tokencompress.api.strategy import ChunkInfo
 from tokencompress.api.types import Stage

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from tests.fixture_cases import Case, collect, is_exact, need, params
-from tests.strategies.streams import streams
+from tests.support.fixture_cases import Case, collect, is_exact, need, params
+from tests.support.streams import streams
 from tokencompress.api.errors import BudgetError
 from tokencompress.api.scoring_pruner import select_per_frame
 from tokencompress.api.strategy import ChunkInfo

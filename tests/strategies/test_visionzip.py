@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from tests.conftest import random_frames
-from tests.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
+from tests.support.fixture_cases import Case, Checker, need, params, parse_tolerance, run_case
+from tests.support.models import random_frames
 from tokencompress.api.block_adapter import BlockAdapter
 from tokencompress.api.errors import BudgetError, CompatibilityError, ConfigError
 from tokencompress.api.strategy import ChunkInfo, LayerProbe

@@ -8,12 +8,15 @@ eager attention probabilities and hidden states.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from tests.conftest import random_frames, stock_reference_5_24
-from tokencompress import CompatibilityError, Pipeline, Stage
+from tests.support.models import random_frames, stock_reference_5_24
+from tests.support.pipelines import pipeline as shared_pipeline
+from tokencompress import CompatibilityError, Stage
 from tokencompress.strategies.visionzip_select import dominant_scores_cls, select, split_heads
 from tokencompress.targets.llava.llava_next_video import LlavaNextVideoTarget
 
@@ -33,10 +36,7 @@ def tiny() -> torch.nn.Module:
     return _MODEL[0]
 
 
-def pipeline(stages=None, fpc=1) -> Pipeline:
-    return Pipeline.from_dict(
-        {"target": "llava_next_video", "stream": {"frames_per_chunk": fpc}, "stages": stages or {}}
-    )
+pipeline = partial(shared_pipeline, target="llava_next_video")
 
 
 def run_stream(pipe, frames=FRAMES):

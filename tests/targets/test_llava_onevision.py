@@ -6,25 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import build_tiny_llava_ov, random_frames
-from tokencompress import Pipeline, Stage
+from tests.support.models import build_tiny_llava_ov, random_frames
+from tests.support.pipelines import STC, pipeline
+from tokencompress import Stage
 
 pytestmark = pytest.mark.slow
 
 PREFIX = torch.tensor([11, 12, 13, 14, 15])
 QUESTION = torch.tensor([21, 22, 23])
-
-
-def pipeline(stages=None, fpc=1, **extra):
-    return Pipeline.from_dict(
-        {"name": "t", "stream": {"frames_per_chunk": fpc}, "stages": stages or {}, **extra}
-    )
-
-
-STC = {
-    "pre_vit_block": [{"strategy": "stc_cacher", "update_token_ratio": 0.25, "cache_interval": 2}],
-    "pre_prefill": [{"strategy": "stc_pruner", "tokens_per_frame": 6}],
-}
 
 
 def stream_logits(model, pipe, frames, prefix=PREFIX, question=QUESTION):

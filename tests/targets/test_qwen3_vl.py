@@ -16,8 +16,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import random_frames, stock_reference_5_24
-from tokencompress import Pipeline
+from tests.support.models import random_frames, stock_reference_5_24
+from tests.support.pipelines import pipeline as shared_pipeline
 from tokencompress.api.tokens import VisualTokens
 from tokencompress.models.tokenizer import byte_tokenizer
 from tokencompress.targets.qwen.qwen3_vl import DeepStackTokens, Qwen3VLTarget
@@ -40,15 +40,10 @@ def tiny() -> torch.nn.Module:
     return _MODEL[0]
 
 
-def pipeline(stages=None, fpc=2, **options) -> Pipeline:
-    return Pipeline.from_dict(
-        {
-            "target": "qwen3_vl",
-            "stream": {"frames_per_chunk": fpc, "fps": 2},
-            "stages": stages or {},
-            "target_options": {**SMALL, **options},
-        }
-    )
+pipeline = functools.partial(
+    shared_pipeline, fpc=2, stream={"fps": 2}, target="qwen3_vl", target_options=SMALL
+)
+"""2-frame slices span 1 s at 2 fps, as plain inputs say."""
 
 
 def run_stream(pipe, frames=FRAMES, tokenizer=TOKENIZER, spy=False):

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import random_frames
+from tests.support.models import random_frames
 from tests.targets.test_qwen_vl import (
     FRAMES,
     IDS,

@@ -8,6 +8,7 @@ checked against what transformers itself computes.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import random_frames
+from tests.support.models import random_frames
+from tests.support.pipelines import pipeline as shared_pipeline
 from tokencompress import Pipeline, Stage, load_model
 from tokencompress.api.target import cache_argument
 from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
@@ -39,15 +41,8 @@ def tiny(target_cls) -> torch.nn.Module:
     return _MODELS[target_cls.name]
 
 
-def pipeline(stages=None, fpc=2, **options) -> Pipeline:
-    return Pipeline.from_dict(
-        {
-            "name": "t",
-            "stream": {"frames_per_chunk": fpc, "fps": 2},  # 2-frame slices span 1 s, as plain inputs say
-            "stages": stages or {},
-            "target_options": {**SMALL, **options},
-        }
-    )
+pipeline = partial(shared_pipeline, fpc=2, stream={"fps": 2}, target_options=SMALL)
+"""2-frame slices span 1 s at 2 fps, as plain inputs say."""
 
 
 def stream_answer(model, pipe, frames=FRAMES, max_new_tokens=3):

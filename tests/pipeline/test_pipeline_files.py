@@ -1,0 +1,86 @@
+"""Every ready-made file in pipelines/ runs on the built-in model and a real clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.paths import PIPELINES as PIPELINES_DIR
+from tokencompress import Pipeline, Stage
+from tokencompress.media.video import iter_frames, sample_video_path
+
+ALL_PIPELINES = sorted(PIPELINES_DIR.glob("*.yaml"))
+PIPELINES = [p for p in ALL_PIPELINES if Pipeline.from_yaml(p).config.target in ("auto", "llava_onevision")]
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return np.stack([f.rgb for f in iter_frames(sample_video_path("bikes.mp4"), fps=1.0, max_frames=4)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
+def test_pipeline_file_runs(path: Path, builtin_model, clip: np.ndarray) -> None:
+    pipe = Pipeline.from_yaml(path)
+    with pipe.apply(builtin_model.model) as bound:
+        stream = bound.stream(tokenizer=builtin_model.tokenizer)
+        stats = stream.add_frames(clip)
+        stats += stream.flush()
+        assert sum(c.frames for c in stats) == len(clip)
+        for c in stats:
+            assert c.vit_tokens == 729 * c.frames and c.pre_prefill[0] == 196 * c.frames
+            planned = bound.planned_tokens(Stage.PRE_PREFILL, c.frames)
+            if planned is not None and not bound.by_stage[Stage.POST_VIT]:
+                assert c.pre_prefill[1] == planned
+        answer = stream.ask("What is happening?", max_new_tokens=3)
+        assert len(answer.token_ids) <= 3
+
+
+def test_every_strategy_has_a_ready_file() -> None:
+    used = {
+        s.name for p in ALL_PIPELINES for steps in Pipeline.from_yaml(p).config.stages.values() for s in steps
+    }
+    assert {"stc_cacher", "stc_pruner", "tome", "visionzip", "vidcom2", "rekv", "sliding_window"} <= used
+
+
+# ------------------------------------------------ files for one target: its tiny model, real counts
+TARGETED = [p for p in ALL_PIPELINES if p not in PIPELINES]
+
+
+def _target_model(name: str):
+    """(model with the real checkpoints' token geometry, tokenizer, LLM tokens per token frame)."""
+    from tokencompress.models.tokenizer import byte_tokenizer
+    from tokencompress.targets.llava.llava_next_video import LlavaNextVideoTarget
+    from tokencompress.targets.qwen.qwen3_vl import Qwen3VLTarget
+
+    if name == "qwen3_vl":  # 448x448 frames (the target's default): 14x14 merged tokens per slice
+        return Qwen3VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 196
+    if name == "llava_next_video":  # 336 px CLIP: 24x24 patches + CLS, pooled to 12x12
+        return LlavaNextVideoTarget.tiny_model(image_size=336), byte_tokenizer("llava_onevision"), 144
+    pytest.fail(f"no test model for pipelines of target {name!r}: add one to _target_model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", TARGETED, ids=[p.stem for p in TARGETED])
+def test_target_pipeline_file_runs(path: Path, clip: np.ndarray) -> None:
+    pipe = Pipeline.from_yaml(path)
+    model, tokenizer, per_frame = _target_model(pipe.config.target)
+    with pipe.apply(model) as bound:
+        assert bound.target.name == pipe.config.target
+        stream = bound.stream(tokenizer=tokenizer)
+        stats = stream.add_frames(clip)
+        stats += stream.flush()
+        assert sum(c.frames for c in stats) == len(clip)
+        for c in stats:
+            frames = bound.target.token_frames(c.frames)
+            planned = bound.planned_tokens(Stage.PRE_PREFILL, c.frames)
+            if bound.by_stage[Stage.POST_VIT]:
+                assert (
+                    c.pre_prefill[0] == c.post_vit[1] <= per_frame * frames
+                )  # selection replaced the pooler
+            else:
+                assert c.pre_prefill[0] == per_frame * frames and c.pre_prefill[1] == planned
+        answer = stream.ask("What is happening?", max_new_tokens=3)
+        assert len(answer.token_ids) <= 3
