@@ -245,7 +245,7 @@ def test_reference_chunks_equal_plain_model_and_shapes_hold(
 def test_fast_reference_layers_run_the_row_kernels_at_real_width(monkeypatch) -> None:
     """One SigLIP-so400m-width layer (729 tokens of 1152): the fast reference layer goes through
     the packed adapter's fused Q/K/V and stays within float32 rounding of the stock layer."""
-    from tokencompress.targets import siglip_block
+    from tokencompress.targets.llava import siglip_block
 
     torch.manual_seed(0)
     config = SiglipVisionConfig(

@@ -449,7 +449,7 @@ def test_stc_cacher_on_qwen(target_cls):
 def test_block_call_data_is_derived_once_per_chunk_and_variant(target_cls, variants, monkeypatch):
     """Binding a block reuses what was derived from the same ``cu_seqlens`` earlier in the chunk
     (Qwen2-VL: one variant; Qwen2.5-VL: windowed and full), never what another chunk derived."""
-    from tokencompress.targets import qwen_vision_block
+    from tokencompress.targets.qwen import qwen_vision_block
 
     derive, derived = qwen_vision_block._derive_call, []
 
