@@ -9,7 +9,8 @@ exactly the reference's input; on the Qwen targets the merged tokens of each tem
 "frame" is a 2-frame tubelet there, so a window spans 8 decoded frames). Input ``[F*T, D]`` per
 chunk, every frame full (``T`` = the stage's tokens per frame); output: the kept rows, frame-major.
 
-The rule, causal and per frame (spec §6.1), with window phase = frames this stream has seen mod 4:
+The rule, causal and per frame (the streaming adaptation of DyCoke's specification), with window
+phase = frames this stream has seen mod 4:
 
 * phase 0: kept whole; it is the window's anchor;
 * phase 1: the ``keep`` tokens least similar to the phase-0 token at the same index
@@ -26,7 +27,7 @@ Options: ``k`` (float in [0, 1], default 0.7, the authors' lmms-eval value): the
 **pruned** from each pruned frame (the reference's ``dycoke_k`` / ``merging_ratio``). A ``k`` that
 keeps 0 tokens of a pruned frame at the target's ``T`` is refused at build time.
 
-Quirks of the reference (spec §7), as handled here:
+Quirks of the reference (numbered Q1-Q24 as in DyCoke's specification), as handled here:
 
 1. Q1 "merging" drops tokens; nothing is averaged. Reproduced (this is a pruner).
 2. Q2 the reference skips pass 2 on the last complete window of a clip when ``F % 4 == 0``. A
@@ -45,7 +46,10 @@ Quirks of the reference (spec §7), as handled here:
 7. Q7 phase 3 compares with the original phase-2 frame: reproduced.
 8. Q8 ``keep`` truncates a double: reproduced (``T = 10`` at ``k = 0.9`` keeps 0, refused at build).
 9. Q9 exact ties: ``torch.topk``'s choice decides the kept set, as in the reference.
-10. Q24 ``F = rows // T`` silently ignores extra rows: the carrier always holds whole frames.
+10. Q24 ``F = rows // T`` silently ignores extra rows: the carrier always holds whole frames
+    (``ttm_clip`` refuses a row count that is not a multiple of ``T``).
+
+Q10-Q23 belong to the decode-time KV stage.
 
 Scores are computed in float32 (the reference computes in the model dtype; equal in float32).
 The output count depends on the chunk's window phase (``stream_count``), not only on its shape,

@@ -2,7 +2,7 @@
 causal per-frame rule a stream uses.
 
 Computed as the authors' ``dycole_ttm`` computes it (KD-TAO/DyCoke ``dd74634``,
-``llava/model/llava_arch.py:35-91``; spec ``dycoke.md`` §3, §6.1): per token index, a cosine to the
+``llava/model/llava_arch.py:35-91``, and the streaming adaptation the fixtures pin): per token index, a cosine to the
 token at the same index of an anchor frame, and per pruned frame the ``keep`` least similar
 tokens, most-changed first (``torch.topk(largest=False)``, sorted). Frames are ``[T, D]`` blocks.
 Nothing here reads or writes state; :mod:`.dycoke_ttm` maps the result onto the token carrier.
@@ -81,7 +81,7 @@ def ttm_clip(
     last_window_pass2: bool = False,
     keep_unpaired_last: bool = False,
 ) -> ClipSelection:
-    """The reference ``dycole_ttm`` on a whole clip ``x`` ``[F*T, D]`` (spec §3).
+    """The reference ``dycole_ttm`` on a whole clip ``x`` ``[F*T, D]`` (arch:35-91).
 
     Parity by default: the last complete window gets no pass 2 when ``F % 4 == 0`` (Q2; fixed by
     ``last_window_pass2``), an unpaired last frame is dropped (Q3; kept whole with
@@ -131,7 +131,7 @@ class FrameStep:
 def stream_step(
     frame: Tensor, phase: int, keep: int, phase0: Tensor | None, phase2: Tensor | None
 ) -> FrameStep:
-    """The per-frame streaming rule (spec §6.1) for ``frame`` ``[T, D]`` at window ``phase`` (0-3).
+    """The per-frame streaming rule (kind ``dycoke_ttm_stream`` of the fixtures) for ``frame`` ``[T, D]`` at window ``phase`` (0-3).
 
     Phase 0 is kept whole and becomes the window's anchor; phase 1 is pruned against it (normalised
     cosine); phase 2 against it too (raw cosine) and becomes the second anchor, full; phase 3 against
