@@ -46,7 +46,9 @@ def test_a_layer_computing_strategy_must_be_last_of_its_stage(tiny_llava_ov):
             {"strategy": "tome", "r": 2},
         ]
     }
-    with pytest.raises(CompatibilityError, match=r"stages.pre_vit_block\[0\].*both compute the whole encoder layer"):
+    with pytest.raises(
+        CompatibilityError, match=r"stages.pre_vit_block\[0\].*both compute the whole encoder layer"
+    ):
         pipeline(stages).bind(tiny_llava_ov)
 
 
