@@ -62,7 +62,7 @@ def test_evs_keeps_unpruned_positions_on_qwen2_and_qwen25(target_index, q, fpc):
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(q=RATES, fpc=st.sampled_from([2, 6]))
 def test_evs_keeps_unpruned_positions_on_qwen3(q, fpc):
-    """Per-slice groups: a slice that keeps no token keeps its timestamp and markers (spec Q16)."""
+    """Per-slice groups: a slice that keeps no token keeps its timestamp and markers (quirk Q16)."""
     stages = {"post_vit": [{"strategy": "evs", "video_pruning_rate": q}]}
     seen: list = []
     with q3.pipeline(stages, fpc=fpc).apply(q3.tiny()) as bound:

@@ -16,11 +16,11 @@ compares each token with the token at the same place in the previous frame); out
 rows in original order, copies of input rows. A "frame" is a row of the carrier's frame axis: a
 video frame on LLaVA, a 2-frame temporal slice (tubelet) on Qwen2/2.5/3-VL, exactly vLLM's unit.
 
-Algorithm (spec §3): ``d = 1 - cos(x[t], x[t-1])`` per token (torch's ``cosine_similarity``, eps
+Algorithm: ``d = 1 - cos(x[t], x[t-1])`` per token (torch's ``cosine_similarity``, eps
 1e-8), frame 0 of a stream scores 255 (kept whole); ``K = max(T, int((F*T) * (1 - q)))`` in IEEE
 double; the ``K`` highest ``d`` by a stable descending sort (ties to the lower flat index) are kept.
 
-Streaming (spec §6, an adaptation, fixture kind ``evs_stream``): chunk 0 of a stream is exactly the
+Streaming (an adaptation of ours, fixture kind ``evs_stream``): chunk 0 of a stream is exactly the
 offline EVS on its frames. A later chunk scores its first frame against the previous chunk's last
 frame (its full features, carried in the per-stream state, kept or not), forces nothing and keeps
 ``int((F*T) * (1 - q))`` tokens, which may be 0. So the budget is per chunk, not per video: one
@@ -28,10 +28,10 @@ chunk holding the whole clip is the reference's offline EVS.
 
 Positions. Kept tokens keep their original positions: on the Qwen targets the (t, h, w) M-RoPE
 position they had in the unpruned layout (``tokens.source``), text after a chunk where the
-installed model puts it (the spec's "model" convention of Q10); on LLaVA 1-D positions follow each
-other (as vLLM packs them for 1-D models, spec §4.5). vLLM's own prompt convention (text after the
-video at ``base + W/m``) and its per-token positions are in :mod:`.evs_positions`, checked on the
-fixtures' ``prompt.*`` tensors.
+installed model puts it (the "model" convention of Q10); on LLaVA 1-D positions follow each
+other (as vLLM packs them for its 1-D-RoPE model, Nemotron Nano 2 VL). vLLM's own prompt
+convention (text after the video at ``base + W/m``) and its per-token positions are in
+:mod:`.evs_positions`, checked on the fixtures' ``prompt.*`` tensors.
 
 Options:
 
@@ -39,7 +39,10 @@ Options:
   of a chunk's tokens dropped. ``q = 0`` keeps every token (vLLM treats 0 as off, Q15).
 * ``placement`` (``llm_tokens`` | ``encoder_tokens``): see above.
 
-Quirks of the reference (spec §7), all reproduced unless said otherwise:
+Refused at build time: a rate that keeps less than one token per frame (``int(T * (1 - q)) = 0``).
+
+Quirks of the reference (Q1-Q16 as the fixtures' README numbers them), all reproduced unless said
+otherwise:
 
 1. Q1: vLLM scores encoder embeddings by cosine with a fixed top-K, not the paper's pixel L1 at a
    percentile; this is vLLM's rule.
@@ -72,6 +75,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from ..api.errors import BudgetError
 from ..api.strategy import StrategyParams, TokenStrategy
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
@@ -181,6 +185,15 @@ class Evs(TokenStrategy):
         q = self.params.video_pruning_rate
         later = retained_count(tokens_per_frame, frames, q, first=False)
         return later if later == retained_count(tokens_per_frame, frames, q, first=True) else None
+
+    def check(self, info: StageInfo) -> None:
+        q, t = self.params.video_pruning_rate, info.tokens_per_frame
+        if retained_count(t, 1, q, first=False) == 0:
+            raise BudgetError(
+                f"evs.video_pruning_rate = {q} keeps less than one of the {t} tokens a frame has at "
+                f"{info.stage.value} on this model (int({t} * (1 - {q})) = 0), so chunks after the first keep "
+                f"almost nothing; use video_pruning_rate < {1 - 1 / t:.6g}"
+            )
 
     def new_state(self) -> EvsState:
         return EvsState()

@@ -1,8 +1,8 @@
 """vLLM's EVS positions on Qwen2.5-VL: per-token M-RoPE channels and the prompt recompute.
 
 The tokencompress targets place kept tokens with the installed model's own rule (every kept token
-at the (t, h, w) it had unpruned, text after a chunk where the model puts it: the spec's "model"
-convention). These functions are vLLM's ``vllm_evs`` convention (spec §4), for parity checks and
+at the (t, h, w) it had unpruned, text after a chunk where the model puts it: the "model"
+convention). These functions are vLLM's ``vllm_evs`` convention, for parity checks and
 for callers who build a vLLM-style prompt themselves; the fixtures' ``media_positions``,
 ``kept_positions`` and ``prompt.*`` tensors check them.
 
@@ -12,7 +12,7 @@ for callers who build a vLLM-style prompt themselves; the fixtures' ``media_posi
   the float rule of vLLM without EVS and of transformers).
 * :func:`recompute_positions` (``recompute_mrope_positions``): one prefill step's ``[3, L]``
   positions and the decode delta. Text after the video starts at ``base + W/m`` (Q10, reproduced).
-  Fixed, as the spec recommends: each media block is anchored at its own ``<|vision_start|>``
+  Fixed, as a clean re-implementation should: each media block is anchored at its own ``<|vision_start|>``
   (Q12: the reference can write a second item over the first), a step starting exactly on the
   first media token is that media's start (Q13: the reference raises ``IndexError``), and the
   delta is taken from the final positions (Q14). Positions are int64 throughout (Q11).
