@@ -284,3 +284,36 @@ def test_rate_errors_name_the_field(value):
 def test_unknown_placement_is_an_error():
     with pytest.raises(ValidationError, match="placement"):
         Evs(placement="before_pool")
+
+
+def test_prompt_recompute_fixes_q12_and_q13():
+    """A step starting on the first media token is that media's start (Q13); a second media block
+    of the same step is anchored at its own <|vision_start|> (Q12)."""
+    vs, ve, pad = 100, 101, 102
+    ids = torch.tensor([1, 2, 3, vs, pad, pad, pad, ve, 4, 5])
+    block = media_positions((2, 2, 4), 2, 2, 1.0)[[0, 1, 3]].T  # 3 kept of 2x1x2 tokens
+    start = torch.arange(10).expand(3, -1)
+    full, delta = recompute_positions(ids, [block], start, 0, vs, [pad])
+    assert full[:, 4:7].tolist() == [[4, 4, 6], [4, 4, 4], [4, 5, 5]] and full[0, 7:].tolist() == [6, 7, 8]
+    head, _ = recompute_positions(ids, [], start, 0, vs, [pad])
+    split, split_delta = recompute_positions(ids, [block], head, 4, vs, [pad])  # cursor on the first pad
+    assert torch.equal(split, full) and split_delta == delta
+    two = torch.tensor([1, vs, pad, pad, ve, 2, vs, pad, ve, 3])
+    b1, b2 = block[:, :2], block[:, 2:]
+    pos, _ = recompute_positions(two, [b1, b2], torch.arange(10).expand(3, -1), 0, vs, [pad])
+    assert pos[:, 2:4].tolist() == (b1[:3] + 2).tolist()  # the first block is not written over
+    assert pos[:, 7].tolist() == (b2[:3, 0] + int(pos[2, 6]) + 1).tolist()
+
+
+def test_encoder_tokens_placement_runs_where_post_vit_may_change_the_count():
+    from tokencompress import Pipeline, Registry
+    from tokencompress.api.errors import CompatibilityError
+
+    reg = Registry()
+    stages = {"post_vit": [{"strategy": "evs", "placement": "encoder_tokens"}]}
+    bound = Pipeline.from_dict({"target": "llava_next_video", "stages": stages}).bind(
+        reg.target("llava_next_video").tiny_model()
+    )
+    assert bound.by_stage[Stage.POST_VIT] and not bound.notes
+    with pytest.raises(CompatibilityError, match="'evs' changes the token count at post_vit"):
+        Pipeline.from_dict({"target": "qwen2_vl", "stages": stages}).bind(reg.target("qwen2_vl").tiny_model())

@@ -56,7 +56,9 @@ def _anchor(starts: Tensor, is_media: Tensor, cursor: int) -> tuple[int, int] | 
         last = int(seen[-1])
         seen_mm = int(is_media[:cursor].sum())
         before = int(is_media[:last].sum())
-        if seen_mm > before:
+        run = is_media[last + 1 :]
+        length = int(torch.cumprod(run.long(), 0).sum())  # the media tokens of that item
+        if before < seen_mm < before + length:
             return last, seen_mm - before  # the step starts inside that media
         if cursor == last + 1:
             return last, 0  # Q13: the step starts on its first media token
