@@ -2,6 +2,7 @@
 
 from ..plugins import Registrar, hookimpl
 from .dycoke_ttm import DycokeTTM
+from .evs import Evs
 from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
@@ -24,5 +25,6 @@ def tokencompress_register_strategies(registrar: Registrar) -> None:
         VisionZip,
         ReKV,
         SlidingWindow,
+        Evs,
     ):
         registrar.add_strategy(cls)

@@ -10,6 +10,13 @@ three components move by the same ``delta``, which is one rotation of every chan
 (:func:`tokencompress.strategies.rekv.rotate_by`), so the window's own geometry is unchanged. Questions
 run on the stock cache and are cropped away afterwards as without a strategy.
 
+``window_chunks`` sizes the window in chunks instead of tokens: after each chunk the cache keeps the
+sinks and the tokens of the last ``window_chunks`` chunks (each with its delimiters, and any text
+prefilled after the oldest of them), whatever their counts. With ``frames_per_chunk: 1`` and the
+default sinks this is SimpleStream's "only the last N frames are visible" (``pipelines/simplestream.yaml``).
+The kept tokens' keys and values are those computed when they were prefilled, while older frames were
+still in the window (as in every sliding window), not a fresh encoding of the last N frames alone.
+
 Each eviction rotates the window's keys again; in float32 that costs ~1e-7 per rotation, in
 bfloat16 about one ulp, which accumulates over the chunks a token spends in the window.
 """
@@ -17,7 +24,7 @@ bfloat16 about one ulp, which accumulates over the chunks a token spends in the 
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..api.errors import BudgetError
@@ -34,6 +41,18 @@ class SlidingWindowParams(StrategyParams):
     sink_tokens: int | None = Field(
         None, ge=0, description="First tokens always kept (attention sinks); default: the system prompt"
     )
+    window_chunks: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the tokens of the last window_chunks chunks (with their delimiters) instead of "
+        "n_local tokens; with frames_per_chunk 1 that is the last window_chunks frames (SimpleStream)",
+    )
+
+    @model_validator(mode="after")
+    def _one_window(self) -> SlidingWindowParams:
+        if self.window_chunks is not None and "n_local" in self.model_fields_set:
+            raise ValueError("give n_local (tokens) or window_chunks (chunks), not both")
+        return self
 
 
 class SlidingWindowMemory(KVMemory):
@@ -41,14 +60,28 @@ class SlidingWindowMemory(KVMemory):
 
     logs_positions = True
 
-    def __init__(self, n_local: int, sinks: int | None, freqs: Tensor) -> None:
+    def __init__(
+        self, n_local: int, sinks: int | None, freqs: Tensor, window_chunks: int | None = None
+    ) -> None:
         super().__init__()
         self.n_local, self.sinks, self.freqs = n_local, sinks, freqs
+        self.window_chunks = window_chunks
         self.positions: Tensor | None = None  # [R, T] position ids of the cached tokens
+        self.chunk_starts: list[int] = []  # cache index where each chunk still in the window begins
 
     def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
         if kind == "frames" and self.sinks is None:
             self.sinks = llm.length  # the system prompt (everything before the first frame)
+        if kind == "frames":
+            self.chunk_starts.append(llm.length)
+
+    def _window(self, total: int) -> int:
+        """Tokens the window keeps now: ``n_local``, or everything from the oldest chunk kept."""
+        if self.window_chunks is None:
+            return self.n_local
+        if len(self.chunk_starts) <= self.window_chunks:
+            return total
+        return total - self.chunk_starts[-self.window_chunks]
 
     def _absorb(self, llm: LLMState) -> None:
         log = llm.position_log
@@ -64,19 +97,22 @@ class SlidingWindowMemory(KVMemory):
         if self.sinks is None:
             return  # no frame yet: everything so far will be the sinks
         s = min(self.sinks, total)
-        if total <= s + self.n_local:
+        n_local = self._window(total)
+        if total <= s + n_local:
             return
+        cut = total - n_local
+        self.chunk_starts = [s + c - cut for c in self.chunk_starts if c >= cut]
         pos = self.positions
-        keep = pos[:, total - self.n_local :]
+        keep = pos[:, total - n_local :]
         sink_next = int(pos[:, :s].max()) + 1 if s else 0
         delta = int(keep.min()) - sink_next
         for layer in llm.cache.layers:
             k, v = layer.keys, layer.values
-            window = k[:, :, total - self.n_local :]
+            window = k[:, :, total - n_local :]
             if delta > 0:
                 window = rotate_by(window, -delta, self.freqs)
             layer.keys = torch.cat((k[:, :, :s], window), dim=2).contiguous()
-            layer.values = torch.cat((v[:, :, :s], v[:, :, total - self.n_local :]), dim=2).contiguous()
+            layer.values = torch.cat((v[:, :, :s], v[:, :, total - n_local :]), dim=2).contiguous()
         self.positions = torch.cat((pos[:, :s], keep - max(delta, 0)), dim=1)
         llm.next_position -= max(delta, 0)
 
@@ -98,7 +134,7 @@ class SlidingWindow(KVCacheStrategy):
     def check_build(self, build: KVBuild) -> None:
         p: SlidingWindowParams = self.params  # type: ignore[assignment]
         per = build.tokens_per_frame
-        if per is not None and p.n_local < per + build.extra_tokens_per_chunk:
+        if p.window_chunks is None and per is not None and p.n_local < per + build.extra_tokens_per_chunk:
             need = per + build.extra_tokens_per_chunk
             raise BudgetError(
                 f"sliding_window.n_local = {p.n_local} is smaller than one frame's {need} tokens on target "
@@ -107,7 +143,8 @@ class SlidingWindow(KVCacheStrategy):
 
     def new_memory(self, target: Target, build: KVBuild) -> SlidingWindowMemory:
         p: SlidingWindowParams = self.params  # type: ignore[assignment]
-        return SlidingWindowMemory(p.n_local, p.sink_tokens, target.rope_inv_freq().to(target.device))
+        freqs = target.rope_inv_freq().to(target.device)
+        return SlidingWindowMemory(p.n_local, p.sink_tokens, freqs, p.window_chunks)
 
     @classmethod
     def conformance_params(cls, info) -> dict:  # type: ignore[no-untyped-def]
