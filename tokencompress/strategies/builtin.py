@@ -5,6 +5,7 @@ from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
+from .streamingtom_ctr import StreamingTomCtr
 from .tome import ToMe
 from .vidcom2 import VidCom2
 from .vidcom2_stream import VidCom2Stream
@@ -13,5 +14,15 @@ from .visionzip import VisionZip
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VidCom2Stream, VisionZip, ReKV, SlidingWindow):
+    for cls in (
+        StcCacher,
+        StcPruner,
+        ToMe,
+        VidCom2,
+        VidCom2Stream,
+        VisionZip,
+        ReKV,
+        SlidingWindow,
+        StreamingTomCtr,
+    ):
         registrar.add_strategy(cls)
