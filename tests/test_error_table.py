@@ -16,6 +16,7 @@ import pytest
 
 import tests.error_cases_models  # noqa: F401 - it registers the cases
 import tests.error_cases_outputs  # noqa: F401 - output paths and failed writes
+import tests.error_cases_streamingtom  # noqa: F401 - StreamingTOM CTR
 import tests.error_cases_trust_eval  # noqa: F401 - registers the eval cases
 import tests.error_cases_trust_streams  # noqa: F401 - it registers the cases
 import tests.error_cases_trust_validate  # noqa: F401 - registers its cases

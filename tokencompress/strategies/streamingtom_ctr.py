@@ -43,7 +43,8 @@ Options (every field of :class:`StreamingTomCtrParams`): ``tokens_per_frame`` (`
 ``similarity_threshold`` (τ, 0.9), ``k`` (7), ``beta`` (0.6), ``layer`` (-1), ``dpc_delta``,
 ``noise``, ``seed``.
 
-Quirks of the reference (numbers of ``specs/streamingtom.md`` §7):
+Quirks of the reference (Q-numbers of the method spec's quirk list, which the fixture README in
+``tests/fixtures/streamingtom/`` accompanies):
 
 1. (Q1) DPC's ``delta`` is the distance to the nearest token of *lower* density; reproduced by
    default, ``dpc_delta: higher`` is textbook DPC-kNN (changes the centres).
@@ -294,8 +295,8 @@ class StreamingTomCtr(TokenStrategy):
         if not tokens.is_full_grid() or not bool((tokens.sizes == 1).all()):
             raise ValueError(
                 f"{self.name} compares every grid position with the previous frame, so it needs every token of "
-                f"each frame ({tokens.tokens_per_frame_in}), got {tokens.count} rows for {tokens.num_frames} "
-                f"frames; put it first in pre_prefill"
+                f"each frame ({tokens.tokens_per_frame_in}), got {tokens.count} rows in {tokens.num_frames} "
+                f"frame(s); put it first in pre_prefill"
             )
         p = self.params
         f, n = tokens.num_frames, tokens.tokens_per_frame_in

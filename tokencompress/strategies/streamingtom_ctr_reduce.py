@@ -3,7 +3,7 @@
 The strategy (:mod:`.streamingtom_ctr`) obtains features and saliency from the model and maps the
 result onto the token carrier; this module only decides, per frame, which positions survive and
 what their features become. Every step follows the authors' ``streamingtom/modules/ctr.py`` as
-the golden fixtures pin it down (``specs/streamingtom.md`` §3; quirk numbers Q1-Q9 refer to its §7):
+the golden fixtures pin it down (quirk numbers Q1-Q9 as in :mod:`.streamingtom_ctr`):
 
 1. :func:`static_masks`: a token is static when its cosine (``F.normalize``, eps 1e-12, float32)
    to the same grid position of the previous *raw* frame is strictly above the threshold (Q9:
