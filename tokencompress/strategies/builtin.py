@@ -7,24 +7,29 @@ from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
+from .streamingtom_ctr import StreamingTomCtr
 from .tome import ToMe
 from .vidcom2 import VidCom2
 from .vidcom2_stream import VidCom2Stream
 from .visionzip import VisionZip
 
+BUILTIN = (
+    StcCacher,
+    StcPruner,
+    ToMe,
+    VisionZip,
+    VidCom2,
+    VidCom2Stream,
+    Evs,
+    DycokeTTM,
+    StreamingTomCtr,
+    ReKV,
+    SlidingWindow,
+)
+"""Every built-in strategy class, token stages first, then the kv_cache memories."""
+
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (
-        DycokeTTM,
-        StcCacher,
-        StcPruner,
-        ToMe,
-        VidCom2,
-        VidCom2Stream,
-        VisionZip,
-        ReKV,
-        SlidingWindow,
-        Evs,
-    ):
+    for cls in BUILTIN:
         registrar.add_strategy(cls)
