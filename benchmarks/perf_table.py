@@ -62,6 +62,10 @@ ROWS = (
     ),
     Row("stc", "stc", "`stc`"),
     Row("rekv_stc", "rekv_stc", "`rekv_stc`"),
+    Row("evs", "evs", "`evs`"),
+    Row("dtd", "dtd", "`dtd`"),
+    Row("dycoke", "dycoke", "`dycoke_ttm`"),
+    Row("streamingtom", "streamingtom", "`streamingtom_ctr`"),
 )
 PIPELINES = tuple(r.name for r in ROWS)
 PREFILL_RUNS = (
