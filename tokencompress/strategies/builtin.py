@@ -1,6 +1,7 @@
 """Entry point that registers the built-in strategies."""
 
 from ..plugins import Registrar, hookimpl
+from .dtd import DTD
 from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
@@ -13,5 +14,5 @@ from .visionzip import VisionZip
 
 @hookimpl
 def tokencompress_register_strategies(registrar: Registrar) -> None:
-    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VidCom2Stream, VisionZip, ReKV, SlidingWindow):
+    for cls in (StcCacher, StcPruner, ToMe, VidCom2, VidCom2Stream, VisionZip, ReKV, SlidingWindow, DTD):
         registrar.add_strategy(cls)
