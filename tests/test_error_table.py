@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import tests.error_cases_dtd  # noqa: F401 - DTD's parameters
 import tests.error_cases_models  # noqa: F401 - it registers the cases
 import tests.error_cases_outputs  # noqa: F401 - output paths and failed writes
 import tests.error_cases_trust_eval  # noqa: F401 - registers the eval cases
