@@ -26,13 +26,13 @@ def tiny(name: str) -> torch.nn.Module:
     return _MODELS[name]
 
 
-def _pipeline(target: str, steps: list, fpc: int = 2) -> Pipeline:
+def _pipeline(target: str, steps: list, fpc: int = 2, prefill_chunks: int = 1) -> Pipeline:
     options = {"max_pixels": 112 * 112} if target in QWEN else {}
     return Pipeline.from_dict(
         {
             "target": target,
             "target_options": options,
-            "stream": {"frames_per_chunk": fpc, "fps": 2},
+            "stream": {"frames_per_chunk": fpc, "fps": 2, "prefill_chunks": prefill_chunks},
             "stages": {"post_vit": steps} if steps else {},
         },
         REGISTRY,
@@ -86,14 +86,17 @@ def test_the_stream_drops_tokens_where_frames_repeat_and_keeps_frame_zero() -> N
     assert [c.pre_prefill for c in stats] == [(16, 16), (16, 0), (16, 0)]
 
 
+@pytest.mark.parametrize("prefill_chunks", [1, 2])
 @pytest.mark.parametrize("target", ["llava_onevision", "llava_next_video"])
-def test_a_chunk_dropped_whole_prefills_nothing_and_the_stream_answers(target: str) -> None:
+def test_a_chunk_dropped_whole_prefills_nothing_and_the_stream_answers(
+    target: str, prefill_chunks: int
+) -> None:
     """A static scene keeps no token of a later chunk; a target with no chunk delimiters then has
     nothing to prefill, and the stream goes on and answers."""
     frames = np.repeat(FRAMES[:1], 4, axis=0)
-    with _pipeline(target, [{"strategy": "dtd"}], fpc=1).apply(tiny(target)) as bound:
+    with _pipeline(target, [{"strategy": "dtd"}], 1, prefill_chunks).apply(tiny(target)) as bound:
         stream = bound.stream()
-        stats = stream.add_frames(frames)
+        stats = stream.add_frames(frames) + stream.flush()
         per = stats[0].pre_prefill[0]
         assert [c.pre_prefill for c in stats] == [(per, per)] + [(per, 0)] * 3
         assert stream.llm.visual_tokens == per
