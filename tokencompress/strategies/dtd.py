@@ -195,15 +195,11 @@ class DTD(ScoringPruner):
         if not isinstance(state, DTDState):
             raise TypeError("dtd is stateful: pass the object from new_state()")
         layout = FrameLayout.of(tokens)
-        n = tokens.tokens_per_frame_in
-        local = tokens.local_index()
+        full = tokens.is_full_grid()
+        local = None if full else tokens.local_index()
         with torch.no_grad():
             x = tokens.tokens.float()
-            # dense [F, n, D] view of the chunk by grid position, and which positions each frame holds
-            dense = x.new_zeros(layout.num_frames, n, x.shape[1])
-            held = torch.zeros(layout.num_frames, n, dtype=torch.bool, device=x.device)
-            dense[layout.index, local] = x
-            held[layout.index, local] = True
+            dense, held = self._dense(tokens, x, layout)
             carry = self.params.carry_across_chunks and state.anchor is not None
             if carry:
                 prev = torch.cat([state.anchor.to(x)[None], dense[:-1]])
@@ -211,8 +207,10 @@ class DTD(ScoringPruner):
             else:
                 prev = torch.cat([dense[:1], dense[:-1]])
                 prev_held = torch.cat([torch.zeros_like(held[:1]), held[:-1]])
-            row_prev = prev[layout.index, local]
-            scored = prev_held[layout.index, local]
+            if full:  # rows are the dense layout itself
+                row_prev, scored = prev.reshape(x.shape), prev_held.reshape(-1)
+            else:
+                row_prev, scored = prev[layout.index, local], prev_held[layout.index, local]
             keep_scores = torch.where(
                 scored, -feature_scores(row_prev, x), torch.full_like(x[:, 0], UNSCORED)
             )
@@ -220,8 +218,22 @@ class DTD(ScoringPruner):
                 keep_scores, layout.counts, scored, self.params.threshold, self.params.mode, "feature"
             )
         dropped = (layout.counts - budgets).tolist()
-        update = _Update(dense[-1], held[-1], dropped, tokens.count) if layout.num_frames else None
+        # a copy: the dense view may share storage with the carrier
+        update = _Update(dense[-1].clone(), held[-1], dropped, tokens.count) if layout.num_frames else None
         return Plan(keep_scores, budgets, layout, update)
+
+    @staticmethod
+    def _dense(tokens: VisualTokens, x: Tensor, layout: FrameLayout) -> tuple[Tensor, Tensor]:
+        """``[F, n, D]`` float32 features by grid position and ``[F, n]`` which positions each frame holds."""
+        f, n = layout.num_frames, tokens.tokens_per_frame_in
+        if tokens.is_full_grid():
+            return x.view(f, n, -1), torch.ones(f, n, dtype=torch.bool, device=x.device)
+        dense = x.new_zeros(f, n, x.shape[1])
+        held = torch.zeros(f, n, dtype=torch.bool, device=x.device)
+        local = tokens.local_index()
+        dense[layout.index, local] = x
+        held[layout.index, local] = True
+        return dense, held
 
     def commit(self, state: DTDState, plan: Plan) -> None:
         update: _Update | None = plan.update
