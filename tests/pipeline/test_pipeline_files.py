@@ -57,6 +57,10 @@ def _target_model(name: str):
 
     if name == "qwen3_vl":  # 448x448 frames (the target's default): 14x14 merged tokens per slice
         return Qwen3VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 196
+    if name == "qwen2_5_vl":  # 448x448 frames (the target's default): 16x16 merged tokens per slice
+        from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget
+
+        return Qwen2_5_VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 256
     if name == "llava_next_video":  # 336 px CLIP: 24x24 patches + CLS, pooled to 12x12
         return LlavaNextVideoTarget.tiny_model(image_size=336), byte_tokenizer("llava_onevision"), 144
     pytest.fail(f"no test model for pipelines of target {name!r}: add one to _target_model")

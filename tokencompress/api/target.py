@@ -240,8 +240,12 @@ class Target(ABC):
         """Append ``embeds`` ``[L, D]`` at ``positions`` to the cache; return last-token logits ``[V]``.
 
         ``logits=False`` skips the vocabulary projection, which on a 150k-token vocabulary costs
-        as much as prefilling dozens of tokens and is never read after a visual chunk.
+        as much as prefilling dozens of tokens and is never read after a visual chunk. An empty
+        ``embeds`` with ``logits=False`` (a chunk a data-dependent strategy such as DTD dropped
+        whole, on a target that wraps chunks in no delimiters) leaves the cache as it is.
         """
+        if embeds.shape[0] == 0 and not logits:
+            return None
         if state.position_log is not None:
             state.position_log.append(positions.reshape(-1, positions.shape[-1]).detach())
         lm = self.language_model

@@ -1,6 +1,7 @@
 """Entry point that registers the built-in strategies."""
 
 from ..plugins import Registrar, hookimpl
+from .dtd import DTD
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
 from .rekv.strategy import ReKV
@@ -21,6 +22,7 @@ BUILTIN = (
     VidCom2,
     VidCom2Stream,
     Evs,
+    DTD,
     DycokeTTM,
     StreamingTomCtr,
     ReKV,
