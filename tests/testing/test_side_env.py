@@ -133,9 +133,11 @@ def test_ensure_builds_once_and_again_for_another_recipe(tmp_path: Path, monkeyp
     monkeypatch.setattr(SideEnv, "verify", lambda self: None)  # (verified above; keeps this test fast)
     built = []
     path = tmp_path / "cached"
+    assert not side_env.is_built(path, "a")
     for recipe in ("a", "a", "b", "b"):
         side = ensure(path, recipe, built.append, name="n")
         assert (side.path, side.name) == (path, "n")
+        assert side_env.is_built(path, recipe) and not side_env.is_built(path, recipe + "x")
     assert [s.path for s in built] == [path, path]
 
 

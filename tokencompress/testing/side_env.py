@@ -53,6 +53,7 @@ __all__ = [
     "SideEnv",
     "SideEnvError",
     "default_location",
+    "is_built",
     "ensure",
     "outer_identity",
     "outer_pins",
@@ -258,6 +259,15 @@ def check_plan(name: str, what: str, planned: Sequence[tuple[str, str]]) -> None
             f"{name}: installing {what} would download {', '.join(heavy)}; a side environment uses "
             f"this environment's {_pins_text()} and downloads no torch or CUDA libraries; nothing was installed"
         )
+
+
+def is_built(path: Path, recipe: object) -> bool:
+    """Whether a complete build of ``recipe`` for this outer environment is at ``path`` (then
+    :func:`ensure` returns it without downloading anything)."""
+    marker = path / MARKER
+    wanted = json.dumps({"recipe": recipe, "outer": outer_identity()}, sort_keys=True)
+    python = SideEnv(path, "side environment", None).python
+    return python.exists() and marker.exists() and marker.read_text() == wanted
 
 
 def ensure(

@@ -28,6 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tokencompress.testing.side_env import SideEnv, default_location, ensure
+from tokencompress.testing.side_env import is_built as side_env_is_built
 
 PLUGIN = Path(__file__).resolve().parents[1]
 REPO = PLUGIN.parents[1]
@@ -102,6 +103,11 @@ def ensure_venv(venv: Path) -> Path:
     build would need a torch of its own or any later step fails.
     """
     return ensure(venv, recipe(), _build, name="lmms-eval venv", env=venv_env()).python
+
+
+def is_built(venv: Path) -> bool:
+    """Whether :func:`ensure_venv` would find the venv complete (and download nothing)."""
+    return side_env_is_built(venv, recipe())
 
 
 def install_plugin(python: Path, target: Path) -> Path:
