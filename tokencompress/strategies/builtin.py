@@ -3,6 +3,7 @@
 from ..plugins import Registrar, hookimpl
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
+from .infinipot_v import InfiniPotV
 from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
@@ -25,6 +26,7 @@ BUILTIN = (
     StreamingTomCtr,
     ReKV,
     SlidingWindow,
+    InfiniPotV,
 )
 """Every built-in strategy class, token stages first, then the kv_cache memories."""
 
