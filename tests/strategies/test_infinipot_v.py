@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 from transformers import DynamicCache
 
 from tests.support.fixture_cases import Case, Checker, need, params, run_case
+from tokencompress.api.errors import BudgetError, CompatibilityError
+from tokencompress.api.kv_cache import DecoderLayout
+from tokencompress.api.kv_cache_strategy import KVBuild
 from tokencompress.api.target import LLMState
-from tokencompress.strategies.infinipot_v import InfiniPotVMemory, InfiniPotVParams
-from tokencompress.strategies.infinipot_v_select import pooling_of_layer, select
+from tokencompress.strategies.infinipot_v import InfiniPotV, InfiniPotVMemory, InfiniPotVParams
+from tokencompress.strategies.infinipot_v_select import budgets, pooling_of_layer, select
 
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -93,11 +98,11 @@ def check_stream(case: Case, schedule: str) -> dict[str, float]:
     ops = need(case.meta, "ops", where=case.name)
     announced = False
     for i, op in enumerate(ops):
-        ks = [t[f"layer{l}.op{i}.k"] for l in range(n_layers)]
-        vs = [t[f"layer{l}.op{i}.v"] for l in range(n_layers)]
+        ks = [t[f"layer{j}.op{i}.k"] for j in range(n_layers)]
+        vs = [t[f"layer{j}.op{i}.v"] for j in range(n_layers)]
         tok = t[f"op{i}.token_ids"]
         chk.used(f"op{i}.position_ids", f"op{i}.token_ids")
-        chk.used(*(f"layer{l}.op{i}.{x}" for l in range(n_layers) for x in ("k", "v", "k_pre_rope")))
+        chk.used(*(f"layer{j}.op{i}.{x}" for j in range(n_layers) for x in ("k", "v", "k_pre_rope")))
         if op["includes_system"]:
             _append(llm, mem, "text", [k[:, :, :s] for k in ks], [v[:, :, :s] for v in vs])
             ks, vs = [k[:, :, s:] for k in ks], [v[:, :, s:] for v in vs]
@@ -154,3 +159,89 @@ def test_fixture_case(case: Case) -> None:
 def test_fixture_stream_with_the_end_of_video_rule(case: Case) -> None:
     """The reference's own rule (needs the frame count) gives the same caches as the causal one."""
     run_case(case, case.kind, {"infinipot_v_stream": STREAM["end_of_video"]}, "kind")
+
+
+# ------------------------------------------------------------------ properties
+@PROPS
+@given(
+    frames=st.integers(2, 12),
+    keep=st.integers(1, 11),
+    tpf=st.integers(1, 6),
+    tar=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]),
+    query=st.sampled_from([0.1, 0.25, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_selection_keeps_the_recent_frames_and_the_budget_per_head(frames, keep, tpf, tar, query, seed):
+    keep = min(keep, frames - 1)
+    g = torch.Generator().manual_seed(seed)
+    k, v = torch.randn(3, frames * tpf, 4, generator=g), torch.randn(3, frames * tpf, 4, generator=g)
+    recent = int(frames * query) if tar > 0 else 0
+    b = budgets(frames, keep, tpf, tar, query)
+    if tar > 0 and (recent < 1 or b.past < 0):
+        return  # refused at build time (Q5)
+    sel = select(k, v, tpf, keep, tar, query)
+    assert sel.kept.shape == (3, keep * tpf)
+    for h in range(3):
+        row = sel.kept[h].tolist()
+        assert row == sorted(set(row)) and 0 <= row[0] and row[-1] < frames * tpf
+        assert set(range((frames - recent) * tpf, frames * tpf)) <= set(row)  # recent frames kept
+        if tar == 0:  # pure VaN: the largest value norms
+            norms = v[h].norm(dim=-1)
+            rest = [j for j in range(frames * tpf) if j not in row]
+            assert norms[row].min() >= norms[rest].max()
+
+
+def test_full_tar_with_all_recent_is_the_window_baseline():
+    """tar_ratio 1 and int(N * q) = C: exactly the last C frames (the reference's `swa` baseline)."""
+    k, v = torch.randn(2, 8 * 3, 4), torch.randn(2, 8 * 3, 4)
+    sel = select(k, v, 3, 4, 1.0, 0.5)
+    assert sel.kept.tolist() == [list(range(12, 24))] * 2
+
+
+def test_pooling_groups_are_clamped_when_layers_are_not_a_multiple_of_four():
+    """Q6: the reference indexes past its table for L = 5, 6; the last group here."""
+    assert [pooling_of_layer(i, 6) for i in range(6)] == [(3, 7), (2, 5), (1, 3), (-1, 1), (-1, 1), (-1, 1)]
+    assert [pooling_of_layer(i, 4)[0] for i in range(4)] == [3, 2, 1, -1]
+
+
+# ------------------------------------------------------------------ parameters and build checks
+def _build(tpf: int | None = 16, fpc: int = 1, by: str | None = None) -> KVBuild:
+    layout = DecoderLayout((), "q", "k", "v", "o", 4, 2, 8, 1e4, "default", 4096)
+    return KVBuild("llava_onevision", layout, tpf, by, fpc)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tar_ratio": 1.5},
+        {"tar_ratio": -0.1},
+        {"query_ratio": 0.0},
+        {"budget_frames": 1},
+        {"keep_frames": 4},
+        {"schedule": "end_of_video", "keep_frames": 4},
+        {"schedule": "end_of_video", "keep_frames": 40, "total_frames": 100},
+    ],
+)
+def test_bad_parameters_are_field_errors(bad):
+    with pytest.raises(ValidationError):
+        InfiniPotVParams(**bad)
+
+
+@pytest.mark.parametrize(
+    ("params", "build", "error", "needle"),
+    [
+        ({}, _build(None, by="evs"), CompatibilityError, "'evs' keeps a data-dependent count"),
+        ({"budget_frames": 4}, _build(fpc=4), BudgetError, "budget_frames = 4 does not exceed one chunk's 4"),
+        ({"budget_frames": 4, "query_ratio": 0.2}, _build(fpc=1), BudgetError, "0 recent frames"),
+        ({"budget_frames": 8, "tar_ratio": 0.1}, _build(fpc=2), BudgetError, "TaR share"),
+        ({"adaptive_pooling": True, "grid_rows": 3}, _build(), BudgetError, "grid_rows = 3"),
+    ],
+)
+def test_build_refuses_budgets_the_reference_crashes_on(params, build, error, needle):
+    with pytest.raises(error, match=needle):
+        InfiniPotV(**params).check_build(build)
+
+
+def test_defaults_build_on_a_sixteen_token_frame():
+    InfiniPotV().check_build(_build(fpc=8))
+    InfiniPotV(schedule="end_of_video", keep_frames=24, total_frames=100).check_build(_build(fpc=8))
