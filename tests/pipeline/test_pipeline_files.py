@@ -53,10 +53,13 @@ def _target_model(name: str):
     """(model with the real checkpoints' token geometry, tokenizer, LLM tokens per token frame)."""
     from tokencompress.models.tokenizer import byte_tokenizer
     from tokencompress.targets.llava.llava_next_video import LlavaNextVideoTarget
+    from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget
     from tokencompress.targets.qwen.qwen3_vl import Qwen3VLTarget
 
     if name == "qwen3_vl":  # 448x448 frames (the target's default): 14x14 merged tokens per slice
         return Qwen3VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 196
+    if name == "qwen2_5_vl":  # the clip's 272x640 frames under infinipot_v_qwen's 128x28x28 pixel cap
+        return Qwen2_5_VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 121
     if name == "llava_next_video":  # 336 px CLIP: 24x24 patches + CLS, pooled to 12x12
         return LlavaNextVideoTarget.tiny_model(image_size=336), byte_tokenizer("llava_onevision"), 144
     pytest.fail(f"no test model for pipelines of target {name!r}: add one to _target_model")

@@ -259,7 +259,7 @@ class InfiniPotV(KVCacheStrategy):
         if int(least * p.query_ratio) < 1:
             raise BudgetError(
                 f"infinipot_v.query_ratio = {p.query_ratio} keeps int({least} * {p.query_ratio}) = 0 recent "
-                f"frames when the cache holds {least} frames; use query_ratio >= {1 / least:.4g}"
+                f"frames when the cache holds {least} frames; use query_ratio >= {math.ceil(1e4 / least) / 1e4:.4g}"
             )
         worst = budgets(most, keep, tpf, p.tar_ratio, p.query_ratio)
         if worst.past < 0:
