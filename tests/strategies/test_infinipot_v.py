@@ -245,3 +245,17 @@ def test_build_refuses_budgets_the_reference_crashes_on(params, build, error, ne
 def test_defaults_build_on_a_sixteen_token_frame():
     InfiniPotV().check_build(_build(fpc=8))
     InfiniPotV(schedule="end_of_video", keep_frames=24, total_frames=100).check_build(_build(fpc=8))
+
+
+def test_run_summary_reports_compressions_and_dropped_tokens():
+    from types import SimpleNamespace
+
+    from tokencompress.cli.run_command import _kv_summary, _memory_text
+
+    mem = InfiniPotVMemory(InfiniPotVParams(), 16, 2)
+    mem.compressions, mem.dropped = 3, [96, 96]
+    stream = SimpleNamespace(kv=mem, bound=SimpleNamespace(kv=InfiniPotV()), bytes_by_device=lambda: {})
+    summary = _kv_summary(stream)
+    assert summary["kv_memory"] == {"compressions": 3, "dropped_per_layer": [96, 96], "visual_frames": 0}
+    assert _memory_text(summary["kv_memory"]) == "; 3 compressions, 96 tokens dropped per layer"
+    assert _memory_text(None) == ""
