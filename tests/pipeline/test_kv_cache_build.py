@@ -96,7 +96,7 @@ def test_rekv_on_qwen_is_refused_naming_both_sides_and_why(name):
     model = Registry().target(name).tiny_model()
     with pytest.raises(
         CompatibilityError,
-        match=rf"'rekv' is not supported by target '{name}' \(it supports: sliding_window\); .*M-RoPE",
+        match=rf"'rekv' is not supported by target '{name}' \(it supports: infinipot_v, sliding_window\); .*M-RoPE",
     ):
         bind(model, {"strategy": "rekv"})
 

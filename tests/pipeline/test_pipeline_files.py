@@ -49,18 +49,20 @@ def test_every_strategy_has_a_ready_file() -> None:
 TARGETED = [p for p in ALL_PIPELINES if p not in PIPELINES]
 
 
-def _target_model(name: str):
+def _target_model(name: str, options: dict | None = None):
     """(model with the real checkpoints' token geometry, tokenizer, LLM tokens per token frame)."""
     from tokencompress.models.tokenizer import byte_tokenizer
     from tokencompress.targets.llava.llava_next_video import LlavaNextVideoTarget
+    from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget
     from tokencompress.targets.qwen.qwen3_vl import Qwen3VLTarget
 
     if name == "qwen3_vl":  # 448x448 frames (the target's default): 14x14 merged tokens per slice
         return Qwen3VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 196
-    if name == "qwen2_5_vl":  # 448x448 frames (the target's default): 16x16 merged tokens per slice
-        from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget
-
-        return Qwen2_5_VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 256
+    if name == "qwen2_5_vl":
+        # 448x448 frames (the target's default): 16x16 merged tokens per slice; the clip's 272x640
+        # frames under a 128x28x28 pixel cap (infinipot_v_qwen): 11x11
+        capped = (options or {}).get("max_pixels") == 128 * 28 * 28
+        return Qwen2_5_VLTarget.tiny_model(), byte_tokenizer("qwen2_vl"), 121 if capped else 256
     if name == "llava_next_video":  # 336 px CLIP: 24x24 patches + CLS, pooled to 12x12
         return LlavaNextVideoTarget.tiny_model(image_size=336), byte_tokenizer("llava_onevision"), 144
     pytest.fail(f"no test model for pipelines of target {name!r}: add one to _target_model")
@@ -70,7 +72,7 @@ def _target_model(name: str):
 @pytest.mark.parametrize("path", TARGETED, ids=[p.stem for p in TARGETED])
 def test_target_pipeline_file_runs(path: Path, clip: np.ndarray) -> None:
     pipe = Pipeline.from_yaml(path)
-    model, tokenizer, per_frame = _target_model(pipe.config.target)
+    model, tokenizer, per_frame = _target_model(pipe.config.target, pipe.config.target_options)
     with pipe.apply(model) as bound:
         assert bound.target.name == pipe.config.target
         stream = bound.stream(tokenizer=tokenizer)

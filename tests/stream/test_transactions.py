@@ -55,7 +55,11 @@ def injectors(arm: dict[str, Any]) -> list[type]:
     return [InjectBlock, token(Stage.POST_VIT), token(Stage.PRE_PREFILL)]
 
 
-SMALL_MEMORY = {"rekv": {"n_local": 12, "topk": 2}, "sliding_window": {"n_local": 12}}
+SMALL_MEMORY = {
+    "rekv": {"n_local": 12, "topk": 2},
+    "sliding_window": {"n_local": 12},
+    "infinipot_v": {"budget_frames": 3, "query_ratio": 0.5, "tar_ratio": 1.0},
+}
 """Windows of two pruned frames (6 tokens each), so the few chunks of an example roll the window
 and offload blocks; a kv_cache strategy missing here runs with its ``conformance_params``."""
 

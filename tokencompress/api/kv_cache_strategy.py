@@ -51,6 +51,11 @@ class KVMemory:
     """True when positions stay bounded however long the stream runs (no position-limit check)."""
     logs_positions: ClassVar[bool] = False
     """True when the memory reads ``LLMState.position_log`` (every prefill's position ids)."""
+    wants_visual_rows: ClassVar[bool] = False
+    """True when the memory needs :meth:`visual_rows` before each chunk (which rows are visual tokens)."""
+    replaces_cache: ClassVar[bool] = False
+    """True when the memory replaces cache tensors before a chunk's prefill (a compression); a failed
+    chunk then puts every layer's tensors back instead of cropping the cache (stream/decoder_state.py)."""
 
     def __init__(self) -> None:
         self.phase = Phase.ENCODE
@@ -68,6 +73,10 @@ class KVMemory:
     def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:  # noqa: B027 - optional hook
         """Called before every encode-time prefill: ``kind`` is ``"text"`` or ``"frames"``; refuse
         (a one-line :class:`~tokencompress.api.errors.TokenCompressError`) what the memory cannot hold."""
+
+    def visual_rows(self, llm: LLMState, rows: Tensor) -> None:  # noqa: B027 - optional hook
+        """With ``wants_visual_rows``: called before a chunk's :meth:`before_prefill` with the ``[L]`` bool
+        mask of the rows its prefill appends (True: a visual token; False: delimiters, timestamp text)."""
 
     def after_encode(self, llm: LLMState) -> None:  # noqa: B027 - optional hook
         """Called after every encode-time prefill (system prompt, each chunk)."""
@@ -103,6 +112,10 @@ class KVMemory:
             for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
             if isinstance(t, Tensor)
         )
+
+    def memory_stats(self) -> dict[str, Any]:
+        """What the memory did so far, for the ``run`` table and ``--json`` (empty: nothing to report)."""
+        return {}
 
     def retrieved(self) -> list[list[int]] | None:
         """Frames each layer retrieved at the last question (None when the method does not retrieve)."""

@@ -216,6 +216,11 @@ class Target(ABC):
         """Tokens :meth:`visual_embeds` adds around each chunk's visual tokens."""
         return 0
 
+    def visual_row_mask(self, state: LLMState, tokens: VisualTokens) -> Tensor:
+        """``[L]`` bool: which rows :meth:`prefill_visual` appends for this chunk are its visual tokens
+        (False: delimiters, timestamp text). Called before the prefill."""
+        return torch.ones(tokens.count, dtype=torch.bool)
+
     def embed(self, ids: Tensor) -> Tensor:
         """``[L]`` token ids to ``[L, D]`` input embeddings."""
         return self.model.get_input_embeddings()(ids.to(self.device))

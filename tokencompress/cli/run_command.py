@@ -200,6 +200,7 @@ def _kv_summary(stream: Any) -> dict[str, Any]:
         "stored_tokens": stream.kv.stored_tokens(),
         "stored_bytes": stream.kv.stored_bytes(),
         "memory_bytes": stream.bytes_by_device(),
+        **({"kv_memory": stats} if (stats := stream.kv.memory_stats()) else {}),
     }
 
 
@@ -213,4 +214,13 @@ def _summary_text(s: dict[str, Any]) -> str:
             if "kv_cache_strategy" in s
             else ""
         )
+        + _memory_text(s.get("kv_memory"))
     )
+
+
+def _memory_text(stats: dict[str, Any] | None) -> str:
+    """What a compressing memory did (infinipot_v: compressions run, tokens dropped per layer)."""
+    if not stats or "compressions" not in stats:
+        return ""
+    dropped = stats.get("dropped_per_layer") or [0]
+    return f"; {stats['compressions']} compressions, {max(dropped)} tokens dropped per layer"

@@ -4,6 +4,7 @@ from ..plugins import Registrar, hookimpl
 from .dtd import DTD
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
+from .infinipot_v import InfiniPotV
 from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
@@ -27,6 +28,7 @@ BUILTIN = (
     StreamingTomCtr,
     ReKV,
     SlidingWindow,
+    InfiniPotV,
 )
 """Every built-in strategy class, token stages first, then the kv_cache memories."""
 

@@ -43,25 +43,35 @@ class DecoderState:
         )
 
     # ------------------------------------------------------------ transactions
-    def snapshot(self) -> tuple[dict[str, Any], int, bool, Any]:
+    def snapshot(self) -> tuple[dict[str, Any], int, bool, Any, Any]:
         """The LLM state's small fields (deep-copied; the cache is cropped back instead and the
         tokenizer never changes), the cache length, the guard's warning flag and the kv_cache
-        memory's own snapshot."""
+        memory's own snapshot; with a memory that ``replaces_cache``, every layer's tensors too
+        (references: prefills and compressions replace them, never write into them)."""
         fields = {k: copy.deepcopy(v) for k, v in vars(self.llm).items() if k not in ("cache", "tokenizer")}
         memory = self.kv.snapshot() if self.kv is not None else None
-        return fields, self.llm.length, self.guard.warned, memory
+        tensors = None
+        if self.kv is not None and self.kv.replaces_cache:
+            tensors = [(getattr(x, "keys", None), getattr(x, "values", None)) for x in self.llm.cache.layers]
+        return fields, self.llm.length, self.guard.warned, memory, tensors
 
-    def restore(self, snapshot: tuple[dict[str, Any], int, bool, Any]) -> None:
-        fields, length, warned, memory = snapshot
+    def restore(self, snapshot: tuple[dict[str, Any], int, bool, Any, Any]) -> None:
+        fields, length, warned, memory, tensors = snapshot
         crop_cache(self.llm.cache, length)
+        for layer, (keys, values) in zip(self.llm.cache.layers, tensors or (), strict=False):
+            if isinstance(keys, Tensor) and isinstance(values, Tensor):
+                layer.keys, layer.values = keys, values
         for k, v in fields.items():
             setattr(self.llm, k, v)
         self.guard.warned = warned
         if self.kv is not None:
             self.kv.restore(memory)
 
-    def before_prefill(self, kind: str, tokens: int) -> None:
+    def before_prefill(self, kind: str, tokens: int, visual: VisualTokens | None = None) -> None:
+        """Before every encode-time prefill; ``visual``: the chunk's tokens (kind ``"frames"``)."""
         if self.kv is not None:
+            if visual is not None and self.kv.wants_visual_rows:
+                self.kv.visual_rows(self.llm, self.target.visual_row_mask(self.llm, visual))
             if self.kv.custom_attention and not self.bound.kv_routed:
                 raise RuntimeError(
                     "the pipeline's decoder hooks are not installed: open streams inside "

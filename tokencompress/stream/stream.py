@@ -247,7 +247,7 @@ class Stream:
         encoded = self._vision(frames)
         chunk, timing = encoded.chunk, encoded.timing
         self.decoder.check_chunk(encoded.tokens, chunk)
-        self.decoder.before_prefill("frames", encoded.tokens.count)
+        self.decoder.before_prefill("frames", encoded.tokens.count, encoded.tokens)
         undo = (self.llm.length, self.llm.next_position, self.llm.visual_tokens)
         t1 = now(device)
         carried = self._prefill_chunk(encoded, undo, close_group)

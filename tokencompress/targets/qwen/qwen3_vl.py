@@ -266,6 +266,14 @@ class Qwen3VLTarget(QwenVLTarget):
             mask += [False] * (text.shape[0] + 1) + [True] * rows.numel() + [False]
         return torch.cat(parts).contiguous(), torch.tensor(mask, device=self.device)
 
+    def visual_row_mask(self, state: LLMState, tokens: VisualTokens) -> Tensor:
+        """Per group: timestamp text and ``<|vision_start|>`` (False), its rows (True), ``<|vision_end|>``."""
+        ts = self._timestamp_ids(state, tokens)
+        mask: list[bool] = []
+        for j, rows in enumerate(self._slice_rows(tokens)):
+            mask += [False] * (ts[j].numel() + 1) + [True] * rows.numel() + [False]
+        return torch.tensor(mask, dtype=torch.bool)
+
     def visual_embeds(self, tokens: VisualTokens) -> Tensor:
         """Embeddings of the chunk's groups without timestamp text (see :meth:`prefill_visual`)."""
         return self._chunk_embeds(None, tokens)[0]

@@ -88,7 +88,7 @@ class QwenVLTarget(Target):
         Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS}),
     }
     tokenizer_layout = "qwen2_vl"
-    kv_cache_strategies = frozenset({"sliding_window"})
+    kv_cache_strategies = frozenset({"infinipot_v", "sliding_window"})
     kv_cache_refusals = {
         "rekv": "ReKV renumbers retrieved frames on one position axis at question time, which has no "
         "defined meaning under Qwen's 3-D M-RoPE; bound this stream with sliding_window"
@@ -241,6 +241,12 @@ class QwenVLTarget(Target):
 
     def kv_extra_tokens_per_chunk(self) -> int:
         return 2  # <|vision_start|> and <|vision_end|>
+
+    def visual_row_mask(self, state: LLMState, tokens: VisualTokens) -> Tensor:
+        """``<|vision_start|>``, the chunk's visual tokens, ``<|vision_end|>``."""
+        mask = torch.ones(tokens.count + 2, dtype=torch.bool)
+        mask[0] = mask[-1] = False
+        return mask
 
     def visual_embeds(self, tokens: VisualTokens) -> Tensor:
         """``[1 + N + 1, D]``: the chunk's tokens between ``<|vision_start|>`` and ``<|vision_end|>``."""
