@@ -172,7 +172,7 @@ def _whole(chunks: list[VisualTokens]) -> VisualTokens:
     carry=st.booleans(),
 )
 def test_invariants_and_chunked_equals_whole(chunks, tau, relative, carry) -> None:
-    """§8 invariants; with the carry, chunks keep exactly what one call on the whole stream keeps;
+    """docs/design.md §8 invariants; with the carry, chunks keep exactly what one call on the whole stream keeps;
     without it, each chunk keeps what a fresh stream would."""
     mode = "relative" if relative else "absolute"
     tau = abs(tau) * 0.999 if relative else tau

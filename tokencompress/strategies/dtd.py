@@ -20,7 +20,7 @@ input ``[N, D]`` LLM-width tokens of ``F`` frames (a Qwen frame is a 2-frame tem
 reference's grid frame), output ``[N', D]``, ``N' ≥ n`` for the first chunk. The count depends on
 the data (``dynamic_count``): a kv_cache strategy that needs fixed blocks refuses it at build time.
 
-Streaming (spec §6). The state is the last frame's original features (``n × D``, by grid
+Streaming. The state is the last frame's original features (``n × D``, by grid
 position), carried across chunks, so a chunked stream keeps exactly what one call on the whole
 video keeps. It changes only in :meth:`DTD.commit`, after the chunk went through. Frames made
 ragged by an earlier strategy are compared position by position; a row whose position the
@@ -28,7 +28,7 @@ previous frame no longer holds is kept.
 
 Options (:class:`DTDParams`): ``threshold``, ``mode``, ``method``, ``carry_across_chunks``.
 
-Quirks of the reference (spec §5), and what this strategy does:
+Quirks of the reference, and what this strategy does:
 
 1. Q1 previous-frame anchor: the anchor is frame ``f-1``'s original features, not the last kept
    version of a token, so slow drift is dropped forever. Reproduced (it is the method).

@@ -13,7 +13,7 @@ of the threshold, so the top-``budget`` rows are exactly those rows (the referen
 :func:`token_drop` reproduces the authors' ``Qwen2_5_VLModel.token_drop`` on its own inputs (a
 whole sequence with ``<|vision_start|> … <|vision_end|>`` spans and 3-row M-RoPE ids), for the
 golden fixtures and offline use; it is the only place where frames can be grouped by temporal id
-(spec quirk Q4) and where pixel mode runs (spec §3.2, quirk Q2).
+(quirk Q4) and where pixel mode runs (quirk Q2).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ Mode = Literal["absolute", "relative"]
 
 
 def feature_scores(prev: Tensor, cur: Tensor) -> Tensor:
-    """``[..., n]`` cosine similarity over the last dim, in float32 (spec §3.2, Q7).
+    """``[..., n]`` cosine similarity over the last dim, in float32 (Q7).
 
     torch's formula ``Σ x/max(‖x‖, 1e-8) · y/max(‖y‖, 1e-8)``, as the reference calls it."""
     return F.cosine_similarity(prev.float(), cur.float(), dim=-1)
@@ -135,7 +135,7 @@ def _visual_positions(input_ids: Tensor, start_id: int, end_id: int) -> Tensor:
 
 
 def _frames(visual: Tensor, t_ids: Tensor, n: int, group_by: str) -> list[Tensor]:
-    """Sequence indices of every frame's tokens (spec §3.1): temporal-id groups (reference, Q4) or
+    """Sequence indices of every frame's tokens: temporal-id groups (reference, Q4) or
     consecutive runs of ``n`` visual tokens (one grid frame each)."""
     where = torch.nonzero(visual).squeeze(1)
     if group_by == "grid_frame":

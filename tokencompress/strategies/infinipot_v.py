@@ -7,8 +7,8 @@ Understanding", NeurIPS 2025, https://arxiv.org/abs/2506.15745; reference code a
 The cache holds the system prompt (S tokens, never touched) and the visual tokens of the frames seen
 so far, ``tpf`` a (token) frame. When the next chunk of ``n`` frames would take the cache past
 ``budget_frames`` (B) frames, every layer is compressed first, per KV head, to ``B - n`` frames'
-worth of tokens (the causal rule, spec §5.2, which gives exactly the reference's end-of-video rule),
-so the question sees at most B frames' worth. One compression (spec §4, kernels in
+worth of tokens (the causal rule, which gives exactly the reference's end-of-video rule),
+so the question sees at most B frames' worth. One compression (kernels in
 :mod:`tokencompress.strategies.infinipot_v_select`), on keys as the cache holds them (post-RoPE):
 
 * ``keep = C * tpf`` tokens per head; ``van = round((1 - tar_ratio) * C * tpf)`` go to VaN, the rest
@@ -33,7 +33,7 @@ Options: ``budget_frames`` (B, 32), ``tar_ratio`` (0.5), ``query_ratio`` (0.25),
 ``end_of_video``: the reference's rule, compress after every chunk but the last to ``keep_frames`` C,
 or ``B - left`` near the end, which needs ``total_frames``), ``keep_text`` (false).
 
-Quirks of the reference (spec §7), reproduced unless said:
+Quirks of the reference, reproduced unless said:
 
 1. Q1 pseudo-frames: after a compression the vision part is still cut into consecutive groups of
    ``tpf`` tokens and TaR pairs by position in the group (the fixtures need it).

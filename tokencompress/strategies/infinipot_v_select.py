@@ -1,4 +1,4 @@
-"""InfiniPot-V's scoring and selection on one layer's vision tokens (spec §4; the memory is in
+"""InfiniPot-V's scoring and selection on one layer's vision tokens (the memory is in
 :mod:`tokencompress.strategies.infinipot_v`).
 
 Inputs are one layer's cached vision keys and values ``[kvh, V, d]`` (V = N frames x ``tpf`` tokens,
@@ -25,7 +25,7 @@ POOL_KERNEL = (7, 5, 3, 1)
 
 @dataclass(frozen=True)
 class Budgets:
-    """One compression's budgets (spec §4.2), in tokens except ``recent`` (frames)."""
+    """One compression's budgets, in tokens except ``recent`` (frames)."""
 
     keep: int
     van: int
@@ -120,7 +120,7 @@ def select(
     rows: int | None = None,
     count_pad: bool = True,
 ) -> Selection:
-    """One layer's compression to ``keep_frames`` frames' worth of tokens per KV head (spec §4.3–§4.5):
+    """One layer's compression to ``keep_frames`` frames' worth of tokens per KV head:
     the TaR set (least redundant past tokens and every recent frame), then the largest value norms
     among the rest. The caller checks ``N > keep_frames`` and the budgets (``Budgets.past >= 0``)."""
     frames = keys.shape[1] // tpf

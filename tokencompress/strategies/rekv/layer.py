@@ -236,7 +236,7 @@ class ReKVLayer:
         return branch, select_blocks(scores, n, self.cfg.topk, self.cfg.chunk_size)
 
     def external_ids(self, ids: list[int], n: int) -> Tensor:
-        """Caller-given frame ids checked, deduplicated and sorted (spec quirk Q13, fixed)."""
+        """Caller-given frame ids checked, deduplicated and sorted (quirk Q13, fixed)."""
         bad = [i for i in ids if not 0 <= int(i) < n]
         if bad:
             raise ValueError(

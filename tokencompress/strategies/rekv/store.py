@@ -1,6 +1,6 @@
 """The block store: every frame's pre-RoPE K and V, in host memory, in slabs of many blocks.
 
-The reference allocates one pinned tensor per block, per layer, per K/V (spec quirk Q10: about
+The reference allocates one pinned tensor per block, per layer, per K/V (quirk Q10: about
 100,800 allocations per hour of video); here a layer's blocks live in slabs of ``slab_blocks``
 blocks ``[slab_blocks, kvh, bs, d]``, pinned when the model runs on CUDA, so the host store grows
 in large steps and never copies what it holds. Representatives (``[n, kvh, d]`` float32) stay on
