@@ -6,19 +6,18 @@ with an unbounded run of the same frames identifies which tokens the cache holds
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from pydantic import ValidationError
 
 from tests.support.models import random_frames
+from tests.support.paths import PIPELINES
 from tokencompress import Pipeline, Registry
 from tokencompress.strategies.sliding_window import SlidingWindow
 
 pytestmark = pytest.mark.slow
 
-FILE = Path(__file__).parent.parent / "pipelines" / "simplestream.yaml"
+FILE = PIPELINES / "simplestream.yaml"
 PREFIX = torch.tensor([11, 12, 13, 14, 15])  # stands for the system prompt: the only sinks
 FRAMES = random_frames(7, seed=5)
 _MODEL: list[torch.nn.Module] = []
