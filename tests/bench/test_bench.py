@@ -105,6 +105,14 @@ def test_table_lists_every_ratio(result):
         assert label in table
 
 
+def test_json_and_report_name_the_machine_kind(result):
+    machine = result.as_dict()["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {"mkldnn", "mkl", "cpu", "logical_cores", "threads", "torch"} <= set(machine)
+    assert machine["threads"] == result.threads
+    assert f"machine: torch CPU capability {machine['cpu_capability']}" in format_table(result)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_plot_written(result, tmp_path):
     path = write_plot(result, tmp_path / "stc.png")

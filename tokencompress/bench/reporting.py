@@ -12,7 +12,7 @@ from torch import nn
 
 from .results import BenchResult, VariantResult
 
-__all__ = ["format_table", "notes_for"]
+__all__ = ["format_table", "machine_line", "notes_for"]
 
 _TINY_CHUNK_MS = 50.0
 
@@ -48,6 +48,20 @@ def notes_for(
     if any(p.device.type == "cuda" for p in model.parameters()):
         notes.append("CUDA: per-chunk times are read after a device synchronise (timing.now)")
     return notes
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line naming the machine kind the figures hold for (:func:`~..kernels.machine.describe`):
+    the same pipeline's ratios differ between AVX-512 and AVX2 CPUs, so a table never goes without it."""
+    emulated = (
+        f" (limited by {', '.join(f'{k}={v}' for k, v in m['isa_env'].items())})" if m.get("isa_env") else ""
+    )
+    libs = f"oneDNN {'yes' if m.get('mkldnn') else 'no'}, MKL {'yes' if m.get('mkl') else 'no'}"
+    gpu = f", GPU {m['cuda_device']}" if m.get("cuda_device") else ""
+    return (
+        f"machine: torch CPU capability {m.get('cpu_capability')}{emulated}; {libs}; "
+        f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {m.get('threads')} threads{gpu}"
+    )
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -98,6 +112,8 @@ def format_table(result: BenchResult) -> str:
         + f"; median of {result.repeats} after {result.warmup} warm-up; "
         f"{result.device}, {result.threads} threads, torch {result.torch_version}"
     )
+    if result.machine:
+        lines.append(machine_line(result.machine))
     lines.extend(_spread_lines(result, len(head)))
     lines.extend(f"note: {n}" for n in result.notes)
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..api.errors import TokenCompressError
+from ..kernels.machine import describe
 from ..media.frames import as_frames
 from ..models.loading import LoadedModel
 from ..patching.compiling import CompileOptions
@@ -99,6 +100,7 @@ def run_benchmark(
         device=str(target.device),
         threads=torch.get_num_threads(),
         torch_version=torch.__version__,
+        machine=describe(),
         load_average=None if None in load else load,
         baseline=baseline,
         pipeline=compressed,
