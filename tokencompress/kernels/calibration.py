@@ -1,0 +1,86 @@
+"""Pick, per machine, the faster of two paths that compute the same thing.
+
+A fast path that wins on one CPU can lose on another: the prepacked oneDNN linears of
+:mod:`.packed_linear` make STC-Cacher's full reference layers 0.81x the stock layer where torch
+dispatches AVX-512 kernels, and 1.07x where it dispatches AVX2 (issue 22). No rule read off the
+ISA name holds for every CPU and thread count, so an opt-in-by-default fast path is chosen by
+timing both on the real shapes, once per key, and keeping the faster one; a tie (within
+``margin``) keeps the stock path, whose results are the reference ones.
+
+The cache is an ordinary object held by whoever owns the choice (a strategy instance), never a
+module global: two owners calibrate independently, and dropping the owner drops its choices.
+Keys are built with :func:`machine_key`, which adds the ISA and the thread count to the shapes,
+since a choice made under one of them says nothing about another. The clock is injected so the
+choice logic is tested with a fake clock, never wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+
+from .machine import isa
+
+__all__ = ["Calibration", "Choice", "machine_key"]
+
+T = TypeVar("T")
+
+
+def machine_key(*parts: Hashable) -> tuple[Hashable, ...]:
+    """``parts`` (shapes, dtypes, a path's name) plus torch's CPU capability and intra-op threads."""
+    return (*parts, isa(), torch.get_num_threads())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One calibration's outcome: which path, the best time of each (seconds) and what it cost."""
+
+    fast: bool
+    """True: the fast path was faster than the stock one by more than the margin."""
+    stock_s: float
+    fast_s: float
+    cost_s: float
+    """Wall time of the whole calibration (warm-up and timed calls of both paths)."""
+
+
+class Calibration(Generic[T]):
+    """``run(key, stock, fast)``: the result of the path chosen for ``key``, calibrating on first use.
+
+    A calibration calls each path once untimed (a first call packs weights or allocates), then
+    ``calls`` times each, interleaved so load changes land on both, and compares the fastest call
+    of each (the minimum is the least disturbed by other processes on a shared machine). The
+    fast path is chosen only if its best time is below ``(1 - margin)`` of the stock path's. The
+    result returned by a calibrating call is the chosen path's own last result, so a caller gets
+    exactly what that path computes and the calibration costs ``2 * (1 + calls) - 1`` extra calls.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.perf_counter, calls: int = 3, margin: float = 0.03
+    ) -> None:
+        if calls < 1 or not 0.0 <= margin < 1.0:
+            raise ValueError(f"calls must be >= 1 and 0 <= margin < 1, got {calls}, {margin}")
+        self.clock = clock
+        self.calls = calls
+        self.margin = margin
+        self.choices: dict[Hashable, Choice] = {}
+        """key -> the choice made for it: what a report reads to say what was picked here."""
+
+    def run(self, key: Hashable, stock: Callable[[], T], fast: Callable[[], T]) -> T:
+        got = self.choices.get(key)
+        if got is not None:
+            return fast() if got.fast else stock()
+        start = self.clock()
+        last = {False: stock(), True: fast()}  # warm-up, untimed
+        best = {False: float("inf"), True: float("inf")}
+        for _ in range(self.calls):
+            for is_fast, fn in ((False, stock), (True, fast)):
+                t0 = self.clock()
+                last[is_fast] = fn()
+                best[is_fast] = min(best[is_fast], self.clock() - t0)
+        pick = best[True] < (1.0 - self.margin) * best[False]
+        self.choices[key] = Choice(pick, best[False], best[True], self.clock() - start)
+        return last[pick]
