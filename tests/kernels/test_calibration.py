@@ -103,3 +103,17 @@ def test_keys_carry_the_isa_and_the_thread_count():
 def test_bad_settings_are_refused(calls, margin):
     with pytest.raises(ValueError):
         Calibration(calls=calls, margin=margin)
+
+
+def test_nothing_is_timed_or_cached_under_a_flop_counter():
+    """The bench counts FLOPs in an untimed pass first: there the stock path runs, uncounted extra
+    calls never inflate the figures, and the choice is left to the first timed call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clock = FakeClock()
+    cal = Calibration(clock)
+    stock, fast, calls = paths(clock, [1.0], [0.5])
+    with FlopCounterMode(display=False):
+        assert cal.run("k", stock, fast) == "stock"
+    assert calls == ["stock"] and cal.choices == {} and clock.reads == 0
+    assert cal.run("k", stock, fast) == "fast" and cal.choices["k"].fast

@@ -25,7 +25,7 @@ import torch
 
 from .machine import isa
 
-__all__ = ["Calibration", "Choice", "machine_key"]
+__all__ = ["Calibration", "Choice", "machine_key", "timeable"]
 
 T = TypeVar("T")
 
@@ -33,6 +33,14 @@ T = TypeVar("T")
 def machine_key(*parts: Hashable) -> tuple[Hashable, ...]:
     """``parts`` (shapes, dtypes, a path's name) plus torch's CPU capability and intra-op threads."""
     return (*parts, isa(), torch.get_num_threads())
+
+
+def timeable() -> bool:
+    """Whether a call here runs at its own speed: not under a dispatch mode (the bench's FLOP
+    counter, which would also count the calibration's extra calls) nor while torch.compile traces."""
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+    return not (is_in_torch_dispatch_mode() or torch.compiler.is_compiling())
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,8 @@ class Calibration(Generic[T]):
         got = self.choices.get(key)
         if got is not None:
             return fast() if got.fast else stock()
+        if not timeable():
+            return stock()  # no choice yet and none to be made here: the reference path, uncached
         start = self.clock()
         last = {False: stock(), True: fast()}  # warm-up, untimed
         best = {False: float("inf"), True: float("inf")}
