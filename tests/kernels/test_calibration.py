@@ -38,12 +38,12 @@ def paths(clock: FakeClock, stock: list[float], fast: list[float]):
 
 def test_the_faster_path_is_picked_and_its_own_result_returned():
     clock = FakeClock()
-    cal = Calibration(clock, calls=3, margin=0.03)
+    cal = Calibration(clock, calls=3, margin=0.05)
     stock, fast, calls = paths(clock, [9.0, 1.0], [7.0, 0.8])  # first calls (packing) are slow
     assert cal.run("k", stock, fast) == "fast"
     assert calls == ["stock", "fast"] + ["stock", "fast"] * 3  # warm-up, then interleaved
     choice = cal.choices["k"]
-    assert choice.fast and (choice.stock_s, choice.fast_s) == pytest.approx((1.0, 0.8))
+    assert choice.fast and (choice.stock_s, choice.fast_s, choice.ratio) == pytest.approx((1.0, 0.8, 0.8))
     assert choice.cost_s == pytest.approx(9.0 + 7.0 + 3 * (1.0 + 0.8))
 
 
@@ -57,19 +57,25 @@ def test_a_slower_fast_path_keeps_stock():
 
 def test_a_tie_within_the_margin_keeps_stock_and_a_clear_win_does_not():
     clock = FakeClock()
-    cal = Calibration(clock, margin=0.03)
-    stock, fast, _ = paths(clock, [1.0], [0.98])  # 2 % faster: inside the 3 % margin
+    cal = Calibration(clock, margin=0.05)
+    stock, fast, _ = paths(clock, [1.0], [0.96])  # 4 % faster: inside the 5 % margin
     assert cal.run("tie", stock, fast) == "stock"
-    stock, fast, _ = paths(clock, [1.0], [0.96])
+    stock, fast, _ = paths(clock, [1.0], [0.94])
     assert cal.run("win", stock, fast) == "fast"
 
 
-def test_the_best_call_counts_so_one_disturbed_call_does_not_decide():
+def test_rounds_are_compared_pairwise_so_one_disturbed_round_does_not_decide():
     clock = FakeClock()
     cal = Calibration(clock, calls=3)
-    # the fast path's first timed call is hit by another process: 3.0 instead of 0.8
-    stock, fast, _ = paths(clock, [1.0], [0.8, 3.0, 0.8])
+    # another process slows the second round's fast call (3.0) and the third round's stock call
+    # (5.0): per-round ratios 0.8, 3.0, 0.16, median 0.8
+    stock, fast, _ = paths(clock, [1.0, 1.0, 1.0, 5.0], [0.8, 0.8, 3.0, 0.8])
     assert cal.run("k", stock, fast) == "fast"
+    assert cal.choices["k"].ratio == pytest.approx(0.8)
+    # a load that slows both calls of a round alike leaves the ratio alone
+    stock, fast, _ = paths(clock, [1.0, 1.0, 4.0, 1.0], [1.1, 1.1, 4.4, 1.1])
+    assert cal.run("slower", stock, fast) == "stock"
+    assert cal.choices["slower"].ratio == pytest.approx(1.1)
 
 
 def test_one_calibration_per_key_then_only_the_chosen_path_runs():

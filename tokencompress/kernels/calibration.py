@@ -5,7 +5,8 @@ A fast path that wins on one CPU can lose on another: the prepacked oneDNN linea
 dispatches AVX-512 kernels, and 1.07x where it dispatches AVX2 (issue 22). No rule read off the
 ISA name holds for every CPU and thread count, so an opt-in-by-default fast path is chosen by
 timing both on the real shapes, once per key, and keeping the faster one; a tie (within
-``margin``) keeps the stock path, whose results are the reference ones.
+``margin``) keeps the stock path, whose results are the reference ones, and so does a
+calibration too noisy to show a clear gain.
 
 The cache is an ordinary object held by whoever owns the choice (a strategy instance), never a
 module global: two owners calibrate independently, and dropping the owner drops its choices.
@@ -16,6 +17,7 @@ choice logic is tested with a fake clock, never wall time.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -45,12 +47,15 @@ def timeable() -> bool:
 
 @dataclass(frozen=True)
 class Choice:
-    """One calibration's outcome: which path, the best time of each (seconds) and what it cost."""
+    """One calibration's outcome: which path, the timings it rests on and what it cost."""
 
     fast: bool
     """True: the fast path was faster than the stock one by more than the margin."""
+    ratio: float
+    """Median over the timed rounds of (fast path's time / stock path's time) in the same round."""
     stock_s: float
     fast_s: float
+    """Median seconds per call of each path over the timed rounds."""
     cost_s: float
     """Wall time of the whole calibration (warm-up and timed calls of both paths)."""
 
@@ -59,15 +64,17 @@ class Calibration(Generic[T]):
     """``run(key, stock, fast)``: the result of the path chosen for ``key``, calibrating on first use.
 
     A calibration calls each path once untimed (a first call packs weights or allocates), then
-    ``calls`` times each, interleaved so load changes land on both, and compares the fastest call
-    of each (the minimum is the least disturbed by other processes on a shared machine). The
-    fast path is chosen only if its best time is below ``(1 - margin)`` of the stock path's. The
-    result returned by a calibrating call is the chosen path's own last result, so a caller gets
-    exactly what that path computes and the calibration costs ``2 * (1 + calls) - 1`` extra calls.
+    ``calls`` rounds of one stock and one fast call, back to back, and takes the median over the
+    rounds of the fast/stock time ratio: both calls of a round see about the same load from other
+    processes, so the ratio is steadier than either time on a shared machine (the bench's own
+    per-repeat ratios rest on the same idea). The fast path is chosen only if that median is below
+    ``1 - margin``. The result returned by a calibrating call is the chosen path's own last result,
+    so a caller gets exactly what that path computes, and the calibration costs
+    ``2 * (1 + calls) - 1`` extra calls, once per key.
     """
 
     def __init__(
-        self, clock: Callable[[], float] = time.perf_counter, calls: int = 3, margin: float = 0.03
+        self, clock: Callable[[], float] = time.perf_counter, calls: int = 3, margin: float = 0.05
     ) -> None:
         if calls < 1 or not 0.0 <= margin < 1.0:
             raise ValueError(f"calls must be >= 1 and 0 <= margin < 1, got {calls}, {margin}")
@@ -85,12 +92,15 @@ class Calibration(Generic[T]):
             return stock()  # no choice yet and none to be made here: the reference path, uncached
         start = self.clock()
         last = {False: stock(), True: fast()}  # warm-up, untimed
-        best = {False: float("inf"), True: float("inf")}
+        times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(self.calls):
             for is_fast, fn in ((False, stock), (True, fast)):
                 t0 = self.clock()
                 last[is_fast] = fn()
-                best[is_fast] = min(best[is_fast], self.clock() - t0)
-        pick = best[True] < (1.0 - self.margin) * best[False]
-        self.choices[key] = Choice(pick, best[False], best[True], self.clock() - start)
+                times[is_fast].append(self.clock() - t0)
+        pairs = zip(times[False], times[True], strict=True)
+        ratio = statistics.median([f / s if s > 0 else float("inf") for s, f in pairs])
+        pick = ratio < 1.0 - self.margin
+        stock_s, fast_s = statistics.median(times[False]), statistics.median(times[True])
+        self.choices[key] = Choice(pick, ratio, stock_s, fast_s, self.clock() - start)
         return last[pick]
