@@ -57,7 +57,7 @@ def reference_layer_paths(rounds: int) -> dict:
     rows = stock.for_rows()
     times = interleaved({"stock": lambda: reference_layer(stock, h), "rows": lambda: reference_layer(rows, h)}, rounds)
     ratios = [r / s for r, s in zip(times["rows"], times["stock"], strict=True)]
-    picks, costs = [], []
+    picks, costs, auto_ratios = [], [], []
     for _ in range(3):  # fresh instances and adapters: each calibrates (and packs) from scratch
         cacher = StcCacher()
         cacher.calibration = Calibration()
@@ -66,11 +66,13 @@ def reference_layer_paths(rounds: int) -> dict:
         ((_, choice),) = cacher.calibration.choices.items()
         picks.append("rows" if choice.fast else "stock")
         costs.append(choice.cost_s * 1e3)
+        auto_ratios.append(round(choice.ratio, 3))
     return {
         "stock_ms": spread([t * 1e3 for t in times["stock"]]),
         "rows_ms": spread([t * 1e3 for t in times["rows"]]),
         "rows_over_stock": spread(ratios),
         "auto_picks": picks,
+        "auto_ratios": auto_ratios,
         "calibration_ms": spread(costs),
     }
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..kernels.calibration import Calibration
 from .results import BenchResult, VariantResult
 
-__all__ = ["format_table", "machine_line", "notes_for"]
+__all__ = ["calibration_notes", "format_table", "machine_line", "notes_for"]
 
 _TINY_CHUNK_MS = 50.0
 
@@ -62,6 +64,22 @@ def machine_line(m: dict[str, Any]) -> str:
         f"machine: torch CPU capability {m.get('cpu_capability')}{emulated}; {libs}; "
         f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {m.get('threads')} threads{gpu}"
     )
+
+
+def calibration_notes(strategies: Iterable[Any]) -> list[str]:
+    """What each strategy's fast-path calibration (:mod:`~..kernels.calibration`, e.g. STC-Cacher's
+    ``fast_reference: auto``) chose on this machine, from its ``calibration`` attribute: the
+    figures hold for that choice, and a reader on another CPU may get the other one."""
+    notes = []
+    for s in strategies:
+        cal = getattr(s, "calibration", None)
+        for key, c in cal.choices.items() if isinstance(cal, Calibration) else ():
+            notes.append(
+                f"{s.name}: calibrated {key[0]} at {key[1]}: {'fast path' if c.fast else 'stock path'} "
+                f"(fast/stock {c.ratio:.3f}, median of {cal.calls} paired calls; calibration "
+                f"{1e3 * c.cost_s:.0f} ms, paid once per shape, in the first run after the FLOP count)"
+            )
+    return notes
 
 
 def _fmt(value: Any, unit: str = "") -> str:

@@ -30,7 +30,7 @@ from ..stream.kv_stats import kv_cache_note, retrieval_overhead
 from ..stream.stream import ChunkStats, Stream
 from .fidelity import fidelity
 from .measuring import count_flops, kv_bytes, load_average, peak_memory
-from .reporting import notes_for
+from .reporting import calibration_notes, notes_for
 from .results import BenchResult, VariantResult
 from .spreads import per_repeat_ratios
 
@@ -87,6 +87,9 @@ def run_benchmark(
     target = runners[1].bound.target
     kv_cache = retrieval_overhead(pipe_r.answers)
     notes = _notes(pipeline, notes_for(baseline, compressed, model, load), compiled_note, kv_cache)
+    notes += calibration_notes(
+        {id(s): s for s in pipe_r.bound.patch.strategies + pipe_r.bound.steps}.values()
+    )
     return BenchResult(
         pipeline_name=pipeline.name,
         model=description,
