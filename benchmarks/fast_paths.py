@@ -50,12 +50,16 @@ def reference_layer_paths(rounds: int) -> dict:
     from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
 
     v = BENCH_OVERRIDES["vision_config"]
-    cfg = SiglipVisionConfig(**{**v, "num_hidden_layers": 1}, image_size=378, patch_size=14, vision_use_head=False)
+    cfg = SiglipVisionConfig(
+        **{**v, "num_hidden_layers": 1}, image_size=378, patch_size=14, vision_use_head=False
+    )
     layer = SiglipVisionModel._from_config(cfg, attn_implementation="sdpa").eval().encoder.layers[0]
     h = torch.randn(1, 729, cfg.hidden_size)
     stock = SiglipBlockAdapter(layer)
     rows = stock.for_rows()
-    times = interleaved({"stock": lambda: reference_layer(stock, h), "rows": lambda: reference_layer(rows, h)}, rounds)
+    times = interleaved(
+        {"stock": lambda: reference_layer(stock, h), "rows": lambda: reference_layer(rows, h)}, rounds
+    )
     ratios = [r / s for r, s in zip(times["rows"], times["stock"], strict=True)]
     picks, costs, auto_ratios = [], [], []
     for _ in range(3):  # fresh instances and adapters: each calibrates (and packs) from scratch
@@ -97,8 +101,8 @@ def decoder_attention_paths(rounds: int, caches: list[int], rows: int) -> dict:
         with owner.calls():
             times = interleaved(
                 {
-                    "stock": lambda: sdpa_attention_forward(module, q, k, v, mask, scaling=0.125),
-                    "grouped": lambda: sdpa_grouped_kv(module, q, k, v, mask, scaling=0.125),
+                    "stock": lambda a=(q, k, v, mask): sdpa_attention_forward(module, *a, scaling=0.125),
+                    "grouped": lambda a=(q, k, v, mask): sdpa_grouped_kv(module, *a, scaling=0.125),
                 },
                 rounds,
             )
