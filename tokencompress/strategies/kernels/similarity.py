@@ -74,22 +74,21 @@ def frame_and_centre_similarity(
     if n > _SERIAL:
         return frame_similarity(xn, centres, layout, alphas), gaussian_similarity(xn, centre, alphas)
 
-    def rows() -> Tensor:
-        return torch.empty(2, n + _PAD, dtype=xn.dtype, device=xn.device)[:, :n]
-
-    neg_d2 = rows()
+    # three [2, N] views of one buffer: squared distances, the running sum, one bandwidth's term
+    neg_d2, out, term = torch.empty(3, 2, n + _PAD, dtype=xn.dtype, device=xn.device)[:, :, :n].unbind(0)
+    d2_frames, d2_centre = neg_d2.unbind(0)
     if layout.per_frame is not None:
         x = xn.view(layout.num_frames, layout.per_frame, xn.shape[-1])
         diff = x - centres[:, None, :]
-        torch.sum(diff.mul_(diff), -1, out=neg_d2[0].view(layout.num_frames, layout.per_frame))
+        torch.sum(diff.mul_(diff), -1, out=d2_frames.view(layout.num_frames, layout.per_frame))
     else:
         diff = xn - centres[layout.index]
-        torch.sum(diff.mul_(diff), -1, out=neg_d2[0])
+        torch.sum(diff.mul_(diff), -1, out=d2_frames)
     diff = xn - centre
-    torch.sum(diff.mul_(diff), -1, out=neg_d2[1])
+    torch.sum(diff.mul_(diff), -1, out=d2_centre)
     neg_d2.neg_()
-    out, term = rows(), rows()
     torch.div(neg_d2, 2 * alphas[0], out=out).exp_()
     for a in alphas[1:]:
         out += torch.div(neg_d2, 2 * a, out=term).exp_()
-    return out[0], out[1]
+    frame, to_centre = out.unbind(0)
+    return frame, to_centre
