@@ -101,17 +101,15 @@ def load_row(row: Row):
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    """:func:`tokencompress.kernels.machine.describe` (ISA, oneDNN/MKL, cores, threads) plus the
+    keys the table's caption reads and when and under what load the run started."""
+    from tokencompress.kernels.machine import describe
+
+    m = describe()
     return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "threads_used": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **m,
+        "cpus": m["logical_cores"],
+        "threads_used": m["threads"],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average_at_start": list(os.getloadavg()),
@@ -158,6 +156,7 @@ def table(rows: list[dict], meta: dict) -> str:
         f"Ratios pipeline / baseline, median [min–max] over {meta['repeats']} interleaved repeats; "
         f"{meta['frames']} frames of {meta['video']} at {meta['fps']:.3g} fps, one per chunk unless noted below; model "
         f"`builtin-bench` ({meta['model']}); {meta['machine']['cpu']}, {meta['machine']['threads_used']} threads, "
+        f"torch CPU capability {meta['machine'].get('cpu_capability', 'not recorded')}, "
         f"torch {meta['machine']['torch']}; load = 1-min load average before/after each row. "
         "Token cosine and first-token KL compare with the baseline's output: with random weights "
         "they are a proxy of how much a method perturbs the model, not of answer quality."

@@ -105,6 +105,17 @@ def test_table_lists_every_ratio(result):
         assert label in table
 
 
+def test_json_and_report_name_the_machine_kind(result):
+    machine = result.as_dict()["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {"mkldnn", "mkl", "cpu", "logical_cores", "threads", "torch"} <= set(machine)
+    assert machine["threads"] == result.threads
+    assert f"machine: torch CPU capability {machine['cpu_capability']}" in format_table(result)
+    # the Cacher's fast_reference: auto calibrated once (one shape) and the report says what it chose
+    (note,) = [n for n in result.notes if n.startswith("stc_cacher: calibrated")]
+    assert "stc_cacher.reference_layer" in note and ("fast path" in note or "stock path" in note)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_plot_written(result, tmp_path):
     path = write_plot(result, tmp_path / "stc.png")

@@ -6,6 +6,7 @@ import importlib.util
 import sys
 
 import pytest
+import torch
 
 from tests.support.paths import ROOT
 
@@ -77,3 +78,11 @@ def test_targets_table_marks_each_figure_against_its_target(perf_table) -> None:
         "| 0.99 % [0.96–1.02] | 0 % | ≤ 0.8 % | no |"
     )
     assert "16 chunks" in " ".join(row) and "`prefill_chunks: 4`: 3 interleaved repeats" in lines[-1]
+
+
+def test_machine_json_and_caption_name_the_isa(perf_table) -> None:
+    m = perf_table.machine()
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {"mkldnn", "mkl", "logical_cores", "threads", "cpus", "threads_used", "torch"} <= set(m)
+    meta = {"repeats": 1, "frames": 2, "video": "v.mp4", "fps": 1.0, "model": "m", "machine": m}
+    assert f"torch CPU capability {m['cpu_capability']}" in perf_table.table([], meta)

@@ -37,6 +37,7 @@ def test_every_benchmark_and_protocol_runs(builtin_model, synth, tmp_path, bench
     assert [v["name"] for v in results["variants"]] == ["baseline", "stc"]
     assert results["protocol"] == protocol and results["frames"] == {"rule": "rekv_stride", "fps": 0.25}
     assert results["random_weights"] is True and results["versions"]["eval_harness"]
+    assert results["machine"]["cpu_capability"] and results["machine"]["threads"] >= 1
     n = results["queries"]
     assert len(preds) == 2 * n and all(p["error"] is None for p in preds)
     stc = results["variants"][1]

@@ -142,6 +142,8 @@ def select_per_frame(
         if k <= 0:
             return torch.zeros(0, dtype=torch.long, device=scores.device)
         local = _top_rows(scores.view(-1, layout.per_frame), k)
+        if scores.numel() == layout.per_frame:  # one frame: its rows are the chunk's
+            return local.reshape(-1)
         return (
             local + torch.arange(0, scores.numel(), layout.per_frame, device=scores.device)[:, None]
         ).reshape(-1)

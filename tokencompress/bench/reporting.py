@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..kernels.calibration import Calibration
 from .results import BenchResult, VariantResult
 
-__all__ = ["format_table", "notes_for"]
+__all__ = ["calibration_notes", "format_table", "machine_line", "notes_for"]
 
 _TINY_CHUNK_MS = 50.0
 
@@ -47,6 +49,36 @@ def notes_for(
             notes.append(f"{v.name}: {v.flops_note}")
     if any(p.device.type == "cuda" for p in model.parameters()):
         notes.append("CUDA: per-chunk times are read after a device synchronise (timing.now)")
+    return notes
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line naming the machine kind the figures hold for (:func:`~..kernels.machine.describe`):
+    the same pipeline's ratios differ between AVX-512 and AVX2 CPUs, so a table never goes without it."""
+    emulated = (
+        f" (limited by {', '.join(f'{k}={v}' for k, v in m['isa_env'].items())})" if m.get("isa_env") else ""
+    )
+    libs = f"oneDNN {'yes' if m.get('mkldnn') else 'no'}, MKL {'yes' if m.get('mkl') else 'no'}"
+    gpu = f", GPU {m['cuda_device']}" if m.get("cuda_device") else ""
+    return (
+        f"machine: torch CPU capability {m.get('cpu_capability')}{emulated}; {libs}; "
+        f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {m.get('threads')} threads{gpu}"
+    )
+
+
+def calibration_notes(strategies: Iterable[Any]) -> list[str]:
+    """What each strategy's fast-path calibration (:mod:`~..kernels.calibration`, e.g. STC-Cacher's
+    ``fast_reference: auto``) chose on this machine, from its ``calibration`` attribute: the
+    figures hold for that choice, and a reader on another CPU may get the other one."""
+    notes = []
+    for s in strategies:
+        cal = getattr(s, "calibration", None)
+        for key, c in cal.choices.items() if isinstance(cal, Calibration) else ():
+            notes.append(
+                f"{s.name}: calibrated {key[0]} at {key[1]}: {'fast path' if c.fast else 'stock path'} "
+                f"(fast/stock {c.ratio:.3f}, median of {cal.calls} paired calls; calibration "
+                f"{1e3 * c.cost_s:.0f} ms, paid once per shape, in the first run after the FLOP count)"
+            )
     return notes
 
 
@@ -98,6 +130,8 @@ def format_table(result: BenchResult) -> str:
         + f"; median of {result.repeats} after {result.warmup} warm-up; "
         f"{result.device}, {result.threads} threads, torch {result.torch_version}"
     )
+    if result.machine:
+        lines.append(machine_line(result.machine))
     lines.extend(_spread_lines(result, len(head)))
     lines.extend(f"note: {n}" for n in result.notes)
     return "\n".join(lines)

@@ -121,6 +121,9 @@ class BenchResult:
     """Retrieval overhead per question when the pipeline has a retrieving kv_cache strategy."""
     prefill_chunks: int = 1
     """``stream.prefill_chunks`` both variants ran with (chunks whose tokens share one prefill)."""
+    machine: dict[str, Any] = field(default_factory=dict)
+    """:func:`tokencompress.kernels.machine.describe`: the ISA torch dispatched on, oneDNN/MKL,
+    cores and threads; the ratios hold for this machine kind only."""
 
     @property
     def ratios(self) -> dict[str, float | None]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..api.errors import TokenCompressError
+from ..kernels.machine import describe
 from ..media.frames import as_frames
 from ..models.loading import LoadedModel
 from ..patching.compiling import CompileOptions
@@ -29,7 +30,7 @@ from ..stream.kv_stats import kv_cache_note, retrieval_overhead
 from ..stream.stream import ChunkStats, Stream
 from .fidelity import fidelity
 from .measuring import count_flops, kv_bytes, load_average, peak_memory
-from .reporting import notes_for
+from .reporting import calibration_notes, notes_for
 from .results import BenchResult, VariantResult
 from .spreads import per_repeat_ratios
 
@@ -86,6 +87,9 @@ def run_benchmark(
     target = runners[1].bound.target
     kv_cache = retrieval_overhead(pipe_r.answers)
     notes = _notes(pipeline, notes_for(baseline, compressed, model, load), compiled_note, kv_cache)
+    notes += calibration_notes(
+        {id(s): s for s in pipe_r.bound.patch.strategies + pipe_r.bound.steps}.values()
+    )
     return BenchResult(
         pipeline_name=pipeline.name,
         model=description,
@@ -99,6 +103,7 @@ def run_benchmark(
         device=str(target.device),
         threads=torch.get_num_threads(),
         torch_version=torch.__version__,
+        machine=describe(),
         load_average=None if None in load else load,
         baseline=baseline,
         pipeline=compressed,

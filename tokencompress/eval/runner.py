@@ -197,6 +197,7 @@ def _finish(
         "device": settings.device,
         # speed ratios are only valid with one rank per device (docs/design.md §9)
         "ranks_per_device": _ranks_per_device(settings.device, shard.world),
+        "machine": _machine(),
         "stale_log_lines": stale,
         "log_warnings": list(log_warnings),
         "versions": _versions(),
@@ -217,6 +218,13 @@ def _ranks_per_device(device: str, world: int) -> int:
 
         return -(-world // max(1, torch.cuda.device_count()))
     return world
+
+
+def _machine() -> dict[str, Any]:
+    """The ISA, oneDNN/MKL, cores and threads the speed figures hold for (:mod:`..kernels.machine`)."""
+    from ..kernels.machine import describe
+
+    return describe()
 
 
 def _versions() -> dict[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +24,7 @@ from torch import Tensor
 from ..api.block_adapter import BlockAdapter
 from ..api.strategy import BlockStrategy, StrategyParams
 from ..api.types import BlockCall, ChunkInfo
+from ..kernels.calibration import Calibration, machine_key
 
 __all__ = [
     "StcCacherParams",
@@ -46,11 +47,14 @@ class StcCacherParams(StrategyParams):
     """Fraction of a frame's tokens recomputed per layer in non-reference chunks (quirk C15: 0 < r <= 1)."""
     cache_interval: int = Field(2, ge=1)
     """Every ``cache_interval``-th chunk of a stream is a reference chunk, starting with the first."""
-    fast_reference: bool = True
+    fast_reference: bool | Literal["auto"] = "auto"
     """Run reference layers on the target's row kernels (:meth:`BlockAdapter.for_rows`: on CPU
     float32, prepacked weights with Q, K and V as one product), which agree with the stock layer
     to float32 rounding (≤ 3e-6 on the fixtures, tolerance 1e-5). ``false`` runs the stock
-    layer's own modules: reference chunks are then bit-identical to the plain tower."""
+    layer's own modules: reference chunks are then bit-identical to the plain tower. ``auto``
+    times both on the first reference layer of each shape and keeps the faster, or stock on a tie
+    (:mod:`...kernels.calibration`): the row kernels ran reference chunks at 0.81x the plain tower
+    where torch dispatched AVX-512 and at 1.07x on an AVX2 machine (issue 22)."""
 
 
 @dataclass
@@ -241,6 +245,13 @@ class StcCacher(BlockStrategy):
     _reference_kernel = staticmethod(reference_layer)
     _sparse_kernel = staticmethod(sparse_layer)
 
+    def __init__(self, params: StcCacherParams | None = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.calibration: Calibration[tuple[Tensor, ...]] = Calibration()
+        """``fast_reference: auto``'s choices, per (shape, dtype, ISA, threads): held by this
+        instance (and its compiled twin), so every pipeline and stream built on it calibrates
+        once; not stream state, since which kernel is faster does not depend on the stream."""
+
     def new_state(self) -> CacherState:
         return CacherState()
 
@@ -283,8 +294,7 @@ class StcCacher(BlockStrategy):
         K and V may be views into one ``[F, T, 3C]`` product (fused Q/K/V): caching them keeps
         that buffer, one extra ``[T, C]`` per layer, instead of paying a copy per reference chunk.
         """
-        a: BlockAdapter = call.adapter.for_rows() if self.params.fast_reference else call.adapter
-        out, k, v, attn, mlp = self._reference_kernel(a, h)
+        out, k, v, attn, mlp = self._reference_outputs(call.adapter, h)
         # A one-frame chunk's last frame is the whole tensor: keep it as is. With more frames,
         # clone, or a view of frame -1 would keep the whole chunk's [F, T, C] tensors alive.
         last = (lambda t: t[-1]) if h.shape[0] == 1 else (lambda t: t[-1].clone())
@@ -292,6 +302,24 @@ class StcCacher(BlockStrategy):
         state.derived.pop(call.layer_index, None)
         self._record(call, state, reference=True)
         return out
+
+    def _reference_outputs(self, adapter: BlockAdapter, h: Tensor) -> tuple[Tensor, ...]:
+        """:func:`reference_layer` of ``h`` ``[F, T, C]`` on the stock adapter or its row kernels,
+        as ``fast_reference`` says; ``auto`` asks :attr:`calibration` (CPU only: the row kernels
+        are CPU kernels, and a wall clock cannot time an asynchronous device), and the compiled
+        twin keeps the row kernels its compiled graph was built around."""
+        fast = self.params.fast_reference
+        if fast is False:
+            return self._reference_kernel(adapter, h)
+        rows = adapter.for_rows()
+        if fast == "auto" and rows is not adapter and h.device.type == "cpu":
+            if self._reference_kernel is not reference_layer:  # compiled: kernel fixed at compile time
+                return self._reference_kernel(rows, h)
+            key = machine_key("stc_cacher.reference_layer", tuple(h.shape), h.dtype)
+            return self.calibration.run(
+                key, lambda: self._reference_kernel(adapter, h), lambda: self._reference_kernel(rows, h)
+            )
+        return self._reference_kernel(rows if fast is True else adapter, h)  # auto off the CPU: stock
 
     def _derived(self, state: CacherState, layer: int) -> tuple[Tensor, Tensor]:
         """(unit reference keys, A_ref + M_ref) of ``layer``, computed once per reference chunk."""
@@ -314,7 +342,7 @@ class StcCacher(BlockStrategy):
 
     def compiled(self, compiler: Callable[[Callable], Callable]) -> StcCacher:
         """This strategy with :func:`reference_layer` and :func:`sparse_layer` run through ``compiler``."""
-        reference = reference_layer_packed if self.params.fast_reference else reference_layer
+        reference = reference_layer_packed if self.params.fast_reference is not False else reference_layer
         return self.with_kernels(
             _reference_kernel=compiler(reference), _sparse_kernel=compiler(sparse_layer_packed)
         )

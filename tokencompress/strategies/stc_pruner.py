@@ -26,7 +26,14 @@ from torch import Tensor
 from ..api.scoring_pruner import FrameLayout, PerFrameParams, Plan, ScoringPruner
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
-from .kernels import ChunkMeans, ChunkMeansStep, frame_similarity, gaussian_similarity, select_channels, unit
+from .kernels import (
+    ChunkMeans,
+    ChunkMeansStep,
+    frame_and_centre_similarity,
+    gaussian_similarity,
+    select_channels,
+    unit,
+)
 
 __all__ = [
     "StcPruner",
@@ -88,9 +95,11 @@ def pruner_scores(
     xn = unit(xs)  # [N, D']
     # [F, D'] means of unit vectors, deliberately not normalised (P6)
     frame_anchor = layout.mean(xn)
-    frame_scores = frame_similarity(xn, frame_anchor, layout, alphas)  # [N]
-    memory_scores = gaussian_similarity(xn, unit(mem, dim=0), alphas)  # [N]
-    return frame_scores, memory_scores, -(memory_scores + frame_scores)
+    # [N] each: both Gaussian sums in one bandwidth loop (the same values as one call each)
+    frame_scores, memory_scores = frame_and_centre_similarity(
+        xn, frame_anchor, layout, unit(mem, dim=0), alphas
+    )
+    return frame_scores, memory_scores, torch.add(memory_scores, frame_scores).neg_()
 
 
 class StcPruner(ScoringPruner):

@@ -8,13 +8,14 @@ fixtures pin, so the two strategies cannot drift apart.
 
 from .channels import channel_variance, select_channels
 from .chunk_means import ChunkMeans, ChunkMeansStep
-from .similarity import EPS, frame_similarity, gaussian_similarity, unit
+from .similarity import EPS, frame_and_centre_similarity, frame_similarity, gaussian_similarity, unit
 
 __all__ = [
     "EPS",
     "ChunkMeans",
     "ChunkMeansStep",
     "channel_variance",
+    "frame_and_centre_similarity",
     "frame_similarity",
     "gaussian_similarity",
     "select_channels",
