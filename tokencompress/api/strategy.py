@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor
 
+from .errors import CompatibilityError
 from .tokens import VisualTokens
 from .types import BlockCall, Capability, ChunkInfo, LayerProbe, Stage, StageInfo
 from .value_bounds import bounded
@@ -30,7 +31,21 @@ __all__ = [
     "Strategy",
     "BlockStrategy",
     "TokenStrategy",
+    "encoder_layer_index",
 ]
+
+
+def encoder_layer_index(owner: str, layer: int, num_layers: int) -> int:
+    """``layer`` (negative counts from the last layer, like a Python index) as an index into
+    ``num_layers`` encoder layers, for strategies that probe one layer (``probe_layers``); refused
+    at build time naming ``<owner>.layer`` and the valid range."""
+    index = layer + num_layers if layer < 0 else layer
+    if not 0 <= index < num_layers:
+        raise CompatibilityError(
+            f"{owner}.layer = {layer} is outside the {num_layers} encoder layers of this model; "
+            f"use {-num_layers}..{num_layers - 1}"
+        )
+    return index
 
 
 class StrategyParams(BaseModel):

@@ -81,7 +81,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..api.errors import BudgetError, CompatibilityError
-from ..api.strategy import StrategyParams, TokenStrategy
+from ..api.strategy import StrategyParams, TokenStrategy, encoder_layer_index
 from ..api.tokens import VisualTokens
 from ..api.types import Capability, ChunkInfo, LayerProbe, Stage, StageInfo
 from .streamingtom_ctr_reduce import FrameReduction, Noise, reduce_frame, static_masks
@@ -198,14 +198,8 @@ class StreamingTomCtr(TokenStrategy):
             )
 
     def resolve_layer(self, num_layers: int) -> int:
-        layer = self.params.layer
-        index = layer + num_layers if layer < 0 else layer
-        if not 0 <= index < num_layers:
-            raise CompatibilityError(
-                f"{self.name}.layer = {layer} is outside the {num_layers} encoder layers of this model; "
-                f"use {-num_layers}..{num_layers - 1}"
-            )
-        return index
+        """``params.layer`` as a non-negative index into ``num_layers`` encoder layers."""
+        return encoder_layer_index(self.name, self.params.layer, num_layers)
 
     def probe_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self.resolve_layer(num_layers),)

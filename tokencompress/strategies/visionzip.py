@@ -51,7 +51,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..api.errors import BudgetError, CompatibilityError
-from ..api.strategy import StrategyParams, TokenStrategy
+from ..api.strategy import StrategyParams, TokenStrategy, encoder_layer_index
 from ..api.tokens import VisualTokens
 from ..api.types import Capability, ChunkInfo, LayerProbe, Stage, StageInfo
 from .visionzip_select import (
@@ -153,14 +153,7 @@ class VisionZip(TokenStrategy):
     # ------------------------------------------------------------------ declarations
     def resolve_layer(self, num_layers: int) -> int:
         """``params.layer`` as a non-negative index into ``num_layers`` encoder layers."""
-        layer = self.params.layer
-        index = layer + num_layers if layer < 0 else layer
-        if not 0 <= index < num_layers:
-            raise CompatibilityError(
-                f"{self.name}.layer = {layer} is outside the {num_layers} encoder layers of this model; "
-                f"use {-num_layers}..{num_layers - 1}"
-            )
-        return index
+        return encoder_layer_index(self.name, self.params.layer, num_layers)
 
     def probe_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self.resolve_layer(num_layers),)
