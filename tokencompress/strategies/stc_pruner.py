@@ -160,7 +160,8 @@ class StcPruner(ScoringPruner):
             frame_scores = frame_scores.view(layout.num_frames, layout.per_frame)
             memory_scores = memory_scores.view(layout.num_frames, layout.per_frame)
         debug = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
-        return Plan(scores, self.frame_budgets(layout), layout, _Update(step, debug))
+        budgets = self.frame_budgets(layout)
+        return Plan(scores, budgets, layout, _Update(step, debug), self.params.tokens_per_frame)
 
     def commit(self, state: StcPrunerState, plan: Plan) -> None:
         update: _Update = plan.update
