@@ -234,8 +234,14 @@ class ScoringPruner(TokenStrategy):
     def plan(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Plan:
         """The chunk's scores and budgets; must not change ``state`` (that is :meth:`commit`'s job)."""
         layout = FrameLayout.of(tokens)
+        return self.budget_plan(self.score(tokens, state, chunk), layout)
+
+    def budget_plan(self, scores: Tensor, layout: FrameLayout, update: Any = None) -> Plan:
+        """The :class:`Plan` of ``scores`` ``[N]`` under :meth:`frame_budgets`, with ``per_frame_budget``
+        filled in when those are the stock ``min(tokens_per_frame, T_f)`` (not overridden)."""
+        fixed = type(self).frame_budgets is ScoringPruner.frame_budgets
         return Plan(
-            self.score(tokens, state, chunk), self.frame_budgets(layout), layout, None, self._fixed_budget()
+            scores, self.frame_budgets(layout), layout, update, self._fixed_budget() if fixed else None
         )
 
     def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
@@ -267,8 +273,6 @@ class ScoringPruner(TokenStrategy):
         if tokens.count == 0:
             return tokens
         plan = self._checked(self.plan(tokens, state, chunk), tokens)
-        kept = (
-            tokens if plan.keeps_all() else tokens.take(plan.select(), check=False)
-        )  # selection is ascending
+        kept = tokens if plan.keeps_all() else tokens.take(plan.select())
         self.commit(state, plan)
         return kept

@@ -107,11 +107,9 @@ class VisualTokens:
             raise ValueError(f"with_tokens needs {self.count} rows, got {tokens.shape[0]}")
         return replace(self, tokens=tokens)
 
-    def take(self, index: Tensor, *, check: bool = True) -> VisualTokens:
+    def take(self, index: Tensor) -> VisualTokens:
         """Keep rows ``index`` (1-D, strictly increasing, so the original order is kept).
 
-        ``check=False`` skips verifying the order (a comparison and a read of its result): for
-        callers whose index is increasing and non-negative by construction, such as the scoring pruners' selection.
         Every field is gathered with one ``index_select`` (a fraction of advanced indexing's cost
         on the ``[N, D]`` features); a negative index counts from the end, as in ``tensor[index]``.
         """
@@ -120,11 +118,10 @@ class VisualTokens:
             index = index.to(device=dev, dtype=torch.long)
         if index.dim() != 1:
             raise ValueError("take() needs a 1-D index")
-        if check:
-            if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
-                raise ValueError("take() needs strictly increasing indices (original order must be kept)")
-            if index.numel() and int(index[0]) < 0:  # once increasing, a negative index leads
-                index = torch.where(index < 0, index + self.count, index)
+        if index.numel() > 1 and not bool(torch.diff(index).min() > 0):
+            raise ValueError("take() needs strictly increasing indices (original order must be kept)")
+        if index.numel() and int(index[0]) < 0:  # once increasing, a negative index leads
+            index = torch.where(index < 0, index + self.count, index)
         # remap[r]: new row of old row r, -1 if dropped; its extra last entry (-1) is what a dropped
         # original (assign -1) reads, since take() counts a negative index from the end
         remap = torch.full((self.count + 1,), -1, dtype=torch.long, device=dev)

@@ -160,8 +160,7 @@ class StcPruner(ScoringPruner):
             frame_scores = frame_scores.view(layout.num_frames, layout.per_frame)
             memory_scores = memory_scores.view(layout.num_frames, layout.per_frame)
         debug = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
-        budgets = self.frame_budgets(layout)
-        return Plan(scores, budgets, layout, _Update(step, debug), self.params.tokens_per_frame)
+        return self.budget_plan(scores, layout, _Update(step, debug))
 
     def commit(self, state: StcPrunerState, plan: Plan) -> None:
         update: _Update = plan.update
