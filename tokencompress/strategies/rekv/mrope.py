@@ -238,7 +238,7 @@ class ReKVMRoPEMemory(ReKVMemory):
                 self._rows = None
             return out
         if self.phase is Phase.RETRIEVE:
-            out, self.infos[layer] = mem.question(q, k, v, self.external, self._place)
+            out, self.infos[layer] = mem.question(q, k, v, self.external, self.placement)
             return out
         return mem.answer(q, k, v)
 
@@ -247,7 +247,7 @@ class ReKVMRoPEMemory(ReKVMemory):
         self.next_position = llm.next_position  # where the stream itself would continue
         super().retrieve(target, llm, ids, frames)
 
-    def _place(self, ids: Tensor) -> tuple[Tensor, int]:
+    def placement(self, ids: Tensor) -> tuple[Tensor, int]:
         """Positions of ``[sinks ; visual rows of ids ; extra rows of ids]`` and the question's start."""
         advance = frame_advances(self.frame_start, self.next_position)
         order = ids.tolist()
