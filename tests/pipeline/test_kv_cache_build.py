@@ -95,7 +95,7 @@ def test_kv_strategy_under_another_stage_is_refused():
 def test_rekv_on_qwen_binds_with_the_m_rope_memory(name):
     """ReKV runs on M-RoPE (retrieved frames re-placed, tokencompress.api.memory_positions)."""
     model = Registry().target(name).tiny_model()
-    bind(model, {"strategy": "rekv", "n_local": 4096})
+    bind(model, {"strategy": "rekv", "n_local": 20000})
 
 
 class _NoProjections(LlavaOnevisionTarget):

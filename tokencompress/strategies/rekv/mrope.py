@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...api.errors import ConfigError
 from ...api.kv_cache import DecoderLayout, Phase
 from ...api.memory_positions import FrameSpan, frame_advances, retrieved_positions, text_positions
 from ...api.target import LLMState, Target
@@ -186,7 +185,7 @@ class ReKVMRoPEMemory(ReKVMemory):
     def _call_rows(self, length: int) -> CallRows:
         """Positions, visual mask and frame of every row of the encode call now starting."""
         if not self._log:
-            raise ConfigError(
+            raise RuntimeError(
                 "rekv (M-RoPE): a decoder call without logged positions; prefill through the stream"
             )
         pos = self._log[-1].cpu()
@@ -216,7 +215,7 @@ class ReKVMRoPEMemory(ReKVMemory):
                 frame[i] = following
         for f in torch.unique(frame).tolist():
             if f != len(self.frame_pos):
-                raise ConfigError(
+                raise RuntimeError(
                     f"rekv (M-RoPE): frame {f} of a chunk is split across chunks; chunks hold whole frames"
                 )
             vis, side = pos[:, mask & (frame == f)], pos[:, ~mask & (frame == f)]
