@@ -156,10 +156,13 @@ class ReKVLayer:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # --------------------------------------------------------------- encoding
-    def encode(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Encode ``L`` tokens (``q`` ``[H, L, d]``, ``k, v`` ``[kvh, L, d]``); returns ``[L, H * d]``."""
+    def encode(self, q: Tensor, k: Tensor, v: Tensor, rows: Any = None) -> Tensor:
+        """Encode ``L`` tokens (``q`` ``[H, L, d]``, ``k, v`` ``[kvh, L, d]``); returns ``[L, H * d]``.
+
+        ``rows``: what a subclass needs to know about the call's rows (M-RoPE positions); unused here."""
         cfg = self.cfg
         start, length = self.length, q.shape[1]
+        self._begin_call(start, rows)
         win_k = torch.cat((self.win_k, k.to(self.dtype)), dim=1)
         win_v = torch.cat((self.win_v, v.to(self.dtype)), dim=1)
         outs = []
@@ -182,6 +185,7 @@ class ReKVLayer:
                 window_sink_attention(
                     q[:, ps - start : pe - start], win_k[:, a:b], win_v[:, a:b], qpos, kpos, cfg.n_local,
                     self.freqs, self.sink_k[:, : self.loaded], self.sink_v[:, : self.loaded], sink_mask,
+                    **self._window_rope(a, ps - self.win_start, b),
                 )
             )  # fmt: skip
             self.length = pe
@@ -190,6 +194,7 @@ class ReKVLayer:
         keep = min(cfg.n_local, win_k.shape[1])
         self.win_k, self.win_v = win_k[:, -keep:].contiguous(), win_v[:, -keep:].contiguous()
         self.win_start = self.length - keep
+        self._begin_call(start, None)
         return torch.cat(outs) if outs else q.new_zeros(0, self.heads * self.d)
 
     def _take(self, k: Tensor, v: Tensor, first: int) -> None:
@@ -200,8 +205,32 @@ class ReKVLayer:
             self.sink_k = torch.cat((self.sink_k, k[:, :split].to(self.dtype)), dim=1)
             self.sink_v = torch.cat((self.sink_v, v[:, :split].to(self.dtype)), dim=1)
         if split < k.shape[1]:
-            self.pend_k = torch.cat((self.pend_k, k[:, split:].to(self.dtype)), dim=1)
-            self.pend_v = torch.cat((self.pend_v, v[:, split:].to(self.dtype)), dim=1)
+            self._file_frames(k[:, split:], v[:, split:], first + split)
+
+    def _file_frames(self, k: Tensor, v: Tensor, first: int) -> None:
+        """Tokens after the sinks, stream index ``first`` on: every one waits to be part of a block."""
+        self.pend_k = torch.cat((self.pend_k, k.to(self.dtype)), dim=1)
+        self.pend_v = torch.cat((self.pend_v, v.to(self.dtype)), dim=1)
+
+    # ------------------------------------------------- hooks of the M-RoPE subclass
+    def _begin_call(self, start: int, rows: Any) -> None:
+        """An encode call of stream tokens from ``start`` begins with ``rows`` (None: it ended)."""
+
+    def _window_rope(self, a: int, qa: int, b: int) -> dict[str, Any]:
+        """Extra ``window_sink_attention`` arguments for the piece whose keys are ``[a, b)`` and
+        queries ``[qa, b)`` of ``[window ; call]``; 1-D RoPE needs none."""
+        return {}
+
+    def _answer_rope(self, w0: int, lq: int) -> dict[str, Any]:
+        """The same for an answer-cache call: keys ``[w0, total)`` of ``[answer cache ; call]``."""
+        return {}
+
+    def _start_answer(self, branch: str, ids: Tensor, place: Any) -> None:
+        """The answer cache: ``[sinks ; retrieved blocks in time order]``."""
+        bk, bv = self._blocks(branch, ids)
+        self.answer_sinks = self.sink_k.shape[1]
+        self.answer_k = torch.cat((self.sink_k, bk), dim=1)
+        self.answer_v = torch.cat((self.sink_v, bv), dim=1)
 
     def _offload(self) -> None:
         bs = self.cfg.block_size
@@ -257,14 +286,14 @@ class ReKVLayer:
         return self.pend_k[:, cols], self.pend_v[:, cols]
 
     def question(
-        self, q: Tensor, k: Tensor, v: Tensor, external: list[int] | None = None
+        self, q: Tensor, k: Tensor, v: Tensor, external: list[int] | None = None, place: Any = None
     ) -> tuple[Tensor, QuestionInfo]:
-        """Retrieve, start the answer cache, attend the question; returns ``[Lq, H * d]`` and what was done."""
+        """Retrieve, start the answer cache, attend the question; returns ``[Lq, H * d]`` and what was done.
+
+        ``place``: how a subclass gives the retrieved frames positions (M-RoPE); unused here."""
         branch, sel = self.select(q, external)
-        bk, bv = self._blocks(branch, sel.indices)
-        self.answer_sinks = self.sink_k.shape[1]
-        self.answer_k = torch.cat((self.sink_k, bk), dim=1)
-        self.answer_v = torch.cat((self.sink_v, bv), dim=1)
+        self._start_answer(branch, sel.indices, place)
+        assert self.answer_k is not None
         kept = self.answer_k.shape[1]
         out = self._answer_attention(q, k, v)
         info = QuestionInfo(
@@ -305,5 +334,6 @@ class ReKVLayer:
             sink_k, sink_v = seq_k[:, :s], seq_v[:, :s]
             sink_mask = (qabs[:, None] - torch.arange(s, device=q.device)[None]) >= n_local
         return window_sink_attention(
-            q, seq_k[:, w0:], seq_v[:, w0:], qabs - w0, kpos, n_local, self.freqs, sink_k, sink_v, sink_mask
-        )
+            q, seq_k[:, w0:], seq_v[:, w0:], qabs - w0, kpos, n_local, self.freqs, sink_k, sink_v, sink_mask,
+            **self._answer_rope(w0, lq),
+        )  # fmt: skip
