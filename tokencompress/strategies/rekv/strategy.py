@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import torch
 from pydantic import Field
 
 from ...api.errors import BudgetError, CompatibilityError, ConfigError
@@ -30,6 +31,7 @@ from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory, MemoryC
 from ...api.strategy import Capability, StrategyParams
 from ...api.target import LLMState, Target
 from . import QuestionInfo, ReKVLayer, ReKVSettings
+from .answer_probs import answer_probabilities
 
 __all__ = ["ReKV", "ReKVParams", "ReKVMemory"]
 
@@ -108,6 +110,16 @@ class ReKVMemory(KVMemory):
         if self.phase is Phase.RETRIEVE:
             out, self.infos[layer] = mem.question(q, k, v, self.external)
             return out
+        step = self.decode_step
+        if step is not None and q.shape[1] == 1 and mem.answer_k is not None:
+            length = mem.answer_k.shape[1] + 1
+            keep = step.keys(
+                layer,
+                length,
+                lambda: answer_probabilities(mem, q, k),
+                lambda: torch.cat((mem.answer_visual, torch.zeros(1, dtype=torch.bool))),
+            )
+            return mem.answer(q, k, v, keep)
         return mem.answer(q, k, v)
 
     def retrieve(self, target: Target, llm: LLMState, ids, frames: list[int] | None = None) -> None:  # type: ignore[no-untyped-def, override]
@@ -154,6 +166,7 @@ class ReKV(KVCacheStrategy):
     """Sliding window + sinks while encoding; per-layer top-k frame retrieval at questions."""
 
     name = "rekv"
+    hosts_decode_policy = True
     Params = ReKVParams
     needs = frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D})
     summary = (
