@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor
 
 from ..api.decode_policy import DecodePolicy, DecodePolicyState
@@ -50,10 +51,7 @@ class DycokeKVParams(StrategyParams):
         3, ge=1, description="First decoder layer restricted at a pruning step; layer l-1's attention decides"
     )
     p: float = Field(
-        0.7,
-        ge=0.0,
-        lt=1.0,
-        description="Fraction of the visual entries pruned at a pruning step (0 keeps them all)",
+        0.7, description="Fraction of the visual entries pruned at a pruning step, in [0, 1) (0 keeps them all)"
     )
     threshold: float = Field(
         0.9, ge=-1.0, le=1.0, description="Prune when the cosine with the previous step is below this"
@@ -67,6 +65,18 @@ class DycokeKVParams(StrategyParams):
     span_excludes_last: bool = Field(
         False, description="Keep the last visual entry out of the prunable span (true: the reference)"
     )
+
+
+    @field_validator("p")
+    @classmethod
+    def _pruned_fraction(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise PydanticCustomError(
+                "dycoke_kv_p",
+                "p is the fraction of the visual entries pruned at a pruning step, so it must lie in [0, 1) "
+                "(1 would attend to no video at all); use e.g. 0.7 (the paper) or 0 to keep every entry",
+            )
+        return value
 
 
 def num_keep(n_visual: int, p: float) -> int:
@@ -169,7 +179,7 @@ class DycokeKV(DecodePolicy):
         if p.l >= depth:
             raise BudgetError(
                 f"dycoke_kv.l = {p.l} leaves no layer to restrict: target '{build.target}' has {depth} decoder "
-                f"layers (0..{depth - 1}); use 1 <= l <= {depth - 1}"
+                f"layers (0..{depth - 1}); use l between 1 and {depth - 1}"
             )
 
     def new_policy(self, target: Target, build: KVBuild) -> DycokeKVState:

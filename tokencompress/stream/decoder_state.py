@@ -127,7 +127,7 @@ class DecoderState:
                     yield
         finally:
             if custom:
-                self.kv.decode_step = None  # type: ignore[union-attr]
+                vars(self.kv).pop("decode_step", None)  # the class's None shows through again
             self.policy.end_question()
 
     def policy_stats(self) -> dict[str, Any]:
