@@ -49,10 +49,15 @@ def _check_step(case: Case, t: dict, prefix: str, meta: dict, state: DycokeKVSta
     """One step's decision against ``{prefix}image_attention``, ``similarity``, ``pruned``, ``kept_indices``
     and ``top_visual`` (a ``boundary_tie`` step may choose among the tied positions)."""
     last = state.last
-    for key, got in (("image_attention", last["image_attention"]), ("similarity", torch.tensor(last["similarity"]))):
+    for key, got in (
+        ("image_attention", last["image_attention"]),
+        ("similarity", torch.tensor(last["similarity"])),
+    ):
         want = t[f"{prefix}{key}"]
         tol = case.tolerance(key)
-        torch.testing.assert_close(got.float(), want.float(), **tol, msg=lambda m, k=key: f"{case.name} {prefix}{k}: {m}")
+        torch.testing.assert_close(
+            got.float(), want.float(), **tol, msg=lambda m, k=key, at=prefix: f"{case.name} {at}{k}: {m}"
+        )
         errors[key] = max(errors.get(key, 0.0), float((got.float() - want.float()).abs().max()))
     assert last["pruned"] == bool(t[f"{prefix}pruned"]), f"{case.name} {prefix}: pruned differs"
     s_t = need(meta, "seq_len", where=case.name)
@@ -62,12 +67,19 @@ def _check_step(case: Case, t: dict, prefix: str, meta: dict, state: DycokeKVSta
     assert kept.numel() == need(meta, "kept_len", where=case.name), f"{case.name} {prefix}: kept length"
     if "boundary_tie" in meta:
         tie = meta["boundary_tie"]
-        must, tied = set(need(tie, "must_keep", where=case.name)), set(need(tie, "choose_from_tied", where=case.name))
+        must, tied = (
+            set(need(tie, "must_keep", where=case.name)),
+            set(need(tie, "choose_from_tied", where=case.name)),
+        )
         got = set(top.tolist())
-        assert must <= got and got - must <= tied and len(got) == len(want_top), f"{case.name} {prefix}: tie rule"
+        assert must <= got and got - must <= tied and len(got) == len(want_top), (
+            f"{case.name} {prefix}: tie rule"
+        )
         assert set(kept.tolist()) - got == set(want_kept.tolist()) - set(want_top.tolist())
         return
-    assert torch.equal(kept.cpu(), want_kept), f"{case.name} {prefix}kept_indices: {kept.tolist()} vs {want_kept.tolist()}"
+    assert torch.equal(kept.cpu(), want_kept), (
+        f"{case.name} {prefix}kept_indices: {kept.tolist()} vs {want_kept.tolist()}"
+    )
     assert torch.equal(top.cpu(), want_top), f"{case.name} {prefix}top_visual differs"
 
 
@@ -145,11 +157,15 @@ def _check_decode(case: Case) -> dict[str, float]:
                     prefix, meta = f"call{c}.step{i}.", call["steps"][i]
                     for key, got, tol in (("logits", logits, logit_tol), ("attn", state.probs[-1], attn_tol)):
                         want = t[f"{prefix}{key}"]
-                        torch.testing.assert_close(got, want, **tol, msg=lambda m, k=key: f"{case.name} {prefix}{k}: {m}")
+                        torch.testing.assert_close(
+                            got, want, **tol, msg=lambda m, k=key, at=prefix: f"{case.name} {at}{k}: {m}"
+                        )
                         errors[key] = max(errors.get(key, 0.0), float((got - want).abs().max()))
                     _check_step(case, t, prefix, meta, state, errors)
                     got_len = torch.tensor(step.attended)
-                    assert torch.equal(got_len, t[f"{prefix}attended_len"]), f"{case.name} {prefix}attended_len {got_len.tolist()}"
+                    assert torch.equal(got_len, t[f"{prefix}attended_len"]), (
+                        f"{case.name} {prefix}attended_len {got_len.tolist()}"
+                    )
     assert not keys.switched and lm.config._attn_implementation == "sdpa"
     return errors
 

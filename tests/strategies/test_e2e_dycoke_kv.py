@@ -13,8 +13,8 @@ import copy
 import pytest
 import torch
 
-from tests.support.models import random_frames
 from tests.strategies.test_e2e_kv_cache import memory_snapshot
+from tests.support.models import random_frames
 from tokencompress import Pipeline
 from tokencompress.cli.run_command import _kv_summary, _policy_text
 from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
@@ -82,7 +82,8 @@ def test_pruning_attends_to_fewer_visual_entries_and_leaves_the_memory_alone(tin
         s.ask(QUESTION, max_new_tokens=6)
         after = memory_snapshot(s)
         assert len(before) == len(after) and all(
-            torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(before, after, strict=True)
+            torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+            for a, b in zip(before, after, strict=True)
         )
         assert s.kv is None or s.kv.decode_step is None and set(vars(s.kv)) == set(kv_fields)
     stats = s.decoder.policy_stats()

@@ -22,7 +22,6 @@ from .strategy import Strategy
 from .types import Stage
 
 if TYPE_CHECKING:
-    from .decode_policy import DecodeStep
     from .target import LLMState, Target
 
 __all__ = ["KVBuild", "KVCacheStrategy", "KVMemory", "MemoryCache"]
@@ -57,8 +56,9 @@ class KVMemory:
     replaces_cache: ClassVar[bool] = False
     """True when the memory replaces cache tensors before a chunk's prefill (a compression); a failed
     chunk then puts every layer's tensors back instead of cropping the cache (stream/decoder_state.py)."""
-    decode_step: DecodeStep | None = None
-    """With ``custom_attention``: the pipeline's decode policy while an answer decodes (None otherwise);
+    decode_step: Any = None
+    """With ``custom_attention``: the pipeline's decode policy while an answer decodes, a
+    :class:`~tokencompress.api.decode_policy.DecodeStep` (None otherwise);
     such a memory calls :meth:`~tokencompress.api.decode_policy.DecodeStep.keys` at every layer of a
     one-token answer call and attends to the entries it returns."""
 

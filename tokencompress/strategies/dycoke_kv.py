@@ -51,7 +51,8 @@ class DycokeKVParams(StrategyParams):
         3, ge=1, description="First decoder layer restricted at a pruning step; layer l-1's attention decides"
     )
     p: float = Field(
-        0.7, description="Fraction of the visual entries pruned at a pruning step, in [0, 1) (0 keeps them all)"
+        0.7,
+        description="Fraction of the visual entries pruned at a pruning step, in [0, 1) (0 keeps them all)",
     )
     threshold: float = Field(
         0.9, ge=-1.0, le=1.0, description="Prune when the cosine with the previous step is below this"
@@ -65,7 +66,6 @@ class DycokeKVParams(StrategyParams):
     span_excludes_last: bool = Field(
         False, description="Keep the last visual entry out of the prunable span (true: the reference)"
     )
-
 
     @field_validator("p")
     @classmethod
