@@ -137,3 +137,15 @@ def test_qwen_mrope_keeps_every_entry_exactly_and_masks_only_visual_rows(qwen, m
     assert s.decoder.visual.numel() == s.llm.length
     _, _, pruned = answer(qwen, pipe(kv + [policy(0.7)], opts), frames)
     assert pruned.decoder.policy_stats()["visual_kept_last_answer"][0] == int(48 * (1 - 0.7))
+
+
+def test_infinipot_v_compressed_cache_masks_the_kept_frames(tiny_llava_ov):
+    """On InfiniPot-V's compressed cache the visual entries are its budget of frames, and p = 0 is exact."""
+    frames = random_frames(10, seed=6)
+    kv = [{"strategy": "infinipot_v", "budget_frames": 6}]
+    plain, plain_logits, _ = answer(tiny_llava_ov, pipe(kv), frames)
+    kept, kept_logits, s = answer(tiny_llava_ov, pipe(kv + [policy(0.0)]), frames)
+    assert kept[0].token_ids == plain[0].token_ids
+    assert all(torch.equal(a, b) for a, b in zip(kept_logits, plain_logits, strict=True))
+    assert s.kv.memory_stats()["compressions"] >= 1
+    assert s.decoder.visual.numel() == s.llm.length and int(s.decoder.visual.sum()) == 6 * 16
