@@ -17,6 +17,7 @@ import pytest
 from tests.support import (  # noqa: F401 - they register the cases
     error_cases_cli,
     error_cases_dtd,
+    error_cases_dycoke_kv,
     error_cases_dycoke_ttm,
     error_cases_evs,
     error_cases_infinipot_v,

@@ -56,6 +56,11 @@ class KVMemory:
     replaces_cache: ClassVar[bool] = False
     """True when the memory replaces cache tensors before a chunk's prefill (a compression); a failed
     chunk then puts every layer's tensors back instead of cropping the cache (stream/decoder_state.py)."""
+    decode_step: Any = None
+    """With ``custom_attention``: the pipeline's decode policy while an answer decodes, a
+    :class:`~tokencompress.api.decode_policy.DecodeStep` (None otherwise);
+    such a memory calls :meth:`~tokencompress.api.decode_policy.DecodeStep.keys` at every layer of a
+    one-token answer call and attends to the entries it returns."""
 
     def __init__(self) -> None:
         self.phase = Phase.ENCODE
@@ -88,6 +93,13 @@ class KVMemory:
 
     def end_question(self, llm: LLMState) -> None:  # noqa: B027 - optional hook
         """Called after the answer (also on failure): leave the memory exactly as before the question."""
+
+    def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
+        """``[llm.length]`` bool after :meth:`after_encode`: which cache entries hold video tokens, given
+        ``appended``, the mask of what the stream has prefilled (before this memory dropped anything).
+        The default (nothing dropped) returns ``appended``; a memory that drops entries and sets
+        ``hosts_decode_policy`` on its strategy maps the mask the way it cut the cache."""
+        return appended
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not compute attention itself")
@@ -157,6 +169,10 @@ class KVCacheStrategy(Strategy):
     stage = Stage.KV_CACHE
     changes_count = False
     stateful = True
+    hosts_decode_policy: ClassVar[bool] = False
+    """True when a decode policy (:mod:`tokencompress.api.decode_policy`) can run on this memory's answers:
+    its memory maps the visual entries (:meth:`KVMemory.visual_slots`) or, with ``custom_attention``,
+    routes one-token answer calls through :attr:`KVMemory.decode_step`."""
 
     def check_build(self, build: KVBuild) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters this target and token layout cannot run."""

@@ -2,6 +2,7 @@
 
 from ..plugins import Registrar, hookimpl
 from .dtd import DTD
+from .dycoke_kv import DycokeKV
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
 from .infinipot_v import InfiniPotV
@@ -29,8 +30,9 @@ BUILTIN = (
     ReKV,
     SlidingWindow,
     InfiniPotV,
+    DycokeKV,
 )
-"""Every built-in strategy class, token stages first, then the kv_cache memories."""
+"""Every built-in strategy class, token stages first, then the kv_cache memories and decode policy."""
 
 
 @hookimpl

@@ -196,6 +196,12 @@ class InfiniPotVMemory(KVMemory):
         self.frames = keep_frames
         self.compressions += 1
 
+    def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
+        """The sinks (not visual) then the slot mask this memory keeps in step with its compressions."""
+        if self.sinks is None:
+            return appended
+        return torch.cat((torch.zeros(self.sinks, dtype=torch.bool), self.visual))
+
     def memory_stats(self) -> dict[str, Any]:
         return {
             "compressions": self.compressions,
@@ -219,6 +225,7 @@ class InfiniPotV(KVCacheStrategy):
     """TaR + value-norm compression of every layer's cache, per KV head, under ``budget_frames``."""
 
     name = "infinipot_v"
+    hosts_decode_policy = True
     Params = InfiniPotVParams
     summary = (
         "InfiniPot-V: cache compressed to a frame budget between chunks (TaR + value norms, per KV head)"

@@ -116,6 +116,14 @@ class SlidingWindowMemory(KVMemory):
         self.positions = torch.cat((pos[:, :s], keep - max(delta, 0)), dim=1)
         llm.next_position -= max(delta, 0)
 
+    def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
+        """The window keeps the first ``sinks`` entries and the most recent ones: cut the mask alike."""
+        n = llm.length
+        if appended.numel() <= n:
+            return appended
+        s = min(self.sinks or 0, n)
+        return torch.cat((appended[:s], appended[appended.numel() - (n - s) :]))
+
     def end_question(self, llm: LLMState) -> None:
         if llm.position_log is not None:
             llm.position_log.clear()  # the question's positions went with its cache entries
@@ -125,6 +133,7 @@ class SlidingWindow(KVCacheStrategy):
     """Sinks + the last ``n_local`` tokens; positions renumbered so they never run out."""
 
     name = "sliding_window"
+    hosts_decode_policy = True
     Params = SlidingWindowParams
     summary = (
         "StreamingLLM-style sliding window: attention sinks + the last n_local tokens, positions bounded"

@@ -24,6 +24,9 @@ from .timing import now
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from torch import Tensor
+
+    from ..api.decode_policy import DecodePolicy, DecodeStep
     from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
     from ..api.target import Target
     from ..plugins.faults import Attribution
@@ -150,6 +153,21 @@ class ChunkEncoder(Protocol):
 
     def decoder_calls(self) -> AbstractContextManager[None]:
         """The scope of a stream's decoder work in the calling thread (prefills, answers)."""
+        ...
+
+    @property
+    def decode_policy(self) -> DecodePolicy | None:
+        """The pipeline's kv_cache decode policy (None without one); a stream opens its state."""
+        ...
+
+    @property
+    def policy_build(self) -> KVBuild | None:
+        """What the decode policy was built for, None without one."""
+        ...
+
+    def decode_answering(self, step: DecodeStep, visual: Tensor) -> AbstractContextManager[None]:
+        """The calling thread's decode steps on a stock cache go through ``step``; ``visual`` ``[S0]``
+        bool marks the cache's visual entries when the question starts."""
         ...
 
     def observe(

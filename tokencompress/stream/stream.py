@@ -363,7 +363,8 @@ class Stream:
                     tid = self.tokenizer.convert_tokens_to_ids(tok)
                     if isinstance(tid, int) and tid >= 0:
                         stop.add(tid)
-            out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
+            with self.decoder.answering():
+                out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
             t2 = now(device)
         finally:  # the question and answer never stay in the cache, even when decoding fails
             if self.kv is not None:

@@ -102,6 +102,7 @@ class ReKVLayer:
         self.answer_k: Tensor | None = None
         self.answer_v: Tensor | None = None
         self.answer_sinks = 0
+        self.answer_visual: Tensor | None = None  # [answer cache] bool: the retrieved frames' entries
 
     # ------------------------------------------------------------------ state
     @property
@@ -221,8 +222,9 @@ class ReKVLayer:
         queries ``[qa, b)`` of ``[window ; call]``; 1-D RoPE needs none."""
         return {}
 
-    def _answer_rope(self, w0: int, lq: int) -> dict[str, Any]:
-        """The same for an answer-cache call: keys ``[w0, total)`` of ``[answer cache ; call]``."""
+    def _answer_rope(self, w0: int, lq: int, cols: Tensor) -> dict[str, Any]:
+        """The same for an answer-cache call: keys ``[w0, total)`` of ``[answer cache ; call]``, of which
+        the call attends columns ``cols`` (all of them unless a decode policy chose a subset)."""
         return {}
 
     def _start_answer(self, branch: str, ids: Tensor, place: Any) -> None:
@@ -231,6 +233,9 @@ class ReKVLayer:
         self.answer_sinks = self.sink_k.shape[1]
         self.answer_k = torch.cat((self.sink_k, bk), dim=1)
         self.answer_v = torch.cat((self.sink_v, bv), dim=1)
+        self.answer_visual = torch.cat(
+            (torch.zeros(self.answer_sinks, dtype=torch.bool), torch.ones(bk.shape[1], dtype=torch.bool))
+        )
 
     def _offload(self) -> None:
         bs = self.cfg.block_size
@@ -301,39 +306,51 @@ class ReKVLayer:
         )
         return out, info
 
-    def answer(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """A prompt or decode step on the answer cache; the cache keeps the step's KV (trimmed)."""
+    def answer(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> Tensor:
+        """A prompt or decode step on the answer cache; the cache keeps the step's KV (trimmed).
+        ``keep``: the entries of ``[answer cache ; own k]`` to attend (a decode policy's choice)."""
         if self.answer_k is None:
             raise RuntimeError("rekv: prompt/decode step without a question (call question() first)")
-        out = self._answer_attention(q, k, v)
+        out = self._answer_attention(q, k, v, keep)
         ak = torch.cat((self.answer_k, k.to(self.dtype)), dim=1)
         av = torch.cat((self.answer_v, v.to(self.dtype)), dim=1)
+        vis = self.answer_visual
+        if vis is not None:
+            vis = torch.cat((vis, torch.zeros(k.shape[1], dtype=torch.bool)))
         s, n_local = self.answer_sinks, self.cfg.n_local
         if ak.shape[1] > s + n_local:
             ak = torch.cat((ak[:, :s], ak[:, -n_local:]), dim=1)
             av = torch.cat((av[:, :s], av[:, -n_local:]), dim=1)
-        self.answer_k, self.answer_v = ak, av
+            vis = None if vis is None else torch.cat((vis[:s], vis[-n_local:]))
+        self.answer_k, self.answer_v, self.answer_visual = ak, av, vis
         return out
 
     def end_answer(self) -> None:
-        self.answer_k = self.answer_v = None
+        self.answer_k = self.answer_v = self.answer_visual = None
         self.answer_sinks = 0
 
-    def _answer_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``q`` over ``[answer cache ; own k, v]`` with positions renumbered from 0 (quirk Q7)."""
+    def _answer_attention(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``q`` over ``[answer cache ; own k, v]`` with positions renumbered from 0 (quirk Q7); with
+        ``keep`` only those entries, each at its own position."""
         n_local = self.cfg.n_local
         seq_k = torch.cat((self.answer_k, k.to(self.dtype)), dim=1)
         seq_v = torch.cat((self.answer_v, v.to(self.dtype)), dim=1)
         total, lq = seq_k.shape[1], q.shape[1]
         w0 = total - min(total, lq + n_local)
         qabs = torch.arange(total - lq, total, device=q.device)
-        kpos = torch.arange(w0, total, device=q.device) - w0
+        kidx = torch.arange(w0, total, device=q.device)
+        wk, wv = seq_k[:, w0:], seq_v[:, w0:]
+        if keep is not None:
+            kidx = kidx[torch.isin(kidx, keep.to(q.device))]
+            wk, wv = seq_k[:, kidx], seq_v[:, kidx]
         sink_k = sink_v = sink_mask = None
         if total > n_local and self.answer_sinks:
-            s = self.answer_sinks
-            sink_k, sink_v = seq_k[:, :s], seq_v[:, :s]
-            sink_mask = (qabs[:, None] - torch.arange(s, device=q.device)[None]) >= n_local
+            sidx = torch.arange(self.answer_sinks, device=q.device)
+            if keep is not None:
+                sidx = sidx[torch.isin(sidx, keep.to(q.device))]
+            sink_k, sink_v = seq_k[:, sidx], seq_v[:, sidx]
+            sink_mask = (qabs[:, None] - sidx[None]) >= n_local
         return window_sink_attention(
-            q, seq_k[:, w0:], seq_v[:, w0:], qabs - w0, kpos, n_local, self.freqs, sink_k, sink_v, sink_mask,
-            **self._answer_rope(w0, lq),
+            q, wk, wv, qabs - w0, kidx - w0, n_local, self.freqs, sink_k, sink_v, sink_mask,
+            **self._answer_rope(w0, lq, kidx - w0),
         )  # fmt: skip

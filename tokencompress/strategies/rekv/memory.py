@@ -11,10 +11,13 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar
 
+import torch
+
 from ...api.errors import ConfigError
 from ...api.kv_cache import DecoderLayout, Phase
 from ...api.kv_cache_strategy import KVMemory, MemoryCache
 from ...api.target import LLMState, Target
+from .answer_probs import answer_probabilities
 from .layer import QuestionInfo, ReKVLayer, ReKVSettings
 
 __all__ = ["ReKVMemory"]
@@ -85,6 +88,16 @@ class ReKVMemory(KVMemory):
         if self.phase is Phase.RETRIEVE:
             out, self.infos[layer] = mem.question(q, k, v, self.external)
             return out
+        step = self.decode_step
+        if step is not None and q.shape[1] == 1 and mem.answer_k is not None and mem.answer_visual is not None:
+            visual = mem.answer_visual
+            keep = step.keys(
+                layer,
+                mem.answer_k.shape[1] + 1,
+                lambda: answer_probabilities(mem, q, k),
+                lambda: torch.cat((visual, torch.zeros(1, dtype=torch.bool))),
+            )
+            return mem.answer(q, k, v, keep)
         return mem.answer(q, k, v)
 
     def retrieve(self, target: Target, llm: LLMState, ids, frames: list[int] | None = None) -> None:  # type: ignore[no-untyped-def, override]

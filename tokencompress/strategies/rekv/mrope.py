@@ -112,6 +112,8 @@ class ReKVMRoPELayer(ReKVLayer):
         sides = [self._side(int(f)) for f in ids.tolist()]
         self.answer_k = torch.cat([self.answer_k, *(s[0] for s in sides)], dim=1)
         self.answer_v = torch.cat([self.answer_v, *(s[1] for s in sides)], dim=1)
+        rows = sum(s[0].shape[1] for s in sides)  # delimiter / timestamp rows: not video
+        self.answer_visual = torch.cat((self.answer_visual, torch.zeros(rows, dtype=torch.bool)))
         self.answer_pos, self.answer_next = place(ids)
         assert self.answer_pos.shape[1] == self.answer_k.shape[1], "rekv (M-RoPE): positions out of step"
 
@@ -120,13 +122,13 @@ class ReKVMRoPELayer(ReKVLayer):
         new = text_positions(self.answer_next, lq, self.answer_pos.shape[0], self.answer_pos.device)
         return torch.cat((self.answer_pos, new), dim=1)
 
-    def _answer_rope(self, w0: int, lq: int) -> dict[str, Any]:
+    def _answer_rope(self, w0: int, lq: int, cols: Tensor) -> dict[str, Any]:
         keys = self._call_positions(lq)[:, w0:]
         base = keys.min()
-        return {"rope": self.rope, "query_rope": keys[:, -lq:] - base, "key_rope": keys - base}
+        return {"rope": self.rope, "query_rope": keys[:, -lq:] - base, "key_rope": keys[:, cols] - base}
 
-    def answer(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        out = super().answer(q, k, v)
+    def answer(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> Tensor:
+        out = super().answer(q, k, v, keep)
         assert self.answer_k is not None
         pos = self._call_positions(q.shape[1])
         s, n = self.answer_sinks, self.answer_k.shape[1]

@@ -60,6 +60,7 @@ class ReKV(KVCacheStrategy):
     """Sliding window + sinks while encoding; per-layer top-k frame retrieval at questions."""
 
     name = "rekv"
+    hosts_decode_policy = True
     Params = ReKVParams
     needs = frozenset({Capability.PRE_ROPE_PROJECTIONS})
     summary = (
