@@ -149,3 +149,17 @@ def test_infinipot_v_compressed_cache_masks_the_kept_frames(tiny_llava_ov):
     assert all(torch.equal(a, b) for a, b in zip(kept_logits, plain_logits, strict=True))
     assert s.kv.memory_stats()["compressions"] >= 1
     assert s.decoder.visual.numel() == s.llm.length and int(s.decoder.visual.sum()) == 6 * 16
+
+
+def test_qwen_rekv_hosts_the_policy_at_its_three_axis_positions(qwen):
+    """On M-RoPE, rekv's answer attention rotates at the re-placed 3-D positions: the policy's
+    probabilities come from that same rotation, so keeping everything changes nothing."""
+    frames = random_frames(6, seed=8)
+    kv = [{"strategy": "rekv", "n_local": 64, "topk": 2}]
+    opts = {"max_pixels": 112 * 112}
+    plain, plain_logits, _ = answer(qwen, pipe(kv, opts), frames)
+    kept, kept_logits, _ = answer(qwen, pipe(kv + [policy(0.0)], opts), frames)
+    assert kept[0].token_ids == plain[0].token_ids
+    assert all(torch.equal(a, b) for a, b in zip(kept_logits, plain_logits, strict=True))
+    _, _, pruned = answer(qwen, pipe(kv + [policy(0.7)], opts), frames)
+    assert pruned.decoder.policy_stats()["visual_kept_last_answer"][0] == int(2 * 16 * (1 - 0.7))

@@ -12,6 +12,7 @@ import copy
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from ...api.errors import ConfigError
 from ...api.kv_cache import DecoderLayout, Phase
@@ -88,7 +89,12 @@ class ReKVMemory(KVMemory):
         if self.phase is Phase.RETRIEVE:
             out, self.infos[layer] = mem.question(q, k, v, self.external)
             return out
-        step = self.decode_step
+        return self._answer(layer, q, k, v)
+
+    def _answer(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """A prompt or decode step on layer ``layer``'s answer cache; at a decode step a decode policy
+        (DyCoke's) may choose which entries it attends, from this layer's own answer attention."""
+        mem, step = self.layers[layer], self.decode_step
         if step is not None and q.shape[1] == 1 and mem.answer_k is not None and mem.answer_visual is not None:
             visual = mem.answer_visual
             keep = step.keys(

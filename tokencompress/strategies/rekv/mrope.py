@@ -241,7 +241,7 @@ class ReKVMRoPEMemory(ReKVMemory):
         if self.phase is Phase.RETRIEVE:
             out, self.infos[layer] = mem.question(q, k, v, self.external, self.placement)
             return out
-        return mem.answer(q, k, v)
+        return self._answer(layer, q, k, v)
 
     # ----------------------------------------------------------- questions
     def retrieve(self, target: Target, llm: LLMState, ids: Tensor, frames: list[int] | None = None) -> None:  # type: ignore[override]
