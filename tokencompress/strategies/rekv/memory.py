@@ -95,7 +95,12 @@ class ReKVMemory(KVMemory):
         """A prompt or decode step on layer ``layer``'s answer cache; at a decode step a decode policy
         (DyCoke's) may choose which entries it attends, from this layer's own answer attention."""
         mem, step = self.layers[layer], self.decode_step
-        if step is not None and q.shape[1] == 1 and mem.answer_k is not None and mem.answer_visual is not None:
+        if (
+            step is not None
+            and q.shape[1] == 1
+            and mem.answer_k is not None
+            and mem.answer_visual is not None
+        ):
             visual = mem.answer_visual
             keep = step.keys(
                 layer,
