@@ -56,6 +56,9 @@ class KVMemory:
     replaces_cache: ClassVar[bool] = False
     """True when the memory replaces cache tensors before a chunk's prefill (a compression); a failed
     chunk then puts every layer's tensors back instead of cropping the cache (stream/decoder_state.py)."""
+    stores_on_device: ClassVar[bool] = False
+    """True when the stored tokens stay on the compute device (counted in :meth:`device_bytes`) rather
+    than in host memory: ``stored_bytes`` then adds no host bytes to the stream's footprint."""
 
     def __init__(self) -> None:
         self.phase = Phase.ENCODE
@@ -101,7 +104,8 @@ class KVMemory:
         return 0
 
     def stored_bytes(self, allocated: bool = False) -> int:
-        """Host bytes of the stored tokens, all layers (``allocated``: of the whole slabs held)."""
+        """Bytes of the stored tokens, all layers (``allocated``: of the whole slabs held); host bytes
+        unless ``stores_on_device``."""
         return 0
 
     def device_bytes(self, llm: LLMState) -> int:

@@ -91,7 +91,10 @@ class QwenVLTarget(Target):
     kv_cache_strategies = frozenset({"infinipot_v", "sliding_window"})
     kv_cache_refusals = {
         "rekv": "ReKV renumbers retrieved frames on one position axis at question time, which has no "
-        "defined meaning under Qwen's 3-D M-RoPE; bound this stream with sliding_window"
+        "defined meaning under Qwen's 3-D M-RoPE; bound this stream with sliding_window",
+        "streamingtom_oqm": "StreamingTOM's memory numbers chunks and the retrieved groups on one position "
+        "axis (encoding window, question-time renumbering), which has no defined meaning under Qwen's 3-D "
+        "M-RoPE; bound this stream with sliding_window or infinipot_v",
     }
     pixel_mean: ClassVar[tuple[float, float, float]] = CLIP_MEAN
     pixel_std: ClassVar[tuple[float, float, float]] = CLIP_STD
