@@ -33,7 +33,7 @@ Group keys are kept in float32 (the reference keeps them in the model dtype; ide
 from .attention import attend, causal_mask
 from .layer import OQMLayer, OQMSettings, QuestionInfo
 from .positions import QuestionPositions, answer_positions, chunk_positions, question_positions, rope
-from .quant import Quantized, dequantize, pack, quantize, unpack
+from .quant import Quantized, codes_of, dequantize, pack, quantize, unpack
 from .retrieval import budget_groups, group_keys, query_repr, select_groups, similarity
 from .store import GroupStore
 
@@ -49,6 +49,7 @@ __all__ = [
     "budget_groups",
     "causal_mask",
     "chunk_positions",
+    "codes_of",
     "dequantize",
     "group_keys",
     "pack",

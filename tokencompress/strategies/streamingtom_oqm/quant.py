@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Quantized", "quantize", "pack", "unpack", "dequantize", "SCALE_FLOOR"]
+__all__ = ["Quantized", "quantize", "codes_of", "pack", "unpack", "dequantize", "SCALE_FLOOR"]
 
 SCALE_FLOOR = 1e-8
 """Smallest scale: a constant group would otherwise divide by zero."""
@@ -61,6 +61,11 @@ def codes_scales_mins(x: Tensor, group_size: int, bits: int) -> tuple[Tensor, Te
     normed = (groups - mins[:, :, None]) / scales[:, :, None]
     codes = torch.round(normed.clamp(0, levels)).to(torch.uint8)  # torch.round: half to even
     return codes.reshape(kvh, length, d), scales, mins
+
+
+def codes_of(x: Tensor, group_size: int, bits: int) -> Tensor:
+    """The unpacked codes ``[kvh, S, d]`` (uint8) of ``x`` ``[kvh, S, d]``."""
+    return codes_scales_mins(x, group_size, bits)[0]
 
 
 def pack(codes: Tensor, bits: int) -> Tensor:
