@@ -136,3 +136,17 @@ def test_bits_other_than_two_or_four_are_refused() -> None:
         StreamingTomOqmParams(bits=3)
     with pytest.raises(ConfigError, match=r"bits"):
         Pipeline.from_dict({"stages": {"kv_cache": [oqm(bits=8)]}})
+
+
+def test_run_summary_reports_the_store_and_retrieved_groups(tiny_llava_ov) -> None:
+    from types import SimpleNamespace
+
+    from tokencompress.cli.run_command import _kv_summary, _memory_text
+
+    _, _, s = run(tiny_llava_ov, pipe(oqm(window_tokens=16, retrieval_max_tokens=17)))
+    summary = _kv_summary(SimpleNamespace(kv=s.kv, bound=s.bound, bytes_by_device=s.bytes_by_device))
+    stats = summary["kv_memory"]
+    assert stats["bits"] == 4 and stats["questions"] == 1 and stats["retrieved_groups_per_question"] == [3]
+    assert summary["stored_bytes"] == stats["quantized_bytes"]
+    mib = stats["quantized_bytes"] / 2**20
+    assert _memory_text(stats) == f"; 4-bit store {mib:.2f} MiB, 3 groups retrieved per layer"

@@ -214,7 +214,7 @@ class StreamingTomOqm(KVCacheStrategy):
         if g % per_byte:
             raise BudgetError(
                 f"streamingtom_oqm.group_size = {g} is not a multiple of the {per_byte} codes one byte holds at "
-                f"bits = {p.bits}; use a group size that is a multiple of {per_byte} (or bits: 4 / 2)"
+                f"bits = {p.bits}; use a multiple of {per_byte} such as {-(-g // per_byte) * per_byte}"
             )
         return g
 
