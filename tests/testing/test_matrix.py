@@ -26,6 +26,10 @@ REFUSED: dict[tuple[str, str], str] = {
     ("rekv", "qwen2_vl"): "M-RoPE",
     ("rekv", "qwen2_5_vl"): "M-RoPE",
     ("rekv", "qwen3_vl"): "M-RoPE",
+    # StreamingTOM's memory numbers chunks and retrieved groups on one axis too (same reason).
+    ("streamingtom_oqm", "qwen2_vl"): "M-RoPE",
+    ("streamingtom_oqm", "qwen2_5_vl"): "M-RoPE",
+    ("streamingtom_oqm", "qwen3_vl"): "M-RoPE",
 }
 """Built-in pairs that are refused, and the capability each refusal names."""
 
