@@ -26,6 +26,7 @@ from tests.support import (  # noqa: F401 - they register the cases
     error_cases_outputs,
     error_cases_runs,
     error_cases_streamingtom,
+    error_cases_streamingtom_oqm,
     error_cases_trust_eval,
     error_cases_trust_streams,
     error_cases_trust_validate,

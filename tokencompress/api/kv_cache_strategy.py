@@ -61,6 +61,9 @@ class KVMemory:
     :class:`~tokencompress.api.decode_policy.DecodeStep` (None otherwise);
     such a memory calls :meth:`~tokencompress.api.decode_policy.DecodeStep.keys` at every layer of a
     one-token answer call and attends to the entries it returns."""
+    stores_on_device: ClassVar[bool] = False
+    """True when the stored tokens stay on the compute device (counted in :meth:`device_bytes`) rather
+    than in host memory: ``stored_bytes`` then adds no host bytes to the stream's footprint."""
 
     def __init__(self) -> None:
         self.phase = Phase.ENCODE
@@ -113,7 +116,8 @@ class KVMemory:
         return 0
 
     def stored_bytes(self, allocated: bool = False) -> int:
-        """Host bytes of the stored tokens, all layers (``allocated``: of the whole slabs held)."""
+        """Bytes of the stored tokens, all layers (``allocated``: of the whole slabs held); host bytes
+        unless ``stores_on_device``."""
         return 0
 
     def device_bytes(self, llm: LLMState) -> int:

@@ -235,7 +235,13 @@ def _policy_text(stats: dict[str, Any] | None) -> str:
 
 
 def _memory_text(stats: dict[str, Any] | None) -> str:
-    """What a compressing memory did (infinipot_v: compressions run, tokens dropped per layer)."""
+    """What a compressing memory did (infinipot_v: compressions run, tokens dropped per layer;
+    streamingtom_oqm: the quantised store and the groups the last question retrieved per layer)."""
+    if stats and "quantized_bytes" in stats:
+        asked = stats.get("retrieved_groups_per_question") or []
+        return f"; {stats['bits']}-bit store {stats['quantized_bytes'] / 2**20:.2f} MiB" + (
+            f", {asked[-1]} groups retrieved per layer" if asked else ""
+        )
     if not stats or "compressions" not in stats:
         return ""
     dropped = stats.get("dropped_per_layer") or [0]

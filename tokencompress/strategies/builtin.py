@@ -11,6 +11,7 @@ from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
 from .streamingtom_ctr import StreamingTomCtr
+from .streamingtom_oqm.strategy import StreamingTomOqm
 from .tome import ToMe
 from .vidcom2 import VidCom2
 from .vidcom2_stream import VidCom2Stream
@@ -31,6 +32,7 @@ BUILTIN = (
     SlidingWindow,
     InfiniPotV,
     DycokeKV,
+    StreamingTomOqm,
 )
 """Every built-in strategy class, token stages first, then the kv_cache memories and decode policy."""
 

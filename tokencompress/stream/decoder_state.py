@@ -184,7 +184,7 @@ class DecoderState:
             )
             return {device: held}
         out = {device: self.kv.device_bytes(self.llm)}
-        stored = self.kv.stored_bytes(allocated=True)
+        stored = 0 if self.kv.stores_on_device else self.kv.stored_bytes(allocated=True)
         if stored:
             out["cpu"] = out.get("cpu", 0) + stored
         return out

@@ -90,6 +90,11 @@ class QwenVLTarget(Target):
     }
     tokenizer_layout = "qwen2_vl"
     kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window"})
+    kv_cache_refusals = {
+        "streamingtom_oqm": "StreamingTOM's memory numbers chunks and the retrieved groups on one position "
+        "axis (encoding window, question-time renumbering), which has no defined meaning under Qwen's 3-D "
+        "M-RoPE; bound this stream with sliding_window, infinipot_v or rekv",
+    }
     pixel_mean: ClassVar[tuple[float, float, float]] = CLIP_MEAN
     pixel_std: ClassVar[tuple[float, float, float]] = CLIP_STD
     """The image processor's normalisation (CLIP's for Qwen2/2.5-VL)."""
