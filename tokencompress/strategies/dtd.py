@@ -192,7 +192,12 @@ class DTD(ScoringPruner):
     def copy_state(self, state: DTDState) -> DTDState:
         """The anchor is replaced, never written in place: copy the container only."""
         return DTDState(
-            state.anchor, state.present, state.dropped, state.total, list(state.last_dropped), state.anchor_unit
+            state.anchor,
+            state.present,
+            state.dropped,
+            state.total,
+            list(state.last_dropped),
+            state.anchor_unit,
         )
 
     # ----------------------------------------------------------------------------- planning

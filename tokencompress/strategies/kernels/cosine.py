@@ -8,6 +8,12 @@ twice. :func:`cosine_units` (the first half) runs once per frame ``[F, n, D] -> 
 :func:`unit_cosine` (the second half) pairs any two of them; the result is bit-identical to
 ``F.cosine_similarity`` (same operations on the same values, row by row), so ties and the
 threshold comparisons of the references come out exactly as before.
+
+Layout: the rows are made contiguous first. torch's norm sums a row in a different order when the
+row is strided (a target's pooled grid can come transposed, ``[N, D]`` with strides ``(1, N)``),
+so the last bit of a cosine would depend on how a target laid its features out, and that
+strided reduction is also many times slower. Contiguous rows are what the golden fixtures feed,
+so every target now gets the fixtures' rounding.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ COSINE_EPS = 1e-8
 
 
 def cosine_units(x: Tensor, eps: float = COSINE_EPS) -> Tensor:
-    """``x / max(|x|, eps)`` over the last dim (a zero row stays zero), as cosine_similarity divides."""
+    """``x / max(|x|, eps)`` over the last dim (a zero row stays zero), as cosine_similarity divides;
+    contiguous rows (see the module note)."""
+    x = x.contiguous()
     norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True).clamp_min_(eps)
     return x / norm
 
