@@ -87,13 +87,17 @@ class Plan:
     ``scores`` ``[N]``: higher is kept first (ties go to the lower row). ``budgets`` ``[F]`` long:
     rows to keep per frame, at most what the frame holds. ``update``: what :meth:`ScoringPruner.commit`
     writes into the state once the chunk went through (None for a stateless pruner). ``layout``:
-    the chunk's :class:`FrameLayout`, reused by the selection.
+    the chunk's :class:`FrameLayout`, reused by the selection. ``rows``: ``[K]`` ascending rows to
+    keep, when the planner already knows them (a threshold rule: the ``budgets[f]`` highest
+    scores of a frame are exactly its rows past the threshold), so the base skips the per-frame
+    sort; it must equal :func:`select_per_frame` of ``scores`` and ``budgets``. None: the base selects.
     """
 
     scores: Tensor
     budgets: Tensor
     layout: FrameLayout
     update: Any = None
+    rows: Tensor | None = None
 
     def keeps_all(self) -> bool:
         return bool((self.budgets >= self.layout.counts).all())
@@ -235,7 +239,9 @@ class ScoringPruner(TokenStrategy):
         if tokens.count == 0:
             return tokens
         plan = self._checked(self.plan(tokens, state, chunk), tokens)
-        if plan.keeps_all():
+        if plan.rows is not None:
+            kept = tokens if plan.rows.numel() == tokens.count else tokens.take(plan.rows)
+        elif plan.keeps_all():
             kept = tokens
         else:
             index = select_per_frame(plan.scores, tokens.frame, plan.budgets, tokens.first_frame, plan.layout)
