@@ -1,9 +1,11 @@
-"""Rotary embedding for memories that keep keys pre-RoPE and give them positions per call.
+"""Rotary embedding for memories that keep keys pre-RoPE and give them positions per call, or
+that move cached (post-RoPE) keys to new positions.
 
 ReKV never stores rotated keys: every attention call rotates its keys and queries afresh at
 positions that are relative to the call's own key slice. Angles are
 built in float32 exactly as the reference (and transformers' default RoPE) build them:
-``position * inv_freq``, duplicated over the two halves of the head.
+``position * inv_freq``, duplicated over the two halves of the head. :func:`move` renumbers keys
+the cache already holds rotated (InfiniPot-V's ``positions: compact``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["inv_freq", "cos_sin", "rotate", "rotate_by"]
+__all__ = ["inv_freq", "cos_sin", "rotate", "rotate_by", "move"]
 
 
 def inv_freq(head_dim: int, theta: float, device: torch.device | str = "cpu") -> Tensor:
@@ -48,3 +50,23 @@ def rotate_by(x: Tensor, delta: int, freqs: Tensor) -> Tensor:
     """
     cos, sin = cos_sin(torch.tensor([delta], device=x.device), freqs)
     return rotate(x, cos, sin).to(x.dtype)
+
+
+def move(x: Tensor, old: Tensor, new: Tensor, freqs: Tensor) -> Tensor:
+    """Post-RoPE rows ``x`` ``[..., L, d]`` rotated at positions ``old`` moved to positions ``new``
+    (integer tensors broadcastable to ``[..., L]``: one position per row, e.g. per KV head), in
+    ``x``'s dtype.
+
+    RoPE is a rotation per channel pair, so the key at ``new`` is the key at ``old`` turned by the
+    angle difference. The angles are the rotary embedding's own (``position * inv_freq`` rounded to
+    float32, as transformers builds them) and their difference is taken in float64, so the result is
+    the key a prefill at ``new`` would have cached, to the float32 rounding of one rotation, however
+    large ``old`` is (a difference of float32 products of positions near 30,000 would be off by 1e-3
+    rad). A scaling the embedding puts on cos and sin (YaRN) is already in ``x`` and is kept.
+    """
+    f = freqs.to(device=x.device, dtype=torch.float32)
+    a_old = (old.to(x.device, torch.float32)[..., None] * f).double()
+    a_new = (new.to(x.device, torch.float32)[..., None] * f).double()
+    angles = a_new - a_old
+    angles = torch.cat((angles, angles), dim=-1)
+    return rotate(x, angles.cos().float(), angles.sin().float()).to(x.dtype)

@@ -120,6 +120,10 @@ class ReKV(KVCacheStrategy):
                 f"rekv.topk = {p.topk} is not a multiple of chunk_size = {p.chunk_size}; make it one"
             )
 
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        return {}  # encoding attends a window at fixed distances; questions are renumbered from 0
+
     def new_memory(self, target: Target, build: KVBuild) -> ReKVMemory:
         p: ReKVParams = self.params  # type: ignore[assignment]
         settings = ReKVSettings(
