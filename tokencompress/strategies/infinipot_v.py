@@ -26,7 +26,7 @@ positions are not: on a 1-D RoPE decoder they grow by every visual token, and th
 its positions, the kept entries follow it contiguously in cache order (kept text, then each head's
 kept visual tokens in time order) and the next chunk continues right after, so positions stay below
 ``S + budget_frames * tpf`` plus one chunk. Each kept key is turned from its old position to its new
-one (:func:`tokencompress.kernels.rope.move`: RoPE is a rotation, so ``k_new = R(p_new - p_old)
+one (:mod:`tokencompress.strategies.infinipot_v_positions`: RoPE is a rotation, so ``k_new = R(p_new - p_old)
 k_old``); values carry no position. It is not the reference: distances to the past shrink, and the
 next compressions score keys that carry the new rotations. Under M-RoPE positions grow by the
 temporal index per frame, not per token, so ``compact`` is refused there (and on rotary embeddings
@@ -80,14 +80,10 @@ from ..api.kv_cache import DecoderLayout
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
 from ..api.strategy import StrategyParams
 from ..api.target import LLMState, Target
-from ..kernels.rope import move
+from .infinipot_v_positions import MOVING_ROPE, Moves, RopeTable, compaction_tables, move_kept
 from .infinipot_v_select import Selection, budgets, pooling_of_layer, select
 
 __all__ = ["InfiniPotV", "InfiniPotVMemory", "InfiniPotVParams"]
-
-MOVING_ROPE = frozenset({"dynamic", "longrope"})
-"""Rotary embeddings whose frequencies change with the sequence length: a key cannot be turned to a
-new position by one rotation there."""
 
 
 class InfiniPotVParams(StrategyParams):
@@ -144,6 +140,7 @@ class InfiniPotVMemory(KVMemory):
         self.p, self.tpf, self.num_layers = params, tpf, num_layers
         self.freqs = freqs  # [head_dim / 2] rotary inverse frequencies (positions: compact)
         self.positions: Tensor | None = None  # [cache length] position of every cache slot (compact)
+        self.table: RopeTable | None = None  # cos / sin of positions 0..n-1 (compact; never written)
         self.sinks: int | None = None
         self.visual = torch.zeros(0, dtype=torch.bool)
         """One entry per cache slot after the sinks (all layers and heads alike): a visual token?"""
@@ -234,7 +231,7 @@ class InfiniPotVMemory(KVMemory):
             new_k, new_v = k.gather(1, idx)[None], v.gather(1, idx)[None]
             text_k = layer.keys[:, :, text] if text is not None else None
             if moves is not None:
-                new_k, text_k = self._move(new_k, text_k, sel.kept, moves)
+                new_k, text_k = move_kept(new_k, text_k, sel.kept, moves)
             keys = [layer.keys[:, :, :s], *([text_k] if text_k is not None else []), new_k]
             values = [
                 layer.values[:, :, :s],
@@ -252,37 +249,16 @@ class InfiniPotVMemory(KVMemory):
         self.compressions += 1
         if moves is not None:
             assert self.positions is not None
-            self.positions = torch.cat((self.positions[:s], moves[2].cpu()))
-            llm.next_position = int(moves[2][-1]) + 1
+            self.positions = torch.cat((self.positions[:s], moves.positions.cpu()))
+            llm.next_position = int(moves.positions[-1]) + 1
 
-    def _moves(
-        self, s: int, vis: Tensor, text: Tensor | None, kept: int
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """(old positions of the visual slots ``[V]``, of the kept text slots, new positions of every
-        kept slot after the sinks ``[kept]``: contiguous from the sinks' next position)."""
+    def _moves(self, s: int, vis: Tensor, text: Tensor | None, kept: int) -> Moves:
         pos = self.positions
-        assert pos is not None and pos.numel() == s + self.visual.numel(), "position log out of step"
-        pos = pos.to(vis.device)
-        start = int(pos[:s].max()) + 1 if s else int(pos.min())
-        new = torch.arange(start, start + kept, device=vis.device)
-        return pos[vis], pos[text] if text is not None else None, new
-
-    def _move(
-        self,
-        keys: Tensor,
-        text_keys: Tensor | None,
-        kept: Tensor,
-        moves: tuple[Tensor, Tensor | None, Tensor],
-    ) -> tuple[Tensor, Tensor | None]:
-        """One layer's kept visual keys ``[1, kvh, K, d]`` (per head at ``kept`` ``[kvh, K]``) and kept
-        text keys ``[1, kvh, T, d]`` turned from their old positions to the new ones."""
-        old_vis, old_text, new = moves
-        assert self.freqs is not None
-        n_text = 0 if old_text is None else old_text.numel()
-        keys = move(keys, old_vis[kept][None], new[n_text:], self.freqs)
-        if text_keys is not None and old_text is not None:
-            text_keys = move(text_keys, old_text, new[:n_text], self.freqs)
-        return keys, text_keys
+        assert pos is not None and self.freqs is not None
+        assert pos.numel() == s + self.visual.numel(), "position log out of step"
+        moves = compaction_tables(pos, self.table, self.freqs, s, vis, text, kept)
+        self.table = moves.table
+        return moves
 
     def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
         """The sinks (not visual) then the slot mask this memory keeps in step with its compressions."""
@@ -297,16 +273,20 @@ class InfiniPotVMemory(KVMemory):
             "visual_frames": self.frames,
         }
 
+    SHARED = ("last", "table", "freqs")
+    """Fields a snapshot shares instead of copying: replaced whole, never written in place."""
+
     def snapshot(self) -> Any:
-        """Every field (small: the slot mask, counters, the last compression's scores); the cache
-        tensors are put back by the stream (``replaces_cache``)."""
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "last"}), self.last
+        """Every field (small: the slot mask, counters, positions), the last compression's scores and
+        the rotary table by reference; the cache tensors are put back by the stream (``replaces_cache``)."""
+        fields = {k: v for k, v in self.__dict__.items() if k not in self.SHARED}
+        return copy.deepcopy(fields), {k: self.__dict__[k] for k in self.SHARED}
 
     def restore(self, snapshot: Any) -> None:
-        fields, last = snapshot
+        fields, shared = snapshot
         self.__dict__.clear()
         self.__dict__.update(fields)
-        self.last = last
+        self.__dict__.update(shared)
 
 
 class InfiniPotV(KVCacheStrategy):
