@@ -244,4 +244,4 @@ def test_m_rope_targets_refuse_compact_and_the_guard_does_not_suggest_it():
     with pytest.raises(CompatibilityError, match="M-RoPE.*use positions: keep"):
         Pipeline.from_dict({"target_options": options, "stages": {"kv_cache": [kv]}}).bind(model)
     bound = Pipeline.from_dict({"target_options": options}).bind(model)
-    assert bound.position_fixes == ("{strategy: sliding_window}",)
+    assert bound.position_fixes == ("{strategy: rekv}", "{strategy: sliding_window}")

@@ -23,11 +23,12 @@ variants (scaled, YaRN) are refused at build time.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from ...api.errors import BudgetError, CompatibilityError
+from ...api.kv_cache import DecoderLayout
 from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy
 from ...api.strategy import Capability, StrategyParams
 from ...api.target import Target
@@ -122,7 +123,8 @@ class ReKV(KVCacheStrategy):
 
     @classmethod
     def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
-        return {}  # encoding attends a window at fixed distances; questions are renumbered from 0
+        # encoding attends a window at fixed distances; questions renumber what they retrieve
+        return {} if layout.rope_type in ("default", "mrope") else None
 
     def new_memory(self, target: Target, build: KVBuild) -> ReKVMemory:
         p: ReKVParams = self.params  # type: ignore[assignment]
