@@ -22,6 +22,7 @@ from tests.support import (  # noqa: F401 - they register the cases
     error_cases_evs,
     error_cases_infinipot_v,
     error_cases_input,
+    error_cases_ipvpos,
     error_cases_models,
     error_cases_outputs,
     error_cases_runs,

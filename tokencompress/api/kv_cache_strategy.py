@@ -181,6 +181,14 @@ class KVCacheStrategy(Strategy):
     def check_build(self, build: KVBuild) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters this target and token layout cannot run."""
 
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        """The parameters with which this strategy's memory bounds positions on a decoder of this
+        layout (``{}``: its defaults), or None when no setting does. A stream refused at the model's
+        ``max_position_embeddings`` suggests exactly the strategies that return a dict (with those
+        parameters), so a strategy says so here only if its memory then sets ``bounds_positions``."""
+        return None
+
     @abstractmethod
     def new_memory(self, target: Target, build: KVBuild) -> KVMemory:
         """A fresh memory for one stream. The tokens prefilled before the first frame (the system

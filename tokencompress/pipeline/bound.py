@@ -34,7 +34,7 @@ from ..plugins.registry import Registry
 from ..stream.seam import ChunkRecorder, EncodedChunk, StreamPosition
 from ..stream.timing import now
 from .config import PipelineConfig
-from .kv_placement import kv_build, policy_build
+from .kv_placement import kv_build, policy_build, position_fixes
 from .placement import TOKEN_PATH, Placement
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ class BoundPipeline:
             self.config, target, self.tokens_per_frame(), self.kv
         )
         """The kv_cache decode policy (``dycoke_kv``) and what it was built for (both None without one)."""
+        self.position_fixes = position_fixes(registry, target)
+        """kv_cache steps that bound positions on this target (a refused stream names them)."""
         self.decoder_attention = GroupedKVAttention(getattr(target, "language_model", None))
         self.kv_patch = KVPatch(
             self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()

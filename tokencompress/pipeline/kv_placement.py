@@ -15,9 +15,10 @@ from ..api.errors import CompatibilityError
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
 from ..api.target import Target
 from ..api.types import Stage
+from ..plugins.registry import Registry
 from .config import PipelineConfig
 
-__all__ = ["kv_build", "policy_build"]
+__all__ = ["kv_build", "policy_build", "position_fixes"]
 
 
 def kv_build(
@@ -108,3 +109,28 @@ def policy_build(
     build = _build(config, target, layout, planned)
     policy.check_build(build)
     return policy, build
+
+
+def _yaml(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def position_fixes(registry: Registry, target: Target) -> tuple[str, ...]:
+    """The kv_cache steps this target runs whose memory bounds positions, as YAML flow mappings
+    (``{strategy: infinipot_v, positions: compact}``), by name: what a stream refused at the model's
+    ``max_position_embeddings`` suggests. A strategy counts only if it declares the parameters that
+    make it bound positions (``KVCacheStrategy.position_bounding``) on this decoder."""
+    layout = target.decoder_layout()
+    if layout is None:
+        return ()
+    fixes = []
+    for name in sorted(target.kv_cache_strategies):
+        reg = registry.strategies.get(name)
+        if reg is None or not issubclass(reg.cls, KVCacheStrategy):
+            continue  # not installed (or clashing): nothing to suggest
+        params = reg.cls.position_bounding(layout)
+        if params is not None:
+            fixes.append(
+                "{" + ", ".join([f"strategy: {name}", *(f"{k}: {_yaml(v)}" for k, v in params.items())]) + "}"
+            )
+    return tuple(fixes)

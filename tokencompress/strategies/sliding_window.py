@@ -23,11 +23,14 @@ bfloat16 about one ulp, which accumulates over the chunks a token spends in the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..api.errors import BudgetError
+from ..api.kv_cache import DecoderLayout
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
 from ..api.strategy import StrategyParams
 from ..api.target import LLMState, Target
@@ -149,6 +152,10 @@ class SlidingWindow(KVCacheStrategy):
                 f"sliding_window.n_local = {p.n_local} is smaller than one frame's {need} tokens on target "
                 f"'{build.target}'; use n_local >= {need}"
             )
+
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        return {}  # every window is renumbered to follow the sinks
 
     def new_memory(self, target: Target, build: KVBuild) -> SlidingWindowMemory:
         p: SlidingWindowParams = self.params  # type: ignore[assignment]

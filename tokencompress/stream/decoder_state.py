@@ -48,7 +48,7 @@ class DecoderState:
         layout = target.decoder_layout()
         self.guard = PositionGuard(
             layout.max_positions if layout is not None else 0,
-            target.kv_cache_strategies,
+            bound.position_fixes,
             bounded=self.kv is not None and self.kv.bounds_positions,
         )
 

@@ -146,6 +146,12 @@ class ChunkEncoder(Protocol):
         ...
 
     @property
+    def position_fixes(self) -> tuple[str, ...]:
+        """The kv_cache steps (YAML flow mappings) that bound positions on this target, for the
+        message of a stream refused at the model's position limit."""
+        ...
+
+    @property
     def kv_routed(self) -> bool:
         """Whether the decoder's attention is routed through kv_cache memories right now (inside
         ``apply()``); a memory with its own attention cannot run without it."""

@@ -23,11 +23,12 @@ variants (scaled, YaRN) are refused at build time.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from ...api.errors import BudgetError, CompatibilityError
+from ...api.kv_cache import DecoderLayout
 from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy
 from ...api.strategy import Capability, StrategyParams
 from ...api.target import Target
@@ -119,6 +120,11 @@ class ReKV(KVCacheStrategy):
             raise BudgetError(
                 f"rekv.topk = {p.topk} is not a multiple of chunk_size = {p.chunk_size}; make it one"
             )
+
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        # encoding attends a window at fixed distances; questions renumber what they retrieve
+        return {} if layout.rope_type in ("default", "mrope") else None
 
     def new_memory(self, target: Target, build: KVBuild) -> ReKVMemory:
         p: ReKVParams = self.params  # type: ignore[assignment]
