@@ -14,7 +14,9 @@ past ``max_position_embeddings``) stops there and says so.
 A variant is a pipeline file, or a kv_cache pipeline with STC's token stages put in front of it
 (``*_stc``: the Cacher and Pruner of the target's STC pipeline, the memory and stream settings of
 the kv_cache one). On a Qwen model (``--model builtin-qwen``) the Qwen files of a variant are used
-where they exist (InfiniPot-V's published Qwen2.5-VL setting). Each record also carries the
+where they exist (InfiniPot-V's published Qwen2.5-VL setting). On a 1-D RoPE model InfiniPot-V runs
+with ``positions: compact``: with the reference's ``keep`` its positions grow by a frame's tokens per
+frame and the position guard stops the stream at frame 167 of the built-in model. Each record also carries the
 kv_cache strategy's own statistics (``memory_stats``: compressions, dropped tokens, quantized
 bytes, ...) and its time between prefills (``kv_ms``, e.g. InfiniPot-V's compression) next to the
 prefill time of the same chunks.
@@ -65,6 +67,10 @@ def variant_pipeline(name: str, family: str) -> tuple[Path, dict]:
         stc = Pipeline.from_yaml(STC_FILES[family]).config.to_dict()
         data["stages"] = {**stc["stages"], "kv_cache": data["stages"]["kv_cache"]}
         data["name"] = f"{data['name']}+stc"
+    if family == "llava":
+        for step in data["stages"].get("kv_cache", []):
+            if step["strategy"] == "infinipot_v":
+                step["positions"] = "compact"
     return path, data
 
 
