@@ -12,7 +12,7 @@ baseline (the same config without stages) and the method taking turns chunk by c
   over the prefill of all of them (frames encoded once up front, as ``pruner_prefill.py``), and the
   pruner's share of the pruned prefill;
 * ``overheads``: whole chunks (``stream.add_frames``) of ``pipelines/<name>.yaml`` over the baseline's
-  for evs, dtd, dycoke (``dycoke_ttm``), streamingtom (``streamingtom_ctr``) and infinipot_v, plus the
+  for evs, dtd, dycoke_ttm, streamingtom_ctr and infinipot_v, plus the
   token stages' share of the prefill from the stream's own (device-synchronised) timers.
 
 A CUDA event pair brackets every timed call (``elapsed_time`` after the end event synchronised);
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("evs", "dtd", "dycoke", "streamingtom", "infinipot_v")
+METHODS = ("evs", "dtd", "dycoke_ttm", "streamingtom_ctr", "infinipot_v")
 """``pipelines/<name>.yaml`` of the methods whose own overhead the table gives."""
 CPU_MODE = "no CUDA: timing on CPU with perf_counter"
 

@@ -22,10 +22,11 @@ _MODELS: dict[str, torch.nn.Module] = {}
 REFUSED: dict[tuple[str, str], str] = {
     # (strategy, target): what the refusal must name. ToMe and VisionZip run on the Qwen towers
     # (their meaningless options there are refused, see tests/targets/test_qwen_tome_visionzip.py).
-    # ReKV renumbers retrieved frames on one position axis: undefined under 3-D M-RoPE.
-    ("rekv", "qwen2_vl"): "M-RoPE",
-    ("rekv", "qwen2_5_vl"): "M-RoPE",
-    ("rekv", "qwen3_vl"): "M-RoPE",
+    # ReKV runs on the Qwen M-RoPE targets too (retrieved frames re-placed on all three axes).
+    # StreamingTOM's memory numbers chunks and retrieved groups on one position axis.
+    ("streamingtom_oqm", "qwen2_vl"): "M-RoPE",
+    ("streamingtom_oqm", "qwen2_5_vl"): "M-RoPE",
+    ("streamingtom_oqm", "qwen3_vl"): "M-RoPE",
 }
 """Built-in pairs that are refused, and the capability each refusal names."""
 

@@ -91,15 +91,19 @@ class Plan:
     ``scores`` ``[N]``: higher is kept first (ties go to the lower row). ``budgets`` ``[F]`` long:
     rows to keep per frame, at most what the frame holds. ``update``: what :meth:`ScoringPruner.commit`
     writes into the state once the chunk went through (None for a stateless pruner). ``layout``:
-    the chunk's :class:`FrameLayout`, reused by the selection. ``per_frame_budget``: set when
-    ``budgets`` is ``min(per_frame_budget, rows of the frame)`` for every frame (a fixed budget),
-    so the selection can skip reading the budgets tensor back.
+    the chunk's :class:`FrameLayout`, reused by the selection. ``rows``: ``[K]`` ascending rows to
+    keep, when the planner already knows them (a threshold rule: the ``budgets[f]`` highest
+    scores of a frame are exactly its rows past the threshold), so the base skips the per-frame
+    sort; it must equal :func:`select_per_frame` of ``scores`` and ``budgets``. None: the base selects.
+    ``per_frame_budget``: set when ``budgets`` is ``min(per_frame_budget, rows of the frame)`` for
+    every frame (a fixed budget), so the selection can skip reading the budgets tensor back.
     """
 
     scores: Tensor
     budgets: Tensor
     layout: FrameLayout
     update: Any = None
+    rows: Tensor | None = None
     per_frame_budget: int | None = None
 
     def keeps_all(self) -> bool:
@@ -240,9 +244,8 @@ class ScoringPruner(TokenStrategy):
         """The :class:`Plan` of ``scores`` ``[N]`` under :meth:`frame_budgets`, with ``per_frame_budget``
         filled in when those are the stock ``min(tokens_per_frame, T_f)`` (not overridden)."""
         fixed = type(self).frame_budgets is ScoringPruner.frame_budgets
-        return Plan(
-            scores, self.frame_budgets(layout), layout, update, self._fixed_budget() if fixed else None
-        )
+        budget = self._fixed_budget() if fixed else None
+        return Plan(scores, self.frame_budgets(layout), layout, update, per_frame_budget=budget)
 
     def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
         """Write ``plan.update`` into ``state``; called once per chunk, after the gather succeeded."""
@@ -273,6 +276,9 @@ class ScoringPruner(TokenStrategy):
         if tokens.count == 0:
             return tokens
         plan = self._checked(self.plan(tokens, state, chunk), tokens)
-        kept = tokens if plan.keeps_all() else tokens.take(plan.select())
+        if plan.rows is not None:
+            kept = tokens if plan.rows.numel() == tokens.count else tokens.take(plan.rows)
+        else:
+            kept = tokens if plan.keeps_all() else tokens.take(plan.select())
         self.commit(state, plan)
         return kept
