@@ -217,7 +217,8 @@ def test_builtin_models_with_questions(lossless, name) -> None:
     loaded = load_model(name)
     frames = random_frames(6, seed=3)
     kw = {"tokenizer": loaded.tokenizer, "question": "What happens?", "prefix": None}
-    big = pipe(whole(window_tokens=8192, retrieval_max_tokens=8192), pixels=448 * 448)
+    every = 196 * 256  # a multiple of both models' tokens a slice (196, 256)
+    big = pipe(whole(window_tokens=every, retrieval_max_tokens=every), pixels=448 * 448)
     plain, _ = answer(loaded.model, pipe(pixels=448 * 448), frames, **kw)
     got, s = answer(loaded.model, big, frames, **kw)
     rekv, _ = answer(
