@@ -1,5 +1,5 @@
 """streamingtom_oqm end to end on the tiny LLaVA-OV (CTR ahead of it, a prompt, chunks, questions), its
-footprint against ReKV, and the build-time refusals (Qwen's M-RoPE, bad parameters, variable counts)."""
+footprint against ReKV, and the build-time refusals (bad parameters, variable counts, scaled RoPE)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.support.models import random_frames
 from tokencompress import Pipeline
 from tokencompress.api.errors import BudgetError, CompatibilityError, ConfigError
 from tokencompress.strategies.streamingtom_oqm.strategy import StreamingTomOqmParams
-from tokencompress.targets.qwen.qwen2_vl import Qwen2_5_VLTarget, Qwen2VLTarget
+from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
 
 pytestmark = pytest.mark.slow
 
@@ -103,11 +103,23 @@ def test_text_after_the_first_frame_is_refused(tiny_llava_ov) -> None:
             s.ask(QUESTION, 2, frames=[0])
 
 
-@pytest.mark.parametrize("target", [Qwen2VLTarget, Qwen2_5_VLTarget], ids=lambda t: t.name)
-def test_qwen_m_rope_targets_refuse_with_the_reason(target) -> None:
-    pipeline = Pipeline.from_dict({"stages": {"kv_cache": [oqm()]}})
-    with pytest.raises(CompatibilityError, match=r"'streamingtom_oqm' is not supported by target .*M-RoPE"):
-        pipeline.bind(target.tiny_model())
+def test_rope_other_than_1d_or_m_rope_is_refused() -> None:
+    """Qwen's M-RoPE runs (tests/strategies/test_streamingtom_oqm_mrope.py); scaled RoPE is refused."""
+    from dataclasses import replace
+
+    from tokencompress.api.kv_cache_strategy import KVBuild
+    from tokencompress.strategies.streamingtom_oqm.strategy import StreamingTomOqm
+
+    layout = Qwen2VLTarget(Qwen2VLTarget.tiny_model()).decoder_layout()
+    assert layout is not None and layout.rope_type == "mrope"
+    build = KVBuild("qwen2_vl", layout, 16, None, 1, extra_tokens_per_chunk=2)
+    StreamingTomOqm(StreamingTomOqmParams()).check_build(build)
+    with pytest.raises(
+        CompatibilityError, match="default 1-D RoPE and Qwen's M-RoPE; target 'x' uses 'yarn'"
+    ):
+        StreamingTomOqm(StreamingTomOqmParams()).check_build(
+            replace(build, target="x", layout=replace(layout, rope_type="yarn"))
+        )
 
 
 @pytest.mark.parametrize(

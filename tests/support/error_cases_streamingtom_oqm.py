@@ -45,13 +45,6 @@ def _(c: Ctx):
     return _bind(c, {"post_vit": [{"strategy": "evs", "video_pruning_rate": 0.5}], "kv_cache": _kv()})
 
 
-@case("streamingtom-oqm-m-rope")
-def _(c: Ctx):
-    from tokencompress.targets.qwen.qwen2_vl import Qwen2VLTarget
-
-    return c.api(lambda: _pipe({"kv_cache": _kv()}).bind(Qwen2VLTarget.tiny_model()))
-
-
 @case("streamingtom-oqm-text-after-frames")
 def _(c: Ctx):
     def run() -> None:

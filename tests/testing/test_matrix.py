@@ -22,11 +22,8 @@ _MODELS: dict[str, torch.nn.Module] = {}
 REFUSED: dict[tuple[str, str], str] = {
     # (strategy, target): what the refusal must name. ToMe and VisionZip run on the Qwen towers
     # (their meaningless options there are refused, see tests/targets/test_qwen_tome_visionzip.py).
-    # ReKV runs on the Qwen M-RoPE targets too (retrieved frames re-placed on all three axes).
-    # StreamingTOM's memory numbers chunks and retrieved groups on one position axis.
-    ("streamingtom_oqm", "qwen2_vl"): "M-RoPE",
-    ("streamingtom_oqm", "qwen2_5_vl"): "M-RoPE",
-    ("streamingtom_oqm", "qwen3_vl"): "M-RoPE",
+    # ReKV and StreamingTOM's memory run on the Qwen M-RoPE targets too (retrieved frames re-placed
+    # on all three axes by tokencompress.api.memory_positions).
 }
 """Built-in pairs that are refused, and the capability each refusal names."""
 

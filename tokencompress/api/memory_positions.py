@@ -36,7 +36,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["FrameSpan", "RetrievedPositions", "frame_advances", "retrieved_positions", "text_positions"]
+__all__ = [
+    "FrameSpan",
+    "RetrievedPositions",
+    "frame_advances",
+    "retrieved_positions",
+    "row_frames",
+    "text_positions",
+]
 
 
 @dataclass(frozen=True)
@@ -92,3 +99,23 @@ def retrieved_positions(sinks: Tensor, frames: Sequence[FrameSpan]) -> Retrieved
 def text_positions(start: int, n: int, rows: int, device: torch.device | str = "cpu") -> Tensor:
     """``[rows, n]`` positions of ``n`` text tokens from ``start`` (the same value on every axis)."""
     return torch.arange(start, start + n, device=device).expand(rows, n)
+
+
+def row_frames(visual: Tensor, seen: int, frame_rows: int) -> Tensor:
+    """``[L]`` the frame each row of a chunk's prefill belongs to, from its ``[L]`` bool visual-row
+    mask, the visual rows stored before it (``seen``) and the visual rows of one frame.
+
+    Visual rows count off whole frames. Every other row (a delimiter, timestamp text) travels with
+    the frame whose visual rows come next in the chunk, or with the chunk's last frame when no
+    visual row follows, so a ``[timestamp] <|vision_start|> ... <|vision_end|>`` group stays whole.
+    """
+    n_vis = int(visual.sum())
+    frame = torch.empty(visual.shape[0], dtype=torch.long)
+    frame[visual] = (seen + torch.arange(n_vis)) // frame_rows
+    following = (seen + n_vis - 1) // frame_rows if n_vis else seen // frame_rows
+    for i in range(visual.shape[0] - 1, -1, -1):
+        if visual[i]:
+            following = int(frame[i])
+        else:
+            frame[i] = following
+    return frame

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ...api.kv_cache import DecoderLayout, Phase
-from ...api.memory_positions import FrameSpan, frame_advances, retrieved_positions, text_positions
+from ...api.memory_positions import FrameSpan, frame_advances, retrieved_positions, row_frames, text_positions
 from ...api.target import LLMState, Target
 from .layer import ReKVLayer, ReKVSettings
 from .memory import ReKVMemory
@@ -205,16 +205,7 @@ class ReKVMRoPEMemory(ReKVMemory):
         return CallRows(torch.cat((self.win_pos, pos), dim=1), mask, frame)
 
     def _assign_frames(self, pos: Tensor, mask: Tensor) -> Tensor:
-        bs = self.settings.block_size
-        n_vis = int(mask.sum())
-        frame = torch.empty(mask.shape[0], dtype=torch.long)
-        frame[mask] = (self.visual_seen + torch.arange(n_vis)) // bs
-        following = (self.visual_seen + n_vis - 1) // bs if n_vis else self.visual_seen // bs
-        for i in range(mask.shape[0] - 1, -1, -1):  # extra rows go with the next frame, or the last one
-            if mask[i]:
-                following = int(frame[i])
-            else:
-                frame[i] = following
+        frame = row_frames(mask, self.visual_seen, self.settings.block_size)
         for f in torch.unique(frame).tolist():
             if f != len(self.frame_pos):
                 raise RuntimeError(
@@ -224,7 +215,7 @@ class ReKVMRoPEMemory(ReKVMemory):
             self.frame_pos.append(vis)
             self.frame_side.append(side)
             self.frame_start.append(int(torch.cat((vis, side), dim=1).min()))
-        self.visual_seen += n_vis
+        self.visual_seen += int(mask.sum())
         return frame
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -4,7 +4,10 @@ The kernels are batch-free and know nothing about transformers: :mod:`.quant` (g
 zero points, packing), :mod:`.retrieval` (group keys, the question's representative, cosine top-k
 with the budget rounded up to groups), :mod:`.attention`, :mod:`.positions` (every position rule in
 one place), :mod:`.store` (a layer's groups in slabs) and :class:`OQMLayer` (one layer's memory).
-:mod:`.strategy` binds them to a decoder as the ``streamingtom_oqm`` kv_cache strategy.
+:mod:`.memory` (1-D RoPE) and :mod:`.mrope` (Qwen's M-RoPE: 3-D positions by the project's scheme
+for retrieved memory, delimiter and timestamp rows kept unquantised with their frame) hold a
+stream's layers; :mod:`.strategy` binds them to a decoder as the ``streamingtom_oqm`` kv_cache
+strategy.
 
 How the reference's quirks are handled (labels as the tests use them):
 
@@ -21,7 +24,8 @@ How the reference's quirks are handled (labels as the tests use them):
   reproduced; ``retrieval_pass: consistent`` puts the question at ``P..`` over the memory as stored.
 * Q17 cosine of GQA- and token-mean query with concatenated per-KV-head mean keys, budget rounded
   up to groups, everything unscored when it fits; ties: higher score, then the lower group.
-* Q18 the answer starts at ``P`` while retrieved keys keep their encode rotation: reproduced.
+* Q18 the answer starts at ``P`` while retrieved keys keep their encode rotation: reproduced on one
+  axis; under M-RoPE (no one-axis ``P``) the retrieved groups are placed by the scheme instead.
 * Q19 the question runs twice: reproduced, the retrieval pass skips ``lm_head``.
 * Q20 layer count and prompt length hard-coded: taken from the model and from the text prefilled
   before the first frame.

@@ -84,17 +84,12 @@ class QwenVLTarget(Target):
         Stage.POST_VIT: frozenset(),
         # a probed layer's attention (rotary, windows) and keys, carried onto the merged grid
         Stage.PRE_PREFILL: frozenset({Capability.ATTENTION, Capability.KEYS}),
-        # M-RoPE: queries and keys are readable pre-RoPE; positions are 3-D (rekv re-places
-        # retrieved frames with tokencompress.api.memory_positions).
+        # M-RoPE: queries and keys are readable pre-RoPE; positions are 3-D (rekv and streamingtom_oqm
+        # re-place retrieved frames with tokencompress.api.memory_positions).
         Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS}),
     }
     tokenizer_layout = "qwen2_vl"
-    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window"})
-    kv_cache_refusals = {
-        "streamingtom_oqm": "StreamingTOM's memory numbers chunks and the retrieved groups on one position "
-        "axis (encoding window, question-time renumbering), which has no defined meaning under Qwen's 3-D "
-        "M-RoPE; bound this stream with sliding_window, infinipot_v or rekv",
-    }
+    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window", "streamingtom_oqm"})
     pixel_mean: ClassVar[tuple[float, float, float]] = CLIP_MEAN
     pixel_std: ClassVar[tuple[float, float, float]] = CLIP_STD
     """The image processor's normalisation (CLIP's for Qwen2/2.5-VL)."""
