@@ -55,6 +55,7 @@ VARIANTS = {
 QWEN_FILES = {
     "infinipot_v": PIPES / "infinipot_v_qwen.yaml",
     "infinipot_v_stc": PIPES / "infinipot_v_qwen.yaml",
+    "streamingtom": PIPES / "streamingtom_qwen.yaml",
 }
 STC_FILES = {"llava": PIPES / "stc.yaml", "qwen": PIPES / "livecc_stc.yaml"}
 
