@@ -173,6 +173,8 @@ def test_a_recipe_may_own_its_transformers_but_never_a_torch(tmp_path: Path) -> 
 
 def test_verify_checks_an_owned_package_against_its_range(tmp_path: Path) -> None:
     side = SideEnv(tmp_path / "side", "test env", own={"transformers": ">=5.16.1,<5.20"})
-    with pytest.raises(SideEnvError, match=r"it sees transformers 5\.25\.0 outside >=5\.16\.1,<5\.20; delete"):
+    with pytest.raises(
+        SideEnvError, match=r"it sees transformers 5\.25\.0 outside >=5\.16\.1,<5\.20; delete"
+    ):
         side._check_owned(side._owned(), {"transformers": "5.25.0"})
     side._check_owned(side._owned(), {"transformers": "5.19.0"})

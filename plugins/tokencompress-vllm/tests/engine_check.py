@@ -36,7 +36,7 @@ def video(frames):
 
 
 def run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     kwargs = {}
     record = out_dir / f"{case['name']}.jsonl"
@@ -60,20 +60,28 @@ def run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
     except Exception as exc:  # the refusal line is what is checked
         return {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        params = SamplingParams(max_tokens=6, temperature=0, logprobs=0)
-        (out,) = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": video(frames)}}, params)
-        answer = out.outputs[0]
-        logprobs = [float(lp[t].logprob) for t, lp in zip(answer.token_ids, answer.logprobs, strict=True)]
-        kept = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-        return {
-            "prompt_tokens": len(out.prompt_token_ids),
-            "answer": list(answer.token_ids),
-            "logprobs": logprobs,
-            "kept": kept,
-        }
+        return _answer(llm, frames, record)
+    except Exception as exc:  # one failing case must not hide the others
+        return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         del llm
         gc.collect()
+
+
+def _answer(llm, frames, record: Path) -> dict:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=6, temperature=0, logprobs=0)
+    (out,) = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": video(frames)}}, params)
+    answer = out.outputs[0]
+    logprobs = [float(lp[t].logprob) for t, lp in zip(answer.token_ids, answer.logprobs, strict=True)]
+    kept = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return {
+        "prompt_tokens": len(out.prompt_token_ids),
+        "answer": list(answer.token_ids),
+        "logprobs": logprobs,
+        "kept": kept,
+    }
 
 
 def main() -> None:

@@ -5,8 +5,8 @@
   checked at engine start, in the starting process, for every architecture (a model the plugin
   cannot prune is refused there too).
 * ``load_model`` of the model runners sets the runner's ``is_multimodal_pruning_enabled`` when the
-  loaded model is one of ours with a pipeline. vLLM sets it only from ``video_pruning_rate``, and
-  its CPU runner never sets it at all; without it the runner does not strip the 4 position columns
+  loaded model is one of ours with a pipeline, or prunes with vLLM's own ``video_pruning_rate``.
+  vLLM sets it only from ``video_pruning_rate``, and its CPU runner never sets it at all; without it the runner does not strip the 4 position columns
   the embeddings carry (a shape mismatch, ``[120, 68]`` against ``[120, 64]``).
 
 Each wrapper calls vLLM's own method first and is marked, so a second :func:`install` in the same
@@ -20,9 +20,11 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from tokencompress import TokenCompressError
+
 from .serving import configure
 
-__all__ = ["install"]
+__all__ = ["EngineStartError", "install"]
 
 _MARK = "_tokencompress_hook"
 RUNNERS = (
@@ -47,14 +49,34 @@ def _wrap(cls: type, name: str, after: Callable[[Any], None]) -> None:
 
 
 def _flag_pruning(runner: Any) -> None:
-    if getattr(runner.get_model(), "tokencompress_pruning", False):
+    """Ours, or vLLM's own pruning (``--video-pruning-rate``), which its CPU runner forgets as well."""
+    model = runner.get_model()
+    mm = getattr(runner.model_config, "multimodal_config", None)
+    own = (
+        getattr(model, "supports_multimodal_pruning", False)
+        and mm is not None
+        and mm.is_multimodal_pruning_enabled()
+    )
+    if own or getattr(model, "tokencompress_pruning", False):
         runner.is_multimodal_pruning_enabled = True
+
+
+class EngineStartError(TokenCompressError):
+    """A refusal at engine start. Not a ValueError: vLLM's configuration is a pydantic dataclass,
+    which would turn a ValueError into a multi-line validation report; this one reads as its line."""
+
+
+def _configure(vllm_config: Any) -> None:
+    try:
+        configure(vllm_config)
+    except TokenCompressError as exc:
+        raise EngineStartError(str(exc)) from None
 
 
 def install() -> None:
     from vllm.config import VllmConfig
 
-    _wrap(VllmConfig, "try_verify_and_update_config", configure)
+    _wrap(VllmConfig, "try_verify_and_update_config", _configure)
     for module, name in RUNNERS:
         try:
             cls = getattr(importlib.import_module(module), name)

@@ -28,7 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokencompress import ChunkInfo, CompatibilityError, PipelineConfig, Registry, Stage, StageInfo, VisualTokens
+from tokencompress import (
+    ChunkInfo,
+    CompatibilityError,
+    PipelineConfig,
+    Registry,
+    Stage,
+    StageInfo,
+    VisualTokens,
+)
 from tokencompress.api.strategy import TokenStrategy
 from tokencompress.plugins.faults import Attribution, check_tokens, guarded
 
@@ -214,7 +222,15 @@ class ServingPlan:
 
     def _run_chunk(self, tokens: VisualTokens, states: list[Any], chunk: ChunkInfo) -> VisualTokens:
         for s, state in zip(self.steps, states, strict=True):
-            guarded(self.attribution, "strategy", s, f"start_chunk, chunk {chunk.index}", s.start_chunk, state, chunk)
+            guarded(
+                self.attribution,
+                "strategy",
+                s,
+                f"start_chunk, chunk {chunk.index}",
+                s.start_chunk,
+                state,
+                chunk,
+            )
         where = f"pre_prefill, chunk {chunk.index}"
         for s, state in zip(self.steps, states, strict=True):
             out = guarded(self.attribution, "strategy", s, where, s.apply, tokens, state, chunk)

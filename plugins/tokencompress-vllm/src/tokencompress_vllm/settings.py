@@ -54,12 +54,16 @@ def read_settings(additional_config: Any) -> tuple[Settings, PipelineConfig] | N
     for key in raw:
         if key not in Settings.model_fields:
             near = difflib.get_close_matches(str(key), list(Settings.model_fields), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else f"; allowed: {', '.join(Settings.model_fields)}"
+            hint = (
+                f" (did you mean '{near[0]}'?)" if near else f"; allowed: {', '.join(Settings.model_fields)}"
+            )
             raise ConfigError(f"additional_config.{KEY}: unknown key '{key}'{hint}")
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(f"additional_config.{KEY}", err, list(Settings.model_fields))) from None
+        raise ConfigError(
+            format_validation_error(f"additional_config.{KEY}", err, list(Settings.model_fields))
+        ) from None
     return settings, Pipeline.from_yaml(settings.pipeline).config
 
 
@@ -70,4 +74,6 @@ def to_carried(settings: Settings, config: PipelineConfig) -> dict[str, Any]:
 
 def pipeline_of(carried: dict[str, Any], registry: Registry | None = None) -> PipelineConfig:
     """The pipeline of :func:`to_carried`'s mapping, validated again in this process."""
-    return parse_config(carried["pipeline"], registry if registry is not None else Registry(), carried["source"])
+    return parse_config(
+        carried["pipeline"], registry if registry is not None else Registry(), carried["source"]
+    )
