@@ -32,6 +32,7 @@ from tests.support import (  # noqa: F401 - they register the cases
     error_cases_trust_streams,
     error_cases_trust_validate,
     error_cases_trust_venv,
+    error_cases_vllm,
 )
 from tests.support.errors import CASES, TINY, Ctx, Row, table
 from tests.support.models import random_frames

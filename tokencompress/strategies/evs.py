@@ -198,6 +198,11 @@ class Evs(TokenStrategy):
         later = retained_count(tokens_per_frame, frames, q, first=False)
         return later if later == retained_count(tokens_per_frame, frames, q, first=True) else None
 
+    def planned_count_at(self, tokens_per_frame: int, frames: int, chunk_index: int) -> int | None:
+        """Exact for every chunk: the stream's first keeps at least its frame 0, later ones ``int(N (1 - q))``."""
+        q = self.params.video_pruning_rate
+        return retained_count(tokens_per_frame, frames, q, first=chunk_index == 0)
+
     def check(self, info: StageInfo) -> None:
         q, t = self.params.video_pruning_rate, info.tokens_per_frame
         if retained_count(t, 1, q, first=False) == 0:
