@@ -202,3 +202,27 @@ def test_per_repeat_figures_and_chunk_kinds(model, result):
     text = format_table(result)
     assert "load" in text
     assert "ViT GFLOPs, reference chunks" in text and "ViT GFLOPs, non-reference chunks" in text
+
+
+def test_a_budgeted_memory_reports_its_work_and_statistics(model):
+    """InfiniPot-V compresses between prefills: bench gives that work's share of the prefill and the
+    memory's own statistics (compressions, tokens dropped per layer) of the last repeat."""
+    pipe = Pipeline.from_dict(
+        {
+            "name": "ipv",
+            "stream": {"frames_per_chunk": 1},
+            "stages": {
+                "kv_cache": [
+                    {"strategy": "infinipot_v", "budget_frames": 2, "query_ratio": 0.5, "tar_ratio": 1.0}
+                ]
+            },
+        }
+    )
+    r = run_benchmark(pipe, model, random_frames(FRAMES), QUESTION, repeats=1, warmup=0, progress=False)
+    assert r.spreads["kv_share_of_prefill"]["median"] > 0.0
+    assert r.stage_overhead["kv_cache_share_of_prefill"] > 0.0
+    (note,) = [n for n in r.notes if n.startswith("kv_cache stats after a repeat: ")]
+    stats = json.loads(note.removeprefix("kv_cache stats after a repeat: "))["memory"]
+    assert stats["compressions"] == FRAMES - 2  # before every chunk that would pass 2 frames
+    assert stats["dropped_per_layer"] == [stats["dropped_per_layer"][0]] * len(stats["dropped_per_layer"])
+    assert "kv_cache work between prefills / prefill" in format_table(r)

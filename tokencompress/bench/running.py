@@ -9,6 +9,7 @@ repeats alternate between them chunk by chunk so drift lands on both alike.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ from ..models.loading import LoadedModel
 from ..patching.compiling import CompileOptions
 from ..pipeline.pipeline import BoundPipeline, Pipeline
 from ..stream.chunk_summary import summarize
-from ..stream.kv_stats import kv_cache_note, retrieval_overhead
+from ..stream.kv_stats import kv_cache_note, retrieval_overhead, strategy_stats
 from ..stream.stream import ChunkStats, Stream
 from .fidelity import fidelity
 from .measuring import count_flops, kv_bytes, load_average, peak_memory
@@ -87,6 +88,8 @@ def run_benchmark(
     target = runners[1].bound.target
     kv_cache = retrieval_overhead(pipe_r.answers)
     notes = _notes(pipeline, notes_for(baseline, compressed, model, load), compiled_note, kv_cache)
+    if pipe_r.kv_stats:
+        notes.append(f"kv_cache stats after a repeat: {json.dumps(pipe_r.kv_stats, sort_keys=True)}")
     notes += calibration_notes(
         {id(s): s for s in pipe_r.bound.patch.strategies + pipe_r.bound.steps}.values()
     )
@@ -220,6 +223,7 @@ def _interleaved(runners: Sequence[_Runner], keep: bool) -> None:
             r.measured.append((list(stream.history), answer.first_token_ms, answer.total_ms))
             r.answers.append(answer)
             r.kinds = kind
+            r.kv_stats = strategy_stats(stream)
         if r.bar is not None:
             r.bar.update(1)
 
@@ -248,6 +252,8 @@ class _Runner:
         self.measured: list[tuple[list[ChunkStats], float, float]] = []
         self.answers: list[Any] = []
         """Per kept repeat: chunk stats, first-token ms and answer ms."""
+        self.kv_stats: dict[str, Any] = {}
+        """The kv_cache strategy's own statistics after the last kept repeat (empty without one)."""
         self.kinds: list[str] = []
         self.flops: list[dict[str, int]] = []
         self.counted: dict[str, Any] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["summarise_retrieval", "retrieval_overhead", "kv_cache_note"]
+__all__ = ["summarise_retrieval", "retrieval_overhead", "kv_cache_note", "strategy_stats"]
 
 
 def summarise_retrieval(retrieved: Sequence[Sequence[int]] | None) -> dict[str, Any] | None:
@@ -58,3 +58,15 @@ def kv_cache_note(overhead: dict[str, float]) -> str:
         f"{100 * overhead['share']:.1f}% of the answer time ({overhead['answer_ms']:.1f} ms, "
         f"{int(overhead['questions'])} questions)"
     )
+
+
+def strategy_stats(stream: Any) -> dict[str, Any]:
+    """What a stream's kv_cache strategy and decode policy report so far (compressions, dropped
+    tokens, quantized bytes, retrieved groups, pruned decode steps ...); empty without either."""
+    out: dict[str, Any] = {}
+    if stream.kv is not None:
+        out["memory"] = stream.kv.memory_stats()
+    policy = stream.decoder.policy_stats()
+    if policy:
+        out["decode_policy"] = policy
+    return out
