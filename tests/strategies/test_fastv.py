@@ -33,7 +33,9 @@ def _selection_ok(case: Case, chk: Checker, kept: torch.Tensor, length: int, sta
     visible[kept] = True
     assert set(alts["must_keep"]) <= set(kept.tolist()), case.name
     chk.used("visual_kept", "keep_indices", "mask_keep")
-    assert torch.nonzero(visible).flatten().tolist() == sorted(set(range(length)) - set(range(start, start + n)) | set(kept.tolist()))
+    assert torch.nonzero(visible).flatten().tolist() == sorted(
+        set(range(length)) - set(range(start, start + n)) | set(kept.tolist())
+    )
 
 
 def check_fastv_step(case: Case) -> dict[str, float]:
@@ -123,7 +125,9 @@ def _stream(case: Case, strategy, attn: str, checker) -> dict[str, float]:  # no
                 chk.used(f"op{i}.new_embeds")
             mask = torch.ones(1, total + x.shape[1], dtype=torch.long) if op == "decode" else None
             with patch.scope(state, spans), record_positions(model) as seen:
-                out = model(inputs_embeds=x, position_ids=pos, cache=cache, use_cache=cached, attention_mask=mask)
+                out = model(
+                    inputs_embeds=x, position_ids=pos, cache=cache, use_cache=cached, attention_mask=mask
+                )
             run = patch.last_run()
             pre = f"op{i}."
             for layer, want in enumerate(info["per_layer"]):
@@ -191,7 +195,16 @@ def _pdrop_op(case: Case, chk: Checker, pre: str, run, info: dict) -> None:  # n
         chk.exact(key + "keep_indices", keep)
         chk.exact(key + "orig_indices", run.kept[s])
         pe = run.stack.rotary(hidden, pos)
-        step = rank_step(hidden, model_layers[want["rank_layer"]], pe, start, n, want["keep"], p["num_heads"], p["num_kv_heads"])
+        step = rank_step(
+            hidden,
+            model_layers[want["rank_layer"]],
+            pe,
+            start,
+            n,
+            want["keep"],
+            p["num_heads"],
+            p["num_kv_heads"],
+        )
         chk.close(key + "q_last", step["q_last"], **inter)
         chk.close(key + "k", step["k"], **inter)
         assert torch.equal(step["kept_local"], local), (case.name, s)

@@ -26,6 +26,11 @@ REFUSED: dict[tuple[str, str], str] = {
     ("rekv", "qwen2_vl"): "M-RoPE",
     ("rekv", "qwen2_5_vl"): "M-RoPE",
     ("rekv", "qwen3_vl"): "M-RoPE",
+    # PyramidDrop renumbers positions per stage: a count, meaningless for (t, h, w) triples
+    # (positions: keep runs there, tests/strategies/test_fastv_streams.py).
+    ("pdrop", "qwen2_vl"): "M-RoPE",
+    ("pdrop", "qwen2_5_vl"): "M-RoPE",
+    ("pdrop", "qwen3_vl"): "M-RoPE",
 }
 """Built-in pairs that are refused, and the capability each refusal names."""
 

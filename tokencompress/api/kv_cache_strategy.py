@@ -157,6 +157,10 @@ class KVCacheStrategy(Strategy):
     stage = Stage.KV_CACHE
     changes_count = False
     stateful = True
+    per_layer_lengths: ClassVar[bool] = False
+    """True when the memory works on a cache whose layers hold different numbers of entries (an
+    in_decoder strategy drops tokens from the layers past its boundaries; the memory then reads
+    which entries each layer holds from ``LLMState.in_decoder``). False: refused with one at build time."""
 
     def check_build(self, build: KVBuild) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters this target and token layout cannot run."""

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..api.errors import TokenCompressError
@@ -123,17 +122,22 @@ class InDecoderPatch:
         self._overrides.restore()
 
     # ------------------------------------------------------------------ scopes
-    def _scopes(self) -> list[tuple[InDecoderState, Sequence[Span] | None]]:
+    def _scopes(self) -> list[tuple[Any, Sequence[Span] | None]]:
         scopes = getattr(self._local, "scopes", None)
         if scopes is None:
             scopes = self._local.scopes = []
         return scopes
 
     @contextmanager
-    def scope(self, state: InDecoderState | None, spans: Sequence[Span] | None = None) -> Iterator[None]:
+    def scope(
+        self,
+        state: InDecoderState | Callable[[], InDecoderState] | None,
+        spans: Sequence[Span] | None = None,
+    ) -> Iterator[None]:
         """The calling thread's decoder calls in the block belong to the stream whose bookkeeping is
-        ``state`` (re-entrant). ``spans`` (offline use) are the visual spans of every call in the
-        block; without them a call takes the chunks ``state.pending`` announces."""
+        ``state`` (or what the callable returns at each call: a stream's restore replaces the object;
+        re-entrant). ``spans`` (offline use) are the visual spans of every call in the block; without
+        them a call takes the chunks ``state.pending`` announces."""
         if state is None or not self.active:
             yield
             return
@@ -168,6 +172,7 @@ class InDecoderPatch:
             return None
         assert self.strategy is not None and self.stack is not None
         state, spans = scopes[-1]
+        state = state() if callable(state) else state
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[0] != 1:
             raise TokenCompressError(
@@ -197,4 +202,3 @@ class InDecoderPatch:
         run: CallRun | None = getattr(self._local, "run", None)
         if run is not None:
             run.observe(module, query, key)
-

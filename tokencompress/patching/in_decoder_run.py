@@ -139,7 +139,9 @@ class CallRun:
 
     def _renumber(self, b: int, hidden: Tensor) -> None:
         if self.pos is None or self.stack.rotary is None:
-            raise RuntimeError("in_decoder: positions: renumber needs the decoder's 1-D position ids and rotary")
+            raise RuntimeError(
+                "in_decoder: positions: renumber needs the decoder's 1-D position ids and rotary"
+            )
         if self.prior[b]:
             self.pos = self.pos - self.prior[b]
         self.pe = tuple(self.stack.rotary(hidden, self.pos))
@@ -177,7 +179,9 @@ class CallRun:
             self.state.hidden = self.hidden_cols.clone() if self.hidden_cols is not None else None
         kept = torch.cat(kept_all) if kept_all else torch.zeros(0, dtype=torch.long)
         self.kept[b] = torch.sort(kept).values if self.strategy.mode == "mask" else self.rows[~dropped]
-        self.state.last_kept = [self.kept.get(i, torch.zeros(0, dtype=torch.long)) for i in range(len(self.bounds))]
+        self.state.last_kept = [
+            self.kept.get(i, torch.zeros(0, dtype=torch.long)) for i in range(len(self.bounds))
+        ]
         return dropped
 
     @staticmethod
@@ -208,12 +212,16 @@ class CallRun:
         attn = layer.self_attn
         self.preview_layer = int(attn.layer_idx)
         try:
-            attn(hidden_states=layer.input_layernorm(hidden), position_embeddings=self.pe, attention_mask=None)
+            attn(
+                hidden_states=layer.input_layernorm(hidden), position_embeddings=self.pe, attention_mask=None
+            )
         except Preview as got:
             return got.record
         finally:
             self.preview_layer = None
-        raise RuntimeError(f"in_decoder: decoder layer {index}'s attention did not reach its attention function")
+        raise RuntimeError(
+            f"in_decoder: decoder layer {index}'s attention did not reach its attention function"
+        )
 
     def _rank(self, query: Tensor, key: Tensor, scaling: float) -> RankRecord:
         """Per span, the softmax rows of its ranking rows over every key (causal), in float32."""
@@ -250,7 +258,9 @@ class CallRun:
             if mask is not None and tuple(mask.shape[-2:]) == (q, past + q):
                 return mask
         device = hidden.device
-        allowed = torch.arange(past + q, device=device)[None, :] <= torch.arange(q, device=device)[:, None] + past
+        allowed = (
+            torch.arange(past + q, device=device)[None, :] <= torch.arange(q, device=device)[:, None] + past
+        )
         if hide is not None:
             allowed = allowed & ~hide[: past + q].to(device)[None, :]
         allowed = allowed[None, None]

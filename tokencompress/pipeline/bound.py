@@ -25,6 +25,7 @@ from ..patching.block_routing import BlockPatch
 from ..patching.compiling import CompileOptions, Compiler, TowerCompile
 from ..patching.decoder_attention import GroupedKVAttention
 from ..patching.decoder_linears import packed_decoder_linears
+from ..patching.in_decoder import InDecoderPatch
 from ..patching.kv_routing import KVPatch
 from ..plugins.events import StageEvent
 from ..plugins.faults import Attribution, check_tokens, guarded
@@ -32,6 +33,7 @@ from ..plugins.registry import Registry
 from ..stream.seam import ChunkRecorder, EncodedChunk, StreamPosition
 from ..stream.timing import now
 from .config import PipelineConfig
+from .decoder_placement import in_decoder_build
 from .kv_placement import kv_build
 from .placement import TOKEN_PATH, Placement
 
@@ -76,6 +78,15 @@ class BoundPipeline:
         self.tower = TowerCompile(target.vit_layers(), self.compiler)
         self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
         """The kv_cache strategy and what it was built for (both None without one)."""
+        per, _ = self.tokens_per_frame()
+        frames = target.token_frames(config.stream.frames_per_chunk)
+        self.in_decoder, stack = in_decoder_build(
+            config, target, None if per is None else per * frames, self.kv
+        )
+        """The in_decoder strategy (None without one); its hooks: ``in_decoder_patch``."""
+        self.in_decoder_patch = InDecoderPatch(
+            stack, self.in_decoder, getattr(target, "language_model", None)
+        )
         self.decoder_attention = GroupedKVAttention(getattr(target, "language_model", None))
         self.kv_patch = KVPatch(
             self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()
@@ -96,8 +107,9 @@ class BoundPipeline:
     def patched(self) -> Iterator[BoundPipeline]:
         """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses
         it): the compiled tower (with ``compile``; the block patch wraps the compiled layers), the
-        decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical) and, with
-        ``stream.decoder_kernels: packed``, its prepacked linears (:mod:`.decoder_kernels`)."""
+        decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical), with
+        ``stream.decoder_kernels: packed`` its prepacked linears (:mod:`.decoder_kernels`), and an
+        in_decoder strategy's layer hooks (:mod:`..patching.in_decoder`)."""
         decoder = getattr(self.target, "language_model", None)
         packed = self.config.stream.decoder_kernels == "packed"
         with (
@@ -106,6 +118,7 @@ class BoundPipeline:
             self.kv_patch,
             self.decoder_attention,
             packed_decoder_linears(decoder, packed),
+            self.in_decoder_patch,
         ):
             yield self
 
@@ -117,6 +130,11 @@ class BoundPipeline:
         """A stream's decoder work (prefills, answers) runs inside this: the decoder attention reads
         grouped K/V in place for the calling thread only (:mod:`..patching.decoder_attention`)."""
         return self.decoder_attention.calls()
+
+    def in_decoder_scope(self, state: Any) -> AbstractContextManager[None]:
+        """A stream's decoder calls run inside this: the in_decoder hooks act on them with the stream's
+        own bookkeeping ``state`` (:class:`~tokencompress.api.in_decoder.InDecoderState`; None: no-op)."""
+        return self.in_decoder_patch.scope(state)
 
     def _compiled_twins(self) -> Callable[[Strategy], Strategy]:
         """Each strategy as this pipeline runs it: itself, or with compile on its compiled twin

@@ -4,7 +4,9 @@ from ..plugins import Registrar, hookimpl
 from .dtd import DTD
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
+from .fastv import FastV
 from .infinipot_v import InfiniPotV
+from .pdrop import PyramidDrop
 from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
@@ -26,11 +28,13 @@ BUILTIN = (
     DTD,
     DycokeTTM,
     StreamingTomCtr,
+    FastV,
+    PyramidDrop,
     ReKV,
     SlidingWindow,
     InfiniPotV,
 )
-"""Every built-in strategy class, token stages first, then the kv_cache memories."""
+"""Every built-in strategy class, token stages first, then the in_decoder droppers, then the kv_cache memories."""
 
 
 @hookimpl

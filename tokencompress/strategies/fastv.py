@@ -40,15 +40,22 @@ __all__ = ["FastV", "FastVParams", "fastv_keep", "rank_attention_row"]
 
 
 class FastVParams(InDecoderParams):
-    layer: int = Field(2, ge=1, description="K: the first decoder layer that runs on the kept tokens (0-based)")
+    layer: int = Field(
+        2, ge=1, description="K: the first decoder layer that runs on the kept tokens (0-based)"
+    )
     ratio: float = Field(
-        0.5, gt=0, le=1, description="R: fraction of each chunk's visual tokens dropped (kept: round(N * (1 - R)))"
+        0.5,
+        gt=0,
+        le=1,
+        description="R: fraction of each chunk's visual tokens dropped (kept: round(N * (1 - R)))",
     )
     mode: Literal["drop", "mask"] = Field(
-        "drop", description="drop: later layers run on the kept tokens; mask: all run, dropped ones hidden as keys"
+        "drop",
+        description="drop: later layers run on the kept tokens; mask: all run, dropped ones hidden as keys",
     )
     positions: Literal["keep", "renumber"] = Field(
-        "keep", description="keep: kept tokens keep their positions (the reference); renumber: contiguous per stage"
+        "keep",
+        description="keep: kept tokens keep their positions (the reference); renumber: contiguous per stage",
     )
 
 

@@ -47,14 +47,21 @@ __all__ = ["PyramidDrop", "PyramidDropParams", "rank_step", "rotate_half_rope"]
 
 class PyramidDropParams(InDecoderParams):
     layer_list: tuple[int, ...] = Field(
-        (8, 16, 24), min_length=1, max_length=64, description="Stage boundaries: drop right before these 0-based layers"
+        (8, 16, 24),
+        min_length=1,
+        max_length=64,
+        description="Stage boundaries: drop right before these 0-based layers",
     )
-    ratio: float = Field(0.5, gt=0, le=1, description="λ: boundary j keeps floor(N * λ^(j+1)) of a chunk's N tokens")
+    ratio: float = Field(
+        0.5, gt=0, le=1, description="λ: boundary j keeps floor(N * λ^(j+1)) of a chunk's N tokens"
+    )
     ratios: tuple[float, ...] | None = Field(
-        None, description="Explicit kept fractions of the original N per boundary (instead of powers of ratio)"
+        None,
+        description="Explicit kept fractions of the original N per boundary (instead of powers of ratio)",
     )
     positions: Literal["keep", "renumber"] = Field(
-        "renumber", description="renumber: each stage numbers its tokens contiguously (the reference); keep: original"
+        "renumber",
+        description="renumber: each stage numbers its tokens contiguously (the reference); keep: original",
     )
 
     @model_validator(mode="after")
@@ -65,7 +72,9 @@ class PyramidDropParams(InDecoderParams):
         if self.ratios is not None:
             r = self.ratios
             if len(r) != len(bounds):
-                raise ValueError(f"ratios gives {len(r)} fractions for {len(bounds)} boundaries in layer_list")
+                raise ValueError(
+                    f"ratios gives {len(r)} fractions for {len(bounds)} boundaries in layer_list"
+                )
             if any(not 0 < x <= 1 for x in r) or any(a < b for a, b in zip(r, r[1:], strict=False)):
                 raise ValueError(f"ratios must be non-increasing fractions in (0, 1], got {list(r)}")
         return self
@@ -122,7 +131,9 @@ class PyramidDrop(InDecoderStrategy):
 
     name = "pdrop"
     Params = PyramidDropParams
-    summary = "PyramidDrop: drops at several decoder layers (keep λ, λ², ...), ranked with the next layer's q/k"
+    summary = (
+        "PyramidDrop: drops at several decoder layers (keep λ, λ², ...), ranked with the next layer's q/k"
+    )
     paper = "https://arxiv.org/abs/2410.17247"
     reference = "Cooperx521/PyramidDrop (LlamaModel.pdrop_forward, pdrop_rank_drop)"
 

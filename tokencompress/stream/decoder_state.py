@@ -9,6 +9,7 @@ refused past it, naming the strategies that would let it go on.
 from __future__ import annotations
 
 import copy
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -35,6 +36,9 @@ class DecoderState:
         kv, build = bound.kv, bound.kv_build
         self.kv = kv.new_memory(target, build) if kv is not None and build is not None else None
         self.llm = self.kv.new_llm_state(target) if self.kv is not None else target.new_llm_state()
+        dropper, stack = bound.in_decoder, target.decoder_stack()
+        if dropper is not None and stack is not None:
+            self.llm.in_decoder = dropper.new_decoder_state(stack.num_layers)
         layout = target.decoder_layout()
         self.guard = PositionGuard(
             layout.max_positions if layout is not None else 0,
@@ -43,21 +47,23 @@ class DecoderState:
         )
 
     # ------------------------------------------------------------ transactions
-    def snapshot(self) -> tuple[dict[str, Any], int, bool, Any, Any]:
+    def snapshot(self) -> tuple[dict[str, Any], list[int], bool, Any, Any]:
         """The LLM state's small fields (deep-copied; the cache is cropped back instead and the
-        tokenizer never changes), the cache length, the guard's warning flag and the kv_cache
-        memory's own snapshot; with a memory that ``replaces_cache``, every layer's tensors too
-        (references: prefills and compressions replace them, never write into them)."""
+        tokenizer never changes), every cache layer's length (an in_decoder strategy leaves the
+        layers past its boundary shorter), the guard's warning flag and the kv_cache memory's own
+        snapshot; with a memory that ``replaces_cache``, every layer's tensors too (references:
+        prefills and compressions replace them, never write into them)."""
         fields = {k: copy.deepcopy(v) for k, v in vars(self.llm).items() if k not in ("cache", "tokenizer")}
         memory = self.kv.snapshot() if self.kv is not None else None
         tensors = None
         if self.kv is not None and self.kv.replaces_cache:
             tensors = [(getattr(x, "keys", None), getattr(x, "values", None)) for x in self.llm.cache.layers]
-        return fields, self.llm.length, self.guard.warned, memory, tensors
+        lengths = [int(x.get_seq_length()) for x in self.llm.cache.layers]
+        return fields, lengths, self.guard.warned, memory, tensors
 
-    def restore(self, snapshot: tuple[dict[str, Any], int, bool, Any, Any]) -> None:
-        fields, length, warned, memory, tensors = snapshot
-        crop_cache(self.llm.cache, length)
+    def restore(self, snapshot: tuple[dict[str, Any], list[int], bool, Any, Any]) -> None:
+        fields, lengths, warned, memory, tensors = snapshot
+        crop_cache(self.llm.cache, lengths)
         for layer, (keys, values) in zip(self.llm.cache.layers, tensors or (), strict=False):
             if isinstance(keys, Tensor) and isinstance(values, Tensor):
                 layer.keys, layer.values = keys, values
@@ -69,6 +75,9 @@ class DecoderState:
 
     def before_prefill(self, kind: str, tokens: int, visual: VisualTokens | None = None) -> None:
         """Before every encode-time prefill; ``visual``: the chunk's tokens (kind ``"frames"``)."""
+        state = self.llm.in_decoder
+        if state is not None and visual is not None:
+            state.pending.append(self.target.visual_row_mask(self.llm, visual))
         if self.kv is not None:
             if visual is not None and self.kv.wants_visual_rows:
                 self.kv.visual_rows(self.llm, self.target.visual_row_mask(self.llm, visual))
@@ -78,6 +87,12 @@ class DecoderState:
                     "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
                 )
             self.kv.before_prefill(self.llm, kind, tokens)
+
+    def scope(self) -> AbstractContextManager[None]:
+        """The stream's decoder calls run inside this (the in_decoder hooks see its bookkeeping)."""
+        if self.llm.in_decoder is None:
+            return nullcontext()
+        return self.bound.in_decoder_scope(lambda: self.llm.in_decoder)  # a restore replaces the object
 
     def after_encode(self) -> None:
         if self.kv is not None:

@@ -24,6 +24,7 @@ from .timing import now
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from ..api.in_decoder import InDecoderStrategy
     from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
     from ..api.target import Target
     from ..plugins.faults import Attribution
@@ -150,6 +151,15 @@ class ChunkEncoder(Protocol):
 
     def decoder_calls(self) -> AbstractContextManager[None]:
         """The scope of a stream's decoder work in the calling thread (prefills, answers)."""
+        ...
+
+    @property
+    def in_decoder(self) -> InDecoderStrategy | None:
+        """The pipeline's in_decoder strategy (None without one); a stream keeps its bookkeeping."""
+        ...
+
+    def in_decoder_scope(self, state: Any) -> AbstractContextManager[None]:
+        """The in_decoder hooks act on the calling thread's decoder calls in this block with ``state``."""
         ...
 
     def observe(
