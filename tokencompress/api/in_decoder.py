@@ -134,10 +134,25 @@ class InDecoderState:
     """``mask`` mode: key columns (layer-0 cache indices) hidden from the layers past the boundary."""
     last_kept: list[Tensor] = field(default_factory=list)
     """Kept rows of the last call that dropped, per boundary, as indices into that call's rows."""
+    layers: tuple[int, ...] = ()
+    """The boundary layers."""
+    present: list[Tensor] = field(default_factory=list)
+    """``drop`` mode, per boundary: ``[T]`` bool over layer 0's cache entries, True where the layers
+    from that boundary on hold the entry too (a kv_cache memory that trims the cache by layer-0
+    indices maps them to each layer's own with :meth:`entries`)."""
 
     def __post_init__(self) -> None:
         if not self.dropped:
             self.dropped = [0] * self.boundaries
+
+    def entries(self, layer: int) -> Tensor | None:
+        """``[T]`` bool: which of layer 0's cache entries decoder layer ``layer`` holds (None: all)."""
+        stage = sum(1 for b in self.layers if b <= layer)
+        return self.present[stage - 1] if stage and len(self.present) >= stage else None
+
+    def keep_entries(self, keep: Tensor) -> None:
+        """A kv_cache memory kept only layer 0's entries ``keep`` (``[T]`` bool): the maps follow."""
+        self.present = [p[keep[: p.numel()].to(p.device)] for p in self.present]
 
     def offset(self, stage: int) -> int:
         """How far stage ``stage``'s positions sit below the original numbering (``renumber``)."""
@@ -233,7 +248,8 @@ class InDecoderStrategy(Strategy):
         return "raise the kept fraction"
 
     def new_decoder_state(self, num_layers: int) -> InDecoderState:
-        return InDecoderState(boundaries=len(self.boundaries(num_layers)))
+        bounds = self.boundaries(num_layers)
+        return InDecoderState(boundaries=len(bounds), layers=tuple(b.layer for b in bounds))
 
     @classmethod
     def conformance_params(cls, info: Any) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class CallRun:
         self.state = state
         self.spans = spans
         self.rows = torch.arange(length)
+        self.length = length
         self.pe = kwargs.get("position_embeddings")
         self.pos = kwargs.get("position_ids")
         self.past0 = layer_length(_cache(kwargs), 0)
@@ -133,9 +134,23 @@ class CallRun:
                 if self.strategy.positions == "renumber":
                     self.pos = self.pos - before
             self.state.dropped[b] += int(dropped.sum())
+        if self.strategy.mode == "drop":
+            self._present(b)
         if self.strategy.positions == "renumber":
             self._renumber(b, hidden)
         return hidden
+
+    def _present(self, b: int) -> None:
+        """Record which of this call's rows the layers from boundary ``b`` on hold (layer-0 indices)."""
+        maps = self.state.present
+        while len(maps) <= b:
+            maps.append(torch.ones(0, dtype=torch.bool))
+        old = maps[b][: self.past0]
+        if old.numel() < self.past0:  # entries prefilled outside a scope: held by every layer
+            old = torch.cat([old, torch.ones(self.past0 - old.numel(), dtype=torch.bool)])
+        mine = torch.zeros(self.length, dtype=torch.bool)
+        mine[self.rows] = True
+        maps[b] = torch.cat([old, mine])
 
     def _renumber(self, b: int, hidden: Tensor) -> None:
         if self.pos is None or self.stack.rotary is None:
