@@ -12,15 +12,12 @@ the dropped rows as keys from the later layers (``mask``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..api.in_decoder import InDecoderState, Span
-
-if TYPE_CHECKING:
-    from .in_decoder import InDecoderPatch
 
 __all__ = ["CallRun", "Preview", "RankRecord", "layer_length"]
 
@@ -62,8 +59,10 @@ class CallRun:
     """The state of one decoder call while its layers run (see the module docstring)."""
 
     def __init__(
-        self, patch: InDecoderPatch, state: InDecoderState, spans: list[Span], kwargs: dict, length: int
+        self, patch: Any, state: InDecoderState, spans: list[Span], kwargs: dict, length: int
     ) -> None:
+        """``patch``: the :class:`~.in_decoder.InDecoderPatch` that opened the run (its strategy,
+        boundaries, decoder stack, attention implementation and ``record`` flag)."""
         assert patch.strategy is not None and patch.stack is not None
         self.patch, self.strategy, self.bounds = patch, patch.strategy, patch.bounds
         self.stack = patch.stack
