@@ -192,6 +192,8 @@ class InDecoderStrategy(Strategy):
     """The prompt keeps every token it was given; the later layers see fewer (:meth:`keep`)."""
     mode: Literal["drop", "mask"] = "drop"
     positions: PositionPolicy = "keep"
+    boundary_field: ClassVar[str] = "layer"
+    """The parameter that sets the boundaries (named in build-time refusals)."""
 
     @abstractmethod
     def boundaries(self, num_layers: int) -> tuple[Boundary, ...]:
@@ -219,16 +221,17 @@ class InDecoderStrategy(Strategy):
         owner = self.name
         n = stack.num_layers
         bounds = self.boundaries(n)
+        field = f"{owner}.{self.boundary_field}"
         for b in bounds:
             if not 1 <= b.layer < n:
                 raise CompatibilityError(
-                    f"{owner}: boundary layer {b.layer} is outside the decoder of target '{target}' ({n} layers); "
-                    f"a drop needs a layer before it and one after it: use 1..{n - 1}"
+                    f"{field}: layer {b.layer} is outside the {n}-layer decoder of target '{target}' (a drop needs a "
+                    f"layer before it and one after it); use 1..{n - 1}"
                 )
         if bounds and bounds[0].layer < stack.first_droppable:
             raise CompatibilityError(
-                f"{owner}: boundary layer {bounds[0].layer} comes before layer {stack.first_droppable} of target "
-                f"'{target}' ({stack.why_first}); use a boundary >= {stack.first_droppable}"
+                f"{field}: layer {bounds[0].layer} comes before layer {stack.first_droppable} of target '{target}' "
+                f"({stack.why_first}); use a boundary >= {stack.first_droppable}"
             )
         if self.positions == "renumber" and stack.mrope:
             raise CompatibilityError(
@@ -239,7 +242,7 @@ class InDecoderStrategy(Strategy):
             for i, b in enumerate(bounds):
                 if self.keep(visual, i) < 1:
                     raise CompatibilityError(
-                        f"{owner}: the schedule keeps no visual token of a chunk's {visual} from layer {b.layer} on "
+                        f"{owner}: the schedule keeps none of a chunk's {visual} visual tokens from layer {b.layer} on, "
                         f"on target '{target}'; {self.fix_for_empty()}"
                     )
 

@@ -37,7 +37,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from ..api.in_decoder import Boundary, InDecoderParams, InDecoderStrategy, floor_fraction, top_rows
@@ -64,20 +65,38 @@ class PyramidDropParams(InDecoderParams):
         description="renumber: each stage numbers its tokens contiguously (the reference); keep: original",
     )
 
-    @model_validator(mode="after")
-    def _schedule(self) -> PyramidDropParams:
-        bounds = self.layer_list
-        if any(b < 1 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
-            raise ValueError(f"layer_list must be increasing layers >= 1, got {list(bounds)}")
-        if self.ratios is not None:
-            r = self.ratios
-            if len(r) != len(bounds):
-                raise ValueError(
-                    f"ratios gives {len(r)} fractions for {len(bounds)} boundaries in layer_list"
-                )
-            if any(not 0 < x <= 1 for x in r) or any(a < b for a, b in zip(r, r[1:], strict=False)):
-                raise ValueError(f"ratios must be non-increasing fractions in (0, 1], got {list(r)}")
-        return self
+    @field_validator("layer_list")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in value) or any(a >= b for a, b in zip(value, value[1:], strict=False)):
+            raise PydanticCustomError(
+                "pdrop_layers",
+                "the boundaries must be increasing decoder layers >= 1 (a drop needs a layer before it); "
+                "use e.g. [8, 16, 24]",
+            )
+        return value
+
+    @field_validator("ratios")
+    @classmethod
+    def _one_per_boundary(
+        cls, value: tuple[float, ...] | None, info: ValidationInfo
+    ) -> tuple[float, ...] | None:
+        if value is None:
+            return value
+        bounds = info.data.get("layer_list", ())
+        if len(value) != len(bounds):
+            raise PydanticCustomError(
+                "pdrop_ratios",
+                "give one kept fraction per boundary of layer_list ({n}), e.g. [0.5, 0.25, 0.125]",
+                {"n": len(bounds)},
+            )
+        if any(not 0 < x <= 1 for x in value) or any(a < b for a, b in zip(value, value[1:], strict=False)):
+            raise PydanticCustomError(
+                "pdrop_ratios",
+                "the kept fractions must lie in (0, 1] and not grow from one boundary to the next; "
+                "use e.g. [0.5, 0.25, 0.125]",
+            )
+        return value
 
 
 def rotate_half_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -131,6 +150,7 @@ class PyramidDrop(InDecoderStrategy):
 
     name = "pdrop"
     Params = PyramidDropParams
+    boundary_field = "layer_list"
     summary = (
         "PyramidDrop: drops at several decoder layers (keep λ, λ², ...), ranked with the next layer's q/k"
     )
