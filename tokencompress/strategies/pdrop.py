@@ -1,7 +1,8 @@
 """PyramidDrop: drops at several stage boundaries with a geometric keep schedule, positions renumbered.
 
 The decoder is cut into stages at ``layer_list`` (default 8, 16, 24: an entry ``ℓ`` drops right before
-0-based layer ``ℓ``). From boundary ``j`` on a span of ``N`` visual tokens keeps ``floor(N * ρ_j)``,
+0-based layer ``ℓ``), or at ``layer_fractions`` of its depth (``[0.25, 0.5, 0.75]`` is the authors'
+schedule on any depth: 2/4/6 of 8 layers, 7/14/21 of 28). From boundary ``j`` on a span of ``N`` visual tokens keeps ``floor(N * ρ_j)``,
 where ``ρ_j = λ^(j+1)`` (``ratio`` = λ, default 0.5: 576 → 288 → 144 → 72) or the explicit
 ``ratios``; every count is a fraction of the original ``N``, not a chain of drops. At each boundary
 the ranking row is recomputed as layer ``ℓ`` would compute it: layer ``ℓ``'s ``input_layernorm`` and
@@ -41,17 +42,36 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
-from ..api.in_decoder import Boundary, InDecoderParams, InDecoderStrategy, floor_fraction, top_rows
+from ..api.errors import CompatibilityError
+from ..api.in_decoder import (
+    Boundary,
+    DecoderStack,
+    InDecoderParams,
+    InDecoderStrategy,
+    floor_fraction,
+    top_rows,
+)
 
-__all__ = ["PyramidDrop", "PyramidDropParams", "rank_step", "rotate_half_rope"]
+__all__ = ["DEFAULT_LAYERS", "PyramidDrop", "PyramidDropParams", "rank_step", "rotate_half_rope"]
+
+DEFAULT_LAYERS = (8, 16, 24)
+"""The authors' boundaries (LLaVA-1.5 / LLaVA-NeXT, 32 decoder layers)."""
 
 
 class PyramidDropParams(InDecoderParams):
-    layer_list: tuple[int, ...] = Field(
-        (8, 16, 24),
+    layer_list: tuple[int, ...] | None = Field(
+        None,
         min_length=1,
         max_length=64,
-        description="Stage boundaries: drop right before these 0-based layers",
+        description="Stage boundaries: drop right before these 0-based layers (default 8, 16, 24: the "
+        "authors' schedule for 32-layer decoders)",
+    )
+    layer_fractions: tuple[float, ...] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Stage boundaries as fractions of the decoder's depth, rounded to layers (the "
+        "authors' 8, 16, 24 of 32 is [0.25, 0.5, 0.75]); instead of layer_list",
     )
     ratio: float = Field(
         0.5, gt=0, le=1, description="λ: boundary j keeps floor(N * λ^(j+1)) of a chunk's N tokens"
@@ -67,12 +87,28 @@ class PyramidDropParams(InDecoderParams):
 
     @field_validator("layer_list")
     @classmethod
-    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b < 1 for b in value) or any(a >= b for a, b in zip(value, value[1:], strict=False)):
+    def _increasing(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (
+            any(b < 1 for b in value) or any(a >= b for a, b in zip(value, value[1:], strict=False))
+        ):
             raise PydanticCustomError(
                 "pdrop_layers",
                 "the boundaries must be increasing decoder layers >= 1 (a drop needs a layer before it); "
                 "use e.g. [8, 16, 24]",
+            )
+        return value
+
+    @field_validator("layer_fractions")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...] | None, info: ValidationInfo) -> tuple[float, ...] | None:
+        if value is None:
+            return value
+        if info.data.get("layer_list") is not None:
+            raise PydanticCustomError("pdrop_fractions", "give layer_list or layer_fractions, not both")
+        if any(not 0 < f < 1 for f in value) or any(a >= b for a, b in zip(value, value[1:], strict=False)):
+            raise PydanticCustomError(
+                "pdrop_fractions",
+                "the fractions of the depth must increase within (0, 1); use e.g. [0.25, 0.5, 0.75]",
             )
         return value
 
@@ -83,11 +119,11 @@ class PyramidDropParams(InDecoderParams):
     ) -> tuple[float, ...] | None:
         if value is None:
             return value
-        bounds = info.data.get("layer_list", ())
+        bounds = info.data.get("layer_fractions") or info.data.get("layer_list") or DEFAULT_LAYERS
         if len(value) != len(bounds):
             raise PydanticCustomError(
                 "pdrop_ratios",
-                "give one kept fraction per boundary of layer_list ({n}), e.g. [0.5, 0.25, 0.125]",
+                "give one kept fraction per boundary ({n}), e.g. [0.5, 0.25, 0.125]",
                 {"n": len(bounds)},
             )
         if any(not 0 < x <= 1 for x in value) or any(a < b for a, b in zip(value, value[1:], strict=False)):
@@ -164,7 +200,21 @@ class PyramidDrop(InDecoderStrategy):
 
     def boundaries(self, num_layers: int) -> tuple[Boundary, ...]:
         p: PyramidDropParams = self.params  # type: ignore[assignment]
-        return tuple(Boundary(layer, "next_projection") for layer in p.layer_list)
+        if p.layer_fractions is not None:
+            layers = tuple(round(f * num_layers) for f in p.layer_fractions)
+        else:
+            layers = p.layer_list if p.layer_list is not None else DEFAULT_LAYERS
+        return tuple(Boundary(layer, "next_projection") for layer in layers)
+
+    def check_decoder(self, stack: DecoderStack, target: str, visual: int | None) -> None:
+        p: PyramidDropParams = self.params  # type: ignore[assignment]
+        layers = [b.layer for b in self.boundaries(stack.num_layers)]
+        if p.layer_fractions is not None and len(set(layers)) != len(layers):
+            raise CompatibilityError(
+                f"pdrop.layer_fractions: {list(p.layer_fractions)} of the {stack.num_layers}-layer decoder of "
+                f"target '{target}' round to the layers {layers}, some of them equal; use fewer boundaries"
+            )
+        super().check_decoder(stack, target, visual)
 
     def fraction(self, boundary: int) -> float:
         p: PyramidDropParams = self.params  # type: ignore[assignment]
