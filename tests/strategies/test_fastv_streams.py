@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from tests.support.in_decoder import patched, tiny_llama
 from tests.support.models import random_frames
-from tokencompress import Pipeline, Registry
-from tokencompress.api.errors import PluginFault
+from tokencompress import Pipeline, Registry, Stage
+from tokencompress.api.errors import CompatibilityError, PluginFault
 from tokencompress.api.in_decoder import InDecoderState
 from tokencompress.strategies.fastv import FastV, fastv_keep
 
@@ -227,3 +227,41 @@ def test_with_the_question_in_the_same_prefill_the_stream_rule_is_the_offline_ru
     run = patch.last_run()
     assert torch.equal(run.kept[0], want_keep)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- composition
+TOKEN_STRATEGIES = sorted(
+    name
+    for name, reg in REG.strategies.items()
+    if reg.cls.stage.value in ("pre_vit_block", "post_vit", "pre_prefill")
+)
+
+
+@pytest.mark.parametrize("token", TOKEN_STRATEGIES)
+def test_fastv_composes_with_every_token_strategy(token: str) -> None:
+    """FastV acts on whatever reaches the decoder: after any token stage, layers past its boundary
+    hold the chunk's prefilled tokens minus the ones it dropped."""
+    cls = REG.strategy(token)
+    model = tiny("llava_onevision")
+    info = REG.target("llava_onevision")(model).stage_info()[cls.stage]
+    stages = {cls.stage.value: [{"strategy": token, **cls.conformance_params(info)}]}
+    stages["in_decoder"] = [{"strategy": "fastv", "layer": 1}]
+    config = {"target": "llava_onevision", "stream": {"frames_per_chunk": 2}, "stages": stages}
+    with Pipeline.from_dict(config, REG).apply(model) as bound:
+        s = bound.stream()
+        stats = s.add_frames(FRAMES)
+        dropped = sum(c.pre_prefill[1] - bound.in_decoder.keep(c.pre_prefill[1], 0) for c in stats)
+        assert lengths(s)[1] == lengths(s)[0] - dropped
+        assert torch.isfinite(s.ask(QUESTION, 2).first_logits).all()
+
+
+@pytest.mark.parametrize("kv", ["rekv", "infinipot_v"])
+def test_memories_that_index_blocks_across_layers_are_refused(kv: str) -> None:
+    step = {
+        "strategy": kv,
+        **REG.strategy(kv).conformance_params(
+            REG.target("llava_onevision")(tiny("llava_onevision")).stage_info()[Stage.PRE_PREFILL]
+        ),
+    }
+    with pytest.raises(CompatibilityError, match="same cache entries"):
+        pipe("llava_onevision", {"strategy": "fastv", "layer": 1}, kv=step).bind(tiny("llava_onevision"))
