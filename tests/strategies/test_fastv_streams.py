@@ -68,7 +68,9 @@ def test_a_stream_keeps_fewer_entries_past_the_boundary_and_answers(target: str,
         answer = s.ask(QUESTION, max_new_tokens=3)
         assert torch.isfinite(answer.first_logits).all()
         assert lengths(s) == full  # the question and answer went again, in every layer
-    assert not any(layer._forward_pre_hooks for layer in bound.target.language_model.layers)
+    lm = bound.target.language_model
+    assert not any(layer._forward_pre_hooks for layer in lm.layers)
+    assert lm.config._attn_implementation == "sdpa"  # the attention function the hooks wrapped is back
 
 
 def test_pdrop_renumbers_each_stage_across_chunks_and_decode() -> None:
