@@ -187,6 +187,7 @@ class InDecoderPatch:
     def _take_pending(self, state: InDecoderState, length: int) -> list[Span]:
         from ..api.in_decoder import spans_of
 
+        state.pending = [m for m in state.pending if m.numel()]  # a chunk pruned whole prefills nothing
         if not state.pending:
             return []
         rows = sum(m.numel() for m in state.pending)
