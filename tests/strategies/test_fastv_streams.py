@@ -267,3 +267,13 @@ def test_memories_that_index_blocks_across_layers_are_refused(kv: str) -> None:
     }
     with pytest.raises(CompatibilityError, match="same cache entries"):
         pipe("llava_onevision", {"strategy": "fastv", "layer": 1}, kv=step).bind(tiny("llava_onevision"))
+
+
+def test_a_chunk_pruned_whole_announces_no_span() -> None:
+    """A chunk whose tokens were all pruned prefills nothing; the next call (a question) ranks nothing."""
+    model = tiny_llama({"num_layers": 3}, seed=1)
+    state = InDecoderState(boundaries=1, layers=(1,))
+    state.pending.append(torch.zeros(0, dtype=torch.bool))
+    with patched(model, FastV(layer=1)) as patch, patch.scope(state):
+        model(inputs_embeds=torch.randn(1, 5, 32))
+    assert not patch.last_run().records and state.pending == []
