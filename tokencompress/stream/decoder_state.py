@@ -75,9 +75,8 @@ class DecoderState:
 
     def before_prefill(self, kind: str, tokens: int, visual: VisualTokens | None = None) -> None:
         """Before every encode-time prefill; ``visual``: the chunk's tokens (kind ``"frames"``)."""
-        state = self.llm.in_decoder
-        if state is not None and visual is not None:
-            state.pending.append(self.target.visual_row_mask(self.llm, visual))
+        if visual is not None:
+            self.announce(visual)
         if self.kv is not None:
             if visual is not None and self.kv.wants_visual_rows:
                 self.kv.visual_rows(self.llm, self.target.visual_row_mask(self.llm, visual))
@@ -87,6 +86,12 @@ class DecoderState:
                     "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
                 )
             self.kv.before_prefill(self.llm, kind, tokens)
+
+    def announce(self, visual: VisualTokens) -> None:
+        """Tell the in_decoder stage which rows of the next prefill are this chunk's visual tokens."""
+        state = self.llm.in_decoder
+        if state is not None:
+            state.pending.append(self.target.visual_row_mask(self.llm, visual))
 
     def scope(self) -> AbstractContextManager[None]:
         """The stream's decoder calls run inside this (the in_decoder hooks see its bookkeeping)."""
