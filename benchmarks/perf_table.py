@@ -65,7 +65,7 @@ ROWS = (
     Row("evs", "evs", "`evs`"),
     Row("dtd", "dtd", "`dtd`"),
     Row("dycoke", "dycoke", "`dycoke_ttm`"),
-    Row("streamingtom", "streamingtom", "`streamingtom_ctr`"),
+    Row("streamingtom", "streamingtom_ctr", "`streamingtom_ctr`"),
 )
 PIPELINES = tuple(r.name for r in ROWS)
 PREFILL_RUNS = (

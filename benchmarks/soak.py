@@ -8,6 +8,18 @@ question is answered (time, retrieval time). A variant that the position guard r
 past ``max_position_embeddings``) stops there and says so.
 
     PYTHONPATH=. python benchmarks/soak.py --frames 3000 --out benchmarks/results/soak.json
+    PYTHONPATH=. python benchmarks/soak.py --model builtin-qwen --variants infinipot_v,infinipot_v_stc \
+        --out benchmarks/results/soak_qwen.json
+
+A variant is a pipeline file, or a kv_cache pipeline with STC's token stages put in front of it
+(``*_stc``: the Cacher and Pruner of the target's STC pipeline, the memory and stream settings of
+the kv_cache one). On a Qwen model (``--model builtin-qwen``) the Qwen files of a variant are used
+where they exist (InfiniPot-V's published Qwen2.5-VL setting). On a 1-D RoPE model InfiniPot-V runs
+with ``positions: compact``: with the reference's ``keep`` its positions grow by a frame's tokens per
+frame and the position guard stops the stream at frame 167 of the built-in model. Each record also carries the
+kv_cache strategy's own statistics (``memory_stats``: compressions, dropped tokens, quantized
+bytes, ...) and its time between prefills (``kv_ms``, e.g. InfiniPot-V's compression) next to the
+prefill time of the same chunks.
 """
 
 from __future__ import annotations
@@ -23,17 +35,46 @@ import numpy as np
 import torch
 
 from tokencompress import Pipeline
+from tokencompress.kernels.machine import describe
 from tokencompress.media.video import iter_frames, sample_video_path
-from tokencompress.models.loading import build_default_model
+from tokencompress.models.loading import load_model
 from tokencompress.stream.positions import PositionLimitError
 
 ROOT = Path(__file__).resolve().parent.parent
+PIPES = ROOT / "pipelines"
 VARIANTS = {
-    "plain": ROOT / "pipelines" / "baseline.yaml",
-    "sliding_window": ROOT / "pipelines" / "sliding_window.yaml",
-    "rekv": ROOT / "pipelines" / "rekv.yaml",
-    "rekv_stc": ROOT / "pipelines" / "rekv_stc.yaml",
+    "plain": PIPES / "baseline.yaml",
+    "sliding_window": PIPES / "sliding_window.yaml",
+    "rekv": PIPES / "rekv.yaml",
+    "rekv_stc": PIPES / "rekv_stc.yaml",
+    "infinipot_v": PIPES / "infinipot_v.yaml",
+    "infinipot_v_stc": PIPES / "infinipot_v.yaml",
+    "streamingtom": PIPES / "streamingtom.yaml",
 }
+"""Variant → pipeline file (for ``*_stc`` the kv_cache file STC's token stages are put in front of)."""
+QWEN_FILES = {
+    "infinipot_v": PIPES / "infinipot_v_qwen.yaml",
+    "infinipot_v_stc": PIPES / "infinipot_v_qwen.yaml",
+    "streamingtom": PIPES / "streamingtom_qwen.yaml",
+}
+STC_FILES = {"llava": PIPES / "stc.yaml", "qwen": PIPES / "livecc_stc.yaml"}
+
+
+def variant_pipeline(name: str, family: str) -> tuple[Path, dict]:
+    """(file, config dict) of a variant on a model family (``llava`` or ``qwen``)."""
+    path = (QWEN_FILES if family == "qwen" else {}).get(name, VARIANTS[name])
+    data = Pipeline.from_yaml(path).config.to_dict()
+    if name.endswith("_stc") and "kv_cache" in data["stages"] and "pre_prefill" not in data["stages"]:
+        stc = Pipeline.from_yaml(STC_FILES[family]).config.to_dict()
+        data["stages"] = {**stc["stages"], "kv_cache": data["stages"]["kv_cache"]}
+        data["name"] = f"{data['name']}+stc"
+    if family == "llava":
+        for step in data["stages"].get("kv_cache", []):
+            if step["strategy"] == "infinipot_v":
+                step["positions"] = "compact"
+    return path, data
+
+
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 
 
@@ -55,7 +96,7 @@ def frame_pool(fps: float, per_clip: int) -> list[np.ndarray]:
 
 def soak(
     name: str,
-    path: Path,
+    family: str,
     loaded,
     frames: int,
     every: int,
@@ -63,16 +104,14 @@ def soak(
     pool: list[np.ndarray],
     overrides: dict | None = None,
 ) -> dict:
-    pipeline = Pipeline.from_yaml(path)
-    if overrides:  # e.g. a smaller window, so that it fills within a short run
-        data = pipeline.config.to_dict()
-        for step in data["stages"].get("kv_cache", []):
-            step.update({k: v for k, v in overrides.items() if k in step})
-        pipeline = Pipeline.from_dict(data)
+    path, data = variant_pipeline(name, family)
+    for step in data["stages"].get("kv_cache", []):  # e.g. a smaller window, so that it fills early
+        step.update({k: v for k, v in (overrides or {}).items() if k in step})
+    pipeline = Pipeline.from_dict(data)
     records, answers, stopped = [], [], None
     with pipeline.apply(loaded.model) as bound:
         stream = bound.stream(tokenizer=loaded.tokenizer)
-        window_t, window_n = 0.0, 0
+        window_t, window_n, seen = 0.0, 0, 0
         for i in range(frames):
             t0 = time.perf_counter()
             try:
@@ -83,8 +122,10 @@ def soak(
             window_t += time.perf_counter() - t0
             window_n += 1
             done = i + 1
-            if done % every == 0 or done == 1:
-                last = stream.history[-1]
+            if (done % every == 0 or done == 1) and stream.history:
+                last, new = stream.history[-1], stream.history[seen:]
+                seen = len(stream.history)
+                kv = stream.kv.memory_stats() if stream.kv is not None else {}
                 records.append(
                     {
                         "frames": done,
@@ -94,7 +135,11 @@ def soak(
                         "stored_bytes": last.stored_bytes,
                         "next_position": stream.llm.next_position,
                         "memory_bytes": stream.bytes_by_device(),
-                        "ms_per_chunk": 1e3 * window_t / window_n,
+                        "ms_per_frame": 1e3 * window_t / window_n,
+                        "chunks": len(new),
+                        "prefill_ms": sum(c.prefill_ms for c in new) / max(len(new), 1),
+                        "kv_ms": sum(c.kv_ms for c in new) / max(len(new), 1),
+                        "kv_stats": kv,
                     }
                 )
                 window_t, window_n = 0.0, 0
@@ -112,6 +157,8 @@ def soak(
     return {
         "variant": name,
         "pipeline": str(path.relative_to(ROOT)),
+        "name": data.get("name"),
+        "stages": {stage: [step["strategy"] for step in steps] for stage, steps in data["stages"].items()},
         "records": records,
         "answers": answers,
         "stopped": stopped,
@@ -129,8 +176,8 @@ def plot(results: list[dict], out: Path) -> None:
         x = [p["frames"] for p in r["records"]]
         axes[0].plot(x, [p["rss_bytes"] / 2**20 for p in r["records"]], label=r["variant"])
         axes[1].plot(x, [p["cache_tokens"] for p in r["records"]], label=r["variant"])
-        axes[2].plot(x, [p["ms_per_chunk"] for p in r["records"]], label=r["variant"])
-    for ax, title in zip(axes, ("RSS (MiB)", "resident cache tokens", "ms per 1-frame chunk"), strict=True):
+        axes[2].plot(x, [p["ms_per_frame"] for p in r["records"]], label=r["variant"])
+    for ax, title in zip(axes, ("RSS (MiB)", "resident cache tokens", "ms per frame"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("frames")
         ax.legend()
@@ -143,7 +190,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--ask-every", type=int, default=500)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="plain,sliding_window,rekv,rekv_stc")
+    ap.add_argument("--model", default="builtin", help="a built-in model name (builtin, builtin-qwen, ...)")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared machine)"
     )
@@ -152,15 +200,21 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = build_default_model()
+    loaded = load_model(args.model)
+    family = "qwen" if "qwen" in type(loaded.model).__name__.lower() else "llava"
     pool = frame_pool(fps=0.5, per_clip=40)
     overrides = {k: v for k, v in (("n_local", args.n_local), ("topk", args.topk)) if v is not None}
-    meta = {"frames": args.frames, "pool_frames": len(pool), "overrides": overrides, "threads": args.threads}
+    meta = {
+        "frames": args.frames,
+        "pool_frames": len(pool),
+        "overrides": overrides,
+        "threads": args.threads,
+        "model": args.model,
+        "machine": describe(),
+    }
     results = []
     for name in args.variants.split(","):
-        results.append(
-            soak(name, VARIANTS[name], loaded, args.frames, args.every, args.ask_every, pool, overrides)
-        )
+        results.append(soak(name, family, loaded, args.frames, args.every, args.ask_every, pool, overrides))
         out = Path(args.out)
         out.write_text(json.dumps({**meta, "results": results}, indent=2))
     plot(results, Path(args.out).with_suffix(".png"))

@@ -39,6 +39,15 @@ def test_one_repeat_weights_chunk_kinds_by_count() -> None:
     assert r["prefill_ms_chunk_median"] == 1.0
     assert r["prefill_with_stage_ms"] == 35.5 / 40.0
     assert r["stage_share_of_prefill"] == 0.5 / 35.0
+    assert r["kv_share_of_prefill"] is None  # no kv_cache work recorded
+
+
+def test_kv_cache_work_between_prefills_is_its_own_share() -> None:
+    base = [chunk(100.0), chunk(100.0)]
+    pipe = [{**chunk(100.0, prefill=8.0), "kv_ms": 0.0}, {**chunk(100.0, prefill=12.0), "kv_ms": 1.0}]
+    r = one_repeat(base, pipe, ["all", "all"])
+    assert r["kv_share_of_prefill"] == 1.0 / 20.0
+    assert r["stage_share_of_prefill"] == 0.0
 
 
 def test_per_repeat_ratios_spread_over_repeats() -> None:

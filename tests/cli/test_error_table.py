@@ -17,19 +17,23 @@ import pytest
 from tests.support import (  # noqa: F401 - they register the cases
     error_cases_cli,
     error_cases_dtd,
+    error_cases_dycoke_kv,
     error_cases_dycoke_ttm,
     error_cases_evs,
     error_cases_fastv,
     error_cases_infinipot_v,
     error_cases_input,
+    error_cases_ipvpos,
     error_cases_models,
     error_cases_outputs,
     error_cases_runs,
     error_cases_streamingtom,
+    error_cases_streamingtom_oqm,
     error_cases_trust_eval,
     error_cases_trust_streams,
     error_cases_trust_validate,
     error_cases_trust_venv,
+    error_cases_vllm,
 )
 from tests.support.errors import CASES, TINY, Ctx, Row, table
 from tests.support.models import random_frames

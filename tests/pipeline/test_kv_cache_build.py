@@ -91,14 +91,11 @@ def test_kv_strategy_under_another_stage_is_refused():
         Pipeline.from_dict({"stages": {"pre_prefill": [{"strategy": "rekv"}]}})
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
-def test_rekv_on_qwen_is_refused_naming_both_sides_and_why(name):
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_rekv_on_qwen_binds_with_the_m_rope_memory(name):
+    """ReKV runs on M-RoPE (retrieved frames re-placed, tokencompress.api.memory_positions)."""
     model = Registry().target(name).tiny_model()
-    with pytest.raises(
-        CompatibilityError,
-        match=rf"'rekv' is not supported by target '{name}' \(it supports: infinipot_v, sliding_window\); .*M-RoPE",
-    ):
-        bind(model, {"strategy": "rekv"})
+    bind(model, {"strategy": "rekv", "n_local": 20000})
 
 
 class _NoProjections(LlavaOnevisionTarget):
@@ -112,7 +109,7 @@ def test_rekv_without_pre_rope_projections_is_refused(tiny_llava_ov):
     config = Pipeline.from_dict({"stages": {"kv_cache": [{"strategy": "rekv"}]}}).config
     with pytest.raises(
         CompatibilityError,
-        match="needs pre_rope_projections, rope_1d at kv_cache, which target 'no_projections'",
+        match="needs pre_rope_projections at kv_cache, which target 'no_projections'",
     ):
         kv_build(config, _NoProjections(tiny_llava_ov), (16, None))
 

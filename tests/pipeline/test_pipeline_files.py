@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.support.paths import PIPELINES as PIPELINES_DIR
 from tokencompress import Pipeline, Stage
+from tokencompress.api.errors import BudgetError
 from tokencompress.media.video import iter_frames, sample_video_path
 
 ALL_PIPELINES = sorted(PIPELINES_DIR.glob("*.yaml"))
@@ -41,8 +43,9 @@ def deep_builtin(builtin_model):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_pipeline_file_runs(path: Path, builtin_model, deep_builtin, clip: np.ndarray) -> None:
-    pipe = Pipeline.from_yaml(path)
-    model = deep_builtin if pipe.config.strategies(Stage.IN_DECODER) else builtin_model.model
+    in_decoder = Pipeline.from_yaml(path).config.strategies(Stage.IN_DECODER)
+    model = deep_builtin if in_decoder else builtin_model.model
+    pipe = _fit_depth(path, model)
     with pipe.apply(model) as bound:
         stream = bound.stream(tokenizer=builtin_model.tokenizer)
         stats = stream.add_frames(clip)
@@ -55,6 +58,22 @@ def test_pipeline_file_runs(path: Path, builtin_model, deep_builtin, clip: np.nd
                 assert c.pre_prefill[1] == planned
         answer = stream.ask("What is happening?", max_new_tokens=3)
         assert len(answer.token_ids) <= 3
+
+
+def _fit_depth(path: Path, model) -> Pipeline:
+    """The file's pipeline; a decode policy set for a real checkpoint's depth (``dycoke_kv.l``) is first
+    checked to be refused on the 2-layer built-in model, then run at its deepest valid layer."""
+    pipe = Pipeline.from_yaml(path)
+    depth = model.config.get_text_config().num_hidden_layers
+    doc = yaml.safe_load(path.read_text())
+    steps = [s for s in (doc.get("stages") or {}).get("kv_cache") or [] if s.get("strategy") == "dycoke_kv"]
+    if not any(s.get("l", 3) >= depth for s in steps):
+        return pipe
+    with pytest.raises(BudgetError, match="dycoke_kv.l = "):
+        pipe.bind(model)
+    for s in steps:
+        s["l"] = depth - 1
+    return Pipeline.from_dict(doc)
 
 
 def test_every_strategy_has_a_ready_file() -> None:

@@ -317,3 +317,20 @@ def test_encoder_tokens_placement_runs_where_post_vit_may_change_the_count():
     assert bound.by_stage[Stage.POST_VIT] and not bound.notes
     with pytest.raises(CompatibilityError, match="'evs' changes the token count at post_vit"):
         Pipeline.from_dict({"target": "qwen2_vl", "stages": stages}).bind(reg.target("qwen2_vl").tiny_model())
+
+
+@given(
+    q=st.sampled_from([0.0, 0.1, 0.5, 0.75, 0.8, 0.9, 0.95]),
+    per=st.integers(1, 300),
+    frames=st.integers(1, 8),
+    index=st.integers(0, 5),
+)
+def test_planned_count_at_is_exact_for_every_chunk_of_a_stream(
+    q: float, per: int, frames: int, index: int
+) -> None:
+    """A serving engine lays a stream out before it runs: each chunk's count from its place and shape."""
+    strategy = Evs(video_pruning_rate=q)
+    got = strategy.planned_count_at(per, frames, index)
+    assert got == retained_count(per, frames, q, first=index == 0)
+    plain = strategy.planned_count(per, frames)
+    assert plain is None or plain == got  # where the per-chunk count is one number, it is this one

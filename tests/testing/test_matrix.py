@@ -22,10 +22,8 @@ _MODELS: dict[str, torch.nn.Module] = {}
 REFUSED: dict[tuple[str, str], str] = {
     # (strategy, target): what the refusal must name. ToMe and VisionZip run on the Qwen towers
     # (their meaningless options there are refused, see tests/targets/test_qwen_tome_visionzip.py).
-    # ReKV renumbers retrieved frames on one position axis: undefined under 3-D M-RoPE.
-    ("rekv", "qwen2_vl"): "M-RoPE",
-    ("rekv", "qwen2_5_vl"): "M-RoPE",
-    ("rekv", "qwen3_vl"): "M-RoPE",
+    # ReKV and StreamingTOM's memory run on the Qwen M-RoPE targets too (retrieved frames re-placed
+    # on all three axes by tokencompress.api.memory_positions).
     # PyramidDrop renumbers positions per stage: a count, meaningless for (t, h, w) triples
     # (positions: keep runs there, tests/strategies/test_fastv_streams.py).
     ("pdrop", "qwen2_vl"): "M-RoPE",

@@ -152,3 +152,29 @@ def test_cache_key_holds_the_outer_environment(monkeypatch, tmp_path: Path) -> N
     real = side_env._installed_version
     monkeypatch.setattr(side_env, "_installed_version", lambda n: "2.0.0+cu999" if n == "torch" else real(n))
     assert default_location("x", ["r"]) != here
+
+
+def test_a_recipe_may_own_its_transformers_but_never_a_torch(tmp_path: Path) -> None:
+    """vLLM pins an older transformers than the running one: the recipe says which range the side
+    environment holds, torch stays the outer one, and the plan may then hold that transformers."""
+    side = SideEnv(tmp_path / "side", "test env", own={"transformers": ">=5.16.1,<5.20"})
+    side.create()
+    pins = side.constraints.read_text().splitlines()
+    assert f"torch=={OUTER['torch']}" in pins and "transformers>=5.16.1,<5.20" in pins
+    assert not any(p.startswith("transformers==") for p in pins)
+    side_env.check_plan("n", "x", [("transformers", "5.19.0")], own={"transformers": ">=5.16.1,<5.20"})
+    with pytest.raises(SideEnvError, match=r"would download transformers 5\.19\.0"):
+        side_env.check_plan("n", "x", [("transformers", "5.19.0")])
+    with pytest.raises(SideEnvError, match=r"would download torch 2\.0\.0"):
+        side_env.check_plan("n", "x", [("torch", "2.0.0")], own={"transformers": ">=5"})
+    with pytest.raises(SideEnvError, match=r"^test env: torch cannot be a side environment's own release"):
+        SideEnv(tmp_path / "other", "test env", own={"torch": ">=2"})
+
+
+def test_verify_checks_an_owned_package_against_its_range(tmp_path: Path) -> None:
+    side = SideEnv(tmp_path / "side", "test env", own={"transformers": ">=5.16.1,<5.20"})
+    with pytest.raises(
+        SideEnvError, match=r"it sees transformers 5\.25\.0 outside >=5\.16\.1,<5\.20; delete"
+    ):
+        side._check_owned(side._owned(), {"transformers": "5.25.0"})
+    side._check_owned(side._owned(), {"transformers": "5.19.0"})

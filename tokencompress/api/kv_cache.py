@@ -58,6 +58,9 @@ class DecoderLayout:
     """``"default"`` for plain 1-D RoPE, ``"mrope"`` for Qwen2-VL's 3-D sections, else the config's type."""
     max_positions: int
     """The model's ``max_position_embeddings``: positions it was trained for."""
+    q_norm: str | None = None
+    k_norm: str | None = None
+    """Per-head norms applied to the projections before RoPE (Qwen3's ``q_norm``/``k_norm``), if any."""
 
     @property
     def num_layers(self) -> int:

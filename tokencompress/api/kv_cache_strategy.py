@@ -56,6 +56,14 @@ class KVMemory:
     replaces_cache: ClassVar[bool] = False
     """True when the memory replaces cache tensors before a chunk's prefill (a compression); a failed
     chunk then puts every layer's tensors back instead of cropping the cache (stream/decoder_state.py)."""
+    decode_step: Any = None
+    """With ``custom_attention``: the pipeline's decode policy while an answer decodes, a
+    :class:`~tokencompress.api.decode_policy.DecodeStep` (None otherwise);
+    such a memory calls :meth:`~tokencompress.api.decode_policy.DecodeStep.keys` at every layer of a
+    one-token answer call and attends to the entries it returns."""
+    stores_on_device: ClassVar[bool] = False
+    """True when the stored tokens stay on the compute device (counted in :meth:`device_bytes`) rather
+    than in host memory: ``stored_bytes`` then adds no host bytes to the stream's footprint."""
 
     def __init__(self) -> None:
         self.phase = Phase.ENCODE
@@ -89,6 +97,13 @@ class KVMemory:
     def end_question(self, llm: LLMState) -> None:  # noqa: B027 - optional hook
         """Called after the answer (also on failure): leave the memory exactly as before the question."""
 
+    def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
+        """``[llm.length]`` bool after :meth:`after_encode`: which cache entries hold video tokens, given
+        ``appended``, the mask of what the stream has prefilled (before this memory dropped anything).
+        The default (nothing dropped) returns ``appended``; a memory that drops entries and sets
+        ``hosts_decode_policy`` on its strategy maps the mask the way it cut the cache."""
+        return appended
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not compute attention itself")
 
@@ -101,7 +116,8 @@ class KVMemory:
         return 0
 
     def stored_bytes(self, allocated: bool = False) -> int:
-        """Host bytes of the stored tokens, all layers (``allocated``: of the whole slabs held)."""
+        """Bytes of the stored tokens, all layers (``allocated``: of the whole slabs held); host bytes
+        unless ``stores_on_device``."""
         return 0
 
     def device_bytes(self, llm: LLMState) -> int:
@@ -161,9 +177,21 @@ class KVCacheStrategy(Strategy):
     """True when the memory works on a cache whose layers hold different numbers of entries (an
     in_decoder strategy drops tokens from the layers past its boundaries; the memory then reads
     which entries each layer holds from ``LLMState.in_decoder``). False: refused with one at build time."""
+    hosts_decode_policy: ClassVar[bool] = False
+    """True when a decode policy (:mod:`tokencompress.api.decode_policy`) can run on this memory's answers:
+    its memory maps the visual entries (:meth:`KVMemory.visual_slots`) or, with ``custom_attention``,
+    routes one-token answer calls through :attr:`KVMemory.decode_step`."""
 
     def check_build(self, build: KVBuild) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters this target and token layout cannot run."""
+
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        """The parameters with which this strategy's memory bounds positions on a decoder of this
+        layout (``{}``: its defaults), or None when no setting does. A stream refused at the model's
+        ``max_position_embeddings`` suggests exactly the strategies that return a dict (with those
+        parameters), so a strategy says so here only if its memory then sets ``bounds_positions``."""
+        return None
 
     @abstractmethod
     def new_memory(self, target: Target, build: KVBuild) -> KVMemory:

@@ -15,6 +15,7 @@ for free and the pruner only writes :meth:`ScoringPruner.score`. A pruner with i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,9 @@ class FrameLayout:
     @classmethod
     def of(cls, tokens: VisualTokens) -> FrameLayout:
         index = tokens.frame - tokens.first_frame
+        f, t = tokens.num_frames, tokens.tokens_per_frame_in
+        if f and t and tokens.is_full_grid():  # nothing dropped or merged: every frame holds its grid
+            return cls(index, torch.full((f,), t, dtype=torch.long, device=index.device), t)
         counts = torch.bincount(index, minlength=tokens.num_frames)
         f = counts.numel()
         per = int(counts[0]) if f else 0
@@ -87,16 +91,33 @@ class Plan:
     ``scores`` ``[N]``: higher is kept first (ties go to the lower row). ``budgets`` ``[F]`` long:
     rows to keep per frame, at most what the frame holds. ``update``: what :meth:`ScoringPruner.commit`
     writes into the state once the chunk went through (None for a stateless pruner). ``layout``:
-    the chunk's :class:`FrameLayout`, reused by the selection.
+    the chunk's :class:`FrameLayout`, reused by the selection. ``rows``: ``[K]`` ascending rows to
+    keep, when the planner already knows them (a threshold rule: the ``budgets[f]`` highest
+    scores of a frame are exactly its rows past the threshold), so the base skips the per-frame
+    sort; it must equal :func:`select_per_frame` of ``scores`` and ``budgets``. None: the base selects.
+    ``per_frame_budget``: set when ``budgets`` is ``min(per_frame_budget, rows of the frame)`` for
+    every frame (a fixed budget), so the selection can skip reading the budgets tensor back.
     """
 
     scores: Tensor
     budgets: Tensor
     layout: FrameLayout
     update: Any = None
+    rows: Tensor | None = None
+    per_frame_budget: int | None = None
 
     def keeps_all(self) -> bool:
+        if self.per_frame_budget is not None and self.layout.per_frame is not None:
+            return self.per_frame_budget >= self.layout.per_frame
         return bool((self.budgets >= self.layout.counts).all())
+
+    def select(self) -> Tensor:
+        """Global row indices the plan keeps, ascending (see :func:`select_per_frame`)."""
+        per, k = self.layout.per_frame, self.per_frame_budget
+        if per is None or k is None:
+            return select_per_frame(self.scores, self.layout.index, self.budgets, 0, self.layout)
+        _check_finite(self.scores)
+        return _equal_frames(self.scores, per, min(k, per))
 
 
 def _top_rows(scores: Tensor, k: int) -> Tensor:
@@ -108,6 +129,32 @@ def _top_rows(scores: Tensor, k: int) -> Tensor:
     """
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.sort(order, dim=1).values
+
+
+def _check_finite(scores: Tensor) -> None:
+    """ValueError unless every score is finite: NaN would sort as largest and silently keep arbitrary rows.
+
+    A finite sum proves every term finite in one reduction; only an infinite or NaN sum (a bad
+    score, or finite ones overflowing) looks at the rows.
+    """
+    if math.isfinite(float(scores.sum())):
+        return
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(scores).sum())
+        raise ValueError(
+            f"scores must be finite, got {nan} NaN and {int((~finite).sum()) - nan} infinite of {scores.numel()}"
+        )
+
+
+def _equal_frames(scores: Tensor, per_frame: int, k: int) -> Tensor:
+    """Rows kept when every frame holds ``per_frame`` rows of ``scores`` ``[N]`` and keeps ``k`` of them."""
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    local = _top_rows(scores.view(-1, per_frame), k)
+    if scores.numel() == per_frame:  # one frame: its rows are the chunk's
+        return local.reshape(-1)
+    return (local + torch.arange(0, scores.numel(), per_frame, device=scores.device)[:, None]).reshape(-1)
 
 
 def select_per_frame(
@@ -125,12 +172,7 @@ def select_per_frame(
     """
     if scores.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
-    finite = torch.isfinite(scores)
-    if not bool(finite.all()):  # NaN would sort as largest and silently keep arbitrary rows
-        nan = int(torch.isnan(scores).sum())
-        raise ValueError(
-            f"scores must be finite, got {nan} NaN and {int((~finite).sum()) - nan} infinite of {scores.numel()}"
-        )
+    _check_finite(scores)
     if layout is None:
         index = frame - first_frame
         counts = torch.bincount(index, minlength=budgets.numel())
@@ -138,15 +180,7 @@ def select_per_frame(
         layout = FrameLayout(index, counts, per if per > 0 and bool((counts == per).all()) else None)
     counts = layout.counts
     if layout.per_frame is not None and (budgets.numel() == 1 or bool((budgets == budgets[0]).all())):
-        k = min(int(budgets[0]), layout.per_frame)
-        if k <= 0:
-            return torch.zeros(0, dtype=torch.long, device=scores.device)
-        local = _top_rows(scores.view(-1, layout.per_frame), k)
-        if scores.numel() == layout.per_frame:  # one frame: its rows are the chunk's
-            return local.reshape(-1)
-        return (
-            local + torch.arange(0, scores.numel(), layout.per_frame, device=scores.device)[:, None]
-        ).reshape(-1)
+        return _equal_frames(scores, layout.per_frame, min(int(budgets[0]), layout.per_frame))
     starts = torch.cumsum(counts, 0) - counts
     picked = []
     for f in range(budgets.numel()):
@@ -204,7 +238,14 @@ class ScoringPruner(TokenStrategy):
     def plan(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Plan:
         """The chunk's scores and budgets; must not change ``state`` (that is :meth:`commit`'s job)."""
         layout = FrameLayout.of(tokens)
-        return Plan(self.score(tokens, state, chunk), self.frame_budgets(layout), layout)
+        return self.budget_plan(self.score(tokens, state, chunk), layout)
+
+    def budget_plan(self, scores: Tensor, layout: FrameLayout, update: Any = None) -> Plan:
+        """The :class:`Plan` of ``scores`` ``[N]`` under :meth:`frame_budgets`, with ``per_frame_budget``
+        filled in when those are the stock ``min(tokens_per_frame, T_f)`` (not overridden)."""
+        fixed = type(self).frame_budgets is ScoringPruner.frame_budgets
+        budget = self._fixed_budget() if fixed else None
+        return Plan(scores, self.frame_budgets(layout), layout, update, per_frame_budget=budget)
 
     def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
         """Write ``plan.update`` into ``state``; called once per chunk, after the gather succeeded."""
@@ -235,10 +276,9 @@ class ScoringPruner(TokenStrategy):
         if tokens.count == 0:
             return tokens
         plan = self._checked(self.plan(tokens, state, chunk), tokens)
-        if plan.keeps_all():
-            kept = tokens
+        if plan.rows is not None:
+            kept = tokens if plan.rows.numel() == tokens.count else tokens.take(plan.rows)
         else:
-            index = select_per_frame(plan.scores, tokens.frame, plan.budgets, tokens.first_frame, plan.layout)
-            kept = tokens.take(index)
+            kept = tokens if plan.keeps_all() else tokens.take(plan.select())
         self.commit(state, plan)
         return kept

@@ -111,6 +111,15 @@ class Strategy(ABC):
             return None
         raise TypeError(count_undeclared(type(self)))
 
+    def planned_count_at(self, tokens_per_frame: int, frames: int, chunk_index: int) -> int | None:
+        """Output tokens of the stream's chunk number ``chunk_index`` (0 = the first), when the count
+        follows the chunk's place as well as its shape; None if data-dependent.
+
+        A serving engine lays out a whole request (one stream) before its encoder runs, so it asks
+        for every chunk's count. The default is :meth:`planned_count`, the same for every chunk;
+        EVS overrides it (its stream's first chunk keeps at least one whole frame)."""
+        return self.planned_count(tokens_per_frame, frames)
+
     def check(self, info: StageInfo) -> None:  # noqa: B027 - optional hook
         """Refuse, at build time, parameters the target's token layout cannot satisfy."""
 

@@ -210,6 +210,8 @@ class Target(ABC):
             rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
             rope_type=rope_type,
             max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 0),
+            q_norm="q_norm" if hasattr(layers[0].self_attn, "q_norm") else None,
+            k_norm="k_norm" if hasattr(layers[0].self_attn, "k_norm") else None,
         )  # fmt: skip
 
     def decoder_stack(self) -> DecoderStack | None:
@@ -236,6 +238,18 @@ class Target(ABC):
     def rope_inv_freq(self) -> Tensor:
         """``[head_dim / 2]`` float32 inverse frequencies the decoder's rotary embedding uses."""
         return self.language_model.rotary_emb.inv_freq.detach().to(torch.float32)
+
+    @torch.no_grad()
+    def rope_cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """float32 ``cos, sin`` ``[L, d]`` the decoder's own rotary embedding gives ``positions``
+        ``[R, L]`` (R = 1 for 1-D RoPE, 3 for M-RoPE: the model's section layout, interleaved or
+        not, is applied by the model itself). For memories that rotate pre-RoPE keys at positions
+        they choose."""
+        rotary = self.language_model.rotary_emb
+        dummy = torch.empty(0, dtype=torch.float32, device=positions.device)
+        ids = positions if positions.shape[0] == 1 else positions[:, None]  # [B=1, L] or [3, B=1, L]
+        cos, sin = rotary(dummy, ids)
+        return cos[0].to(torch.float32), sin[0].to(torch.float32)
 
     def kv_extra_tokens_per_chunk(self) -> int:
         """Tokens :meth:`visual_embeds` adds around each chunk's visual tokens."""

@@ -108,26 +108,32 @@ class VisualTokens:
         return replace(self, tokens=tokens)
 
     def take(self, index: Tensor) -> VisualTokens:
-        """Keep rows ``index`` (1-D, strictly increasing, so the original order is kept)."""
-        index = index.to(device=self.tokens.device, dtype=torch.long)
+        """Keep rows ``index`` (1-D, strictly increasing, so the original order is kept).
+
+        Every field is gathered with one ``index_select`` (a fraction of advanced indexing's cost
+        on the ``[N, D]`` features); a negative index counts from the end, as in ``tensor[index]``.
+        """
+        dev = self.tokens.device
+        if index.dtype != torch.long or index.device != dev:
+            index = index.to(device=dev, dtype=torch.long)
         if index.dim() != 1:
             raise ValueError("take() needs a 1-D index")
-        if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+        if index.numel() > 1 and not bool(torch.diff(index).min() > 0):
             raise ValueError("take() needs strictly increasing indices (original order must be kept)")
-        remap = torch.full((self.count,), -1, dtype=torch.long, device=index.device)
-        remap[index] = torch.arange(index.numel(), device=index.device)
-        alive = self.assign >= 0
-        assign = (
-            torch.where(alive, remap[self.assign.clamp(min=0)], self.assign) if self.count else self.assign
-        )
+        if index.numel() and int(index[0]) < 0:  # once increasing, a negative index leads
+            index = torch.where(index < 0, index + self.count, index)
+        # remap[r]: new row of old row r, -1 if dropped; its extra last entry (-1) is what a dropped
+        # original (assign -1) reads, since take() counts a negative index from the end
+        remap = torch.full((self.count + 1,), -1, dtype=torch.long, device=dev)
+        remap.index_copy_(0, index, torch.arange(index.numel(), device=dev))
         return replace(
             self,
-            tokens=self.tokens[index],
-            frame=self.frame[index],
-            pos=self.pos[index],
-            source=self.source[index],
-            sizes=self.sizes[index],
-            assign=assign,
+            tokens=self.tokens.index_select(0, index),
+            frame=self.frame.index_select(0, index),
+            pos=self.pos.index_select(0, index),
+            source=self.source.index_select(0, index),
+            sizes=self.sizes.index_select(0, index),
+            assign=torch.take(remap, self.assign),
         )
 
     def merge(

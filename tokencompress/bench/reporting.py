@@ -145,6 +145,7 @@ SPREAD_ROWS: tuple[tuple[str, str], ...] = (
     ("prefill_ms_chunk_median", "visual prefill, per-chunk median"),
     ("prefill_with_stage_ms", "token stages + prefill, whole stream"),
     ("stage_share_of_prefill", "token stages / own prefill"),
+    ("kv_share_of_prefill", "kv_cache work between prefills / prefill"),
     ("e2e_ms_per_chunk", "end-to-end per chunk"),
     ("ttft_ms", "time to first token"),
 )
@@ -166,7 +167,7 @@ def _spread_lines(result: BenchResult, width: int) -> list[str]:
         if key == "prefill_ms_chunk_median" and result.prefill_chunks > 1:
             label = f"visual prefill, median per {result.prefill_chunks}-chunk group"
         if s is not None:
-            lines.append(f"{label:<40} {fmt_spread(s, percent=key == 'stage_share_of_prefill'):>26}")
+            lines.append(f"{label:<40} {fmt_spread(s, percent=key.endswith('_share_of_prefill')):>26}")
     for key, value in result.flop_ratios.items():
         lines.append(
             f"{'ViT GFLOPs, ' + key.removeprefix('vit_gflops_').replace('_', '-') + ' chunks':<40} {value:>26.3f}"

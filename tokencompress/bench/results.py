@@ -148,15 +148,17 @@ class BenchResult:
     def stage_overhead(self) -> dict[str, Any]:
         """What the strategies' own work costs, as a share of the stage it serves.
 
-        Token stages (post_vit, pre_prefill): their time over the pipeline's prefill time. Strategies
+        Token stages (post_vit, pre_prefill): their time over the pipeline's prefill time; the kv_cache
+        strategy's work between prefills (a compression such as InfiniPot-V's) likewise. Strategies
         inside the ViT (pre_vit_block): the ViT time ratio over the ViT FLOP ratio, minus one (the
         time spent above the FLOP line, as a share of the ideal).
         """
         r, s = self.ratios, self.spreads
-        share = s.get("stage_share_of_prefill")
+        share, kv = s.get("stage_share_of_prefill"), s.get("kv_share_of_prefill")
         vit_t, vit_f = (s.get("vit_ms") or {}).get("median"), r.get("vit_gflops")
         return {
             "token_stages_share_of_prefill": share["median"] if share else None,
+            "kv_cache_share_of_prefill": kv["median"] if kv else None,
             "vit_time_over_flop_line": (vit_t / vit_f - 1) if vit_t and vit_f else None,
         }
 

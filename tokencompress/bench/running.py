@@ -309,7 +309,7 @@ class _Runner:
                 "cache_tokens": c.cache_tokens,
                 "prefilled_chunks": c.prefilled_chunks,
             }
-            for key in ("preprocess_ms", "vit_ms", "compress_ms", "prefill_ms", "total_ms"):
+            for key in ("preprocess_ms", "vit_ms", "compress_ms", "kv_ms", "prefill_ms", "total_ms"):
                 row[key] = statistics.median(getattr(s, key) for s in per_run)
             row.update(self.flops[i])
             chunks.append(row)
@@ -323,7 +323,7 @@ class _Runner:
         runs = [
             {
                 "chunks": [
-                    {k: getattr(c, k) for k in ("vit_ms", "compress_ms", "prefill_ms", "total_ms")}
+                    {k: getattr(c, k) for k in ("vit_ms", "compress_ms", "kv_ms", "prefill_ms", "total_ms")}
                     for c in hist
                 ],
                 "first_token_ms": first,

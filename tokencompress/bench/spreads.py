@@ -62,6 +62,8 @@ def one_repeat(
         total(pipe, "prefill_ms") + total(pipe, "compress_ms"), total(base, "prefill_ms")
     )
     out["stage_share_of_prefill"] = _ratio(total(pipe, "compress_ms"), total(pipe, "prefill_ms"))
+    kv = sum(r.get("kv_ms", 0.0) for r in pipe)  # results written before kv_ms existed lack it
+    out["kv_share_of_prefill"] = _ratio(kv, total(pipe, "prefill_ms")) if kv else None
     return out
 
 

@@ -193,9 +193,13 @@ class _RowPrinter:
 
 def _kv_summary(stream: Any) -> dict[str, Any]:
     """The kv_cache stage's figures (empty without a kv_cache strategy)."""
+    decoder = getattr(stream, "decoder", None)
+    policy = decoder.policy_stats() if hasattr(decoder, "policy_stats") else {}
+    policy_part = {"decode_policy": {"strategy": stream.bound.decode_policy.name, **policy}} if policy else {}
     if getattr(stream, "kv", None) is None:
-        return {}
+        return policy_part
     return {
+        **policy_part,
         "kv_cache_strategy": stream.bound.kv.name,
         "stored_tokens": stream.kv.stored_tokens(),
         "stored_bytes": stream.kv.stored_bytes(),
@@ -215,11 +219,29 @@ def _summary_text(s: dict[str, Any]) -> str:
             else ""
         )
         + _memory_text(s.get("kv_memory"))
+        + _policy_text(s.get("decode_policy"))
+    )
+
+
+def _policy_text(stats: dict[str, Any] | None) -> str:
+    """What a decode policy did (dycoke_kv: decode steps, pruned and reused steps, visual entries kept)."""
+    if not stats or "decode_steps" not in stats:
+        return ""
+    return (
+        f"; {stats['strategy']}: {stats['decode_steps']} decode steps, {stats['pruned_steps']} pruned, "
+        f"{stats['reused_steps']} reused, {stats['visual_kept_mean']:.1f} of {stats['visual_entries_mean']:.1f} "
+        f"visual entries attended per step"
     )
 
 
 def _memory_text(stats: dict[str, Any] | None) -> str:
-    """What a compressing memory did (infinipot_v: compressions run, tokens dropped per layer)."""
+    """What a compressing memory did (infinipot_v: compressions run, tokens dropped per layer;
+    streamingtom_oqm: the quantised store and the groups the last question retrieved per layer)."""
+    if stats and "quantized_bytes" in stats:
+        asked = stats.get("retrieved_groups_per_question") or []
+        return f"; {stats['bits']}-bit store {stats['quantized_bytes'] / 2**20:.2f} MiB" + (
+            f", {asked[-1]} groups retrieved per layer" if asked else ""
+        )
     if not stats or "compressions" not in stats:
         return ""
     dropped = stats.get("dropped_per_layer") or [0]

@@ -2,7 +2,8 @@
 
 For memories with ``custom_attention`` (ReKV), each attention module of the decoder gets an
 instance ``forward`` for the ``with`` block: when the call's cache is a :class:`MemoryCache`, it
-runs the target-named q/k/v projections (pre-RoPE, bias included), hands them to the memory and
+runs the target-named q/k/v projections (pre-RoPE, bias included, then the per-head
+``q_norm``/``k_norm`` where the decoder has them, as Qwen3's does), hands them to the memory and
 applies ``o_proj`` to what it returns; any other call (other streams, other pipelines, plain
 ``generate``) runs the stock forward. Reading the projections inside the forward, rather than
 with forward hooks on them, computes each projection once, and the stock attention (RoPE, mask,
@@ -53,6 +54,9 @@ class KVPatch:
         assert layout is not None
         q_proj, k_proj, v_proj, o_proj = layout.projections(index)
         heads, kvh, d = layout.num_heads, layout.num_kv_heads, layout.head_dim
+        attn = layout.attention[index]
+        q_norm = getattr(attn, layout.q_norm) if layout.q_norm else None
+        k_norm = getattr(attn, layout.k_norm) if layout.k_norm else None
 
         def forward(_attn: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -61,8 +65,10 @@ class KVPatch:
             if hidden_states.shape[0] != 1:
                 raise TokenCompressError("kv_cache memories run batch 1 only (one stream per call)")
             length = hidden_states.shape[1]
-            q = q_proj(hidden_states)[0].view(length, heads, d).transpose(0, 1)
-            k = k_proj(hidden_states)[0].view(length, kvh, d).transpose(0, 1)
+            q = q_proj(hidden_states)[0].view(length, heads, d)
+            k = k_proj(hidden_states)[0].view(length, kvh, d)
+            q = (q if q_norm is None else q_norm(q)).transpose(0, 1)  # Qwen3: per-head norm before RoPE
+            k = (k if k_norm is None else k_norm(k)).transpose(0, 1)
             v = v_proj(hidden_states)[0].view(length, kvh, d).transpose(0, 1)
             out = cache.memory.attend(index, q, k, v)
             return o_proj(out[None].to(hidden_states.dtype)), None

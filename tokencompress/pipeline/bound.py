@@ -13,8 +13,9 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
+from ..api.decode_policy import DecodePolicy, DecodeStep
 from ..api.kv_cache_strategy import KVMemory
 from ..api.prefill_segment import check_prefill_grouping
 from ..api.strategy import BlockStrategy, Strategy, TokenStrategy
@@ -23,6 +24,7 @@ from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StreamConfig
 from ..patching.block_routing import BlockPatch
 from ..patching.compiling import CompileOptions, Compiler, TowerCompile
+from ..patching.decode_keys import DecodeKeys
 from ..patching.decoder_attention import GroupedKVAttention
 from ..patching.decoder_linears import packed_decoder_linears
 from ..patching.in_decoder import InDecoderPatch
@@ -34,7 +36,7 @@ from ..stream.seam import ChunkRecorder, EncodedChunk, StreamPosition
 from ..stream.timing import now
 from .config import PipelineConfig
 from .decoder_placement import in_decoder_build
-from .kv_placement import kv_build
+from .kv_placement import kv_build, policy_build, position_fixes
 from .placement import TOKEN_PATH, Placement
 
 if TYPE_CHECKING:
@@ -74,14 +76,24 @@ class BoundPipeline:
         self.patch = BlockPatch(
             layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution
         )
-        check_prefill_grouping(config.stream, target, config.strategies(Stage.KV_CACHE))
+        check_prefill_grouping(
+            config.stream,
+            target,
+            [s for s in config.strategies(Stage.KV_CACHE) if not isinstance(s, DecodePolicy)],
+        )
         self.tower = TowerCompile(target.vit_layers(), self.compiler)
         self.kv, self.kv_build = kv_build(self.config, target, self.tokens_per_frame())
         """The kv_cache strategy and what it was built for (both None without one)."""
+        self.decode_policy, self.policy_build = policy_build(
+            self.config, target, self.tokens_per_frame(), self.kv
+        )
+        """The kv_cache decode policy (``dycoke_kv``) and what it was built for (both None without one)."""
+        self.position_fixes = position_fixes(registry, target)
+        """kv_cache steps that bound positions on this target (a refused stream names them)."""
         per, _ = self.tokens_per_frame()
         frames = target.token_frames(config.stream.frames_per_chunk)
         self.in_decoder, stack = in_decoder_build(
-            config, target, None if per is None else per * frames, self.kv
+            config, target, None if per is None else per * frames, self.kv, self.decode_policy
         )
         """The in_decoder strategy (None without one); its hooks: ``in_decoder_patch``."""
         self.in_decoder_patch = InDecoderPatch(
@@ -90,6 +102,11 @@ class BoundPipeline:
         self.decoder_attention = GroupedKVAttention(getattr(target, "language_model", None))
         self.kv_patch = KVPatch(
             self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()
+        )
+        self.decode_keys = DecodeKeys(
+            getattr(target, "language_model", None),
+            self.policy_build.layout.attention if self.policy_build else (),
+            self.decode_policy is not None,
         )
         self._index = {id(s): i for i, s in enumerate(self.steps)}
         self._observed = self.registry.has_observers()
@@ -117,6 +134,7 @@ class BoundPipeline:
             self.patch,
             self.kv_patch,
             self.decoder_attention,
+            self.decode_keys,  # after decoder_attention: it wraps the implementation that one selects
             packed_decoder_linears(decoder, packed),
             self.in_decoder_patch,
         ):
@@ -135,6 +153,10 @@ class BoundPipeline:
         """A stream's decoder calls run inside this: the in_decoder hooks act on them with the stream's
         own bookkeeping ``state`` (:class:`~tokencompress.api.in_decoder.InDecoderState`; None: no-op)."""
         return self.in_decoder_patch.scope(state)
+
+    def decode_answering(self, step: DecodeStep, visual: Tensor) -> AbstractContextManager[None]:
+        """The calling thread's decode steps on a stock cache go through ``step`` (a decode policy)."""
+        return self.decode_keys.answering(step, visual)
 
     def _compiled_twins(self) -> Callable[[Strategy], Strategy]:
         """Each strategy as this pipeline runs it: itself, or with compile on its compiled twin

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..api.errors import CompatibilityError
 from ..api.in_decoder import DecoderStack, InDecoderStrategy
 from ..api.kv_cache_strategy import KVCacheStrategy
+from ..api.strategy import Strategy
 from ..api.target import Target
 from ..api.types import Stage
 from .config import PipelineConfig
@@ -21,7 +22,11 @@ __all__ = ["in_decoder_build"]
 
 
 def in_decoder_build(
-    config: PipelineConfig, target: Target, visual_per_chunk: int | None, kv: KVCacheStrategy | None
+    config: PipelineConfig,
+    target: Target,
+    visual_per_chunk: int | None,
+    kv: KVCacheStrategy | None,
+    policy: Strategy | None = None,
 ) -> tuple[InDecoderStrategy | None, DecoderStack | None]:
     """The pipeline's in_decoder strategy and the decoder it runs on (both None without one).
 
@@ -57,6 +62,12 @@ def in_decoder_build(
         raise CompatibilityError(f"{where}: {exc}") from None
     if kv is not None:
         _check_memory(strategy, kv, target.name)
+    if policy is not None:
+        raise CompatibilityError(
+            f"stages.kv_cache: decode policy '{policy.name}' picks cache entries by layer-0 index in every layer, "
+            f"but in_decoder strategy '{strategy.name}' leaves fewer entries in the layers past its boundary on "
+            f"target '{target.name}'; drop one of the two"
+        )
     return strategy, stack
 
 

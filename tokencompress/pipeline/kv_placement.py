@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.decode_policy import DecodePolicy
 from ..api.errors import CompatibilityError
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
 from ..api.target import Target
 from ..api.types import Stage
+from ..plugins.registry import Registry
 from .config import PipelineConfig
 
-__all__ = ["kv_build"]
+__all__ = ["kv_build", "policy_build", "position_fixes"]
 
 
 def kv_build(
@@ -28,14 +30,23 @@ def kv_build(
     data-dependent).
     """
     steps = config.strategies(Stage.KV_CACHE)
-    if not steps:
-        return None, None
-    if len(steps) > 1:
+    memories = [(i, s) for i, s in enumerate(steps) if not isinstance(s, DecodePolicy)]
+    policies = [(i, s) for i, s in enumerate(steps) if isinstance(s, DecodePolicy)]
+    if len(memories) > 1:
         raise CompatibilityError(
-            f"stages.kv_cache: at most one strategy decides the decoder's memory, got {', '.join(s.name for s in steps)}"
+            f"stages.kv_cache: at most one strategy decides the decoder's memory, got "
+            f"{', '.join(s.name for _, s in memories)}; keep one of them (a decode policy such as dycoke_kv "
+            f"may come along)"
         )
-    strategy = steps[0]
-    where = "stages.kv_cache[0]"
+    if len(policies) > 1:
+        raise CompatibilityError(
+            f"stages.kv_cache: at most one decode policy chooses what answer steps attend to, got "
+            f"{', '.join(s.name for _, s in policies)}; keep one of them"
+        )
+    if not memories:
+        return None, None
+    index, strategy = memories[0]
+    where = f"stages.kv_cache[{index}]"
     assert isinstance(strategy, KVCacheStrategy)
     if strategy.name not in target.kv_cache_strategies:
         supported = ", ".join(sorted(target.kv_cache_strategies)) or "none"
@@ -55,8 +66,14 @@ def kv_build(
             f"{where}: strategy '{strategy.name}' needs {', '.join(sorted(m.value for m in missing))} at "
             f"kv_cache, which target '{target.name}' cannot provide"
         )
+    build = _build(config, target, layout, planned)
+    strategy.check_build(build)
+    return strategy, build
+
+
+def _build(config: PipelineConfig, target: Target, layout: Any, planned: Any) -> KVBuild:
     per, by = planned
-    build = KVBuild(
+    return KVBuild(
         target=target.name,
         layout=layout,
         tokens_per_frame=per,
@@ -64,5 +81,56 @@ def kv_build(
         frames_per_chunk=target.token_frames(config.stream.frames_per_chunk),
         extra_tokens_per_chunk=target.kv_extra_tokens_per_chunk(),
     )
-    strategy.check_build(build)
-    return strategy, build
+
+
+def policy_build(
+    config: PipelineConfig, target: Target, planned: Any, memory: KVCacheStrategy | None
+) -> tuple[DecodePolicy | None, KVBuild | None]:
+    """The pipeline's decode policy checked against ``target`` and the memory it answers on (both None
+    without one); call after :func:`kv_build`, which refuses two memories or two policies."""
+    steps = config.strategies(Stage.KV_CACHE)
+    found = [(i, s) for i, s in enumerate(steps) if isinstance(s, DecodePolicy)]
+    if not found:
+        return None, None
+    index, policy = found[0]
+    where = f"stages.kv_cache[{index}]"
+    layout = target.decoder_layout()
+    if layout is None:
+        raise CompatibilityError(
+            f"{where}: decode policy '{policy.name}' needs the decoder's attention, which target "
+            f"'{target.name}' does not expose (decoder_layout)"
+        )
+    if memory is not None and not memory.hosts_decode_policy:
+        raise CompatibilityError(
+            f"{where}: decode policy '{policy.name}' cannot run on the answers of kv_cache memory "
+            f"'{memory.name}' (target '{target.name}'): that memory does not say which of its entries are "
+            f"visual; drop one of them"
+        )
+    build = _build(config, target, layout, planned)
+    policy.check_build(build)
+    return policy, build
+
+
+def _yaml(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def position_fixes(registry: Registry, target: Target) -> tuple[str, ...]:
+    """The kv_cache steps this target runs whose memory bounds positions, as YAML flow mappings
+    (``{strategy: infinipot_v, positions: compact}``), by name: what a stream refused at the model's
+    ``max_position_embeddings`` suggests. A strategy counts only if it declares the parameters that
+    make it bound positions (``KVCacheStrategy.position_bounding``) on this decoder."""
+    layout = target.decoder_layout()
+    if layout is None:
+        return ()
+    fixes = []
+    for name in sorted(target.kv_cache_strategies):
+        reg = registry.strategies.get(name)
+        if reg is None or not issubclass(reg.cls, KVCacheStrategy):
+            continue  # not installed (or clashing): nothing to suggest
+        params = reg.cls.position_bounding(layout)
+        if params is not None:
+            fixes.append(
+                "{" + ", ".join([f"strategy: {name}", *(f"{k}: {_yaml(v)}" for k, v in params.items())]) + "}"
+            )
+    return tuple(fixes)

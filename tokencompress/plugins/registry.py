@@ -60,6 +60,7 @@ def close_matches(word: str, options: Iterable[str]) -> str:
 
 def _check_stage_kind(cls: type) -> None:
     """A strategy's base class decides how it is called; its declared stage must agree."""
+    from ..api.decode_policy import DecodePolicy
     from ..api.kv_cache_strategy import KVCacheStrategy
     from ..api.strategy import BlockStrategy, Strategy, TokenStrategy, count_undeclared
     from ..api.types import Stage
@@ -67,8 +68,10 @@ def _check_stage_kind(cls: type) -> None:
     stage = getattr(cls, "stage", None)
     if not isinstance(stage, Stage):
         raise TypeError(f"{cls.__qualname__}.stage must be a tokencompress.Stage, got {stage!r}")
-    if (stage == Stage.KV_CACHE) != issubclass(cls, KVCacheStrategy):
-        want = "KVCacheStrategy" if stage == Stage.KV_CACHE else "a token or block strategy base"
+    if (stage == Stage.KV_CACHE) != issubclass(cls, (KVCacheStrategy, DecodePolicy)):
+        want = (
+            "KVCacheStrategy or DecodePolicy" if stage == Stage.KV_CACHE else "a token or block strategy base"
+        )
         raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")
     if stage == Stage.KV_CACHE:
         return

@@ -2,6 +2,7 @@
 
 from ..plugins import Registrar, hookimpl
 from .dtd import DTD
+from .dycoke_kv import DycokeKV
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
 from .fastv import FastV
@@ -12,6 +13,7 @@ from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
 from .stc_pruner import StcPruner
 from .streamingtom_ctr import StreamingTomCtr
+from .streamingtom_oqm.strategy import StreamingTomOqm
 from .tome import ToMe
 from .vidcom2 import VidCom2
 from .vidcom2_stream import VidCom2Stream
@@ -33,8 +35,10 @@ BUILTIN = (
     ReKV,
     SlidingWindow,
     InfiniPotV,
+    DycokeKV,
+    StreamingTomOqm,
 )
-"""Every built-in strategy class, token stages first, then the in_decoder droppers, then the kv_cache memories."""
+"""Every built-in strategy class, token stages first, then the in_decoder droppers, then the kv_cache memories and decode policy."""
 
 
 @hookimpl

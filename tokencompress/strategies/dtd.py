@@ -63,11 +63,12 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor
 
-from ..api.scoring_pruner import FrameLayout, Plan, ScoringPruner
+from ..api.scoring_pruner import FrameLayout, Plan, ScoringPruner, select_per_frame
 from ..api.strategy import StrategyParams
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
 from .dtd_drop import UNSCORED, feature_scores, frame_budgets
+from .kernels.cosine import cosine_units, unit_cosine
 
 __all__ = ["DTD", "DTDParams", "DTDState"]
 
@@ -129,7 +130,8 @@ class DTDState:
 
     ``anchor`` ``[n, D]`` float32: the last frame's original features by grid position (row-major
     local index), ``present`` ``[n]`` bool: which positions that frame held (all, unless an earlier
-    strategy pruned it), ``None`` before the first frame. ``dropped`` / ``total``: visual tokens
+    strategy pruned it), ``None`` before the first frame; ``anchor_unit``: ``anchor`` normalised for
+    the cosine (:mod:`.kernels.cosine`), so the next chunk does not normalise it again. ``dropped`` / ``total``: visual tokens
     dropped / seen so far (the reference's drop-ratio record, frame 0 counted in ``total``);
     ``last_dropped``: tokens dropped per frame of the latest chunk.
     """
@@ -139,6 +141,7 @@ class DTDState:
     dropped: int = 0
     total: int = 0
     last_dropped: list[int] = field(default_factory=list)
+    anchor_unit: Tensor | None = None
 
     @property
     def ratio(self) -> float:
@@ -151,6 +154,7 @@ class _Update:
     present: Tensor | None
     dropped: list[int]
     seen: int
+    anchor_unit: Tensor | None = None
 
 
 class DTD(ScoringPruner):
@@ -187,13 +191,22 @@ class DTD(ScoringPruner):
 
     def copy_state(self, state: DTDState) -> DTDState:
         """The anchor is replaced, never written in place: copy the container only."""
-        return DTDState(state.anchor, state.present, state.dropped, state.total, list(state.last_dropped))
+        return DTDState(
+            state.anchor,
+            state.present,
+            state.dropped,
+            state.total,
+            list(state.last_dropped),
+            state.anchor_unit,
+        )
 
     # ----------------------------------------------------------------------------- planning
     def plan(self, tokens: VisualTokens, state: DTDState, chunk: ChunkInfo) -> Plan:
         """Keep scores ``[N]`` (``-cosine``; unscored rows ``UNSCORED``) and per-frame budgets; pure."""
         if not isinstance(state, DTDState):
             raise TypeError("dtd is stateful: pass the object from new_state()")
+        if tokens.is_full_grid() and tokens.count:
+            return self._plan_full(tokens, state)
         layout = FrameLayout.of(tokens)
         full = tokens.is_full_grid()
         local = None if full else tokens.local_index()
@@ -222,6 +235,50 @@ class DTD(ScoringPruner):
         update = _Update(dense[-1].clone(), held[-1], dropped, tokens.count) if layout.num_frames else None
         return Plan(keep_scores, budgets, layout, update)
 
+    def _plan_full(self, tokens: VisualTokens, state: DTDState) -> Plan:
+        """:meth:`plan` for a carrier that holds every token of its ``F`` frames (nothing cut before
+        DTD, the usual case): rows are the ``[F, n]`` grid itself, every frame is normalised once and
+        compared with the one before (the carried anchor for the first), and in absolute mode the kept
+        rows are read off the threshold directly (they are exactly the top-``budget`` rows of each frame)."""
+        f, n = tokens.num_frames, tokens.tokens_per_frame_in
+        p = self.params
+        with torch.no_grad():
+            x = tokens.tokens.float().view(f, n, -1)
+            unit = cosine_units(x)
+            carry = p.carry_across_chunks and state.anchor is not None
+            if carry:
+                prev_unit = state.anchor_unit
+                if prev_unit is None:
+                    prev_unit = cosine_units(state.anchor.to(x))
+                head = unit_cosine(unit[0], prev_unit)[None]
+                head_scored = state.present.to(x.device)[None]
+            else:  # the first frame has nothing to compare with: always kept
+                head = torch.zeros(1, n, dtype=torch.float32, device=x.device)
+                head_scored = torch.zeros(1, n, dtype=torch.bool, device=x.device)
+            cos, scored = head, head_scored
+            if f > 1:
+                cos = torch.cat([head, unit_cosine(unit[1:], unit[:-1])])
+                scored = torch.cat([head_scored, torch.ones(f - 1, n, dtype=torch.bool, device=x.device)])
+            cos, scored = cos.reshape(-1), scored.reshape(-1)
+            keep_scores = torch.where(scored, -cos, torch.full_like(cos, UNSCORED))
+            counts = torch.full((f,), n, dtype=torch.long, device=x.device)
+            layout = FrameLayout(tokens.frame - tokens.first_frame, counts, n)
+            rows = None
+            if p.mode == "absolute":  # the rows on the keep side of the threshold, plus the unscored
+                keep = (keep_scores >= -p.threshold) | ~scored
+                budgets = keep.view(f, n).sum(dim=1)
+                rows = torch.nonzero(keep).squeeze(1)
+            else:
+                budgets = frame_budgets(keep_scores, counts, scored, p.threshold, p.mode, "feature")
+            # one sync for the drop log and the finiteness check the selection would make
+            log = torch.cat([counts - budgets, (~torch.isfinite(keep_scores)).sum()[None]]).tolist()
+        if rows is not None and log[-1]:  # NaN features: refused with the selection's own message
+            select_per_frame(keep_scores, tokens.frame, budgets, tokens.first_frame, layout)
+        last_unit = unit[-1].clone() if f > 1 else unit[-1]
+        present = torch.ones(n, dtype=torch.bool, device=x.device)
+        update = _Update(x[-1].clone(), present, log[:-1], tokens.count, last_unit)
+        return Plan(keep_scores, budgets, layout, update, rows)
+
     @staticmethod
     def _dense(tokens: VisualTokens, x: Tensor, layout: FrameLayout) -> tuple[Tensor, Tensor]:
         """``[F, n, D]`` float32 features by grid position and ``[F, n]`` which positions each frame holds."""
@@ -239,7 +296,7 @@ class DTD(ScoringPruner):
         update: _Update | None = plan.update
         if update is None:
             return
-        state.anchor, state.present = update.anchor, update.present
+        state.anchor, state.present, state.anchor_unit = update.anchor, update.present, update.anchor_unit
         state.dropped += sum(update.dropped)
         state.total += update.seen
         state.last_dropped = update.dropped

@@ -71,7 +71,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
@@ -79,6 +78,7 @@ from ..api.errors import BudgetError
 from ..api.strategy import StrategyParams, TokenStrategy
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
+from .kernels.cosine import cosine_units, unit_cosine
 
 __all__ = [
     "Evs",
@@ -104,20 +104,29 @@ def retained_count(tokens_per_frame: int, frames: int, q: float, first: bool = T
     return max(int(tokens_per_frame), k) if first else k
 
 
-def evs_dissimilarity(x: Tensor, previous: Tensor | None) -> Tensor:
+def evs_dissimilarity(x: Tensor, previous: Tensor | None, previous_unit: Tensor | None = None) -> Tensor:
     """``[F, T]`` float32: ``1 - cos`` of every token of ``x`` ``[F, T, D]`` with the token at the
     same place in the frame before; the first frame scores against ``previous`` ``[T, D]``, or
-    :data:`FIRST_FRAME_SCORE` when there is none (the stream's first frame)."""
-    x = x.float()
+    :data:`FIRST_FRAME_SCORE` when there is none (the stream's first frame).
+
+    Bit-identical to ``F.cosine_similarity`` pair by pair, but every frame is normalised once
+    (:mod:`.kernels.cosine`); ``previous_unit`` is ``previous`` already normalised that way (the
+    stream carries it, so the carried frame is not normalised again)."""
+    return _dissimilarity(cosine_units(x.float()), previous, previous_unit)
+
+
+def _dissimilarity(unit: Tensor, previous: Tensor | None, previous_unit: Tensor | None) -> Tensor:
+    """:func:`evs_dissimilarity` from the chunk's unit rows ``[F, T, D]``."""
+    f, t = unit.shape[0], unit.shape[1]
     if previous is None:
-        head = torch.full((1, x.shape[1]), FIRST_FRAME_SCORE, dtype=torch.float32, device=x.device)
-        before, after = x[:-1], x[1:]
+        head = torch.full((1, t), FIRST_FRAME_SCORE, dtype=torch.float32, device=unit.device)
     else:
-        head = x.new_zeros((0, x.shape[1]))
-        before = torch.cat([previous.float()[None].to(x.device), x[:-1]])
-        after = x
-    rest = 1.0 - F.cosine_similarity(after, before, dim=-1, eps=1e-8)
-    return torch.cat([head, rest])
+        if previous_unit is None:
+            previous_unit = cosine_units(previous.float().to(unit.device))
+        head = 1.0 - unit_cosine(unit[0], previous_unit)[None]
+    if f == 1:
+        return head
+    return torch.cat([head, 1.0 - unit_cosine(unit[1:], unit[:-1])])
 
 
 def retention_index(dissimilarity: Tensor, k: int) -> Tensor:
@@ -147,9 +156,11 @@ class EvsParams(StrategyParams):
 
 @dataclass
 class EvsState:
-    """One stream's memory: the last frame's full features ``[T, D]`` (None before the first chunk)."""
+    """One stream's memory: the last frame's full features ``[T, D]`` (None before the first chunk)
+    and the same rows normalised for the cosine (``last_unit``, so the next chunk does not redo it)."""
 
     last: Tensor | None = None
+    last_unit: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,7 @@ class EvsAnalysis:
     index: Tensor  # [K] long, ascending rows of the chunk to keep
     first: bool  # the stream's first chunk (frame 0 forced)
     last: Tensor  # [T, D] the chunk's last frame, carried to the next chunk
+    last_unit: Tensor  # [T, D] float32, ``last`` normalised for the cosine
 
 
 class Evs(TokenStrategy):
@@ -186,6 +198,11 @@ class Evs(TokenStrategy):
         later = retained_count(tokens_per_frame, frames, q, first=False)
         return later if later == retained_count(tokens_per_frame, frames, q, first=True) else None
 
+    def planned_count_at(self, tokens_per_frame: int, frames: int, chunk_index: int) -> int | None:
+        """Exact for every chunk: the stream's first keeps at least its frame 0, later ones ``int(N (1 - q))``."""
+        q = self.params.video_pruning_rate
+        return retained_count(tokens_per_frame, frames, q, first=chunk_index == 0)
+
     def check(self, info: StageInfo) -> None:
         q, t = self.params.video_pruning_rate, info.tokens_per_frame
         if retained_count(t, 1, q, first=False) == 0:
@@ -206,7 +223,7 @@ class Evs(TokenStrategy):
         if not isinstance(state, EvsState):
             raise TypeError("evs is stateful: pass the object from new_state()")
         f, t = tokens.num_frames, tokens.tokens_per_frame_in
-        if tokens.count != f * t or not bool((tokens.sizes == 1).all()):
+        if tokens.count != f * t:  # a full grid: nothing was merged either, every size is 1
             raise ValueError(
                 f"evs needs every token of the chunk's {f} frame(s) of {t} ({f * t}), got {tokens.count} rows; "
                 "put evs first in its stage (it compares each token with the same place in the previous frame)"
@@ -219,15 +236,19 @@ class Evs(TokenStrategy):
                 f"({t}, {tokens.dim}); one stream keeps one token grid"
             )
         with torch.no_grad():
-            d = evs_dissimilarity(x, prev)
+            unit = cosine_units(x.float())
+            d = _dissimilarity(unit, prev, state.last_unit)
             k = retained_count(t, f, self.params.video_pruning_rate, first=prev is None)
-            index = retention_index(d, k)
-        return EvsAnalysis(d, k, index, prev is None, x[-1].detach().clone())
+            index = retention_index(d, k) if k < f * t else None
+            last_unit = unit[-1].clone() if f > 1 else unit[-1]  # a view of a fresh tensor when f == 1
+        if index is None:  # everything is kept (q = 0 or a one-frame first chunk)
+            index = torch.arange(f * t, device=x.device)
+        return EvsAnalysis(d, k, index, prev is None, x[-1].detach().clone(), last_unit)
 
     def apply(self, tokens: VisualTokens, state: EvsState, chunk: ChunkInfo) -> VisualTokens:
         if tokens.count == 0:
             return tokens
         a = self.analyse(tokens, state)
         kept = tokens if a.retained >= tokens.count else tokens.take(a.index)
-        state.last = a.last
+        state.last, state.last_unit = a.last, a.last_unit
         return kept

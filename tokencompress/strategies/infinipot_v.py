@@ -17,9 +17,21 @@ so the question sees at most B frames' worth. One compression (kernels in
   ``j mod tpf`` of each recent frame; the highest (least redundant) fill the TaR share;
 * **VaN**: the largest value-vector L2 norms among the rest (optionally average-pooled per layer).
 
-K and V of a head are gathered at its own indices, in time order; positions are never renumbered
-(kept keys keep their rotation; new frames continue at the stream's positions), so it runs on 1-D
-RoPE and M-RoPE targets alike. Shapes: every cache layer ``[1, kvh, S + V, d]``, ``V = N * tpf``.
+K and V of a head are gathered at its own indices, in time order. With ``positions: keep`` (the
+reference) positions are never renumbered (kept keys keep their rotation; new frames continue at the
+stream's positions), so it runs on 1-D RoPE and M-RoPE targets alike; the memory is bounded but the
+positions are not: on a 1-D RoPE decoder they grow by every visual token, and the stream reaches
+``max_position_embeddings`` (LLaVA-OV, 196 tokens a frame: frame ~167 of 32,768 positions).
+``positions: compact`` (1-D RoPE only) renumbers after every compression: the system prompt keeps
+its positions, the kept entries follow it contiguously in cache order (kept text, then each head's
+kept visual tokens in time order) and the next chunk continues right after, so positions stay below
+``S + budget_frames * tpf`` plus one chunk. Each kept key is turned from its old position to its new
+one (:mod:`tokencompress.strategies.infinipot_v_positions`: RoPE is a rotation, so ``k_new = R(p_new - p_old)
+k_old``); values carry no position. It is not the reference: distances to the past shrink, and the
+next compressions score keys that carry the new rotations. Under M-RoPE positions grow by the
+temporal index per frame, not per token, so ``compact`` is refused there (and on rotary embeddings
+whose frequencies follow the sequence length). Shapes: every cache layer ``[1, kvh, S + V, d]``,
+``V = N * tpf``.
 
 Tokens prefilled after the system prompt that are not visual (Qwen's per-chunk ``<|vision_start|>``
 / ``<|vision_end|>``, Qwen3-VL's timestamps, text given with ``prefill_ids``) are not video: a
@@ -31,7 +43,8 @@ Options: ``budget_frames`` (B, 32), ``tar_ratio`` (0.5), ``query_ratio`` (0.25),
 (off) with ``grid_rows`` (merged-grid rows of a frame; default the square root of ``tpf``) and
 ``pool_count_pad`` (true: zero padding counts in the average, Q7), ``schedule`` (``causal``, or
 ``end_of_video``: the reference's rule, compress after every chunk but the last to ``keep_frames`` C,
-or ``B - left`` near the end, which needs ``total_frames``), ``keep_text`` (false).
+or ``B - left`` near the end, which needs ``total_frames``), ``keep_text`` (false), ``positions``
+(``keep``, or ``compact``: renumbered after each compression, positions bounded).
 
 Quirks of the reference, reproduced unless said:
 
@@ -63,9 +76,11 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..api.errors import BudgetError, CompatibilityError
+from ..api.kv_cache import DecoderLayout
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
 from ..api.strategy import StrategyParams
 from ..api.target import LLMState, Target
+from .infinipot_v_positions import MOVING_ROPE, Moves, RopeTable, compaction_tables, move_kept
 from .infinipot_v_select import Selection, budgets, pooling_of_layer, select
 
 __all__ = ["InfiniPotV", "InfiniPotVMemory", "InfiniPotVParams"]
@@ -92,6 +107,11 @@ class InfiniPotVParams(StrategyParams):
     keep_frames: int | None = Field(None, ge=1, description="C for schedule end_of_video")
     total_frames: int | None = Field(None, ge=1, description="Token frames of the video, end_of_video only")
     keep_text: bool = Field(False, description="Keep non-visual tokens prefilled between chunks")
+    positions: Literal["keep", "compact"] = Field(
+        "keep",
+        description="keep: never renumbered (the reference); compact: kept entries renumbered to follow the "
+        "system prompt after each compression, keys re-rotated, so positions stay bounded (1-D RoPE only)",
+    )
 
     @model_validator(mode="after")
     def _schedule(self) -> InfiniPotVParams:
@@ -106,15 +126,21 @@ class InfiniPotVParams(StrategyParams):
 
 
 class InfiniPotVMemory(KVMemory):
-    """One stream's compressed cache: which cache slots are visual, the frame count, statistics."""
+    """One stream's compressed cache: which cache slots are visual, the frame count, statistics; with
+    ``positions: compact`` also every cache slot's position (``[cache length]`` int64, one for all
+    layers and heads: a compaction leaves every head numbered alike)."""
 
-    bounds_positions = False  # positions are never renumbered
     wants_visual_rows = True
     replaces_cache = True
 
-    def __init__(self, params: InfiniPotVParams, tpf: int, num_layers: int) -> None:
+    def __init__(
+        self, params: InfiniPotVParams, tpf: int, num_layers: int, freqs: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.p, self.tpf, self.num_layers = params, tpf, num_layers
+        self.freqs = freqs  # [head_dim / 2] rotary inverse frequencies (positions: compact)
+        self.positions: Tensor | None = None  # [cache length] position of every cache slot (compact)
+        self.table: RopeTable | None = None  # cos / sin of positions 0..n-1 (compact; never written)
         self.sinks: int | None = None
         self.visual = torch.zeros(0, dtype=torch.bool)
         """One entry per cache slot after the sinks (all layers and heads alike): a visual token?"""
@@ -125,6 +151,27 @@ class InfiniPotVMemory(KVMemory):
         self.compressions = 0
         self.dropped = [0] * num_layers
         self.last: list[Selection] = []
+
+    @property  # type: ignore[misc]
+    def bounds_positions(self) -> bool:  # type: ignore[override]
+        """compact renumbers at every compression; keep never does (the stream's guard stays on)."""
+        return self.p.positions == "compact"
+
+    @property  # type: ignore[misc]
+    def logs_positions(self) -> bool:  # type: ignore[override]
+        return self.p.positions == "compact"
+
+    def _absorb(self, llm: LLMState) -> None:
+        """Append the positions of the prefills since the last call (1-D: ``[1, n]`` each)."""
+        log = llm.position_log
+        if log:
+            new = torch.cat([x.reshape(-1) for x in log]).to("cpu", torch.int64)
+            self.positions = new if self.positions is None else torch.cat((self.positions, new))
+            log.clear()
+
+    def end_question(self, llm: LLMState) -> None:
+        if llm.position_log is not None:
+            llm.position_log.clear()  # the question's positions went with its cache entries
 
     def visual_rows(self, llm: LLMState, rows: Tensor) -> None:
         self.rows = rows.to("cpu", torch.bool)
@@ -139,6 +186,7 @@ class InfiniPotVMemory(KVMemory):
         self.pending = (kind, tokens, llm.length)
 
     def after_encode(self, llm: LLMState) -> None:
+        self._absorb(llm)
         kind, tokens, start = self.pending or ("text", 0, llm.length)
         self.pending, rows, self.rows = None, self.rows, None
         if self.sinks is None:
@@ -171,6 +219,8 @@ class InfiniPotVMemory(KVMemory):
         vis = s + torch.nonzero(self.visual).reshape(-1).to(device)
         text = s + torch.nonzero(~self.visual).reshape(-1).to(device) if p.keep_text else None
         rows = p.grid_rows or math.isqrt(tpf)
+        kept_text = 0 if text is None else text.numel()
+        moves = self._moves(s, vis, text, kept_text + keep_frames * tpf) if p.positions == "compact" else None
         self.last = []
         for i, layer in enumerate(layers):
             before = layer.keys.shape[2]
@@ -179,7 +229,10 @@ class InfiniPotVMemory(KVMemory):
             sel = select(k, v, tpf, keep_frames, p.tar_ratio, p.query_ratio, pool, rows, p.pool_count_pad)
             idx = sel.kept[..., None].expand(-1, -1, k.shape[-1])
             new_k, new_v = k.gather(1, idx)[None], v.gather(1, idx)[None]
-            keys = [layer.keys[:, :, :s], *([layer.keys[:, :, text]] if text is not None else []), new_k]
+            text_k = layer.keys[:, :, text] if text is not None else None
+            if moves is not None:
+                new_k, text_k = move_kept(new_k, text_k, sel.kept, moves)
+            keys = [layer.keys[:, :, :s], *([text_k] if text_k is not None else []), new_k]
             values = [
                 layer.values[:, :, :s],
                 *([layer.values[:, :, text]] if text is not None else []),
@@ -189,12 +242,29 @@ class InfiniPotVMemory(KVMemory):
             layer.values = torch.cat(values, dim=2).contiguous()
             self.dropped[i] += before - layer.keys.shape[2]
             self.last.append(sel)
-        kept_text = 0 if text is None else text.numel()
         self.visual = torch.cat(
             (torch.zeros(kept_text, dtype=torch.bool), torch.ones(keep_frames * tpf).bool())
         )
         self.frames = keep_frames
         self.compressions += 1
+        if moves is not None:
+            assert self.positions is not None
+            self.positions = torch.cat((self.positions[:s], moves.positions.cpu()))
+            llm.next_position = int(moves.positions[-1]) + 1
+
+    def _moves(self, s: int, vis: Tensor, text: Tensor | None, kept: int) -> Moves:
+        pos = self.positions
+        assert pos is not None and self.freqs is not None
+        assert pos.numel() == s + self.visual.numel(), "position log out of step"
+        moves = compaction_tables(pos, self.table, self.freqs, s, vis, text, kept)
+        self.table = moves.table
+        return moves
+
+    def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
+        """The sinks (not visual) then the slot mask this memory keeps in step with its compressions."""
+        if self.sinks is None:
+            return appended
+        return torch.cat((torch.zeros(self.sinks, dtype=torch.bool), self.visual))
 
     def memory_stats(self) -> dict[str, Any]:
         return {
@@ -203,22 +273,27 @@ class InfiniPotVMemory(KVMemory):
             "visual_frames": self.frames,
         }
 
+    SHARED = ("last", "table", "freqs")
+    """Fields a snapshot shares instead of copying: replaced whole, never written in place."""
+
     def snapshot(self) -> Any:
-        """Every field (small: the slot mask, counters, the last compression's scores); the cache
-        tensors are put back by the stream (``replaces_cache``)."""
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "last"}), self.last
+        """Every field (small: the slot mask, counters, positions), the last compression's scores and
+        the rotary table by reference; the cache tensors are put back by the stream (``replaces_cache``)."""
+        fields = {k: v for k, v in self.__dict__.items() if k not in self.SHARED}
+        return copy.deepcopy(fields), {k: self.__dict__[k] for k in self.SHARED}
 
     def restore(self, snapshot: Any) -> None:
-        fields, last = snapshot
+        fields, shared = snapshot
         self.__dict__.clear()
         self.__dict__.update(fields)
-        self.last = last
+        self.__dict__.update(shared)
 
 
 class InfiniPotV(KVCacheStrategy):
     """TaR + value-norm compression of every layer's cache, per KV head, under ``budget_frames``."""
 
     name = "infinipot_v"
+    hosts_decode_policy = True
     Params = InfiniPotVParams
     summary = (
         "InfiniPot-V: cache compressed to a frame budget between chunks (TaR + value norms, per KV head)"
@@ -242,6 +317,8 @@ class InfiniPotV(KVCacheStrategy):
                 f"infinipot_v.budget_frames = {b} does not exceed one chunk's {n} frames, so nothing of the "
                 f"past would stay; use budget_frames >= {n + 1} or fewer stream.frames_per_chunk"
             )
+        if p.positions == "compact":
+            self._check_compact(build)
         if p.adaptive_pooling and tpf % (p.grid_rows or math.isqrt(tpf) or 1):
             raise BudgetError(
                 f"infinipot_v.grid_rows = {p.grid_rows} does not divide the {tpf} tokens of a frame; "
@@ -249,6 +326,27 @@ class InfiniPotV(KVCacheStrategy):
             )
         if p.tar_ratio > 0:
             self._check_tar(p, tpf, n)
+
+    @staticmethod
+    def _check_compact(build: KVBuild) -> None:
+        rope = build.layout.rope_type
+        if rope == "mrope":
+            raise CompatibilityError(
+                f"infinipot_v.positions = compact renumbers 1-D RoPE positions, but target '{build.target}' "
+                "uses M-RoPE, where positions grow by the temporal index per frame, not per token, so the "
+                "stream stays far below max_position_embeddings; use positions: keep"
+            )
+        if rope in MOVING_ROPE:
+            raise CompatibilityError(
+                f"infinipot_v.positions = compact turns kept keys to new positions, but target '{build.target}' "
+                f"uses '{rope}' RoPE, whose frequencies follow the sequence length; use positions: keep"
+            )
+
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        if layout.rope_type == "mrope" or layout.rope_type in MOVING_ROPE:
+            return None
+        return {"positions": "compact"}
 
     @staticmethod
     def _check_tar(p: InfiniPotVParams, tpf: int, n: int) -> None:
@@ -271,7 +369,9 @@ class InfiniPotV(KVCacheStrategy):
 
     def new_memory(self, target: Target, build: KVBuild) -> InfiniPotVMemory:
         assert build.tokens_per_frame is not None
-        return InfiniPotVMemory(self.params, build.tokens_per_frame, build.layout.num_layers)  # type: ignore[arg-type]
+        p: InfiniPotVParams = self.params  # type: ignore[assignment]
+        freqs = target.rope_inv_freq().to(target.device) if p.positions == "compact" else None
+        return InfiniPotVMemory(p, build.tokens_per_frame, build.layout.num_layers, freqs)
 
     @classmethod
     def conformance_params(cls, info) -> dict:  # type: ignore[no-untyped-def]

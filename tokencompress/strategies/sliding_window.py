@@ -28,11 +28,14 @@ bfloat16 about one ulp, which accumulates over the chunks a token spends in the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..api.errors import BudgetError
+from ..api.kv_cache import DecoderLayout
 from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
 from ..api.strategy import StrategyParams
 from ..api.target import LLMState, Target
@@ -128,6 +131,14 @@ class SlidingWindowMemory(KVMemory):
         self.positions = torch.cat((pos[:, :s], keep - max(delta, 0)), dim=1)
         llm.next_position -= max(delta, 0)
 
+    def visual_slots(self, llm: LLMState, appended: Tensor) -> Tensor:
+        """The window keeps the first ``sinks`` entries and the most recent ones: cut the mask alike."""
+        n = llm.length
+        if appended.numel() <= n:
+            return appended
+        s = min(self.sinks or 0, n)
+        return torch.cat((appended[:s], appended[appended.numel() - (n - s) :]))
+
     def end_question(self, llm: LLMState) -> None:
         if llm.position_log is not None:
             llm.position_log.clear()  # the question's positions went with its cache entries
@@ -137,6 +148,7 @@ class SlidingWindow(KVCacheStrategy):
     """Sinks + the last ``n_local`` tokens; positions renumbered so they never run out."""
 
     name = "sliding_window"
+    hosts_decode_policy = True
     Params = SlidingWindowParams
     per_layer_lengths = True
     """With an in_decoder strategy (positions kept) each layer keeps the window's entries it holds."""
@@ -154,6 +166,10 @@ class SlidingWindow(KVCacheStrategy):
                 f"sliding_window.n_local = {p.n_local} is smaller than one frame's {need} tokens on target "
                 f"'{build.target}'; use n_local >= {need}"
             )
+
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        return {}  # every window is renumbered to follow the sinks
 
     def new_memory(self, target: Target, build: KVBuild) -> SlidingWindowMemory:
         p: SlidingWindowParams = self.params  # type: ignore[assignment]

@@ -160,7 +160,7 @@ class StcPruner(ScoringPruner):
             frame_scores = frame_scores.view(layout.num_frames, layout.per_frame)
             memory_scores = memory_scores.view(layout.num_frames, layout.per_frame)
         debug = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
-        return Plan(scores, self.frame_budgets(layout), layout, _Update(step, debug))
+        return self.budget_plan(scores, layout, _Update(step, debug))
 
     def commit(self, state: StcPrunerState, plan: Plan) -> None:
         update: _Update = plan.update

@@ -68,14 +68,16 @@ def static_masks(x: Tensor, prev: Tensor | None, threshold: float) -> Tensor:
     """``[T, N]`` bool: cosine of ``x[t, i]`` to the previous raw frame's token ``i`` > ``threshold``.
 
     ``x`` ``[T, N, D]``; ``prev`` ``[N, D]`` is the last raw frame before ``x[0]`` (None at the
-    start of a stream: frame 0 is then all dynamic).
+    start of a stream: frame 0 is then all dynamic). Rows are made contiguous before the norm: a
+    strided row (a target's transposed pooled grid) is summed in another order, so the last bit of
+    a cosine would follow the target's memory layout, and that reduction is many times slower.
     """
-    xn = F.normalize(x.float(), dim=-1, eps=1e-12)
+    xn = F.normalize(x.float().contiguous(), dim=-1, eps=1e-12)
     if prev is None:
         ref = xn[:-1]
         head = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
     else:
-        ref = torch.cat([F.normalize(prev.float(), dim=-1, eps=1e-12)[None], xn[:-1]])
+        ref = torch.cat([F.normalize(prev.float().contiguous(), dim=-1, eps=1e-12)[None], xn[:-1]])
         head = None
     cos = (xn[0 if head is None else 1 :] * ref).sum(dim=-1)
     mask = cos > threshold

@@ -147,9 +147,9 @@ def dominant_scores_mean_received(
     b, h, n, _ = qf.shape
     received = torch.zeros(b, h, n, dtype=torch.float32, device=q.device)
     for start in range(0, n, chunk_size):
-        logits = torch.matmul(qf[:, :, start : start + chunk_size], kt) * scale  # [B, H, c, N]
-        if mask is not None:
-            logits = logits + mask[:, None, start : start + chunk_size]
+        logits = torch.matmul(qf[:, :, start : start + chunk_size], kt).mul_(scale)  # [B, H, c, N]
+        if mask is not None:  # in place: the same values as out of place, one block buffer fewer
+            logits.add_(mask[:, None, start : start + chunk_size])
         received += torch.softmax(logits, dim=-1).sum(dim=2)
     return received.mean(dim=1) / n
 

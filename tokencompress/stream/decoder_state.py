@@ -9,11 +9,14 @@ refused past it, naming the strategies that would let it go on.
 from __future__ import annotations
 
 import copy
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
+from ..api.decode_policy import DecodeStep
 from ..api.errors import ConfigError
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage
@@ -39,15 +42,21 @@ class DecoderState:
         dropper, stack = bound.in_decoder, target.decoder_stack()
         if dropper is not None and stack is not None:
             self.llm.in_decoder = dropper.new_decoder_state(stack.num_layers)
+        policy, pbuild = bound.decode_policy, bound.policy_build
+        self.policy = policy.new_policy(target, pbuild) if policy is not None and pbuild is not None else None
+        """The kv_cache decode policy's state (``dycoke_kv``), None without one."""
+        self.visual = torch.zeros(0, dtype=torch.bool)
+        """With a policy: ``[cache length]`` bool, which cache entries hold video tokens."""
+        self._rows: Tensor | None = None  # the next prefill's visual-row mask
         layout = target.decoder_layout()
         self.guard = PositionGuard(
             layout.max_positions if layout is not None else 0,
-            target.kv_cache_strategies,
+            bound.position_fixes,
             bounded=self.kv is not None and self.kv.bounds_positions,
         )
 
     # ------------------------------------------------------------ transactions
-    def snapshot(self) -> tuple[dict[str, Any], list[int], bool, Any, Any]:
+    def snapshot(self) -> tuple[dict[str, Any], list[int], bool, Any, Any, Tensor]:
         """The LLM state's small fields (deep-copied; the cache is cropped back instead and the
         tokenizer never changes), every cache layer's length (an in_decoder strategy leaves the
         layers past its boundary shorter), the guard's warning flag and the kv_cache memory's own
@@ -59,10 +68,11 @@ class DecoderState:
         if self.kv is not None and self.kv.replaces_cache:
             tensors = [(getattr(x, "keys", None), getattr(x, "values", None)) for x in self.llm.cache.layers]
         lengths = [int(x.get_seq_length()) for x in self.llm.cache.layers]
-        return fields, lengths, self.guard.warned, memory, tensors
+        return fields, lengths, self.guard.warned, memory, tensors, self.visual
 
-    def restore(self, snapshot: tuple[dict[str, Any], list[int], bool, Any, Any]) -> None:
-        fields, lengths, warned, memory, tensors = snapshot
+    def restore(self, snapshot: tuple[dict[str, Any], list[int], bool, Any, Any, Tensor]) -> None:
+        fields, lengths, warned, memory, tensors, self.visual = snapshot
+        self._rows = None
         crop_cache(self.llm.cache, lengths)
         for layer, (keys, values) in zip(self.llm.cache.layers, tensors or (), strict=False):
             if isinstance(keys, Tensor) and isinstance(values, Tensor):
@@ -77,9 +87,15 @@ class DecoderState:
         """Before every encode-time prefill; ``visual``: the chunk's tokens (kind ``"frames"``)."""
         if visual is not None:
             self.announce(visual)
+        wants = self.kv is not None and self.kv.wants_visual_rows
+        rows = None
+        if visual is not None and (wants or self.policy is not None):
+            rows = self.target.visual_row_mask(self.llm, visual).to("cpu", torch.bool)
+        if self.policy is not None:
+            self._rows = rows if rows is not None else torch.zeros(tokens, dtype=torch.bool)
         if self.kv is not None:
-            if visual is not None and self.kv.wants_visual_rows:
-                self.kv.visual_rows(self.llm, self.target.visual_row_mask(self.llm, visual))
+            if rows is not None and wants:
+                self.kv.visual_rows(self.llm, rows)
             if self.kv.custom_attention and not self.bound.kv_routed:
                 raise RuntimeError(
                     "the pipeline's decoder hooks are not installed: open streams inside "
@@ -100,8 +116,42 @@ class DecoderState:
         return self.bound.in_decoder_scope(lambda: self.llm.in_decoder)  # a restore replaces the object
 
     def after_encode(self) -> None:
+        appended = self.visual
+        if self.policy is not None and self._rows is not None:
+            appended, self._rows = torch.cat((self.visual, self._rows)), None
         if self.kv is not None:
             self.kv.after_encode(self.llm)
+        if self.policy is not None:
+            self.visual = self.kv.visual_slots(self.llm, appended) if self.kv is not None else appended
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """An answer's decode steps go through the decode policy (if any): on a stock cache through the
+        pipeline's attention routing, in a memory with its own attention through its ``decode_step``."""
+        if self.policy is None:
+            yield
+            return
+        step = DecodeStep(self.policy)
+        visual = torch.zeros(self.llm.length, dtype=torch.bool)
+        n = min(self.llm.length, self.visual.numel())
+        visual[:n] = self.visual[:n]
+        self.policy.begin_question()
+        custom = self.kv is not None and self.kv.custom_attention
+        try:
+            if custom:
+                self.kv.decode_step = step  # type: ignore[union-attr]
+                yield
+            else:
+                with self.bound.decode_answering(step, visual):
+                    yield
+        finally:
+            if custom:
+                vars(self.kv).pop("decode_step", None)  # the class's None shows through again
+            self.policy.end_question()
+
+    def policy_stats(self) -> dict[str, Any]:
+        """What the decode policy did so far (empty without one)."""
+        return self.policy.stats() if self.policy is not None else {}
 
     def check_chunk(self, tokens: VisualTokens, chunk: ChunkInfo) -> None:
         """Refuse a chunk that would break the memory's frame grid."""
@@ -153,7 +203,7 @@ class DecoderState:
             )
             return {device: held}
         out = {device: self.kv.device_bytes(self.llm)}
-        stored = self.kv.stored_bytes(allocated=True)
+        stored = 0 if self.kv.stores_on_device else self.kv.stored_bytes(allocated=True)
         if stored:
             out["cpu"] = out.get("cpu", 0) + stored
         return out

@@ -5,7 +5,8 @@ walks past ``max_position_embeddings`` (e.g. the built-in model's 32,768 at abou
 STC). RoPE itself does not fail there, the model just runs where it was never trained; the
 guard makes that visible (a :class:`PositionWarning` at ``warn_at`` of the limit, once per
 stream) and refuses the chunk or question that would pass the limit, naming the kv_cache
-strategies the target supports, which bound positions.
+steps the target runs that bound positions (with the parameters they need, e.g.
+``{strategy: infinipot_v, positions: compact}``).
 """
 
 from __future__ import annotations
@@ -27,20 +28,28 @@ class PositionWarning(UserWarning):
 
 
 class PositionGuard:
-    """One stream's position check; ``limit <= 0`` (unknown) or ``bounded`` disables it."""
+    """One stream's position check; ``limit <= 0`` (unknown) or ``bounded`` disables it.
 
-    def __init__(self, limit: int, strategies: Iterable[str], bounded: bool, warn_at: float = 0.9) -> None:
+    ``fixes``: the kv_cache steps (YAML flow mappings) that would bound this stream's positions.
+    """
+
+    def __init__(self, limit: int, fixes: Iterable[str], bounded: bool, warn_at: float = 0.9) -> None:
         self.limit = limit
-        self.strategies = sorted(strategies)
+        self.fixes = list(fixes)
         self.active = limit > 0 and not bounded
         self.warn_at = warn_at
         self.warned = False
 
     def _fix(self) -> str:
-        if not self.strategies:
-            return "this target supports no kv_cache strategy, so end the stream (reset()) or start a new one"
-        names = ", ".join(self.strategies)
-        return f"add a kv_cache strategy that bounds positions (stages.kv_cache: [{{strategy: {self.strategies[0]}}}]; supported: {names})"
+        if not self.fixes:
+            return (
+                "this target runs no kv_cache strategy that bounds positions, so end the stream (reset()) "
+                "or start a new one"
+            )
+        return (
+            f"add a kv_cache strategy that bounds positions (stages.kv_cache: [{self.fixes[0]}]; "
+            f"all that do on this target: {', '.join(self.fixes)})"
+        )
 
     def check(self, end: int, what: str) -> None:
         """Refuse ``what`` if it would need positions up to ``end`` (exclusive) past the limit."""

@@ -39,6 +39,10 @@ class ChunkStats:
     """Tokens per layer a kv_cache strategy keeps outside the attention cache (ReKV's block store)."""
     stored_bytes: int = 0
     """Host bytes of that store, all layers."""
+    kv_ms: float = 0.0
+    """Time the kv_cache strategy spent between prefills for this chunk (before and after it: e.g.
+    InfiniPot-V's compression, a window's eviction); work inside the attention calls (ReKV's
+    eviction to blocks) counts as prefill."""
     prefilled_chunks: int = 1
     """Chunks whose tokens this chunk's prefill carried: 1 unless ``stream.prefill_chunks > 1``, then
     0 while its tokens wait, or the size of the group whose prefill it ran."""

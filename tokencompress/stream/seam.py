@@ -24,6 +24,9 @@ from .timing import now
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from torch import Tensor
+
+    from ..api.decode_policy import DecodePolicy, DecodeStep
     from ..api.in_decoder import InDecoderStrategy
     from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
     from ..api.target import Target
@@ -144,6 +147,12 @@ class ChunkEncoder(Protocol):
         ...
 
     @property
+    def position_fixes(self) -> tuple[str, ...]:
+        """The kv_cache steps (YAML flow mappings) that bound positions on this target, for the
+        message of a stream refused at the model's position limit."""
+        ...
+
+    @property
     def kv_routed(self) -> bool:
         """Whether the decoder's attention is routed through kv_cache memories right now (inside
         ``apply()``); a memory with its own attention cannot run without it."""
@@ -160,6 +169,21 @@ class ChunkEncoder(Protocol):
 
     def in_decoder_scope(self, state: Any) -> AbstractContextManager[None]:
         """The in_decoder hooks act on the calling thread's decoder calls in this block with ``state``."""
+        ...
+
+    @property
+    def decode_policy(self) -> DecodePolicy | None:
+        """The pipeline's kv_cache decode policy (None without one); a stream opens its state."""
+        ...
+
+    @property
+    def policy_build(self) -> KVBuild | None:
+        """What the decode policy was built for, None without one."""
+        ...
+
+    def decode_answering(self, step: DecodeStep, visual: Tensor) -> AbstractContextManager[None]:
+        """The calling thread's decode steps on a stock cache go through ``step``; ``visual`` ``[S0]``
+        bool marks the cache's visual entries when the question starts."""
         ...
 
     def observe(

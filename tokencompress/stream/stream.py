@@ -248,12 +248,14 @@ class Stream:
         encoded = self._vision(frames)
         chunk, timing = encoded.chunk, encoded.timing
         self.decoder.check_chunk(encoded.tokens, chunk)
+        tk = now(device)
         self.decoder.before_prefill("frames", encoded.tokens.count, encoded.tokens)
         undo = (self.llm.length, self.llm.next_position, self.llm.visual_tokens)
         t1 = now(device)
         carried = self._prefill_chunk(encoded, undo, close_group)
-        self.decoder.after_encode()
         t2 = now(device)
+        self.decoder.after_encode()
+        t3 = now(device)
         self.decoder.observe(chunk, encoded.tokens.count, t2 - t1, self.id)
         stored_tokens, stored_bytes = self.decoder.stored()
         per_frame = self.target.stage_info()[Stage.PRE_VIT_BLOCK].tokens_per_frame
@@ -268,7 +270,8 @@ class Stream:
             vit_ms=1e3 * timing.vit_s,
             compress_ms=1e3 * timing.compress_s,
             prefill_ms=1e3 * (t2 - t1) if carried else 0.0,
-            total_ms=1e3 * (t2 - t0),
+            total_ms=1e3 * (t3 - t0),
+            kv_ms=1e3 * ((t1 - tk) + (t3 - t2)),
             cache_tokens=self.decoder.cache_tokens(),
             stored_tokens=stored_tokens,
             stored_bytes=stored_bytes,
@@ -361,7 +364,8 @@ class Stream:
                     tid = self.tokenizer.convert_tokens_to_ids(tok)
                     if isinstance(tid, int) and tid >= 0:
                         stop.add(tid)
-            out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
+            with self.decoder.answering():
+                out = self.target.greedy_decode(self.llm, logits, max_new_tokens, stop)
             t2 = now(device)
         finally:  # the question and answer never stay in the cache, even when decoding fails
             if self.kv is not None:

@@ -21,6 +21,11 @@ Python, a conda env), that adds only the extra packages and never resolves its o
   heavy download starts. After a build,
   :meth:`SideEnv.verify` checks that ``torch.__version__`` and ``transformers.__version__`` inside
   are the outer ones.
+* A recipe may let the side environment hold **its own** release of a pinned package other than
+  torch (``SideEnv(own={"transformers": ">=5.16.1,<5.20"})``: vLLM pins an older transformers
+  than the running one). That package is then constrained to the given range instead of the
+  outer version, may appear in a plan, and :meth:`SideEnv.verify` checks that the version inside
+  is in the range. torch, torchvision, torchaudio and triton can never be the recipe's own.
 * :func:`default_location` keys the cache folder by the recipe and the outer environment's
   identity (its interpreter, ``sys.prefix``, Python, torch and transformers versions), so a venv
   and the system Python never share a side environment.
@@ -61,6 +66,8 @@ __all__ = [
 ]
 
 PINNED = ("torch", "torchvision", "torchaudio", "triton", "transformers")
+NEVER_OWN = ("torch", "torchvision", "torchaudio", "triton")
+"""Pinned packages a side environment may never hold a release of its own of (a torch is GBs)."""
 HEAVY = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
 MARKER = "tokencompress-side-env.json"
 _CONFLICT = ("ResolutionImpossible", "conflicting dependencies")
@@ -159,6 +166,20 @@ class SideEnv:
     path: Path
     name: str = "side environment"
     env: Mapping[str, str] | None = None  # for pip and verify; default: os.environ without VIRTUAL_ENV
+    own: Mapping[str, str] | None = None
+    """Pinned packages (never torch) this environment holds a release of its own of: name → pip
+    version range (``">=5.16.1,<5.20"``), constrained to that range instead of the outer version."""
+
+    def __post_init__(self) -> None:
+        never = [n for n in (self.own or {}) if _canonical(n) in {_canonical(m) for m in NEVER_OWN}]
+        if never:
+            raise SideEnvError(
+                f"{self.name}: {', '.join(never)} cannot be a side environment's own release; it always "
+                f"uses this environment's {_pins_text()}"
+            )
+
+    def _owned(self) -> dict[str, str]:
+        return {_canonical(n): spec for n, spec in (self.own or {}).items()}
 
     @property
     def python(self) -> Path:
@@ -180,7 +201,10 @@ class SideEnv:
         )
         lines = [f"import site; site.addsitedir({d!r})\n" for d in outer_site_dirs()]
         (Path(inner.stdout.strip()) / "outer-environment.pth").write_text("".join(lines))
-        self.constraints.write_text("".join(f"{n}=={v}\n" for n, v in outer_pins().items()))
+        owned = self._owned()
+        lines = [f"{n}=={v}\n" for n, v in outer_pins().items() if _canonical(n) not in owned]
+        lines += [f"{n}{spec}\n" for n, spec in owned.items()]
+        self.constraints.write_text("".join(lines))
 
     def pip(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``python -m pip ARGS`` in the venv (with the outer environment's pip)."""
@@ -203,7 +227,7 @@ class SideEnv:
             raise SideEnvError(f"{self.name}: pip install --dry-run {what} failed: {_last_line(proc)}")
         items = json.loads(report.read_text()).get("install", [])
         planned = [(item["metadata"]["name"], item["metadata"]["version"]) for item in items]
-        check_plan(self.name, what, planned)
+        check_plan(self.name, what, planned, own=self._owned())
         return planned
 
     def install(self, *requirements: str, options: Sequence[str] = (), no_deps: bool = False) -> None:
@@ -219,7 +243,8 @@ class SideEnv:
     def verify(self) -> None:
         """The venv has the outer pins (distribution versions), and its ``torch.__version__`` and
         ``transformers.__version__`` are the outer ones."""
-        want = outer_pins()
+        owned = self._owned()
+        want = {n: v for n, v in outer_pins().items() if _canonical(n) not in owned}
         found = self._run_json(
             "import json, sys; from importlib import metadata\n"
             "out = {}\n"
@@ -233,6 +258,21 @@ class SideEnv:
         imported = [n for n in ("torch", "transformers") if n in want]
         code = "import importlib, json, sys; print(json.dumps({n: importlib.import_module(n).__version__ for n in sys.argv[1:]}))"
         self._compare({n: want[n] for n in imported}, self._run_json(code, *imported))
+        if owned:
+            self._check_owned(owned, self._run_json(code, *owned))
+
+    def _check_owned(self, owned: Mapping[str, str], found: Mapping[str, str]) -> None:
+        from packaging.specifiers import SpecifierSet
+
+        wrong = [
+            f"{n} {found.get(n)} outside {spec}"
+            for n, spec in owned.items()
+            if not SpecifierSet(spec).contains(found.get(n, ""), prereleases=True)
+        ]
+        if wrong:
+            raise SideEnvError(
+                f"{self.name}: at {self.path} it sees {', '.join(wrong)}; delete that folder to rebuild it"
+            )
 
     def _run_json(self, code: str, *args: str) -> dict[str, str]:
         proc = subprocess.run(
@@ -250,9 +290,12 @@ class SideEnv:
             )
 
 
-def check_plan(name: str, what: str, planned: Sequence[tuple[str, str]]) -> None:
-    """Refuse a pip plan that installs torch, triton, CUDA libraries or a pinned package."""
-    pinned = {_canonical(n) for n in PINNED}
+def check_plan(
+    name: str, what: str, planned: Sequence[tuple[str, str]], own: Mapping[str, str] | None = None
+) -> None:
+    """Refuse a pip plan that installs torch, triton, CUDA libraries or a pinned package (other
+    than the recipe's ``own`` ones, which are never torch)."""
+    pinned = {_canonical(n) for n in PINNED} - {_canonical(n) for n in own or {}}
     heavy = [f"{n} {v}" for n, v in planned if HEAVY.match(_canonical(n)) or _canonical(n) in pinned]
     if heavy:
         raise SideEnvError(
@@ -277,12 +320,13 @@ def ensure(
     *,
     name: str = "side environment",
     env: Mapping[str, str] | None = None,
+    own: Mapping[str, str] | None = None,
 ) -> SideEnv:
     """The side environment at ``path``, built by ``build`` unless a complete build for ``recipe``
     and this outer environment is there (the build runs under a file lock: a second process waits)."""
     import fcntl  # POSIX only; imported here so the module imports anywhere
 
-    side = SideEnv(path, name, env)
+    side = SideEnv(path, name, env, own)
     wanted = json.dumps({"recipe": recipe, "outer": outer_identity()}, sort_keys=True)
     marker = path / MARKER
     path.parent.mkdir(parents=True, exist_ok=True)

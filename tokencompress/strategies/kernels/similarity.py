@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor
 
 from ...api.scoring_pruner import FrameLayout
@@ -17,8 +16,13 @@ EPS = 1e-12
 
 
 def unit(x: Tensor, dim: int = -1) -> Tensor:
-    """``x`` L2-normalised along ``dim`` (a zero vector stays zero)."""
-    return nnf.normalize(x, dim=dim, eps=EPS)
+    """``x`` L2-normalised along ``dim`` (a zero vector stays zero).
+
+    The arithmetic of ``torch.nn.functional.normalize`` (the same norm kernel, the norm clamped to
+    ``EPS``, one division), minus its Python layers and the explicit expand, which dispatch costs
+    more than the division of a few hundred rows.
+    """
+    return x / torch.linalg.vector_norm(x, 2.0, dim, keepdim=True).clamp_min_(EPS)
 
 
 def gaussian_similarity(x: Tensor, centre: Tensor, alphas: Sequence[float]) -> Tensor:
@@ -49,9 +53,9 @@ def frame_similarity(xn: Tensor, centres: Tensor, layout: FrameLayout, alphas: S
 
 
 _PAD = 16
-"""Extra columns per row of the two-row buffers below, so their rows can never be merged into one."""
+"""Extra columns per row of the row buffers below, so their rows can never be merged into one."""
 _SERIAL = 16384
-"""Largest ``N`` for the two-row path: ATen runs an elementwise op of fewer than 32768 elements on
+"""Largest ``N`` for the batched path: ATen runs an elementwise op of fewer than 32768 elements on
 one thread, so each row is one inner loop, as each ``[N]`` call of the one-row path is."""
 
 
@@ -59,36 +63,39 @@ def frame_and_centre_similarity(
     xn: Tensor, centres: Tensor, layout: FrameLayout, centre: Tensor, alphas: Sequence[float]
 ) -> tuple[Tensor, Tensor]:
     """(:func:`frame_similarity` of ``xn`` ``[N, D']`` to ``centres`` ``[F, D']``, :func:`gaussian_similarity`
-    of ``xn`` to ``centre`` ``[D']``), each ``[N]``, bit for bit, in half the operator calls.
+    of ``xn`` to ``centre`` ``[D']``), each ``[N]``, bit for bit, in a handful of operator calls.
 
-    The two ``[N]`` squared distances are written as the rows of a ``[2, N]`` view of a ``[2, N+16]``
-    buffer, and the bandwidth loop (a divide, an exponential and an add per bandwidth: most of a
-    prune's operator calls, each a few microseconds of dispatch for a few hundred values) runs on
-    both rows at once. The padding keeps the rows apart: ATen vectorises a row in blocks and
-    finishes its last few values with scalar code, whose ``exp`` may round differently; one loop
-    per row keeps exactly the split of the one-row calls, so every value is computed as before.
-    Larger chunks (``N`` > 16384, where ATen would split a row between threads) take the one-row
-    path.
+    A prune is a few hundred values per call, so dispatch, not arithmetic, is its cost. Both
+    differences come from one subtraction against a ``[2, ..., D']`` stack of the anchors, both
+    squared distances land as the two rows of a ``[2, N]`` view, and every bandwidth's term is one
+    row of a single ``[A, 2, N]`` divide and exponential (dividing by ``-2a`` is exactly negating
+    and dividing by ``2a``). The terms are then added one bandwidth at a time, in the loop's
+    order: ``torch.sum`` over the bandwidths would be one call, but it reorders the additions of
+    the columns past its last full group of vectors (which ones depends on the ISA's vector
+    width). Rows are padded by 16 columns so no op can merge two rows into one inner loop: each
+    row is vectorised and finished exactly as a one-row call is. Chunks over 16384 rows (where
+    ATen would split a row between threads) take the one-row path.
     """
-    n = xn.shape[0]
-    if n > _SERIAL:
+    n, a = xn.shape[0], len(alphas)
+    if n > _SERIAL or a < 2:
         return frame_similarity(xn, centres, layout, alphas), gaussian_similarity(xn, centre, alphas)
 
-    # three [2, N] views of one buffer: squared distances, the running sum, one bandwidth's term
-    neg_d2, out, term = torch.empty(3, 2, n + _PAD, dtype=xn.dtype, device=xn.device)[:, :, :n].unbind(0)
-    d2_frames, d2_centre = neg_d2.unbind(0)
+    # rows 0..A-1: one bandwidth's term each; row A: squared distances; row A+1: their sum
+    buf = torch.empty(a + 2, 2, n + _PAD, dtype=xn.dtype, device=xn.device)[:, :, :n]
+    terms, d2, out = buf[:a], buf[a], buf[a + 1]
     if layout.per_frame is not None:
-        x = xn.view(layout.num_frames, layout.per_frame, xn.shape[-1])
-        diff = x - centres[:, None, :]
-        torch.sum(diff.mul_(diff), -1, out=d2_frames.view(layout.num_frames, layout.per_frame))
+        f, t = layout.num_frames, layout.per_frame
+        anchors = torch.stack((centres, centre.expand_as(centres)))  # [2, F, D']
+        diff = xn.view(f, t, xn.shape[-1]) - anchors[:, :, None, :]  # [2, F, T, D']
+        torch.sum(diff.mul_(diff), -1, out=d2.view(2, f, t))
     else:
-        diff = xn - centres[layout.index]
-        torch.sum(diff.mul_(diff), -1, out=d2_frames)
-    diff = xn - centre
-    torch.sum(diff.mul_(diff), -1, out=d2_centre)
-    neg_d2.neg_()
-    torch.div(neg_d2, 2 * alphas[0], out=out).exp_()
-    for a in alphas[1:]:
-        out += torch.div(neg_d2, 2 * a, out=term).exp_()
+        anchors = torch.stack((centres[layout.index], centre.expand_as(xn)))  # [2, N, D']
+        diff = xn - anchors
+        torch.sum(diff.mul_(diff), -1, out=d2)
+    scale = torch.tensor([-2.0 * x for x in alphas], dtype=xn.dtype, device=xn.device)
+    first, second, *rest = torch.div(d2, scale[:, None, None], out=terms).exp_().unbind(0)
+    torch.add(first, second, out=out)
+    for term in rest:
+        out += term
     frame, to_centre = out.unbind(0)
     return frame, to_centre

@@ -8,11 +8,16 @@ positions in that numbering (``query_pos``), and a query sees window key ``j`` o
 position ``n_local - 1``, so every sink is seen at distance ``n_local - 1``
 whatever the query's position. Window and sink logits share one softmax with scale ``1/sqrt(d)``.
 All math is float32; the output is ``[Lq, H * d]`` head-major in the query's dtype.
+
+Under M-RoPE (``rope`` given) the window mask still counts tokens, but rotations use explicit
+``[3, L]`` positions (``query_rope``, ``key_rope``) through the target's own rotary function, and
+the fixed sink angle is ``n_local - 1`` on all three axes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,9 @@ def window_sink_attention(
     sink_k: Tensor | None = None,
     sink_v: Tensor | None = None,
     sink_allowed: Tensor | None = None,
+    rope: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+    query_rope: Tensor | None = None,
+    key_rope: Tensor | None = None,
 ) -> Tensor:
     """Attention output ``[Lq, H * d]``; ``sink_allowed`` ``[Lq, S]`` masks the sink stage (None: no mask).
 
@@ -45,8 +53,13 @@ def window_sink_attention(
     heads, lq, d = q.shape
     kvh = k.shape[0]
     groups = heads // kvh
-    qc, qs = cos_sin(query_pos, freqs)
-    kc, ks = cos_sin(key_pos, freqs)
+    if rope is None:
+        qc, qs = cos_sin(query_pos, freqs)
+        kc, ks = cos_sin(key_pos, freqs)
+    else:
+        assert query_rope is not None and key_rope is not None
+        qc, qs = rope(query_rope)
+        kc, ks = rope(key_rope)
     qr = rotate(q, qc, qs)  # [H, Lq, d] float32
     kr = rotate(k, kc, ks)  # [kvh, Lk, d]
     dist = query_pos[:, None] - key_pos[None, :]
@@ -54,8 +67,11 @@ def window_sink_attention(
     values = v.to(torch.float32)
     if sink_k is not None and sink_k.shape[1] > 0:
         n_sink = sink_k.shape[1]
-        fixed = torch.full((lq,), n_local - 1, dtype=torch.long, device=q.device)
-        fc, fs = cos_sin(fixed, freqs)
+        if rope is None:
+            fc, fs = cos_sin(torch.full((lq,), n_local - 1, dtype=torch.long, device=q.device), freqs)
+        else:
+            assert query_rope is not None
+            fc, fs = rope(torch.full((query_rope.shape[0], lq), n_local - 1, device=q.device))
         qr = torch.cat((qr, rotate(q, fc, fs)), dim=-1)  # [H, Lq, 2d]
         zeros_w = kr.new_zeros(kvh, kr.shape[1], d)
         zeros_s = kr.new_zeros(kvh, n_sink, d)

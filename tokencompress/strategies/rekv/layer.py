@@ -102,6 +102,7 @@ class ReKVLayer:
         self.answer_k: Tensor | None = None
         self.answer_v: Tensor | None = None
         self.answer_sinks = 0
+        self.answer_visual: Tensor | None = None  # [answer cache] bool: the retrieved frames' entries
 
     # ------------------------------------------------------------------ state
     @property
@@ -156,10 +157,13 @@ class ReKVLayer:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # --------------------------------------------------------------- encoding
-    def encode(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Encode ``L`` tokens (``q`` ``[H, L, d]``, ``k, v`` ``[kvh, L, d]``); returns ``[L, H * d]``."""
+    def encode(self, q: Tensor, k: Tensor, v: Tensor, rows: Any = None) -> Tensor:
+        """Encode ``L`` tokens (``q`` ``[H, L, d]``, ``k, v`` ``[kvh, L, d]``); returns ``[L, H * d]``.
+
+        ``rows``: what a subclass needs to know about the call's rows (M-RoPE positions); unused here."""
         cfg = self.cfg
         start, length = self.length, q.shape[1]
+        self._begin_call(start, rows)
         win_k = torch.cat((self.win_k, k.to(self.dtype)), dim=1)
         win_v = torch.cat((self.win_v, v.to(self.dtype)), dim=1)
         outs = []
@@ -182,6 +186,7 @@ class ReKVLayer:
                 window_sink_attention(
                     q[:, ps - start : pe - start], win_k[:, a:b], win_v[:, a:b], qpos, kpos, cfg.n_local,
                     self.freqs, self.sink_k[:, : self.loaded], self.sink_v[:, : self.loaded], sink_mask,
+                    **self._window_rope(a, ps - self.win_start, b),
                 )
             )  # fmt: skip
             self.length = pe
@@ -190,6 +195,7 @@ class ReKVLayer:
         keep = min(cfg.n_local, win_k.shape[1])
         self.win_k, self.win_v = win_k[:, -keep:].contiguous(), win_v[:, -keep:].contiguous()
         self.win_start = self.length - keep
+        self._begin_call(start, None)
         return torch.cat(outs) if outs else q.new_zeros(0, self.heads * self.d)
 
     def _take(self, k: Tensor, v: Tensor, first: int) -> None:
@@ -200,8 +206,36 @@ class ReKVLayer:
             self.sink_k = torch.cat((self.sink_k, k[:, :split].to(self.dtype)), dim=1)
             self.sink_v = torch.cat((self.sink_v, v[:, :split].to(self.dtype)), dim=1)
         if split < k.shape[1]:
-            self.pend_k = torch.cat((self.pend_k, k[:, split:].to(self.dtype)), dim=1)
-            self.pend_v = torch.cat((self.pend_v, v[:, split:].to(self.dtype)), dim=1)
+            self._file_frames(k[:, split:], v[:, split:], first + split)
+
+    def _file_frames(self, k: Tensor, v: Tensor, first: int) -> None:
+        """Tokens after the sinks, stream index ``first`` on: every one waits to be part of a block."""
+        self.pend_k = torch.cat((self.pend_k, k.to(self.dtype)), dim=1)
+        self.pend_v = torch.cat((self.pend_v, v.to(self.dtype)), dim=1)
+
+    # ------------------------------------------------- hooks of the M-RoPE subclass
+    def _begin_call(self, start: int, rows: Any) -> None:
+        """An encode call of stream tokens from ``start`` begins with ``rows`` (None: it ended)."""
+
+    def _window_rope(self, a: int, qa: int, b: int) -> dict[str, Any]:
+        """Extra ``window_sink_attention`` arguments for the piece whose keys are ``[a, b)`` and
+        queries ``[qa, b)`` of ``[window ; call]``; 1-D RoPE needs none."""
+        return {}
+
+    def _answer_rope(self, w0: int, lq: int, cols: Tensor) -> dict[str, Any]:
+        """The same for an answer-cache call: keys ``[w0, total)`` of ``[answer cache ; call]``, of which
+        the call attends columns ``cols`` (all of them unless a decode policy chose a subset)."""
+        return {}
+
+    def _start_answer(self, branch: str, ids: Tensor, place: Any) -> None:
+        """The answer cache: ``[sinks ; retrieved blocks in time order]``."""
+        bk, bv = self._blocks(branch, ids)
+        self.answer_sinks = self.sink_k.shape[1]
+        self.answer_k = torch.cat((self.sink_k, bk), dim=1)
+        self.answer_v = torch.cat((self.sink_v, bv), dim=1)
+        self.answer_visual = torch.cat(
+            (torch.zeros(self.answer_sinks, dtype=torch.bool), torch.ones(bk.shape[1], dtype=torch.bool))
+        )
 
     def _offload(self) -> None:
         bs = self.cfg.block_size
@@ -257,14 +291,14 @@ class ReKVLayer:
         return self.pend_k[:, cols], self.pend_v[:, cols]
 
     def question(
-        self, q: Tensor, k: Tensor, v: Tensor, external: list[int] | None = None
+        self, q: Tensor, k: Tensor, v: Tensor, external: list[int] | None = None, place: Any = None
     ) -> tuple[Tensor, QuestionInfo]:
-        """Retrieve, start the answer cache, attend the question; returns ``[Lq, H * d]`` and what was done."""
+        """Retrieve, start the answer cache, attend the question; returns ``[Lq, H * d]`` and what was done.
+
+        ``place``: how a subclass gives the retrieved frames positions (M-RoPE); unused here."""
         branch, sel = self.select(q, external)
-        bk, bv = self._blocks(branch, sel.indices)
-        self.answer_sinks = self.sink_k.shape[1]
-        self.answer_k = torch.cat((self.sink_k, bk), dim=1)
-        self.answer_v = torch.cat((self.sink_v, bv), dim=1)
+        self._start_answer(branch, sel.indices, place)
+        assert self.answer_k is not None
         kept = self.answer_k.shape[1]
         out = self._answer_attention(q, k, v)
         info = QuestionInfo(
@@ -272,38 +306,51 @@ class ReKVLayer:
         )
         return out, info
 
-    def answer(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """A prompt or decode step on the answer cache; the cache keeps the step's KV (trimmed)."""
+    def answer(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> Tensor:
+        """A prompt or decode step on the answer cache; the cache keeps the step's KV (trimmed).
+        ``keep``: the entries of ``[answer cache ; own k]`` to attend (a decode policy's choice)."""
         if self.answer_k is None:
             raise RuntimeError("rekv: prompt/decode step without a question (call question() first)")
-        out = self._answer_attention(q, k, v)
+        out = self._answer_attention(q, k, v, keep)
         ak = torch.cat((self.answer_k, k.to(self.dtype)), dim=1)
         av = torch.cat((self.answer_v, v.to(self.dtype)), dim=1)
+        vis = self.answer_visual
+        if vis is not None:
+            vis = torch.cat((vis, torch.zeros(k.shape[1], dtype=torch.bool)))
         s, n_local = self.answer_sinks, self.cfg.n_local
         if ak.shape[1] > s + n_local:
             ak = torch.cat((ak[:, :s], ak[:, -n_local:]), dim=1)
             av = torch.cat((av[:, :s], av[:, -n_local:]), dim=1)
-        self.answer_k, self.answer_v = ak, av
+            vis = None if vis is None else torch.cat((vis[:s], vis[-n_local:]))
+        self.answer_k, self.answer_v, self.answer_visual = ak, av, vis
         return out
 
     def end_answer(self) -> None:
-        self.answer_k = self.answer_v = None
+        self.answer_k = self.answer_v = self.answer_visual = None
         self.answer_sinks = 0
 
-    def _answer_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``q`` over ``[answer cache ; own k, v]`` with positions renumbered from 0 (quirk Q7)."""
+    def _answer_attention(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``q`` over ``[answer cache ; own k, v]`` with positions renumbered from 0 (quirk Q7); with
+        ``keep`` only those entries, each at its own position."""
         n_local = self.cfg.n_local
         seq_k = torch.cat((self.answer_k, k.to(self.dtype)), dim=1)
         seq_v = torch.cat((self.answer_v, v.to(self.dtype)), dim=1)
         total, lq = seq_k.shape[1], q.shape[1]
         w0 = total - min(total, lq + n_local)
         qabs = torch.arange(total - lq, total, device=q.device)
-        kpos = torch.arange(w0, total, device=q.device) - w0
+        kidx = torch.arange(w0, total, device=q.device)
+        wk, wv = seq_k[:, w0:], seq_v[:, w0:]
+        if keep is not None:
+            kidx = kidx[torch.isin(kidx, keep.to(q.device))]
+            wk, wv = seq_k[:, kidx], seq_v[:, kidx]
         sink_k = sink_v = sink_mask = None
         if total > n_local and self.answer_sinks:
-            s = self.answer_sinks
-            sink_k, sink_v = seq_k[:, :s], seq_v[:, :s]
-            sink_mask = (qabs[:, None] - torch.arange(s, device=q.device)[None]) >= n_local
+            sidx = torch.arange(self.answer_sinks, device=q.device)
+            if keep is not None:
+                sidx = sidx[torch.isin(sidx, keep.to(q.device))]
+            sink_k, sink_v = seq_k[:, sidx], seq_v[:, sidx]
+            sink_mask = (qabs[:, None] - sidx[None]) >= n_local
         return window_sink_attention(
-            q, seq_k[:, w0:], seq_v[:, w0:], qabs - w0, kpos, n_local, self.freqs, sink_k, sink_v, sink_mask
-        )
+            q, wk, wv, qabs - w0, kidx - w0, n_local, self.freqs, sink_k, sink_v, sink_mask,
+            **self._answer_rope(w0, lq, kidx - w0),
+        )  # fmt: skip

@@ -13,25 +13,30 @@ Blocks are frames: ``block_size`` must be the number of tokens one frame has aft
 stages. A strategy that keeps a data-dependent count per frame (VidCom², ToMe with a
 data-dependent output) is refused at build time rather than handled with variable blocks: the
 reference's frame grid, its buffer bound ``topk * block_size <= n_local`` and its fixture
-semantics all assume equal blocks. Only 1-D default RoPE is supported (Qwen-VL's M-RoPE is
-refused by those targets, with the reason).
+semantics all assume equal blocks. Default 1-D RoPE runs the reference's memory
+(:mod:`.memory`); Qwen's 3-D M-RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) runs :mod:`.mrope`, where
+retrieved frames get positions by :func:`tokencompress.api.memory_positions.retrieved_positions`
+(each frame moved as a whole on all axes, frames back to back after the sinks, the question
+after them) and a chunk's delimiter and timestamp rows travel with its frames. Other RoPE
+variants (scaled, YaRN) are refused at build time.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from pydantic import Field
 
-from ...api.errors import BudgetError, CompatibilityError, ConfigError
-from ...api.kv_cache import DecoderLayout, Phase
-from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory, MemoryCache
+from ...api.errors import BudgetError, CompatibilityError
+from ...api.kv_cache import DecoderLayout
+from ...api.kv_cache_strategy import KVBuild, KVCacheStrategy
 from ...api.strategy import Capability, StrategyParams
-from ...api.target import LLMState, Target
-from . import QuestionInfo, ReKVLayer, ReKVSettings
+from ...api.target import Target
+from . import ReKVSettings
+from .memory import ReKVMemory
+from .mrope import ReKVMRoPEMemory
 
-__all__ = ["ReKV", "ReKVParams", "ReKVMemory"]
+__all__ = ["ReKV", "ReKVParams", "ReKVMemory", "ReKVMRoPEMemory"]
 
 
 class ReKVParams(StrategyParams):
@@ -52,110 +57,13 @@ class ReKVParams(StrategyParams):
     slab_blocks: int = Field(64, ge=1, description="Frames per host-memory slab of the block store")
 
 
-class ReKVMemory(KVMemory):
-    """One stream's ReKV memory: a :class:`ReKVLayer` per decoder layer."""
-
-    custom_attention = True
-
-    def __init__(self, settings: ReKVSettings, target: Target, layout: DecoderLayout) -> None:
-        super().__init__()
-        freqs = target.rope_inv_freq()
-        self.settings = settings
-        self.layers = [
-            ReKVLayer(
-                settings,
-                layout.num_heads,
-                layout.num_kv_heads,
-                layout.head_dim,
-                freqs,
-                target.dtype,
-                target.device,
-            )
-            for _ in range(layout.num_layers)
-        ]
-        self.external: list[int] | None = None
-        self.infos: list[QuestionInfo | None] = [None] * layout.num_layers
-
-    def snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The question-time fields (small) and each layer's own snapshot (block counts, not blocks)."""
-        fields = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "layers"}
-        return fields, [layer.snapshot() for layer in self.layers]
-
-    def restore(self, snapshot: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
-        fields, layers = snapshot
-        for layer, saved in zip(self.layers, layers, strict=True):
-            layer.restore(saved)
-        self.__dict__.update(fields)
-
-    def make_cache(self, target: Target) -> MemoryCache:
-        return MemoryCache(self, target.model.config.get_text_config())
-
-    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
-        started = self.layers[0].n_init is not None
-        if kind == "frames":
-            for mem in self.layers:
-                mem.close_sinks()
-        elif started:
-            raise ConfigError(
-                "rekv: text prefilled after the first frame would break its frame grid (blocks are frames); "
-                "prefill text before the first frame, or ask a question (its tokens are never stored)"
-            )
-
-    def attend(self, layer: int, q, k, v):  # type: ignore[no-untyped-def]
-        mem = self.layers[layer]
-        if self.phase is Phase.ENCODE:
-            return mem.encode(q, k, v)
-        if self.phase is Phase.RETRIEVE:
-            out, self.infos[layer] = mem.question(q, k, v, self.external)
-            return out
-        return mem.answer(q, k, v)
-
-    def retrieve(self, target: Target, llm: LLMState, ids, frames: list[int] | None = None) -> None:  # type: ignore[no-untyped-def, override]
-        """The retrieval pass: the bare question through every layer; lm_head skipped (Q8)."""
-        self.external = None
-        if frames is not None:
-            first = self.layers[0]
-            try:
-                self.external = first.external_ids(frames, first.candidates()[1]).tolist()
-            except ValueError as exc:
-                raise ConfigError(f"ask(frames=...): {exc}") from None
-        self.infos = [None] * len(self.layers)
-        self.phase = Phase.RETRIEVE
-        try:
-            target.prefill(llm, target.embed(ids), target.text_positions(llm, ids.numel()), logits=False)
-        finally:
-            self.phase = Phase.ANSWER
-
-    def end_question(self, llm: LLMState) -> None:
-        for mem in self.layers:
-            mem.end_answer()
-        self.phase = Phase.ENCODE
-        self.external = None
-
-    def resident_tokens(self, llm: LLMState) -> int:
-        return self.layers[0].resident_tokens() if self.layers else 0
-
-    def stored_tokens(self) -> int:
-        return len(self.layers[0].store) * self.settings.block_size if self.layers else 0
-
-    def stored_bytes(self, allocated: bool = False) -> int:
-        return sum(mem.store.nbytes() if allocated else mem.store.used_bytes() for mem in self.layers)
-
-    def device_bytes(self, llm: LLMState) -> int:
-        return sum(mem.device_bytes() for mem in self.layers)
-
-    def retrieved(self) -> list[list[int]] | None:
-        if any(info is None for info in self.infos):
-            return None
-        return [info.retrieved.tolist() for info in self.infos if info is not None]
-
-
 class ReKV(KVCacheStrategy):
     """Sliding window + sinks while encoding; per-layer top-k frame retrieval at questions."""
 
     name = "rekv"
+    hosts_decode_policy = True
     Params = ReKVParams
-    needs = frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D})
+    needs = frozenset({Capability.PRE_ROPE_PROJECTIONS})
     summary = (
         "ReKV: window + attention sinks while encoding, frames in host memory, per-layer top-k retrieval"
     )
@@ -182,12 +90,12 @@ class ReKV(KVCacheStrategy):
 
     def check_build(self, build: KVBuild) -> None:
         p: ReKVParams = self.params  # type: ignore[assignment]
-        if build.layout.rope_type != "default":
+        if build.layout.rope_type not in ("default", "mrope"):
             raise CompatibilityError(
-                f"stages.kv_cache: rekv supports default 1-D RoPE only; target '{build.target}' uses "
-                f"'{build.layout.rope_type}'"
+                f"stages.kv_cache: rekv supports default 1-D RoPE and Qwen's M-RoPE; target '{build.target}' "
+                f"uses '{build.layout.rope_type}'"
             )
-        if build.extra_tokens_per_chunk:
+        if build.extra_tokens_per_chunk and build.layout.rope_type != "mrope":
             raise CompatibilityError(
                 f"stages.kv_cache: rekv needs chunks made of whole frames, but target '{build.target}' adds "
                 f"{build.extra_tokens_per_chunk} delimiter tokens per chunk"
@@ -213,6 +121,11 @@ class ReKV(KVCacheStrategy):
                 f"rekv.topk = {p.topk} is not a multiple of chunk_size = {p.chunk_size}; make it one"
             )
 
+    @classmethod
+    def position_bounding(cls, layout: DecoderLayout) -> dict[str, Any] | None:
+        # encoding attends a window at fixed distances; questions renumber what they retrieve
+        return {} if layout.rope_type in ("default", "mrope") else None
+
     def new_memory(self, target: Target, build: KVBuild) -> ReKVMemory:
         p: ReKVParams = self.params  # type: ignore[assignment]
         settings = ReKVSettings(
@@ -220,7 +133,8 @@ class ReKV(KVCacheStrategy):
             chunk_size=p.chunk_size, count_sinks_once=p.count_sinks_once, similarity=p.similarity,
             slab_blocks=p.slab_blocks,
         )  # fmt: skip
-        return ReKVMemory(settings, target, build.layout)
+        memory = ReKVMRoPEMemory if build.layout.rope_type == "mrope" else ReKVMemory
+        return memory(settings, target, build.layout)
 
     @classmethod
     def conformance_params(cls, info) -> dict:  # type: ignore[no-untyped-def]

@@ -55,7 +55,7 @@ class LlavaNextVideoTarget(Target):
         # a Llama decoder with 1-D RoPE: queries and keys readable pre-RoPE, positions renumberable
         Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D}),
     }
-    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window"})
+    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window", "streamingtom_oqm"})
     tokenizer_layout = (
         "llava_onevision"  # a fallback tokenizer needs <video>; the model reads ids from its config
     )

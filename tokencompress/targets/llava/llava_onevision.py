@@ -53,7 +53,7 @@ class LlavaOnevisionTarget(Target):
         Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS, Capability.ROPE_1D}),
     }
     tokenizer_layout = "llava_onevision"
-    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window"})
+    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window", "streamingtom_oqm"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:

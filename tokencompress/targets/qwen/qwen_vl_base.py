@@ -84,15 +84,12 @@ class QwenVLTarget(Target):
         Stage.POST_VIT: frozenset(),
         # a probed layer's attention (rotary, windows) and keys, carried onto the merged grid
         Stage.PRE_PREFILL: frozenset({Capability.ATTENTION, Capability.KEYS}),
-        # M-RoPE: queries and keys are readable pre-RoPE, but positions are 3-D.
+        # M-RoPE: queries and keys are readable pre-RoPE; positions are 3-D (rekv and streamingtom_oqm
+        # re-place retrieved frames with tokencompress.api.memory_positions).
         Stage.KV_CACHE: frozenset({Capability.PRE_ROPE_PROJECTIONS}),
     }
     tokenizer_layout = "qwen2_vl"
-    kv_cache_strategies = frozenset({"infinipot_v", "sliding_window"})
-    kv_cache_refusals = {
-        "rekv": "ReKV renumbers retrieved frames on one position axis at question time, which has no "
-        "defined meaning under Qwen's 3-D M-RoPE; bound this stream with sliding_window"
-    }
+    kv_cache_strategies = frozenset({"infinipot_v", "rekv", "sliding_window", "streamingtom_oqm"})
     pixel_mean: ClassVar[tuple[float, float, float]] = CLIP_MEAN
     pixel_std: ClassVar[tuple[float, float, float]] = CLIP_STD
     """The image processor's normalisation (CLIP's for Qwen2/2.5-VL)."""

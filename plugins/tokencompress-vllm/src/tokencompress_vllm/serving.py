@@ -1,0 +1,73 @@
+"""Engine start: read the settings, check the pipeline against the model, carry it to every process.
+
+:func:`configure` runs where vLLM builds its configuration (the process that starts the engine),
+before any worker exists, so a refusal is one line there and never a traceback from a worker.
+It validates the pipeline, builds its :class:`~.plan.ServingPlan` for the model's geometry (every
+refusal of the plan), and stores the validated pipeline on the Hugging Face config, which vLLM
+hands to its engine and worker processes; :func:`carried_plan` rebuilds the plan there.
+This module imports no vLLM (it reads the config objects by attribute).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokencompress import CompatibilityError
+
+from .plan import Geometry, ServingPlan
+from .settings import CONFIG_ATTR, KEY, pipeline_of, read_settings, to_carried
+
+__all__ = ["HOSTED", "configure", "carried_plan", "geometry_of"]
+
+HOSTED: dict[str, tuple[str, str]] = {
+    "Qwen2_5_VLForConditionalGeneration": ("qwen2_5_vl", "tokencompress_vllm.qwen:TokenCompressQwen2_5_VL"),
+}
+"""vLLM architecture → (tokencompress target, the class registered under that name)."""
+
+
+def geometry_of(hf_config: Any, architecture: str) -> Geometry:
+    vision = hf_config.vision_config
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    return Geometry(
+        target=HOSTED[architecture][0],
+        merge=int(vision.spatial_merge_size),
+        temporal_patch=int(vision.temporal_patch_size),
+        llm_dim=int(text.hidden_size),
+    )
+
+
+def configure(vllm_config: Any) -> None:
+    """Check ``additional_config.tokencompress`` against the model and carry it (no-op without it)."""
+    found = read_settings(getattr(vllm_config, "additional_config", None))
+    model_config = getattr(vllm_config, "model_config", None)
+    if found is None or model_config is None:
+        return
+    hf_config = model_config.hf_config
+    if getattr(hf_config, CONFIG_ATTR, None) is not None:
+        return  # already configured (vLLM may run its config hooks more than once)
+    settings, pipeline = found
+    architecture = model_config.architecture
+    if architecture not in HOSTED:
+        raise CompatibilityError(
+            f"additional_config.{KEY}: model architecture '{architecture}' is not one tokencompress-vllm "
+            f"can prune; it hosts {', '.join(HOSTED)} (serve without additional_config.{KEY}, or run "
+            "this model with `tokencompress run`)"
+        )
+    mm = getattr(model_config, "multimodal_config", None)
+    if mm is not None and (getattr(mm, "video_pruning_rate", None) or 0) > 0:
+        raise CompatibilityError(
+            f"additional_config.{KEY} and video_pruning_rate = {mm.video_pruning_rate} both prune the video "
+            "tokens; drop --video-pruning-rate (the pipeline's evs strategy is the same method)"
+        )
+    ServingPlan(pipeline, geometry_of(hf_config, architecture))  # every refusal, here
+    setattr(hf_config, CONFIG_ATTR, {**to_carried(settings, pipeline), "architecture": architecture})
+
+
+def carried_plan(hf_config: Any) -> ServingPlan | None:
+    """The plan :func:`configure` carried on ``hf_config`` (None: no pipeline, or one without
+    token strategies, which leaves vLLM's own behaviour untouched)."""
+    carried = getattr(hf_config, CONFIG_ATTR, None)
+    if not carried:
+        return None
+    plan = ServingPlan(pipeline_of(carried), geometry_of(hf_config, carried["architecture"]))
+    return plan if plan.active else None

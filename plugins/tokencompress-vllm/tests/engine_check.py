@@ -1,0 +1,98 @@
+"""Run inside the vLLM side environment: serve one video through vLLM once per case, print JSON.
+
+``python engine_check.py CHECKPOINT FRAMES.npy CASES.json OUT_DIR``. CASES is a list of
+``{"name", "additional_config"?, "video_pruning_rate"?}``. For each case one engine starts
+(eager, one process), answers the same greedy request and reports the prompt length, the answer
+and its log-probabilities, and the kept indices the plugin recorded (``record`` in
+``additional_config.tokencompress``). An engine that refuses to start reports its error line.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n<|im_start|>assistant\n"
+FPS = 2.0
+
+
+def video(frames):
+    n = len(frames)
+    meta = {
+        "fps": FPS,
+        "duration": n / FPS,
+        "total_num_frames": n,
+        "frames_indices": list(range(n)),
+        "video_backend": "opencv",
+        "do_sample_frames": False,
+    }
+    return frames, meta
+
+
+def run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
+    from vllm import LLM
+
+    kwargs = {}
+    record = out_dir / f"{case['name']}.jsonl"
+    if "additional_config" in case:
+        extra = dict(case["additional_config"])
+        if isinstance(extra.get("tokencompress"), dict):
+            extra["tokencompress"] = {**extra["tokencompress"], "record": str(record)}
+        kwargs["additional_config"] = extra
+    if "video_pruning_rate" in case:
+        kwargs["video_pruning_rate"] = case["video_pruning_rate"]
+    try:
+        llm = LLM(
+            checkpoint,
+            enforce_eager=True,
+            dtype="float32",
+            max_model_len=4096,
+            limit_mm_per_prompt={"video": 1, "image": 0},
+            seed=0,
+            **kwargs,
+        )
+    except Exception as exc:  # the refusal line is what is checked
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        return _answer(llm, frames, record)
+    except Exception as exc:  # one failing case must not hide the others
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        del llm
+        gc.collect()
+
+
+def _answer(llm, frames, record: Path) -> dict:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=6, temperature=0, logprobs=0)
+    (out,) = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": video(frames)}}, params)
+    answer = out.outputs[0]
+    logprobs = [float(lp[t].logprob) for t, lp in zip(answer.token_ids, answer.logprobs, strict=True)]
+    kept = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return {
+        "prompt_tokens": len(out.prompt_token_ids),
+        "answer": list(answer.token_ids),
+        "logprobs": logprobs,
+        "kept": kept,
+    }
+
+
+def main() -> None:
+    import numpy as np
+
+    checkpoint, frames_path, cases_path, out_dir = sys.argv[1:5]
+    frames = np.load(frames_path)
+    cases = json.loads(Path(cases_path).read_text())
+    results = {case["name"]: run_case(checkpoint, frames, case, Path(out_dir)) for case in cases}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
