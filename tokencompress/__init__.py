@@ -34,7 +34,12 @@ _EXPORTS: dict[str, str] = {
     # what plugin authors subclass
     "BlockAdapter": ".api.block_adapter",
     "BlockStrategy": ".api.strategy",
+    "Boundary": ".api.in_decoder",
     "DecoderLayout": ".api.kv_cache",
+    "DecoderStack": ".api.in_decoder",
+    "InDecoderParams": ".api.in_decoder",
+    "InDecoderState": ".api.in_decoder",
+    "InDecoderStrategy": ".api.in_decoder",
     "KVBuild": ".api.kv_cache_strategy",
     "KVCacheStrategy": ".api.kv_cache_strategy",
     "KVMemory": ".api.kv_cache_strategy",
@@ -103,6 +108,7 @@ if TYPE_CHECKING:  # static tools see the real names (tests/architecture checks 
         TokenCompressError,
         VideoError,
     )
+    from .api.in_decoder import Boundary, DecoderStack, InDecoderParams, InDecoderState, InDecoderStrategy
     from .api.kv_cache import DecoderLayout
     from .api.kv_cache_strategy import KVBuild, KVCacheStrategy, KVMemory
     from .api.scoring_pruner import PerFrameParams, Plan, ScoringPruner

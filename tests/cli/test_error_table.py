@@ -20,6 +20,7 @@ from tests.support import (  # noqa: F401 - they register the cases
     error_cases_dycoke_kv,
     error_cases_dycoke_ttm,
     error_cases_evs,
+    error_cases_fastv,
     error_cases_infinipot_v,
     error_cases_input,
     error_cases_ipvpos,

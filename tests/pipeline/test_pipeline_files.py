@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tests.support.paths import PIPELINES as PIPELINES_DIR
@@ -22,11 +23,30 @@ def clip() -> np.ndarray:
     return np.stack([f.rgb for f in iter_frames(sample_video_path("bikes.mp4"), fps=1.0, max_frames=4)])
 
 
+@pytest.fixture(scope="module")
+def deep_builtin(builtin_model):
+    """The built-in model with an 8-layer decoder (the bench preset's depth at the tiny width): the
+    in_decoder files drop before layer 2 (FastV) or at quarters of the depth (PyramidDrop), which the
+    built-in model's 2 layers cannot host."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from tokencompress.models.loading import default_model_config
+
+    tok = builtin_model.tokenizer
+    ids = (tok.convert_tokens_to_ids("<image>"), tok.convert_tokens_to_ids("<video>"))
+    config = default_model_config(len(tok), *ids, text_config={"num_hidden_layers": 8})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return LlavaOnevisionForConditionalGeneration(config).eval()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
-def test_pipeline_file_runs(path: Path, builtin_model, clip: np.ndarray) -> None:
-    pipe = _fit_depth(path, builtin_model.model)
-    with pipe.apply(builtin_model.model) as bound:
+def test_pipeline_file_runs(path: Path, builtin_model, deep_builtin, clip: np.ndarray) -> None:
+    in_decoder = Pipeline.from_yaml(path).config.strategies(Stage.IN_DECODER)
+    model = deep_builtin if in_decoder else builtin_model.model
+    pipe = _fit_depth(path, model)
+    with pipe.apply(model) as bound:
         stream = bound.stream(tokenizer=builtin_model.tokenizer)
         stats = stream.add_frames(clip)
         stats += stream.flush()
@@ -60,7 +80,17 @@ def test_every_strategy_has_a_ready_file() -> None:
     used = {
         s.name for p in ALL_PIPELINES for steps in Pipeline.from_yaml(p).config.stages.values() for s in steps
     }
-    assert {"stc_cacher", "stc_pruner", "tome", "visionzip", "vidcom2", "rekv", "sliding_window"} <= used
+    assert {
+        "stc_cacher",
+        "stc_pruner",
+        "tome",
+        "visionzip",
+        "vidcom2",
+        "rekv",
+        "sliding_window",
+        "fastv",
+        "pdrop",
+    } <= used
 
 
 # ------------------------------------------------ files for one target: its tiny model, real counts

@@ -24,6 +24,11 @@ REFUSED: dict[tuple[str, str], str] = {
     # (their meaningless options there are refused, see tests/targets/test_qwen_tome_visionzip.py).
     # ReKV and StreamingTOM's memory run on the Qwen M-RoPE targets too (retrieved frames re-placed
     # on all three axes by tokencompress.api.memory_positions).
+    # PyramidDrop renumbers positions per stage: a count, meaningless for (t, h, w) triples
+    # (positions: keep runs there, tests/strategies/test_fastv_streams.py).
+    ("pdrop", "qwen2_vl"): "M-RoPE",
+    ("pdrop", "qwen2_5_vl"): "M-RoPE",
+    ("pdrop", "qwen3_vl"): "M-RoPE",
 }
 """Built-in pairs that are refused, and the capability each refusal names."""
 

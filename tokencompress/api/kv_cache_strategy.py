@@ -173,6 +173,10 @@ class KVCacheStrategy(Strategy):
     stage = Stage.KV_CACHE
     changes_count = False
     stateful = True
+    per_layer_lengths: ClassVar[bool] = False
+    """True when the memory works on a cache whose layers hold different numbers of entries (an
+    in_decoder strategy drops tokens from the layers past its boundaries; the memory then reads
+    which entries each layer holds from ``LLMState.in_decoder``). False: refused with one at build time."""
     hosts_decode_policy: ClassVar[bool] = False
     """True when a decode policy (:mod:`tokencompress.api.decode_policy`) can run on this memory's answers:
     its memory maps the visual entries (:meth:`KVMemory.visual_slots`) or, with ``custom_attention``,

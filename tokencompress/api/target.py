@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from .block_adapter import BlockAdapter
+from .in_decoder import DecoderStack
 from .kv_cache import DecoderLayout
 from .prefill_segment import PrefillSegment
 from .tokens import VisualTokens
@@ -62,6 +63,9 @@ class LLMState:
     position_log: list[Tensor] | None = None
     """When a kv_cache memory sets it, every prefill appends its position ids here (memories that
     renumber positions need them: under M-RoPE a token's position is not its cache index)."""
+    in_decoder: Any = None
+    """The in_decoder stage's :class:`~tokencompress.api.in_decoder.InDecoderState` for this stream
+    (None without an in_decoder strategy); a field, so a chunk's snapshot copies it."""
 
     @property
     def length(self) -> int:
@@ -209,6 +213,27 @@ class Target(ABC):
             q_norm="q_norm" if hasattr(layers[0].self_attn, "q_norm") else None,
             k_norm="k_norm" if hasattr(layers[0].self_attn, "k_norm") else None,
         )  # fmt: skip
+
+    def decoder_stack(self) -> DecoderStack | None:
+        """The decoder layers as the in_decoder stage reaches them (None: not reachable).
+
+        Every decoder layer must take ``input_layernorm`` and ``self_attn`` (with a ``layer_idx``)
+        and be called with the ``position_embeddings`` the model computes once per forward, as
+        transformers 5's decoders do; a family that adds features between layers overrides this to
+        say from which layer a drop may come (``first_droppable``)."""
+        lm = self.language_model
+        layers = getattr(lm, "layers", None)
+        needed = ("input_layernorm", "self_attn")
+        if layers is None or not len(layers) or not all(all(hasattr(x, a) for a in needed) for x in layers):
+            return None
+        cfg = self.model.config.get_text_config()
+        rope = dict(getattr(cfg, "rope_parameters", None) or {})
+        return DecoderStack(
+            layers=tuple(layers),
+            rotary=getattr(lm, "rotary_emb", None),
+            mrope="mrope_section" in rope,
+            attention=str(getattr(cfg, "_attn_implementation", None) or "eager"),
+        )
 
     def rope_inv_freq(self) -> Tensor:
         """``[head_dim / 2]`` float32 inverse frequencies the decoder's rotary embedding uses."""

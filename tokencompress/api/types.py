@@ -43,6 +43,10 @@ class Stage(str, Enum):
     """Encoder output (selected feature layer), before the projector and any pooling."""
     PRE_PREFILL = "pre_prefill"
     """Projected (and pooled) visual tokens in LLM width, before they are placed in the prompt."""
+    IN_DECODER = "in_decoder"
+    """Between the decoder's layers during a prefill: at the boundaries a strategy names, the visual
+    tokens of the call are ranked and only the kept ones run through the later layers (FastV,
+    PyramidDrop; contract in :mod:`tokencompress.api.in_decoder`)."""
     KV_CACHE = "kv_cache"
     """The decoder's attention cache: what the LLM keeps and attends to while a stream encodes and
     when a question is asked (contract in :mod:`tokencompress.api.kv_cache`)."""

@@ -275,7 +275,8 @@ class _Runner:
             for start in range(0, len(self.frames), step):
                 with count_flops(target) as encode:
                     tokens = stream.encode_only(self.frames[start : start + step])
-                with count_flops(target) as prefill:
+                with count_flops(target) as prefill, stream.decoder.scope():
+                    stream.decoder.announce(tokens)  # an in_decoder strategy ranks this chunk
                     target.prefill_visual(stream.llm, tokens)
                 self.final_tokens.append(tokens)
                 missing_tower = missing_tower or encode.vision_calls == 0

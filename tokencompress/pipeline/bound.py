@@ -27,6 +27,7 @@ from ..patching.compiling import CompileOptions, Compiler, TowerCompile
 from ..patching.decode_keys import DecodeKeys
 from ..patching.decoder_attention import GroupedKVAttention
 from ..patching.decoder_linears import packed_decoder_linears
+from ..patching.in_decoder import InDecoderPatch
 from ..patching.kv_routing import KVPatch
 from ..plugins.events import StageEvent
 from ..plugins.faults import Attribution, check_tokens, guarded
@@ -34,6 +35,7 @@ from ..plugins.registry import Registry
 from ..stream.seam import ChunkRecorder, EncodedChunk, StreamPosition
 from ..stream.timing import now
 from .config import PipelineConfig
+from .decoder_placement import in_decoder_build
 from .kv_placement import kv_build, policy_build, position_fixes
 from .placement import TOKEN_PATH, Placement
 
@@ -88,6 +90,15 @@ class BoundPipeline:
         """The kv_cache decode policy (``dycoke_kv``) and what it was built for (both None without one)."""
         self.position_fixes = position_fixes(registry, target)
         """kv_cache steps that bound positions on this target (a refused stream names them)."""
+        per, _ = self.tokens_per_frame()
+        frames = target.token_frames(config.stream.frames_per_chunk)
+        self.in_decoder, stack = in_decoder_build(
+            config, target, None if per is None else per * frames, self.kv, self.decode_policy
+        )
+        """The in_decoder strategy (None without one); its hooks: ``in_decoder_patch``."""
+        self.in_decoder_patch = InDecoderPatch(
+            stack, self.in_decoder, getattr(target, "language_model", None)
+        )
         self.decoder_attention = GroupedKVAttention(getattr(target, "language_model", None))
         self.kv_patch = KVPatch(
             self.kv_build.layout if self.kv_build else None, self.kv is not None and self._kv_attends()
@@ -113,8 +124,9 @@ class BoundPipeline:
     def patched(self) -> Iterator[BoundPipeline]:
         """Install this pipeline's encoder and decoder patches for the ``with`` block (``apply`` uses
         it): the compiled tower (with ``compile``; the block patch wraps the compiled layers), the
-        decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical) and, with
-        ``stream.decoder_kernels: packed``, its prepacked linears (:mod:`.decoder_kernels`)."""
+        decoder's grouped-K/V attention (:mod:`.decoder_attention`, bit-identical), with
+        ``stream.decoder_kernels: packed`` its prepacked linears (:mod:`.decoder_kernels`), and an
+        in_decoder strategy's layer hooks (:mod:`..patching.in_decoder`)."""
         decoder = getattr(self.target, "language_model", None)
         packed = self.config.stream.decoder_kernels == "packed"
         with (
@@ -124,6 +136,7 @@ class BoundPipeline:
             self.decoder_attention,
             self.decode_keys,  # after decoder_attention: it wraps the implementation that one selects
             packed_decoder_linears(decoder, packed),
+            self.in_decoder_patch,
         ):
             yield self
 
@@ -135,6 +148,11 @@ class BoundPipeline:
         """A stream's decoder work (prefills, answers) runs inside this: the decoder attention reads
         grouped K/V in place for the calling thread only (:mod:`..patching.decoder_attention`)."""
         return self.decoder_attention.calls()
+
+    def in_decoder_scope(self, state: Any) -> AbstractContextManager[None]:
+        """A stream's decoder calls run inside this: the in_decoder hooks act on them with the stream's
+        own bookkeeping ``state`` (:class:`~tokencompress.api.in_decoder.InDecoderState`; None: no-op)."""
+        return self.in_decoder_patch.scope(state)
 
     def decode_answering(self, step: DecodeStep, visual: Tensor) -> AbstractContextManager[None]:
         """The calling thread's decode steps on a stock cache go through ``step`` (a decode policy)."""

@@ -75,6 +75,13 @@ def _check_stage_kind(cls: type) -> None:
         raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")
     if stage == Stage.KV_CACHE:
         return
+    from ..api.in_decoder import InDecoderStrategy
+
+    if (stage == Stage.IN_DECODER) != issubclass(cls, InDecoderStrategy):
+        want = "InDecoderStrategy" if stage == Stage.IN_DECODER else "a token or block strategy base"
+        raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")
+    if stage == Stage.IN_DECODER:
+        return
     if (stage == Stage.PRE_VIT_BLOCK) != issubclass(cls, BlockStrategy):
         want = "BlockStrategy" if stage == Stage.PRE_VIT_BLOCK else "TokenStrategy"
         raise TypeError(f"{cls.__qualname__} declares stage {stage.value} and must subclass {want}")

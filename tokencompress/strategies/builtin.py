@@ -5,7 +5,9 @@ from .dtd import DTD
 from .dycoke_kv import DycokeKV
 from .dycoke_ttm import DycokeTTM
 from .evs import Evs
+from .fastv import FastV
 from .infinipot_v import InfiniPotV
+from .pdrop import PyramidDrop
 from .rekv.strategy import ReKV
 from .sliding_window import SlidingWindow
 from .stc_cacher import StcCacher
@@ -28,13 +30,15 @@ BUILTIN = (
     DTD,
     DycokeTTM,
     StreamingTomCtr,
+    FastV,
+    PyramidDrop,
     ReKV,
     SlidingWindow,
     InfiniPotV,
     DycokeKV,
     StreamingTomOqm,
 )
-"""Every built-in strategy class, token stages first, then the kv_cache memories and decode policy."""
+"""Every built-in strategy class, token stages first, then the in_decoder droppers, then the kv_cache memories and decode policy."""
 
 
 @hookimpl

@@ -17,6 +17,11 @@ default sinks this is SimpleStream's "only the last N frames are visible" (``pip
 The kept tokens' keys and values are those computed when they were prefilled, while older frames were
 still in the window (as in every sliding window), not a fresh encoding of the last N frames alone.
 
+With an in_decoder strategy in front (FastV, PyramidDrop with ``positions: keep``) the layers past
+its boundary hold a subset of layer 0's entries; each layer keeps the sinks and window entries it
+holds (``LLMState.in_decoder`` maps them), and one position shift serves every layer because no
+position was renumbered.
+
 Each eviction rotates the window's keys again; in float32 that costs ~1e-7 per rotation, in
 bfloat16 about one ulp, which accumulates over the chunks a token spends in the window.
 """
@@ -109,13 +114,20 @@ class SlidingWindowMemory(KVMemory):
         keep = pos[:, total - n_local :]
         sink_next = int(pos[:, :s].max()) + 1 if s else 0
         delta = int(keep.min()) - sink_next
-        for layer in llm.cache.layers:
+        dropper = llm.in_decoder  # an in_decoder strategy: the layers past its boundary hold fewer entries
+        for i, layer in enumerate(llm.cache.layers):
+            held = dropper.entries(i) if dropper is not None else None
+            s_i, cut_i = (s, cut) if held is None else (int(held[:s].sum()), int(held[:cut].sum()))
             k, v = layer.keys, layer.values
-            window = k[:, :, total - n_local :]
+            window = k[:, :, cut_i:]
             if delta > 0:
                 window = rotate_by(window, -delta, self.freqs)
-            layer.keys = torch.cat((k[:, :, :s], window), dim=2).contiguous()
-            layer.values = torch.cat((v[:, :, :s], v[:, :, total - n_local :]), dim=2).contiguous()
+            layer.keys = torch.cat((k[:, :, :s_i], window), dim=2).contiguous()
+            layer.values = torch.cat((v[:, :, :s_i], v[:, :, cut_i:]), dim=2).contiguous()
+        if dropper is not None:
+            kept = torch.ones(total, dtype=torch.bool)
+            kept[s:cut] = False
+            dropper.keep_entries(kept)
         self.positions = torch.cat((pos[:, :s], keep - max(delta, 0)), dim=1)
         llm.next_position -= max(delta, 0)
 
@@ -138,6 +150,8 @@ class SlidingWindow(KVCacheStrategy):
     name = "sliding_window"
     hosts_decode_policy = True
     Params = SlidingWindowParams
+    per_layer_lengths = True
+    """With an in_decoder strategy (positions kept) each layer keeps the window's entries it holds."""
     summary = (
         "StreamingLLM-style sliding window: attention sinks + the last n_local tokens, positions bounded"
     )

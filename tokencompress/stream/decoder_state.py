@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +39,9 @@ class DecoderState:
         kv, build = bound.kv, bound.kv_build
         self.kv = kv.new_memory(target, build) if kv is not None and build is not None else None
         self.llm = self.kv.new_llm_state(target) if self.kv is not None else target.new_llm_state()
+        dropper, stack = bound.in_decoder, target.decoder_stack()
+        if dropper is not None and stack is not None:
+            self.llm.in_decoder = dropper.new_decoder_state(stack.num_layers)
         policy, pbuild = bound.decode_policy, bound.policy_build
         self.policy = policy.new_policy(target, pbuild) if policy is not None and pbuild is not None else None
         """The kv_cache decode policy's state (``dycoke_kv``), None without one."""
@@ -53,22 +56,24 @@ class DecoderState:
         )
 
     # ------------------------------------------------------------ transactions
-    def snapshot(self) -> tuple[dict[str, Any], int, bool, Any, Any, Tensor]:
+    def snapshot(self) -> tuple[dict[str, Any], list[int], bool, Any, Any, Tensor]:
         """The LLM state's small fields (deep-copied; the cache is cropped back instead and the
-        tokenizer never changes), the cache length, the guard's warning flag and the kv_cache
-        memory's own snapshot; with a memory that ``replaces_cache``, every layer's tensors too
-        (references: prefills and compressions replace them, never write into them)."""
+        tokenizer never changes), every cache layer's length (an in_decoder strategy leaves the
+        layers past its boundary shorter), the guard's warning flag and the kv_cache memory's own
+        snapshot; with a memory that ``replaces_cache``, every layer's tensors too (references:
+        prefills and compressions replace them, never write into them)."""
         fields = {k: copy.deepcopy(v) for k, v in vars(self.llm).items() if k not in ("cache", "tokenizer")}
         memory = self.kv.snapshot() if self.kv is not None else None
         tensors = None
         if self.kv is not None and self.kv.replaces_cache:
             tensors = [(getattr(x, "keys", None), getattr(x, "values", None)) for x in self.llm.cache.layers]
-        return fields, self.llm.length, self.guard.warned, memory, tensors, self.visual
+        lengths = [int(x.get_seq_length()) for x in self.llm.cache.layers]
+        return fields, lengths, self.guard.warned, memory, tensors, self.visual
 
-    def restore(self, snapshot: tuple[dict[str, Any], int, bool, Any, Any, Tensor]) -> None:
-        fields, length, warned, memory, tensors, self.visual = snapshot
+    def restore(self, snapshot: tuple[dict[str, Any], list[int], bool, Any, Any, Tensor]) -> None:
+        fields, lengths, warned, memory, tensors, self.visual = snapshot
         self._rows = None
-        crop_cache(self.llm.cache, length)
+        crop_cache(self.llm.cache, lengths)
         for layer, (keys, values) in zip(self.llm.cache.layers, tensors or (), strict=False):
             if isinstance(keys, Tensor) and isinstance(values, Tensor):
                 layer.keys, layer.values = keys, values
@@ -80,6 +85,8 @@ class DecoderState:
 
     def before_prefill(self, kind: str, tokens: int, visual: VisualTokens | None = None) -> None:
         """Before every encode-time prefill; ``visual``: the chunk's tokens (kind ``"frames"``)."""
+        if visual is not None:
+            self.announce(visual)
         wants = self.kv is not None and self.kv.wants_visual_rows
         rows = None
         if visual is not None and (wants or self.policy is not None):
@@ -95,6 +102,18 @@ class DecoderState:
                     "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
                 )
             self.kv.before_prefill(self.llm, kind, tokens)
+
+    def announce(self, visual: VisualTokens) -> None:
+        """Tell the in_decoder stage which rows of the next prefill are this chunk's visual tokens."""
+        state = self.llm.in_decoder
+        if state is not None:
+            state.pending.append(self.target.visual_row_mask(self.llm, visual))
+
+    def scope(self) -> AbstractContextManager[None]:
+        """The stream's decoder calls run inside this (the in_decoder hooks see its bookkeeping)."""
+        if self.llm.in_decoder is None:
+            return nullcontext()
+        return self.bound.in_decoder_scope(lambda: self.llm.in_decoder)  # a restore replaces the object
 
     def after_encode(self) -> None:
         appended = self.visual

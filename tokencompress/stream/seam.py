@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from ..api.decode_policy import DecodePolicy, DecodeStep
+    from ..api.in_decoder import InDecoderStrategy
     from ..api.kv_cache_strategy import KVBuild, KVCacheStrategy
     from ..api.target import Target
     from ..plugins.faults import Attribution
@@ -159,6 +160,15 @@ class ChunkEncoder(Protocol):
 
     def decoder_calls(self) -> AbstractContextManager[None]:
         """The scope of a stream's decoder work in the calling thread (prefills, answers)."""
+        ...
+
+    @property
+    def in_decoder(self) -> InDecoderStrategy | None:
+        """The pipeline's in_decoder strategy (None without one); a stream keeps its bookkeeping."""
+        ...
+
+    def in_decoder_scope(self, state: Any) -> AbstractContextManager[None]:
+        """The in_decoder hooks act on the calling thread's decoder calls in this block with ``state``."""
         ...
 
     @property

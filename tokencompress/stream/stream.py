@@ -38,11 +38,12 @@ T = TypeVar("T")
 
 def _decoder_work(method: Callable[..., T]) -> Callable[..., T]:
     """Run a public stream method inside the bound pipeline's decoder scope (the grouped-K/V
-    attention is routed for this thread only; see :meth:`ChunkEncoder.decoder_calls`)."""
+    attention is routed for this thread only; see :meth:`ChunkEncoder.decoder_calls`) and its
+    in_decoder scope (the hooks use this stream's bookkeeping)."""
 
     @functools.wraps(method)
     def run(self: Stream, *args: Any, **kwargs: Any) -> T:
-        with self.bound.decoder_calls():
+        with self.bound.decoder_calls(), self.decoder.scope():
             return method(self, *args, **kwargs)
 
     return run

@@ -61,10 +61,12 @@ def transaction(owner: StateOwner, work: Callable[[], T]) -> T:
         raise
 
 
-def crop_cache(cache: Any, length: int) -> None:
-    """Every layer of a transformers cache back to at most ``length`` tokens (layers that a
-    failed prefill reached hold more than the others, so the cut is per layer)."""
-    for layer in getattr(cache, "layers", []):
-        extra = layer.get_seq_length() - length
+def crop_cache(cache: Any, length: int | list[int]) -> None:
+    """Every layer of a transformers cache back to at most ``length`` tokens, or layer ``i`` to
+    ``length[i]`` (layers that a failed prefill reached hold more than the others, and an in_decoder
+    strategy leaves layers of different lengths, so the cut is per layer)."""
+    for i, layer in enumerate(getattr(cache, "layers", [])):
+        keep = length if isinstance(length, int) else (length[i] if i < len(length) else 0)
+        extra = layer.get_seq_length() - keep
         if extra > 0:
             layer.crop(-extra)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from ...api.in_decoder import DecoderStack
 from ...api.prefill_segment import PrefillSegment
 from ...api.target import LLMState, StageRunner, TargetOptions, cache_argument
 from ...api.tokens import VisualTokens
@@ -171,6 +172,16 @@ class Qwen3VLTarget(QwenVLTarget):
 
     def configure_stream(self, stream: StreamConfig) -> None:
         self._fps = float(stream.fps)
+
+    def decoder_stack(self) -> DecoderStack | None:
+        """DeepStack adds features at the visual rows after the first decoder layers, on the
+        full-length sequence: an in_decoder drop must come after the last of them."""
+        stack = super().decoder_stack()
+        depth = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
+        if stack is None or not depth:
+            return stack
+        why = f"DeepStack adds visual features after each of the first {depth} decoder layers"
+        return replace(stack, first_droppable=depth, why_first=why)
 
     def slice_times(self, first_frame: int, num_frames: int) -> tuple[float, ...]:
         """Seconds of every slice of a chunk: mean time of its first and last (repeated) frame."""

@@ -96,6 +96,12 @@ class ServingPlan:
                 s.name,
                 "acts on the decoder's KV cache, which vLLM's paged cache manager owns",
             )
+        for i, s in enumerate(self.config.strategies(Stage.IN_DECODER)):
+            raise self._refuse(
+                f"stages.in_decoder[{i}]",
+                s.name,
+                "drops tokens between the decoder's layers, which vLLM's model runner and paged cache own",
+            )
         for i, s in enumerate(self.config.strategies(Stage.PRE_VIT_BLOCK)):
             raise self._refuse(
                 f"stages.pre_vit_block[{i}]", s.name, "runs inside the vision encoder's blocks"
