@@ -29,8 +29,9 @@ tower to eager attention:
   stream's own thread, the layer computes its attention explicitly (``softmax(QKᵀ·scale)·V`` in
   query blocks) and takes the probabilities' column sums on the way, so the saliency costs no
   extra FLOPs. The tower's output equals the stock one up to float rounding (the explicit softmax
-  replaces the fused kernel in that layer only). Where a ``pre_vit_block`` strategy computed that
-  layer itself (STC-Cacher's cached chunks), the tap did not run and the saliency is recomputed.
+  replaces the fused kernel in that layer only). Where a ``pre_vit_block`` strategy computes that
+  layer itself (STC-Cacher computes every layer), the tap does not run and the saliency is
+  recomputed as with ``recompute``.
 
 Rotary and attention windows (Qwen towers) are applied as the layer applies them; a CLS row (CLIP
 towers) attends but its own column is dropped. The map reaches the carrier's grid through ``chunk.to_prefill_grid``
