@@ -16,21 +16,23 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..api.block_adapter import BlockAdapter
-from ..kernels.attention_received import QUERY_BLOCK, attention_received
+from ..kernels.attention_received import attention_received, query_block
 
 __all__ = ["tapped_layer"]
 
 
-def tapped_layer(adapter: BlockAdapter, h: Tensor, block: int = QUERY_BLOCK) -> tuple[Tensor, Tensor]:
+def tapped_layer(adapter: BlockAdapter, h: Tensor, block: int | None = None) -> tuple[Tensor, Tensor]:
     """``(out, received)`` of the layer behind ``adapter`` (bound to this call) on ``h`` ``[F, T, C]``.
 
     ``out`` ``[F, T, C]`` is the layer's output; ``received`` ``[F, T]`` float32 the attention each
     of the ``T`` tokens receives, averaged over heads and query rows (a CLS column is included;
     the caller drops it). Queries and keys are positioned as the layer uses them (rotary), the
     adapter's :meth:`~BlockAdapter.logit_mask` restricts windowed layers, the logit scale is
-    ``head_dim ** -0.5`` as in every supported tower.
+    ``head_dim ** -0.5`` as in every supported tower. ``block``: query rows per softmax block
+    (None: :func:`~tokencompress.kernels.attention_received.query_block`).
     """
     f, t, _ = h.shape
+    block = block if block is not None else query_block(f, adapter.num_heads, t, t)
     q, k, v = adapter.qkv(adapter.ln1(h))
     qh, kh = adapter.positioned(q, k)
     vh = v.view(f, t, adapter.num_heads, adapter.head_dim).transpose(1, 2)

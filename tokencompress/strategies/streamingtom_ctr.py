@@ -103,8 +103,7 @@ from .visionzip_select import dominant_scores_mean_received
 __all__ = ["StreamingTomCtr", "StreamingTomCtrParams", "StreamingTomCtrState", "CtrPlan"]
 
 _QUERY_BLOCK = QUERY_BLOCK
-"""Query rows per softmax block of the saliency (bounds memory at F·H·256·T floats); the tap's
-blocks, so for the same q/k both sources give the same bits."""
+"""Query rows per softmax block of the recomputed saliency (bounds memory at F·H·256·T floats)."""
 
 
 class StreamingTomCtrParams(StrategyParams):
