@@ -403,6 +403,7 @@ def test_qwen_kept_tokens_keep_their_unpruned_positions(target_index: int, g: in
         {"dpc_delta": "nearest"},
         {"noise": "global"},
         {"seed": -1},
+        {"saliency_source": "eager"},
         {"retain_tokens": 50},
     ],
 )

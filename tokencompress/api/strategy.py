@@ -143,6 +143,12 @@ class Strategy(ABC):
         """Encoder layers (non-negative indices) whose inputs this strategy reads via ``chunk.probes``."""
         return ()
 
+    def attention_taps(self, num_layers: int) -> tuple[int, ...]:
+        """Encoder layers (non-negative indices, a subset of :meth:`probe_layers`) whose own
+        self-attention the pipeline computes explicitly, taking each token's received attention on
+        the way (``chunk.probes[i].received``): the saliency costs no second pass over the layer."""
+        return ()
+
     def effective_stage(self, infos: dict[Stage, StageInfo]) -> Stage:
         """Where the strategy actually runs on a target with these stage layouts.
 

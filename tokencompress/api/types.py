@@ -123,6 +123,10 @@ class LayerProbe:
     adapter: BlockAdapter
     num_layers: int = 0
     """Depth of the tower, so a strategy can resolve negative layer indices."""
+    received: Tensor | None = None
+    """``[F, T]`` float32 attention each token received in this layer's own pass (mean over heads
+    and query rows; a CLS column included), when a strategy asked the pipeline to tap the layer
+    (``Strategy.attention_taps``) and the layer ran through the tap; None otherwise."""
 
 
 @dataclass(frozen=True)

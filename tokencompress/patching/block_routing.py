@@ -4,6 +4,11 @@ transformers 5 records hidden states with hooks on the layer classes, so the lay
 stay in place: the patch sets an instance ``forward`` (kept out of the class) and deletes it on
 exit. Outside a stream's chunk, and in every thread other than the one running that chunk,
 the layers run their stock forward, so other users of the model are unaffected.
+
+Tapped layers (``tap_layers``, a strategy's ``attention_taps``) get their own instance forward
+beneath the block strategies' one: during a chunk it runs the layer with its attention computed
+explicitly (:func:`.attention_tap.tapped_layer`) and stores the received attention in the
+chunk's probe of that layer; a block strategy that computes that layer itself bypasses it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ..api.block_adapter import BlockAdapter
 from ..api.strategy import BlockStrategy
 from ..api.types import BlockCall, ChunkInfo, LayerProbe
 from ..plugins.faults import Attribution, check_hidden, guarded
+from .attention_tap import tapped_layer
 from .overrides import Overrides, mark, refuse_nested
 
 __all__ = ["BlockPatch"]
@@ -47,6 +53,7 @@ class BlockPatch:
         strategies: Sequence[BlockStrategy],
         probe_layers: Sequence[int] = (),
         attribution: Attribution | None = None,
+        tap_layers: Sequence[int] = (),
     ):
         if len(layers) != len(adapters):
             raise ValueError("one adapter per layer is required")
@@ -54,9 +61,11 @@ class BlockPatch:
         self.adapters = list(adapters)
         self.strategies = list(strategies)
         self.probe_layers = sorted(set(probe_layers))
+        self.tap_layers = sorted(set(tap_layers))
         self.attribution = attribution if attribution is not None else Attribution(None)
         self._active: _Active | None = None
         self._overrides = Overrides("block")
+        self._taps = Overrides("tap")
         self._handles: list[Any] = []
         self._lock = threading.Lock()
 
@@ -70,6 +79,8 @@ class BlockPatch:
             for i in self.probe_layers:
                 hook = mark(self._make_probe(i), "probe")
                 self._handles.append(self.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+            for i in self.tap_layers:  # beneath the block routing, which calls it as the stock layer
+                self._taps.forward(self.layers[i], self._make_tap(i, self.layers[i].forward))
             if self.strategies:
                 for i, layer in enumerate(self.layers):
                     self._overrides.forward(layer, self._make_forward(i, layer.forward))
@@ -83,11 +94,14 @@ class BlockPatch:
             handle.remove()
         self._handles = []
         self._overrides.restore()
+        self._taps.restore()
 
     @contextmanager
     def chunk(self, states: Sequence[Any], info: ChunkInfo) -> Iterator[None]:
         """Route layer calls through the strategies with these per-stream ``states``."""
-        if (self.strategies or self.probe_layers) and not (self.installed or self._handles):
+        if (self.strategies or self.probe_layers or self.tap_layers) and not (
+            self.installed or self._handles or self._taps.installed
+        ):
             raise RuntimeError(
                 "the pipeline's encoder hooks are not installed: open streams inside "
                 "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
@@ -111,6 +125,23 @@ class BlockPatch:
                 active.chunk.probes[index] = LayerProbe(bound.to_frames(hidden), bound, len(self.layers))
 
         return probe
+
+    def _make_tap(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        patch = self
+        adapter = self.adapters[index]
+        n_layers = len(self.layers)
+
+        def forward(_layer: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            active = patch._active
+            if active is None or active.thread != threading.get_ident():
+                return stock(hidden_states, *args, **kwargs)
+            bound = adapter.bind(args, kwargs)
+            h = bound.to_frames(hidden_states)
+            out, received = tapped_layer(bound, h)
+            active.chunk.probes[index] = LayerProbe(h, bound, n_layers, received)
+            return bound.from_frames(out)
+
+        return forward
 
     def _make_forward(self, index: int, stock: Callable[..., Tensor]) -> Callable[..., Tensor]:
         patch = self

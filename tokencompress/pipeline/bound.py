@@ -71,10 +71,11 @@ class BoundPipeline:
         block = [s for s in self.by_stage[Stage.PRE_VIT_BLOCK] if isinstance(s, BlockStrategy)]
         n_layers = len(target.vit_layers())
         probes = sorted({i for s in self.steps for i in s.probe_layers(n_layers)})
-        layers = target.vit_layers() if (block or probes) else []
+        taps = sorted({i for s in self.steps for i in s.attention_taps(n_layers)})
+        layers = target.vit_layers() if (block or probes or taps) else []
         self.attribution = Attribution(registry)
         self.patch = BlockPatch(
-            layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution
+            layers, [target.block_adapter(layer) for layer in layers], block, probes, self.attribution, taps
         )
         check_prefill_grouping(
             config.stream,

@@ -16,13 +16,25 @@ arithmetic is :mod:`.streamingtom_ctr_reduce` (reference-exact on the golden fix
 * dynamic tokens are ranked by saliency, the attention each ViT token receives in the probed
   encoder layer (mean over heads and queries), carried to the pooled grid by the target's own map.
 
-**Saliency without eager attention.** The reference recomputes the last SigLIP layer's softmax in
-its own attention module. Here the pipeline captures the input of encoder layer ``layer`` (a
-forward pre-hook, ``chunk.probes``, as for VisionZip) and the strategy recomputes only
-``softmax(q kᵀ / √d)`` with the layer's own norm and projections through the target's block
-adapter, in query blocks; the tower keeps its fused attention. Rotary and attention windows
-(Qwen towers) are applied as the layer applies them; a CLS row (CLIP towers) attends but its
-own column is dropped. The map reaches the carrier's grid through ``chunk.to_prefill_grid``
+**Saliency without eager attention.** The reference computes the last SigLIP layer's softmax in
+its own attention module. Two sources here (``saliency_source``), both without switching the
+tower to eager attention:
+
+* ``recompute`` (default): the pipeline captures the input of encoder layer ``layer`` (a forward
+  pre-hook, ``chunk.probes``, as for VisionZip) and the strategy recomputes
+  ``softmax(q kᵀ / √d)`` with the layer's own norm and projections through the target's block
+  adapter, in query blocks; the tower keeps its fused attention. A second pass over one layer's
+  q/k projections and ``QKᵀ`` per frame: on LLaVA-OneVision-7B's SigLIP about 5 GFLOP a frame.
+* ``tower``: the pipeline *taps* that one layer (``attention_taps``): while a chunk runs, in the
+  stream's own thread, the layer computes its attention explicitly (``softmax(QKᵀ·scale)·V`` in
+  query blocks) and takes the probabilities' column sums on the way, so the saliency costs no
+  extra FLOPs. The tower's output equals the stock one up to float rounding (the explicit softmax
+  replaces the fused kernel in that layer only). Where a ``pre_vit_block`` strategy computes that
+  layer itself (STC-Cacher computes every layer), the tap does not run and the saliency is
+  recomputed as with ``recompute``.
+
+Rotary and attention windows (Qwen towers) are applied as the layer applies them; a CLS row (CLIP
+towers) attends but its own column is dropped. The map reaches the carrier's grid through ``chunk.to_prefill_grid``
 (LLaVA-OneVision: the same bilinear 27×27 → 14×14 resize as the features, as the reference does;
 Qwen: the mean over each 2×2 merge block, the reference's unused Qwen branch; LLaVA-NeXT-Video:
 its average pooling).
@@ -41,7 +53,7 @@ after a chunk went through, so a failed chunk leaves the stream as it was. With 
 
 Options (every field of :class:`StreamingTomCtrParams`): ``tokens_per_frame`` (``G``, default 50),
 ``similarity_threshold`` (τ, 0.9), ``k`` (7), ``beta`` (0.6), ``layer`` (-1), ``dpc_delta``,
-``noise``, ``seed``.
+``noise``, ``seed``, ``saliency_source``.
 
 Quirks of the reference (Q-numbers of the method spec's quirk list, which the fixture README in
 ``tests/fixtures/streamingtom/`` accompanies):
@@ -84,13 +96,14 @@ from ..api.errors import BudgetError, CompatibilityError
 from ..api.strategy import StrategyParams, TokenStrategy, encoder_layer_index
 from ..api.tokens import VisualTokens
 from ..api.types import Capability, ChunkInfo, LayerProbe, Stage, StageInfo
+from ..kernels.attention_received import QUERY_BLOCK
 from .streamingtom_ctr_reduce import FrameReduction, Noise, reduce_frame, static_masks
 from .visionzip_select import dominant_scores_mean_received
 
 __all__ = ["StreamingTomCtr", "StreamingTomCtrParams", "StreamingTomCtrState", "CtrPlan"]
 
-_QUERY_BLOCK = 256
-"""Query rows per softmax block of the saliency (bounds memory at F·H·256·T floats)."""
+_QUERY_BLOCK = QUERY_BLOCK
+"""Query rows per softmax block of the recomputed saliency (bounds memory at F·H·256·T floats)."""
 
 
 class StreamingTomCtrParams(StrategyParams):
@@ -128,6 +141,12 @@ class StreamingTomCtrParams(StrategyParams):
         "generator seeded by (seed, stream frame index) instead of the global RNG; none: add nothing",
     )
     seed: int = Field(0, ge=0, description="seed of the DPC density noise (noise: reference)")
+    saliency_source: Literal["recompute", "tower"] = Field(
+        "recompute",
+        description="recompute: the probed layer's q/k and softmax are computed a second time from its input; "
+        "tower: that layer computes its own attention explicitly and hands over each token's received "
+        "attention from the same pass (no extra FLOPs; the tower's output equal up to float rounding)",
+    )
 
 
 @dataclass
@@ -204,6 +223,9 @@ class StreamingTomCtr(TokenStrategy):
     def probe_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self.resolve_layer(num_layers),)
 
+    def attention_taps(self, num_layers: int) -> tuple[int, ...]:
+        return (self.resolve_layer(num_layers),) if self.params.saliency_source == "tower" else ()
+
     def new_state(self) -> StreamingTomCtrState:
         return StreamingTomCtrState()
 
@@ -233,12 +255,15 @@ class StreamingTomCtr(TokenStrategy):
 
     def vit_saliency(self, probe: LayerProbe, grid_tokens: int) -> Tensor:
         """``[F, T]`` float32: the attention every ViT grid token receives in the probed layer, averaged
-        over heads and over every query row (a CLS row attends; its own column is dropped)."""
+        over heads and over every query row (a CLS row attends; its own column is dropped). With
+        ``saliency_source: tower`` it is the tapped layer's own ``probe.received`` when present."""
         h, adapter = probe.hidden, probe.adapter
         t_enc = h.shape[1]
         cls = getattr(adapter, "cls_tokens", None)
         if cls is None:
             cls = 0 if t_enc == grid_tokens or math.isqrt(t_enc) ** 2 == t_enc else 1
+        if self.params.saliency_source == "tower" and probe.received is not None:
+            return probe.received[:, cls:]
         x = adapter.ln1(h)
         q, k = adapter.positioned(adapter.q(x), adapter.k(x))  # heads [F, H, T, d], rotary applied
         mask = adapter.logit_mask()
