@@ -64,8 +64,17 @@ ROWS = (
     Row("rekv_stc", "rekv_stc", "`rekv_stc`"),
     Row("evs", "evs", "`evs`"),
     Row("dtd", "dtd", "`dtd`"),
-    Row("dycoke", "dycoke", "`dycoke_ttm`"),
+    Row("dycoke", "dycoke_ttm", "`dycoke_ttm`"),
     Row("streamingtom", "streamingtom_ctr", "`streamingtom_ctr`"),
+    Row(
+        "streamingtom_tower",
+        "streamingtom_ctr",
+        "`streamingtom_ctr`, `saliency_source: tower`",
+        {"saliency_source": "tower"},
+    ),
+    Row("fastv", "fastv", "`fastv` K 2 / R 0.5"),
+    Row("pdrop", "pdrop", "`pdrop` layers 2/4/6 of 8"),
+    Row("stc_fastv", "stc_fastv", "`stc_fastv`"),
 )
 PIPELINES = tuple(r.name for r in ROWS)
 PREFILL_RUNS = (
