@@ -22,6 +22,7 @@ from tests.support.fixture_cases import FIXTURES, Case, Checker, is_exact, need,
         ("ATOL 2E-3", {"atol": 2e-3, "rtol": 0.0}),
         ({"rtol": 1e-05, "atol": 1e-05}, {"atol": 1e-5, "rtol": 1e-5}),
         ({"atol": 0.0001}, {"atol": 1e-4, "rtol": 0.0}),
+        ({"atol": 1e-4, "rtol": 1e-5, "why": "sdpa vs explicit softmax"}, {"atol": 1e-4, "rtol": 1e-5}),
     ],
 )
 def test_bounds_are_read(spec, want) -> None:
@@ -42,6 +43,7 @@ def test_bounds_are_read(spec, want) -> None:
         "bit for bit",
         "exact; when two lists are acceptable either is correct",
         "exact (pure copies of inputs) or atol 1e-6 for block_repr",
+        "exact, except steps[].boundary_tie: any choice among the tied positions",
     ],
 )
 def test_exact_forms_allow_nothing(spec: str) -> None:
@@ -71,6 +73,7 @@ def test_exact_forms_allow_nothing(spec: str) -> None:
         {"atol": "exact"},
         {"atol": True},
         {"atol": float("nan")},
+        {"atol": 1e-5, "why": 3},
         {"rtol": -1.0},
     ],
 )

@@ -128,7 +128,9 @@ _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?"
 _EXACT = re.compile(r"(?:bit-?)?exact(?:ly)?(?: as sets)?|bit[- ]for[- ]bit")
 _BOUND = re.compile(rf"(atol|rtol|atol/rtol|rtol/atol)\s*=?\s*({_NUMBER})")
 _COMMENT = re.compile(r"\s*\([^()]*\)$")
-_EXACT_LEAD = re.compile(r"(?:bit-?)?exact(?:ly)?(?:\s*\([^()]*\))?(?:;|\s+or\s|,\s+unless\s)")
+_EXACT_LEAD = re.compile(r"(?:bit-?)?exact(?:ly)?(?:\s*\([^()]*\))?(?:;|\s+or\s|,\s+(?:unless|except)\s)")
+_DOC_KEYS = frozenset({"note", "why"})
+"""Keys of a tolerance mapping that explain it (strings), not bounds."""
 
 
 def parse_tolerance(spec: str | Mapping[str, object]) -> dict[str, float]:
@@ -139,15 +141,19 @@ def parse_tolerance(spec: str | Mapping[str, object]) -> dict[str, float]:
     named is 0. ``"exact"``, ``"exactly"``, ``"exact as sets"``, ``"bit-exact"`` and ``"bit for bit"``
     (also with a comment, or followed by ``"; ..."`` or ``" or <rule for other keys>"``, as the rekv
     sidecars write their exact checks) give both bounds 0: compare with ``is_exact``/``torch.equal``, and check
-    set semantics where the caller needs them. Mappings: ``{"atol": 1e-5, "rtol": 1e-5}``, optionally with a ``"note"`` string (documentation).
-    ``"exact, unless <rule>"`` is exact: the rule (a tie alternative) is the caller's to apply.
+    set semantics where the caller needs them. Mappings: ``{"atol": 1e-5, "rtol": 1e-5}``, optionally with ``"note"`` or
+    ``"why"`` strings (documentation). ``"exact, unless <rule>"`` and ``"exact, except <rule>"`` are exact:
+    the rule (a tie alternative) is the caller's to apply.
     Anything else raises ``ValueError``; nothing is defaulted.
     """
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"atol", "rtol", "note"}
-        if unknown or not set(spec) & {"atol", "rtol"} or not isinstance(spec.get("note", ""), str):
-            raise ValueError(f"tolerance mapping {dict(spec)!r} must have only 'atol' and/or 'rtol'")
-        bounds = {key: _bound(key, value) for key, value in spec.items() if key != "note"}
+        unknown = set(spec) - {"atol", "rtol"} - _DOC_KEYS
+        docs_ok = all(isinstance(spec[key], str) for key in _DOC_KEYS & set(spec))
+        if unknown or not set(spec) & {"atol", "rtol"} or not docs_ok:
+            raise ValueError(
+                f"tolerance mapping {dict(spec)!r} must have only 'atol' and/or 'rtol' (and 'note'/'why' strings)"
+            )
+        bounds = {key: _bound(key, value) for key, value in spec.items() if key not in _DOC_KEYS}
         return {"atol": bounds.get("atol", 0.0), "rtol": bounds.get("rtol", 0.0)}
     if not isinstance(spec, str):
         raise ValueError(f"unreadable tolerance {spec!r}: not a string or mapping")
