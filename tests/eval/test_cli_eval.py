@@ -152,3 +152,27 @@ def test_eval_escapes_control_characters_in_what_it_echoes(builtin_model, synth,
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "stc\\x1b[2J\\x07" in out
+
+
+DECODER_SIDE = {
+    "rekv": {"kv_cache": [{"strategy": "rekv", "n_local": 600, "topk": 2}]},
+    "fastv": {"in_decoder": [{"strategy": "fastv", "layer": 1, "ratio": 0.5}]},
+    "dycoke_kv": {"kv_cache": [{"strategy": "dycoke_kv", "l": 1, "p": 0.5}]},
+}
+
+
+@pytest.mark.parametrize("protocol", ["reference", "incremental"])
+def test_pipelines_that_patch_the_decoder_answer_every_query(builtin_model, synth, tmp_path, protocol):
+    """ReKV's own attention, FastV's layer hooks and a decode policy need the pipeline's decoder
+    patches during each variant's turn, not only the encoder's: every query is answered."""
+    files = []
+    for name, stages in DECODER_SIDE.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps({"name": name, "stream": {"frames_per_chunk": 1}, "stages": stages}))
+        files.append(path)
+    results, preds = eval_cli(
+        builtin_model, *files, "--benchmark", "ovo-bench", "--data", synth["ovo-bench"]["root"],
+        "--protocol", protocol, "--fps", "0.5", "--limit", "2", "--max-new-tokens", "2", "--out", tmp_path / "o",
+    )  # fmt: skip
+    assert [v["name"] for v in results["variants"]] == ["baseline", *DECODER_SIDE]
+    assert len(preds) == 4 * results["queries"] and [p["error"] for p in preds if p["error"]] == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,7 +63,9 @@ class StreamEngine:
         self.wrap = wrap
 
     def active(self) -> AbstractContextManager[Any]:
-        return self.bound.patch if self.bound.patch is not None else nullcontext()
+        """Every patch of the pipeline (encoder blocks, kv_cache routing, in_decoder hooks, decode
+        policy, decoder kernels) installed for this variant's turn, removed after it."""
+        return self.bound.patched()
 
     def session(self) -> _StreamSession:
         return _StreamSession(self)

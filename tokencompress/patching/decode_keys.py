@@ -108,6 +108,10 @@ class DecodeKeys:
         self._steps: dict[int, tuple[DecodeStep, Tensor]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def installed(self) -> bool:
+        return self.switched
+
     def __enter__(self) -> DecodeKeys:
         if not self.active:
             return self

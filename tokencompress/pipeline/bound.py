@@ -142,8 +142,10 @@ class BoundPipeline:
             yield self
 
     @property
-    def kv_routed(self) -> bool:
-        return self.kv_patch.installed
+    def decoder_patched(self) -> bool:
+        """Whether every decoder patch this pipeline needs is installed now (inside ``apply()``): a
+        memory's own attention routing, the in_decoder layer hooks, the decode policy's routing."""
+        return all(p.installed for p in (self.kv_patch, self.in_decoder_patch, self.decode_keys) if p.active)
 
     def decoder_calls(self) -> AbstractContextManager[None]:
         """A stream's decoder work (prefills, answers) runs inside this: the decoder attention reads

@@ -83,8 +83,18 @@ class DecoderState:
         if self.kv is not None:
             self.kv.restore(memory)
 
+    def require_patches(self) -> None:
+        """Refuse decoder work while the pipeline's decoder patches are out: a memory's attention,
+        an in_decoder drop or a decode policy would silently not happen (or fail deep inside)."""
+        if not self.bound.decoder_patched:
+            raise RuntimeError(
+                "the pipeline's decoder hooks are not installed: open streams inside "
+                "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
+            )
+
     def before_prefill(self, kind: str, tokens: int, visual: VisualTokens | None = None) -> None:
         """Before every encode-time prefill; ``visual``: the chunk's tokens (kind ``"frames"``)."""
+        self.require_patches()
         if visual is not None:
             self.announce(visual)
         wants = self.kv is not None and self.kv.wants_visual_rows
@@ -96,11 +106,6 @@ class DecoderState:
         if self.kv is not None:
             if rows is not None and wants:
                 self.kv.visual_rows(self.llm, rows)
-            if self.kv.custom_attention and not self.bound.kv_routed:
-                raise RuntimeError(
-                    "the pipeline's decoder hooks are not installed: open streams inside "
-                    "`with pipeline.apply(model) as bound:` (bind() alone only checks the pipeline)"
-                )
             self.kv.before_prefill(self.llm, kind, tokens)
 
     def announce(self, visual: VisualTokens) -> None:
@@ -128,6 +133,7 @@ class DecoderState:
     def answering(self) -> Iterator[None]:
         """An answer's decode steps go through the decode policy (if any): on a stock cache through the
         pipeline's attention routing, in a memory with its own attention through its ``decode_step``."""
+        self.require_patches()
         if self.policy is None:
             yield
             return

@@ -153,9 +153,10 @@ class ChunkEncoder(Protocol):
         ...
 
     @property
-    def kv_routed(self) -> bool:
-        """Whether the decoder's attention is routed through kv_cache memories right now (inside
-        ``apply()``); a memory with its own attention cannot run without it."""
+    def decoder_patched(self) -> bool:
+        """Whether every decoder patch the pipeline needs is installed right now (inside ``apply()``):
+        a memory with its own attention, an in_decoder strategy and a decode policy cannot run
+        without theirs."""
         ...
 
     def decoder_calls(self) -> AbstractContextManager[None]:
