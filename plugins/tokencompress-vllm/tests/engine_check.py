@@ -1,7 +1,8 @@
 """Run inside the vLLM side environment: serve one video through vLLM once per case, print JSON.
 
 ``python engine_check.py CHECKPOINT FRAMES.npy CASES.json OUT_DIR``. CASES is a list of
-``{"name", "additional_config"?, "video_pruning_rate"?}``. For each case one engine starts
+``{"name", "additional_config"?, "video_pruning_rate"?, "prompt"?}`` (``prompt``: a key of
+:data:`PROMPTS`, default ``standard``). For each case one engine starts
 (eager, one process), answers the same greedy request and reports the prompt length, the answer
 and its log-probabilities, and the kept indices the plugin recorded (``record`` in
 ``additional_config.tokencompress``). An engine that refuses to start reports its error line.
@@ -18,7 +19,11 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n<|im_start|>assistant\n"
+PROMPTS = {  # the standard placeholder, and the bare video token (which transformers 5.10+ expands alone)
+    "standard": "<|vision_start|><|video_pad|><|vision_end|>",
+    "bare": "<|video_pad|>",
+}
+PROMPT = "<|im_start|>user\n{video}What happens?<|im_end|>\n<|im_start|>assistant\n"
 FPS = 2.0
 
 
@@ -60,7 +65,7 @@ def run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
     except Exception as exc:  # the refusal line is what is checked
         return {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        return _answer(llm, frames, record)
+        return _answer(llm, frames, record, PROMPT.format(video=PROMPTS[case.get("prompt", "standard")]))
     except Exception as exc:  # one failing case must not hide the others
         return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -68,11 +73,11 @@ def run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
         gc.collect()
 
 
-def _answer(llm, frames, record: Path) -> dict:
+def _answer(llm, frames, record: Path, prompt: str) -> dict:
     from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=6, temperature=0, logprobs=0)
-    (out,) = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": video(frames)}}, params)
+    (out,) = llm.generate({"prompt": prompt, "multi_modal_data": {"video": video(frames)}}, params)
     answer = out.outputs[0]
     logprobs = [float(lp[t].logprob) for t, lp in zip(answer.token_ids, answer.logprobs, strict=True)]
     kept = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
