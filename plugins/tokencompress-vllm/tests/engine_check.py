@@ -1,8 +1,9 @@
 """Run inside the vLLM side environment: serve one video through vLLM once per case, print JSON.
 
 ``python engine_check.py CHECKPOINT FRAMES.npy CASES.json OUT_DIR``. CASES is a list of
-``{"name", "additional_config"?, "video_pruning_rate"?, "prompt"?}`` (``prompt``: a key of
-:data:`PROMPTS`, default ``standard``). For each case one engine starts
+``{"name", "additional_config"?, "video_pruning_rate"?, "prompt"?, "evs_main_features"?}``
+(``prompt``: a key of :data:`PROMPTS`, default ``standard``; ``evs_main_features``: vLLM's own
+Qwen3-VL EVS scores only a row's main features, see :func:`evs_on_main_features`). For each case one engine starts
 (eager, one process), answers the same greedy request and reports the prompt length, the answer
 and its log-probabilities, and the kept indices the plugin recorded (``record`` in
 ``additional_config.tokencompress``). An engine that refuses to start reports its error line.
@@ -10,6 +11,7 @@ and its log-probabilities, and the kept indices the plugin recorded (``record`` 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -40,7 +42,33 @@ def video(frames):
     return frames, meta
 
 
+@contextlib.contextmanager
+def evs_on_main_features(checkpoint: str):
+    """vLLM's EVS on Qwen3-VL scores each video row as the encoder hands it over, the main features
+    with the DeepStack levels appended; tokencompress's EVS (and the transformers path) scores the
+    main features, the tokens the LLM reads. For one case, vLLM's selection sees the main part."""
+    import vllm.model_executor.models.qwen3_vl as qwen3_vl
+
+    dim = json.loads((Path(checkpoint) / "config.json").read_text())["vision_config"]["out_hidden_size"]
+    original = qwen3_vl.compute_retention_mask
+
+    def main_part(video_embeds, *args, **kwargs):
+        return original(video_embeds[:, :dim], *args, **kwargs)
+
+    qwen3_vl.compute_retention_mask = main_part
+    try:
+        yield
+    finally:
+        qwen3_vl.compute_retention_mask = original
+
+
 def run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
+    scope = evs_on_main_features(checkpoint) if case.get("evs_main_features") else contextlib.nullcontext()
+    with scope:
+        return _run_case(checkpoint, frames, case, out_dir)
+
+
+def _run_case(checkpoint: str, frames, case: dict, out_dir: Path) -> dict:
     from vllm import LLM
 
     kwargs = {}

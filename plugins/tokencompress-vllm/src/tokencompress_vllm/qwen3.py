@@ -23,7 +23,9 @@ contract vLLM's own EVS uses on Qwen3-VL, where a video is one group per tempora
   ``recompute_mrope_positions`` (``multimodal/video_prune/evs.py``) takes that outer marker for
   the first group's, placing the video's positions one timestamp too early (a negative index
   when the prompt before the video is shorter than a timestamp). The model hands that function
-  the prompt with outer markers read as text, so both placeholder forms work.
+  the prompt with outer markers read as text, so both placeholder forms work. vLLM's rule for
+  the prompt's first positions lays out a whole slice for a group that holds fewer tokens (a
+  planned count below one slice's tokens, which EVS never plans); the surplus columns are dropped.
 
 Images pass unpruned (they only carry their positions). Each video is one stream.
 """
@@ -52,54 +54,11 @@ try:
 except ImportError as exc:  # the plugin installed without vLLM (or a vLLM without this model)
     raise ImportError(f"{INSTALL_HINT} ({exc})") from None
 
+from .groups import lumped, outer_starts_as_text, relayout, surplus_columns
 from .plan import ServingPlan
 from .serving import carried_plan
 
-__all__ = ["TokenCompressQwen3_VL", "TokenCompressQwen3_VLProcessor", "lumped", "outer_starts_as_text"]
-
-TEXT = -1
-"""Id given to an outer ``<|vision_start|>`` in the copy of the prompt that positions are computed
-from: any id that is not a vision marker or a media token reads as text there."""
-
-
-def lumped(count: int, slices: int) -> list[int]:
-    """Placeholders per slice group of a pruned video: all ``count`` in the first (vLLM's form)."""
-    return [count] + [0] * (slices - 1)
-
-
-def outer_starts_as_text(ids: Sequence[int], start: int, inner_next: set[int]) -> list[int]:
-    """``ids`` with every ``start`` marker that is not followed by one of ``inner_next`` (a media
-    token or the end marker: a group of its own) turned into :data:`TEXT`."""
-    out = list(ids)
-    for i in range(len(out) - 1):
-        if out[i] == start and out[i + 1] not in inner_next:
-            out[i] = TEXT
-    return out
-
-
-def _relayout(ids: list[int], video_id: int, counts: Sequence[int], slices: Sequence[int]) -> list[int]:
-    """``ids`` with each video's groups (runs of ``video_id``, ``slices[v]`` per video in prompt
-    order, each unpruned) refilled as :func:`lumped` ``(counts[v], slices[v])``."""
-    out: list[int] = []
-    v = f = i = 0
-    while i < len(ids):
-        if ids[i] != video_id:
-            out.append(ids[i])
-            i += 1
-            continue
-        j = i
-        while j < len(ids) and ids[j] == video_id:
-            j += 1
-        if v >= len(counts):
-            raise ValueError(f"the prompt holds more video groups than its {len(counts)} video(s) have")
-        out += [video_id] * lumped(counts[v], slices[v])[f]
-        f += 1
-        if f == slices[v]:
-            v, f = v + 1, 0
-        i = j
-    if v != len(counts):
-        raise ValueError(f"the prompt holds the groups of {v} video(s), not {len(counts)}")
-    return out
+__all__ = ["TokenCompressQwen3_VL", "TokenCompressQwen3_VLProcessor"]
 
 
 class TokenCompressQwen3_VLProcessor(Qwen3VLMultiModalProcessor):
@@ -122,7 +81,7 @@ class TokenCompressQwen3_VLProcessor(Qwen3VLMultiModalProcessor):
         (ids,) = rows
         video_id = self.info.get_hf_config().video_token_id
         out["input_ids"] = [
-            _relayout(list(ids), video_id, [plan.count(g) for g in grids], [int(g[0]) for g in grids])
+            relayout(list(ids), video_id, [plan.count(g) for g in grids], [int(g[0]) for g in grids])
         ]
         return out
 
@@ -208,6 +167,30 @@ class TokenCompressQwen3_VL(Qwen3VLForConditionalGeneration):
                 )
             )
         return tuple(out)
+
+    def get_mrope_input_positions(
+        self, input_tokens: list[int], mm_features: list[Any]
+    ) -> tuple[torch.Tensor, int]:
+        """vLLM's positions of the prompt as written; a video whose planned count is below one
+        slice's tokens gets, from vLLM's rule, a whole slice's columns for its first group: those
+        surplus columns are dropped (``recompute_mrope_positions`` then places the kept tokens)."""
+        positions, delta = super().get_mrope_input_positions(input_tokens, mm_features)
+        if self.tokencompress_plan is None or positions.shape[1] == len(input_tokens):
+            return positions, delta
+        merge = self.config.vision_config.spatial_merge_size
+        spans = []
+        for f in mm_features:
+            if f.modality == "video":
+                _, h, w = (int(v) for v in f.data["video_grid_thw"].data.tolist())
+                spans.append((f.mm_position.offset, f.mm_position.length, (h // merge) * (w // merge)))
+        keep = torch.ones(positions.shape[1], dtype=torch.bool)
+        keep[surplus_columns(input_tokens, self.config.video_token_id, spans)] = False
+        positions = positions[:, keep]
+        if positions.shape[1] != len(input_tokens):
+            raise RuntimeError(
+                f"{positions.shape[1]} M-RoPE positions for a prompt of {len(input_tokens)} tokens"
+            )
+        return positions, int(positions.max()) + 1 - len(input_tokens)
 
     def recompute_mrope_positions(
         self,
