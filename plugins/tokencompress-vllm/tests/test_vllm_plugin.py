@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from tokencompress_vllm import INSTALL_HINT
+from tokencompress_vllm.groups import TEXT, lumped, outer_starts_as_text, relayout, surplus_columns
 from tokencompress_vllm.plan import Geometry, ServingPlan
 from tokencompress_vllm.serving import configure
 
@@ -94,6 +95,24 @@ def test_select_keeps_the_planned_rows_of_each_chunk_in_order() -> None:
     ] * 4
 
 
+def test_qwen3_counts_fit_vllms_slice_groups() -> None:
+    """Qwen3-VL (196 tokens per slice): the planned total goes into the first of a video's groups,
+    as vLLM's EVS writes it; the model lays out the real spread after the encoder ran."""
+    plan = ServingPlan(Pipeline.from_dict(_pipeline(CASES["stc_pruner"])).config, QWEN3)
+    assert plan.counts(GRID3) == [128] * 4 and lumped(plan.count(GRID3), 8) == [512] + [0] * 7
+    V, S, E, T = 9, 7, 8, 1  # video pad, vision start / end, a timestamp token
+    unpruned = [0, S, T, S, V, V, V, E, T, S, V, V, V, E, E, 0, T, S, V, V, V, E]  # 2 videos: 2 slices, 1
+    assert relayout(unpruned, V, [4, 2], [2, 1]) == [0, S, T, S, V, V, V, V, E, T, S, E, E, 0, T, S, V, V, E]
+    with pytest.raises(ValueError, match="groups of 1 video"):
+        relayout(unpruned[:14], V, [4, 2], [2, 1])
+    # the standard placeholder's outer start marker (before the first timestamp) reads as text
+    standard = [0, S, T, S, V, E, T, S, E, E, 0]
+    assert outer_starts_as_text(standard, S, {V, E, 5}) == [0, TEXT, T, S, V, E, T, S, E, E, 0]
+    # 2 tokens kept of a 4-token slice: vLLM's first positions give that group 4 columns
+    assert surplus_columns([0, S, V, V, E, T, S, E, 0], V, [(2, 6, 4)]) == [4, 5]
+    assert surplus_columns([0, S, V, V, V, V, V, E, 0], V, [(2, 6, 4)]) == []
+
+
 def _vllm_config(
     tmp_path: Path, architecture: str, settings: object, rate: float | None = None
 ) -> SimpleNamespace:
@@ -135,6 +154,12 @@ def test_engine_start_refusals_are_one_line(tmp_path: Path) -> None:
     carried = good.model_config.hf_config.tokencompress_serving
     (step,) = carried["pipeline"]["stages"]["pre_prefill"]
     assert (step["strategy"], step["tokens_per_frame"], carried["source"]) == ("stc_pruner", 64, str(path))
+    qwen3 = _vllm_config(tmp_path, "Qwen3VLForConditionalGeneration", str(path))
+    configure(qwen3)
+    assert (
+        qwen3.model_config.hf_config.tokencompress_serving["architecture"]
+        == "Qwen3VLForConditionalGeneration"
+    )
 
 
 def test_the_plugin_without_vllm_is_one_line() -> None:
@@ -146,7 +171,11 @@ def test_the_plugin_without_vllm_is_one_line() -> None:
         pytest.skip("vLLM is installed here")
     from tokencompress_vllm import register
 
-    for call in (register, lambda: __import__("tokencompress_vllm.qwen")):
+    for call in (
+        register,
+        lambda: __import__("tokencompress_vllm.qwen"),
+        lambda: __import__("tokencompress_vllm.qwen3"),
+    ):
         with pytest.raises(ImportError) as err:
             call()
         assert str(err.value).startswith(INSTALL_HINT) and "\n" not in str(err.value)
@@ -186,12 +215,12 @@ def _transformers_kept(checkpoint: Path, pipeline: Path, frames: np.ndarray) -> 
     return torch.cat(kept).tolist()
 
 
-@pytest.fixture(scope="module")
-def served(vllm_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    work = tmp_path_factory.mktemp("vllm-same-tokens")
-    checkpoint = work / "tiny-qwen2.5-vl"
+def _serve(vllm_env, work: Path, model: str, pipelines: dict[str, dict], cases: list[dict]) -> dict:
+    """Save the tiny ``model`` checkpoint, write the pipelines, run :mod:`engine_check` on the cases
+    (each pipeline is a case of its own, with the prompt ``cases`` gives it, else the standard one)."""
+    checkpoint = work / "checkpoint"
     proc = subprocess.run(
-        [str(vllm_env.python), str(HERE / "make_checkpoint.py"), str(checkpoint)],
+        [str(vllm_env.python), str(HERE / "make_checkpoint.py"), str(checkpoint), model],
         capture_output=True,
         text=True,
         env=vllm_env.env(),
@@ -199,17 +228,15 @@ def served(vllm_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     frames = _frames()
     np.save(work / "frames.npy", frames)
-    pipelines = {name: _pipeline(stages, name=name) for name, stages in CASES.items()}
-    pipelines["evs_whole_video"] = _pipeline(
-        CASES["evs"], {"frames_per_chunk": FRAMES, "fps": 2.0}, "evs_whole"
-    )
-    pipelines["kv_cache"] = _pipeline({"kv_cache": [{"strategy": "sliding_window"}]}, name="kv")
-    cases = [{"name": "vllm_evs", "video_pruning_rate": 0.75}]
+    prompts = {c["name"]: c["prompt"] for c in cases if "prompt" in c}
+    cases = [c for c in cases if "video_pruning_rate" in c or "additional_config" in c]
     for name, doc in pipelines.items():
         (work / f"{name}.yaml").write_text(yaml.safe_dump(doc))
-        cases.append(
-            {"name": name, "additional_config": {"tokencompress": {"pipeline": str(work / f"{name}.yaml")}}}
-        )
+        case = {
+            "name": name,
+            "additional_config": {"tokencompress": {"pipeline": str(work / f"{name}.yaml")}},
+        }
+        cases.append({**case, **({"prompt": prompts[name]} if name in prompts else {})})
     cases.append(
         {"name": "missing", "additional_config": {"tokencompress": {"pipeline": str(work / "no.yaml")}}}
     )
@@ -225,13 +252,30 @@ def served(vllm_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"results": json.loads(proc.stdout.strip().splitlines()[-1]), "work": work, "frames": frames}
 
 
+def _common_pipelines() -> dict[str, dict]:
+    pipelines = {name: _pipeline(stages, name=name) for name, stages in CASES.items()}
+    pipelines["evs_whole_video"] = _pipeline(
+        CASES["evs"], {"frames_per_chunk": FRAMES, "fps": 2.0}, "evs_whole"
+    )
+    pipelines["kv_cache"] = _pipeline({"kv_cache": [{"strategy": "sliding_window"}]}, name="kv")
+    return pipelines
+
+
+@pytest.fixture(scope="module")
+def served(vllm_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("vllm-same-tokens")
+    return _serve(
+        vllm_env, work, "qwen2_5_vl", _common_pipelines(), [{"name": "vllm_evs", "video_pruning_rate": 0.75}]
+    )
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_vllm_keeps_the_tokens_the_transformers_path_keeps(served: dict, name: str) -> None:
     got = served["results"][name]
     assert "error" not in got, got
     (record,) = [r for r in got["kept"] if r["grid"] == [FRAMES // 2, 32, 32]]
     expected = _transformers_kept(
-        served["work"] / "tiny-qwen2.5-vl", served["work"] / f"{name}.yaml", served["frames"]
+        served["work"] / "checkpoint", served["work"] / f"{name}.yaml", served["frames"]
     )
     assert record["kept"] == expected
     # the prompt holds the planned count: the same text around it as with vLLM's EVS (512 video tokens)
@@ -248,13 +292,77 @@ def test_vllm_own_evs_and_ours_agree_at_the_same_rate(served: dict) -> None:
     assert ours["logprobs"] == pytest.approx(theirs["logprobs"], abs=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        ("kv_cache", "stages.kv_cache[0]: strategy 'sliding_window' acts on the decoder's KV cache"),
-        ("missing", "no.yaml: pipeline file not found"),
-    ],
-)
-def test_vllm_refuses_at_engine_start_in_one_line(served: dict, name: str, message: str) -> None:
-    error = served["results"][name]["error"]
+REFUSALS = [
+    ("kv_cache", "stages.kv_cache[0]: strategy 'sliding_window' acts on the decoder's KV cache"),
+    ("missing", "no.yaml: pipeline file not found"),
+]
+
+
+def _refused(results: dict, name: str, message: str) -> None:
+    error = results[name]["error"]
     assert error.startswith("EngineStartError: ") and message in error and "\n" not in error
+
+
+@pytest.mark.parametrize(("name", "message"), REFUSALS)
+def test_vllm_refuses_at_engine_start_in_one_line(served: dict, name: str, message: str) -> None:
+    _refused(served["results"], name, message)
+
+
+# --------------------------------------------------------------- Qwen3-VL inside vLLM
+QWEN3 = Geometry("qwen3_vl", merge=2, temporal_patch=2, llm_dim=64)
+GRID3 = [FRAMES // 2, 28, 28]  # 16-px patches: 14 x 14 = 196 merged tokens per slice, 1568 in all
+QWEN3_CASES = {
+    **CASES,
+    "uniform_grid_small": {"pre_prefill": [{"strategy": "uniform_grid", "tokens_per_frame": 16}]},
+}
+"""The four strategies, and one that keeps fewer tokens (128) than one slice holds (196)."""
+
+
+@pytest.fixture(scope="module")
+def served3(vllm_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Qwen3-VL: the plugin's pipelines with the standard placeholder (an outer
+    ``<|vision_start|>`` around the slice groups), vLLM's EVS and ours over the whole video with a
+    bare ``<|video_pad|>`` (vLLM's own EVS misplaces its positions with the standard one, and fails
+    on this short prompt)."""
+    work = tmp_path_factory.mktemp("vllm-qwen3-same-tokens")
+    pipelines = _common_pipelines()
+    pipelines["uniform_grid_small"] = _pipeline(QWEN3_CASES["uniform_grid_small"], name="small")
+    cases = [
+        {"name": "vllm_evs", "video_pruning_rate": 0.75, "prompt": "bare"},
+        {"name": "vllm_evs_main", "video_pruning_rate": 0.75, "prompt": "bare", "evs_main_features": True},
+        {"name": "evs_whole_video", "prompt": "bare"},
+    ]
+    return _serve(vllm_env, work, "qwen3_vl", pipelines, cases)
+
+
+@pytest.mark.parametrize("name", sorted(QWEN3_CASES))
+def test_qwen3_vllm_keeps_the_tokens_the_transformers_path_keeps(served3: dict, name: str) -> None:
+    got = served3["results"][name]
+    assert "error" not in got, got
+    (record,) = [r for r in got["kept"] if r["grid"] == GRID3]
+    work = served3["work"]
+    expected = _transformers_kept(work / "checkpoint", work / f"{name}.yaml", served3["frames"])
+    assert record["kept"] == expected
+    # the prompt: vLLM's EVS prompt (392 video tokens, bare placeholder) with the planned count,
+    # and the standard placeholder's 2 outer markers
+    plan = ServingPlan(Pipeline.from_dict(_pipeline(QWEN3_CASES[name])).config, QWEN3)
+    text = served3["results"]["vllm_evs"]["prompt_tokens"] - 392
+    assert got["prompt_tokens"] == text + 2 + plan.count(GRID3) == text + 2 + len(expected)
+
+
+def test_qwen3_vllm_own_evs_and_ours_agree_at_the_same_rate(served3: dict) -> None:
+    """vLLM's EVS scores Qwen3-VL rows with their DeepStack levels appended (a few other tokens:
+    another answer); scoring the main features, as tokencompress does, it answers as ours."""
+    results = served3["results"]
+    theirs, ours = results["vllm_evs_main"], results["evs_whole_video"]
+    assert "error" not in theirs and "error" not in ours and "error" not in results["vllm_evs"]
+    assert (
+        ours["prompt_tokens"] == theirs["prompt_tokens"] == results["vllm_evs"]["prompt_tokens"]
+    )  # 1568 -> 392
+    assert ours["answer"] == theirs["answer"]
+    assert ours["logprobs"] == pytest.approx(theirs["logprobs"], abs=1e-4)
+
+
+@pytest.mark.parametrize(("name", "message"), REFUSALS)
+def test_qwen3_vllm_refuses_at_engine_start_in_one_line(served3: dict, name: str, message: str) -> None:
+    _refused(served3["results"], name, message)

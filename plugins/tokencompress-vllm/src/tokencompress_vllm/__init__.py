@@ -1,8 +1,8 @@
 """tokencompress-vllm: run a tokencompress pipeline's token strategies inside vLLM.
 
 vLLM loads :func:`register` (entry point group ``vllm.general_plugins``) in every one of its
-processes. It registers the model subclasses of :mod:`.qwen` under vLLM's own architecture names
-(lazily: nothing heavy is imported here) and installs two small hooks (:mod:`.hooks`): the
+processes. It registers the model subclasses of :mod:`.qwen` and :mod:`.qwen3` under vLLM's own
+architecture names (lazily: nothing heavy is imported here) and installs two small hooks (:mod:`.hooks`): the
 engine-start check that reads ``additional_config.tokencompress`` and the model runner's
 "embeddings carry positions" flag, which vLLM's CPU runner never sets.
 """

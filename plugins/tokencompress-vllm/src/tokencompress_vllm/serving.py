@@ -21,6 +21,7 @@ __all__ = ["HOSTED", "configure", "carried_plan", "geometry_of"]
 
 HOSTED: dict[str, tuple[str, str]] = {
     "Qwen2_5_VLForConditionalGeneration": ("qwen2_5_vl", "tokencompress_vllm.qwen:TokenCompressQwen2_5_VL"),
+    "Qwen3VLForConditionalGeneration": ("qwen3_vl", "tokencompress_vllm.qwen3:TokenCompressQwen3_VL"),
 }
 """vLLM architecture → (tokencompress target, the class registered under that name)."""
 
