@@ -105,3 +105,56 @@ def test_merge_counts_stay_exact_in_bfloat16():
     out = VisualTokens.from_frames(x, (15, 20)).merge(torch.zeros(300, dtype=torch.long))
     assert out.sizes.tolist() == [300.0] and out.tokens.dtype == torch.bfloat16
     torch.testing.assert_close(out.tokens[0].float(), x[0].float().mean(0), atol=1e-2, rtol=1e-2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(carrier_and_subset(), st.integers(0, 2**16))
+def test_regroup_is_take_then_merge_with_anchors(data, seed):
+    """regroup(owner, anchor, tokens) gives every field of take(kept rows).merge(..., tokens, anchor),
+    also on a carrier already cut (dropped originals read -1) and with merged rows (sizes add up)."""
+    vt, idx = data
+    vt = vt.take(idx)
+    if vt.count:  # neighbouring grid positions merged: sizes above 1
+        vt = vt.merge((vt.frame - vt.first_frame) * vt.tokens_per_frame_in + vt.local_index() // 2)
+    g = torch.Generator().manual_seed(seed)
+    # each row: dropped, or into one of 3 groups of its own frame; a group's anchor is its first row
+    label = torch.randint(-1, 3, (vt.count,), generator=g)
+    key = torch.where(label >= 0, (vt.frame - vt.first_frame) * 3 + label, -1)
+    alive = torch.nonzero(key >= 0).squeeze(1)
+    uniq, inv = torch.unique(key[alive], return_inverse=True)
+    owner = torch.full((vt.count,), -1, dtype=torch.long)
+    owner[alive] = inv
+    anchor = torch.full((uniq.numel(),), vt.count, dtype=torch.long).scatter_reduce(
+        0, inv, alive, reduce="amin"
+    )
+    order = torch.argsort(anchor)  # output rows numbered by anchor
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    owner[alive] = rank[inv]
+    anchor = anchor[order]
+    values = torch.randn(anchor.numel(), vt.dim, generator=g)
+    got = vt.regroup(owner, anchor, values)
+    if alive.numel() == 0:  # merge() of an empty carrier cannot read its dropped originals
+        assert got.count == 0 and bool((got.assign == -1).all())
+        return
+    sub = vt.take(alive)
+    remap = torch.full((vt.count,), -1, dtype=torch.long)
+    remap[alive] = torch.arange(alive.numel())
+    want = sub.merge(owner[alive], tokens=values, anchor=remap[anchor])
+    for field in ("tokens", "frame", "pos", "source", "sizes", "assign"):
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_regroup_refuses_what_merge_refuses():
+    vt = VisualTokens.from_frames(torch.randn(2, 4, 3), (2, 2))
+    rows = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="increasing"):
+        vt.regroup(torch.tensor([1, -1, -1, -1, 0, -1, -1, -1]), torch.tensor([4, 0]), rows)
+    with pytest.raises(ValueError, match="own output row"):
+        vt.regroup(torch.tensor([1, 0, -1, -1, -1, -1, -1, -1]), torch.tensor([0, 1]), rows)
+    with pytest.raises(ValueError, match="mix frames"):
+        vt.regroup(torch.tensor([0, -1, -1, -1, 1, 0, -1, -1]), torch.tensor([0, 4]), rows)
+    with pytest.raises(ValueError, match=r"lie in \[-1, 2\)"):
+        vt.regroup(torch.tensor([0, 2, -1, -1, 1, -1, -1, -1]), torch.tensor([0, 4]), rows)
+    with pytest.raises(ValueError, match="3 rows for 2 anchors"):
+        vt.regroup(torch.tensor([0, -1, -1, -1, 1, -1, -1, -1]), torch.tensor([0, 4]), torch.zeros(3, 3))

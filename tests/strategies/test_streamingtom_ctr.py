@@ -24,7 +24,7 @@ from tokencompress import Pipeline
 from tokencompress.api.errors import BudgetError, CompatibilityError
 from tokencompress.api.tokens import VisualTokens
 from tokencompress.api.types import ChunkInfo, LayerProbe, Stage, StageInfo
-from tokencompress.strategies.streamingtom_ctr import StreamingTomCtr
+from tokencompress.strategies.streamingtom_ctr import StreamingTomCtr, StreamingTomCtrState
 from tokencompress.strategies.streamingtom_ctr_reduce import dpc_centres, static_masks
 from tokencompress.targets.llava.llava_onevision import LlavaOnevisionTarget
 from tokencompress.targets.llava.siglip_block import SiglipBlockAdapter
@@ -291,6 +291,30 @@ def test_streams_do_not_share_state_and_plan_is_pure(a: list[VisualTokens], b: l
         strategy.apply(tb, sb, ib[c])
         assert torch.equal(oa.tokens, alone[c].tokens) and torch.equal(oa.source, alone[c].source)
     assert torch.equal(sa.last_frame, a[-1].tokens[-a[-1].tokens_per_frame_in :])
+
+
+def test_carried_normalised_rows_match_a_fresh_normalisation() -> None:
+    """The state carries the last frame's normalised rows; a state holding only the raw frame (or
+    a frame replaced by hand) normalises it again and plans the same chunk bit for bit."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 36, 8, generator=gen)
+    x[1:] = x[:-1] + 0.3 * torch.randn(5, 36, 8, generator=gen)
+    sal = torch.rand(6, 36, generator=gen)
+    strategy = StreamingTomCtr(tokens_per_frame=9)
+    state = strategy.new_state()
+    for c in range(3):
+        tok = VisualTokens.from_frames(x[2 * c : 2 * c + 2], (6, 6), first_frame=2 * c)
+        plan = strategy.plan(tok, sal[2 * c : 2 * c + 2], state)
+        fresh = strategy.plan(tok, sal[2 * c : 2 * c + 2], StreamingTomCtrState(state.last_frame))
+        stale = StreamingTomCtrState(
+            state.last_frame, None if state.normed is None else (x[0], state.normed[1])
+        )
+        for other in (fresh, strategy.plan(tok, sal[2 * c : 2 * c + 2], stale)):
+            assert torch.equal(other.static_mask, plan.static_mask)
+            assert all(torch.equal(a.rows, b.rows) for a, b in zip(other.frames, plan.frames, strict=True))
+        strategy.commit(state, plan)
+        assert state.normed[0] is state.last_frame
+        assert torch.equal(state.normed[1], torch.nn.functional.normalize(x[2 * c + 1], dim=-1))
 
 
 def test_repeated_frame_is_all_static_and_a_scene_cut_all_dynamic() -> None:

@@ -136,6 +136,50 @@ class VisualTokens:
             assign=torch.take(remap, self.assign),
         )
 
+    def regroup(self, owner: Tensor, anchor: Tensor, tokens: Tensor) -> VisualTokens:
+        """Drop and merge rows in one step: the carrier of ``take`` of the owned rows followed by
+        ``merge`` with anchors, from a few gathers (a per-frame strategy step at stream rate).
+
+        ``owner`` ``[N]`` long: the output row (``0..G-1``) every row goes into, ``-1`` to drop it;
+        ``anchor`` ``[G]`` strictly increasing: the row whose frame, position and source each output
+        row keeps (it must be owned by that output row); ``tokens`` ``[G, D]``: the output features.
+        ``sizes`` add up over the members (in row order, as ``merge`` adds them), ``assign`` follows.
+        Output rows stay in original order since the anchors increase; groups must not span frames.
+        """
+        dev = self.tokens.device
+        owner = owner.to(device=dev, dtype=torch.long)
+        anchor = anchor.to(device=dev, dtype=torch.long)
+        g = anchor.numel()
+        if owner.shape != (self.count,):
+            raise ValueError(f"regroup() needs one owner per row ({self.count}), got {tuple(owner.shape)}")
+        if tokens.shape[0] != g:
+            raise ValueError(f"regroup() got {tokens.shape[0]} rows for {g} anchors")
+        if g > 1 and not bool(torch.diff(anchor).min() > 0):
+            raise ValueError("regroup() needs strictly increasing anchors (original order must be kept)")
+        if self.count:
+            lo, hi = torch.aminmax(owner)
+            if int(lo) < -1 or int(hi) >= g:
+                raise ValueError(f"regroup() owners must lie in [-1, {g})")
+        if g and not torch.equal(owner.index_select(0, anchor), torch.arange(g, device=dev)):
+            raise ValueError("regroup(): every anchor row must belong to its own output row")
+        dropped = owner < 0
+        frame = self.frame.index_select(0, anchor)
+        if g and not bool(((frame.index_select(0, owner.clamp(min=0)) == self.frame) | dropped).all()):
+            raise ValueError("regroup() groups must not mix frames")
+        into = owner.masked_fill(dropped, g)  # dropped rows add into a spare row g
+        sizes = torch.zeros(g + 1, dtype=self.sizes.dtype, device=dev).index_add_(0, into, self.sizes)[:g]
+        # assign: an original's row moves to its row's owner; -1 (dropped before) reads the appended -1
+        assign = torch.take(torch.cat([owner, owner.new_full((1,), -1)]), self.assign)
+        return replace(
+            self,
+            tokens=tokens,
+            frame=frame,
+            pos=self.pos.index_select(0, anchor),
+            source=self.source.index_select(0, anchor),
+            sizes=sizes,
+            assign=assign,
+        )
+
     def merge(
         self, group: Tensor, tokens: Tensor | None = None, anchor: Tensor | None = None
     ) -> VisualTokens:

@@ -97,7 +97,7 @@ from ..api.strategy import StrategyParams, TokenStrategy, encoder_layer_index
 from ..api.tokens import VisualTokens
 from ..api.types import Capability, ChunkInfo, LayerProbe, Stage, StageInfo
 from ..kernels.attention_received import QUERY_BLOCK
-from .streamingtom_ctr_reduce import FrameReduction, Noise, reduce_frame, static_masks
+from .streamingtom_ctr_reduce import FrameReduction, Noise, normalized_rows, reduce_frame, static_masks
 from .visionzip_select import dominant_scores_mean_received
 
 __all__ = ["StreamingTomCtr", "StreamingTomCtrParams", "StreamingTomCtrState", "CtrPlan"]
@@ -151,9 +151,15 @@ class StreamingTomCtrParams(StrategyParams):
 
 @dataclass
 class StreamingTomCtrState:
-    """One stream's memory: the last raw (uncompressed) frame seen, ``[N, D]``, None at the start."""
+    """One stream's memory: the last raw (uncompressed) frame seen, ``[N, D]``, None at the start.
+
+    ``normed``: (that frame, its :func:`normalized_rows` ``[N, D]`` float32), so the next chunk's
+    first cosines reuse the rows the last chunk normalised; used only while its first element *is*
+    ``last_frame`` (a state whose frame was replaced by hand normalises it again).
+    """
 
     last_frame: Tensor | None = None
+    normed: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,12 +167,13 @@ class CtrPlan:
     """One chunk's decision, computed without touching the state.
 
     ``static_mask`` ``[F, N]``; ``frames``: one :class:`FrameReduction` per frame; ``last_frame``
-    ``[N, D]``: what :meth:`StreamingTomCtr.commit` stores.
+    ``[N, D]`` and its normalised rows ``last_normed`` (float32): what :meth:`StreamingTomCtr.commit` stores.
     """
 
     static_mask: Tensor
     frames: tuple[FrameReduction, ...]
     last_frame: Tensor
+    last_normed: Tensor | None = None
 
     @property
     def kept_positions(self) -> Tensor:
@@ -230,7 +237,8 @@ class StreamingTomCtr(TokenStrategy):
         return StreamingTomCtrState()
 
     def copy_state(self, state: StreamingTomCtrState) -> StreamingTomCtrState:
-        return StreamingTomCtrState(state.last_frame)  # the tensor is replaced, never written in place
+        # the tensors are replaced, never written in place
+        return StreamingTomCtrState(state.last_frame, state.normed)
 
     # ---------------------------------------------------------------------- saliency
     def _probe(self, chunk: ChunkInfo) -> LayerProbe:
@@ -333,33 +341,35 @@ class StreamingTomCtr(TokenStrategy):
         if noise is None:
             noise = [self.frame_noise(tokens.first_frame + i) for i in range(f)]
         keep = min(p.tokens_per_frame, n)
+        carried = state.normed
+        prev_normed = carried[1] if carried is not None and carried[0] is prev else None
         with torch.no_grad():
-            mask = static_masks(x, prev, p.similarity_threshold)
+            normed = normalized_rows(x)
+            mask = static_masks(x, prev, p.similarity_threshold, normed, prev_normed)
             frames = tuple(
                 reduce_frame(x[i], saliency[i], mask[i], keep, p.k, p.beta, noise[i], p.dpc_delta)
                 for i in range(f)
             )
-        return CtrPlan(mask, frames, x[-1])
+        return CtrPlan(mask, frames, x[-1], normed[-1])
 
     def carve(self, tokens: VisualTokens, plan: CtrPlan) -> VisualTokens:
-        """The carrier after ``plan``: dynamic picks taken, static members merged into their centres."""
+        """The carrier after ``plan``: dynamic picks taken, static members merged into their centres
+        (one :meth:`VisualTokens.regroup`; a one-frame chunk's frame arrays are the carrier's own)."""
+        if len(plan.frames) == 1:
+            fr = plan.frames[0]
+            return tokens.regroup(fr.owner, fr.kept, fr.rows.to(tokens.tokens.dtype))
         n = tokens.tokens_per_frame_in
         dev = tokens.tokens.device
-        offsets = torch.arange(len(plan.frames), device=dev)
         keep = len(plan.frames[0].kept) if plan.frames else 0
         owner = torch.cat([fr.owner + (fr.owner >= 0) * (i * keep) for i, fr in enumerate(plan.frames)])
+        offsets = torch.arange(len(plan.frames), device=dev)
         anchor = torch.cat([fr.kept for fr in plan.frames]) + (offsets * n).repeat_interleave(keep)
         rows = torch.cat([fr.rows for fr in plan.frames])
-        if torch.equal(torch.bincount(owner[owner >= 0], minlength=rows.shape[0]), torch.ones_like(anchor)):
-            return tokens.take(anchor)  # nothing merged: a plain selection, rows copied
-        alive = torch.nonzero(owner >= 0).squeeze(1)
-        sub = tokens.take(alive)
-        remap = torch.full((owner.numel(),), -1, dtype=torch.long, device=dev)
-        remap[alive] = torch.arange(alive.numel(), device=dev)
-        return sub.merge(owner[alive], tokens=rows.to(tokens.tokens.dtype), anchor=remap[anchor])
+        return tokens.regroup(owner, anchor, rows.to(tokens.tokens.dtype))
 
     def commit(self, state: StreamingTomCtrState, plan: CtrPlan) -> None:
         state.last_frame = plan.last_frame
+        state.normed = None if plan.last_normed is None else (plan.last_frame, plan.last_normed)
 
     def apply(self, tokens: VisualTokens, state: StreamingTomCtrState, chunk: ChunkInfo) -> VisualTokens:
         if tokens.count == 0:

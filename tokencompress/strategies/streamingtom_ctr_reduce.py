@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FrameReduction", "static_masks", "dpc_centres", "merge_members", "reduce_frame", "top_positions"]
+__all__ = [
+    "FrameReduction",
+    "normalized_rows",
+    "static_masks",
+    "dpc_centres",
+    "merge_members",
+    "reduce_frame",
+    "top_positions",
+]
 
 NOISE_SCALE = 1e-6
 """The reference adds ``rand * 1e-6`` to the DPC densities (``ctr.py``)."""
@@ -64,24 +72,39 @@ class FrameReduction:
     static_budget: int
 
 
-def static_masks(x: Tensor, prev: Tensor | None, threshold: float) -> Tensor:
+def normalized_rows(x: Tensor) -> Tensor:
+    """``F.normalize`` (eps 1e-12) of ``x``'s last dim in float32, on contiguous rows (``[..., D]``).
+
+    Rows are made contiguous first: a strided row (a target's transposed pooled grid) is summed in
+    another order, so the last bit of a cosine would follow the target's memory layout, and that
+    reduction is many times slower.
+    """
+    return F.normalize(x.float().contiguous(), dim=-1, eps=1e-12)
+
+
+def static_masks(
+    x: Tensor,
+    prev: Tensor | None,
+    threshold: float,
+    normed: Tensor | None = None,
+    prev_normed: Tensor | None = None,
+) -> Tensor:
     """``[T, N]`` bool: cosine of ``x[t, i]`` to the previous raw frame's token ``i`` > ``threshold``.
 
     ``x`` ``[T, N, D]``; ``prev`` ``[N, D]`` is the last raw frame before ``x[0]`` (None at the
-    start of a stream: frame 0 is then all dynamic). Rows are made contiguous before the norm: a
-    strided row (a target's transposed pooled grid) is summed in another order, so the last bit of
-    a cosine would follow the target's memory layout, and that reduction is many times slower.
+    start of a stream: frame 0 is then all dynamic). ``normed`` ``[T, N, D]`` and ``prev_normed``
+    ``[N, D]``, when given, are :func:`normalized_rows` of ``x`` and ``prev`` (a stream carries the
+    previous chunk's last row set instead of normalising that frame twice); the result is the same.
     """
-    xn = F.normalize(x.float().contiguous(), dim=-1, eps=1e-12)
+    xn = normalized_rows(x) if normed is None else normed
     if prev is None:
-        ref = xn[:-1]
+        if x.shape[0] == 1:
+            return torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
         head = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
-    else:
-        ref = torch.cat([F.normalize(prev.float().contiguous(), dim=-1, eps=1e-12)[None], xn[:-1]])
-        head = None
-    cos = (xn[0 if head is None else 1 :] * ref).sum(dim=-1)
-    mask = cos > threshold
-    return mask if head is None else torch.cat([head, mask])
+        return torch.cat([head, (xn[1:] * xn[:-1]).sum(dim=-1) > threshold])
+    pn = (normalized_rows(prev) if prev_normed is None else prev_normed)[None]
+    ref = pn if x.shape[0] == 1 else torch.cat([pn, xn[:-1]])
+    return (xn * ref).sum(dim=-1) > threshold
 
 
 def top_positions(scores: Tensor, m: int) -> Tensor:
@@ -97,22 +120,24 @@ def dpc_centres(
 
     ``z`` ``[n, D]`` static tokens (``n >= 2``); ``noise`` ``[n]`` in ``[0, 1)`` or None.
     ``delta="lower"`` is the reference (Q1): distance to the nearest token of lower density;
-    ``"higher"`` is textbook DPC (nearest token of higher density).
+    ``"higher"`` is textbook DPC (nearest token of higher density). A token with no such
+    neighbour (the min over an all-``inf`` row) gets the global maximum distance.
     """
     n, d = z.shape
     zf = z.float()
-    dist = torch.cdist(zf, zf) / math.sqrt(d)
+    dist = torch.cdist(zf, zf).div_(math.sqrt(d))
     kn = min(k, n - 1)
     near = torch.topk(dist, kn, dim=-1, largest=False).values
     rho = torch.exp(-(near**2).mean(dim=-1))
     if noise is not None:
         rho = rho + noise.to(rho) * NOISE_SCALE
     if delta == "lower":
-        allowed = rho[:, None] > rho[None, :]
+        blocked = ~(rho[:, None] > rho[None, :])
     else:
-        allowed = rho[None, :] > rho[:, None]
-    nearest = dist.masked_fill(~allowed, math.inf).min(dim=-1).values
-    delta_i = torch.where(allowed.any(dim=-1), nearest, dist.max())
+        blocked = ~(rho[None, :] > rho[:, None])
+    nearest = dist.masked_fill(blocked, math.inf).min(dim=-1).values
+    # nearest < inf exactly where some neighbour is allowed (an allowed inf distance: dist.max() is inf too)
+    delta_i = torch.where(nearest < math.inf, nearest, dist.max())
     return top_positions(rho * delta_i, m), dist
 
 
@@ -121,51 +146,22 @@ def merge_members(z: Tensor, centres: Tensor, dist: Tensor, beta: float) -> tupl
 
     Non-centres join the nearest centre by ``dist`` (first on ties); a centre's feature is
     ``beta * z[c] + (1 - beta) * mean(members)``, or ``z[c]`` unchanged when nothing joined it (Q7).
-    The member sum runs in float32; the blend in ``z``'s dtype, as the reference merges in the model's.
+    The member sum runs in float32, each centre's members added in position order (the centres'
+    own rows go to a spare row ``m`` of the ``[m + 1, D]`` sums); the blend in ``z``'s dtype, as
+    the reference merges in the model's.
     """
-    n, m = z.shape[0], centres.numel()
-    slot = torch.full((n,), -1, dtype=torch.long, device=z.device)
-    slot[centres] = torch.arange(m, device=z.device)
-    others = torch.nonzero(slot < 0).squeeze(1)
-    if others.numel() == 0:
-        return z[centres], slot
-    joined = dist[others][:, centres].argmin(dim=-1)
-    slot[others] = joined
-    counts = torch.bincount(joined, minlength=m)
-    sums = torch.zeros(m, z.shape[1], dtype=torch.float32, device=z.device).index_add_(
-        0, joined, z[others].float()
-    )
-    mean = (sums / counts.clamp(min=1)[:, None]).to(z.dtype)
-    base = z[centres]
+    m = centres.numel()
+    nearest = dist.index_select(1, centres).argmin(dim=-1)  # [n]; a centre's own entry is overwritten
+    slot = nearest.index_copy_(0, centres, torch.arange(m, device=z.device))
+    base = z.index_select(0, centres)
+    if m == z.shape[0]:
+        return base, slot
+    into = slot.index_fill(0, centres, m)
+    counts = torch.bincount(into, minlength=m + 1)[:m]
+    sums = torch.zeros(m + 1, z.shape[1], dtype=torch.float32, device=z.device).index_add_(0, into, z.float())
+    mean = (sums[:m] / counts.clamp(min=1)[:, None]).to(z.dtype)
     merged = beta * base + (1 - beta) * mean
     return torch.where((counts > 0)[:, None], merged, base), slot
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Rows from one path: ``positions`` ``[r]`` of the rows, their ``rows`` ``[r, D]``, and which grid
-    positions (``members``) live in which of these rows (``slot``)."""
-
-    positions: Tensor
-    rows: Tensor
-    members: Tensor
-    slot: Tensor
-    static: bool
-
-
-def _static_part(x: Tensor, static_pos: Tensor, b_s: int, k: int, beta: float, noise, delta) -> _Part:
-    z = x[static_pos]
-    n_s = static_pos.numel()
-    if n_s <= 1:  # the reference's single-token branch: no DPC, no noise drawn
-        return _Part(static_pos, z, static_pos, torch.zeros_like(static_pos), True)
-    m = min(b_s, n_s)
-    centres, dist = dpc_centres(z, m, k, noise(n_s) if noise is not None else None, delta)
-    if m == n_s:  # every static token is a centre: nothing merges
-        return _Part(
-            static_pos[centres], z[centres], static_pos[centres], torch.arange(m, device=x.device), True
-        )
-    rows, slot = merge_members(z, centres, dist, beta)
-    return _Part(static_pos[centres], rows, static_pos, slot, True)
 
 
 def reduce_frame(
@@ -178,38 +174,48 @@ def reduce_frame(
     noise: Noise | None,
     delta: Literal["lower", "higher"] = "lower",
 ) -> FrameReduction:
-    """One frame: ``x`` ``[N, D]``, ``saliency`` ``[N]``, ``static`` ``[N]`` bool → ``keep`` rows.
+    """One frame: ``x`` ``[N, D]``, ``saliency`` ``[N]`` (finite), ``static`` ``[N]`` bool → ``keep``
+    rows (``keep <= N``).
 
     ``noise(n)`` is asked for the DPC noise only when DPC runs on more than one static token
-    (as the reference draws it); None adds none.
+    (as the reference draws it); None adds none. The kept positions are marked on an ``[N]`` mask
+    (ascending by construction, no sort); dynamic picks are the stable descending sort of the
+    saliency with the static positions set to ``-inf`` (``b_d <= n_dynamic``, so no static one is
+    reached), which ranks the dynamic tokens as a sort of their own scores does.
     """
     n_tok = x.shape[0]
     dev = x.device
     static_pos = torch.nonzero(static).squeeze(1)
-    dynamic_pos = torch.nonzero(~static).squeeze(1)
     n_s = static_pos.numel()
     b_s = keep * n_s // n_tok
-    b_d = keep - b_s
-    parts: list[_Part] = []
+    b_d = min(keep - b_s, n_tok - n_s)
+    take = torch.zeros(n_tok, dtype=torch.bool, device=dev)
+    centre_pos = merged = slot = None
     if b_s > 0 and n_s > 0:
-        parts.append(_static_part(x, static_pos, b_s, k, beta, noise, delta))
-    if b_d > 0 and dynamic_pos.numel() > 0:
-        picked = dynamic_pos[top_positions(saliency[dynamic_pos].float(), min(b_d, dynamic_pos.numel()))]
-        parts.append(_Part(picked, x[picked], picked, torch.arange(picked.numel(), device=dev), False))
-    owner = torch.full((n_tok,), -1, dtype=torch.long, device=dev)
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return FrameReduction(empty, empty.bool(), x[:0], owner, n_s, b_s)
-    positions = torch.cat([p.positions for p in parts])
-    order = torch.argsort(positions)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=dev)
-    offset = 0
-    for part in parts:
-        owner[part.members] = rank[offset + part.slot]
-        offset += part.positions.numel()
-    flags = torch.cat(
-        [torch.full((p.positions.numel(),), p.static, dtype=torch.bool, device=dev) for p in parts]
-    )
-    rows = torch.cat([p.rows for p in parts])
-    return FrameReduction(positions[order], flags[order], rows[order], owner, n_s, b_s)
+        if n_s == 1:  # the reference's single-token branch: no DPC, no noise drawn
+            centre_pos, slot = static_pos, torch.zeros_like(static_pos)
+        else:
+            z = x.index_select(0, static_pos)
+            m = min(b_s, n_s)
+            centres, dist = dpc_centres(z, m, k, noise(n_s) if noise is not None else None, delta)
+            centre_pos = static_pos.index_select(0, centres)
+            if m == n_s:  # every static token is a centre: nothing merges
+                slot = torch.arange(m, device=dev)
+            else:
+                merged, slot = merge_members(z, centres, dist, beta)
+        take.index_fill_(0, centre_pos, True)
+    if b_d > 0:
+        ranked = torch.sort(saliency.float().masked_fill(static, -math.inf), descending=True, stable=True)
+        take.index_fill_(0, ranked.indices[:b_d], True)
+    kept = torch.nonzero(take).squeeze(1)
+    rank = take.cumsum(0).sub_(1)  # [N] output row of every kept position
+    rows = x.index_select(0, kept)
+    owner = torch.where(take, rank, -1)
+    from_static = torch.zeros(n_tok, dtype=torch.bool, device=dev)
+    if centre_pos is not None:
+        centre_row = rank.index_select(0, centre_pos)
+        owner.index_copy_(0, static_pos, centre_row.index_select(0, slot))
+        from_static.index_fill_(0, centre_pos, True)
+        if merged is not None:
+            rows.index_copy_(0, centre_row, merged)
+    return FrameReduction(kept, from_static.index_select(0, kept), rows, owner, n_s, b_s)
