@@ -183,7 +183,10 @@ def test_position_guard_warns_then_refuses_naming_the_strategies(tiny_llava_ov):
         with pytest.warns(PositionWarning, match="120"):
             s.add_frames(frames[6])  # 117 >= 0.9 * 120
         before = memory_snapshot(s)
-        with pytest.raises(PositionLimitError, match=r"max_position_embeddings 120.*\{strategy: rekv\}, \{strategy: sliding_window\}"):
+        with pytest.raises(
+            PositionLimitError,
+            match=r"max_position_embeddings 120.*\{strategy: rekv\}, \{strategy: sliding_window\}",
+        ):
             s.add_frames(frames[7])
         assert same(before, memory_snapshot(s))
     with pipe(SMALL["sliding_window"]).apply(model) as bound:

@@ -25,7 +25,9 @@ def _plan(stages: dict, stream: dict = STREAM) -> ServingPlan:
 
 def _engine(c: Ctx, architecture: str, settings: object, rate: float | None = None) -> SimpleNamespace:
     path = c.tmp / "p.yaml"
-    path.write_text("name: p\nstream: {frames_per_chunk: 4}\nstages:\n  pre_prefill: [{strategy: stc_pruner}]\n")
+    path.write_text(
+        "name: p\nstream: {frames_per_chunk: 4}\nstages:\n  pre_prefill: [{strategy: stc_pruner}]\n"
+    )
     vision = SimpleNamespace(spatial_merge_size=2, temporal_patch_size=2)
     model = SimpleNamespace(
         hf_config=SimpleNamespace(vision_config=vision, hidden_size=64),
