@@ -225,7 +225,10 @@ class VisualTokens:
             raise ValueError(f"merge() got {tokens.shape[0]} merged rows for {g} groups")
         rep = anchor[order]
         alive = self.assign >= 0
-        assign = torch.where(alive, out_row[self.assign.clamp(min=0)], self.assign)
+        if out_row.numel():
+            assign = torch.where(alive, out_row[self.assign.clamp(min=0)], self.assign)
+        else:  # no rows left: every original already reads -1 (nothing to look up)
+            assign = self.assign.clone()
         return replace(
             self,
             tokens=tokens[order],
