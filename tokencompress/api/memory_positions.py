@@ -32,11 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from .target import LLMState
+
 __all__ = [
+    "CallPositionLog",
     "FrameSpan",
     "RetrievedPositions",
     "frame_advances",
@@ -119,3 +124,57 @@ def row_frames(visual: Tensor, seen: int, frame_rows: int) -> Tensor:
         else:
             frame[i] = following
     return frame
+
+
+class CallPositionLog:
+    """Mixin of a kv_cache memory on an M-RoPE target: each encode call's ``[3, L]`` positions.
+
+    The stream logs the positions of every decoder call (``llm.position_log``, the memory sets
+    ``logs_positions``) and tells which rows of a frames call are visual (``visual_rows``, with
+    ``wants_visual_rows``); the memory reads both when the call's first layer reaches it
+    (:meth:`logged_call`). Put it before the memory's base class so its hooks run first and chain
+    on. ``_log`` is the stream's list, so a memory lists it among the fields its snapshot shares.
+    """
+
+    owner: str
+    """The strategy's name, for the errors below."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._log: list[Tensor] | None = None
+        self._mask: Tensor | None = None
+
+    def visual_rows(self, llm: LLMState, rows: Tensor) -> None:
+        self._mask = rows.cpu()
+
+    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
+        super().before_prefill(llm, kind, tokens)  # type: ignore[misc]
+        self._log = llm.position_log
+        if kind != "frames":
+            self._mask = None
+
+    def after_encode(self, llm: LLMState) -> None:
+        super().after_encode(llm)  # type: ignore[misc]
+        if llm.position_log is not None:
+            llm.position_log.clear()  # each call's positions were read by its first layer
+
+    def end_question(self, llm: LLMState) -> None:
+        super().end_question(llm)  # type: ignore[misc]
+        if llm.position_log is not None:
+            llm.position_log.clear()
+
+    def logged_call(self, length: int) -> tuple[Tensor, Tensor]:
+        """(``[3, length]`` positions, ``[length]`` bool visual mask) of the encode call now starting;
+        the mask is consumed (all False for a call without visual rows)."""
+        if not self._log:
+            raise RuntimeError(
+                f"{self.owner} (M-RoPE): a decoder call without logged positions; prefill through the stream"
+            )
+        pos = self._log[-1].cpu()
+        if pos.shape != (3, length):
+            raise RuntimeError(
+                f"{self.owner} (M-RoPE): logged positions {tuple(pos.shape)} for a call of {length} rows"
+            )
+        mask = self._mask if self._mask is not None else torch.zeros(length, dtype=torch.bool)
+        self._mask = None
+        return pos, mask

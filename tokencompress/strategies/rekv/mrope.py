@@ -35,7 +35,14 @@ import torch
 from torch import Tensor
 
 from ...api.kv_cache import DecoderLayout, Phase
-from ...api.memory_positions import FrameSpan, frame_advances, retrieved_positions, row_frames, text_positions
+from ...api.memory_positions import (
+    CallPositionLog,
+    FrameSpan,
+    frame_advances,
+    retrieved_positions,
+    row_frames,
+    text_positions,
+)
 from ...api.target import LLMState, Target
 from .layer import ReKVLayer, ReKVSettings
 from .memory import ReKVMemory
@@ -141,10 +148,11 @@ class ReKVMRoPELayer(ReKVLayer):
         self.answer_pos, self.answer_next = None, 0
 
 
-class ReKVMRoPEMemory(ReKVMemory):
+class ReKVMRoPEMemory(CallPositionLog, ReKVMemory):
     """ReKV on an M-RoPE decoder: the 1-D memory plus positions shared by every layer."""
 
     layer_class = ReKVMRoPELayer
+    owner = "rekv"
     logs_positions = True
     wants_visual_rows = True
     appended: ClassVar[tuple[str, ...]] = ("frame_pos", "frame_side", "frame_start")
@@ -154,8 +162,6 @@ class ReKVMRoPEMemory(ReKVMemory):
         super().__init__(settings, target, layout)
         for mem in self.layers:
             mem.rope = target.rope_cos_sin  # type: ignore[attr-defined]
-        self._log: list[Tensor] | None = None
-        self._mask: Tensor | None = None
         self._rows: CallRows | None = None
         self.sink_pos = torch.zeros(3, 0, dtype=torch.long)
         self.win_pos = torch.zeros(3, 0, dtype=torch.long)
@@ -166,37 +172,9 @@ class ReKVMRoPEMemory(ReKVMemory):
         self.next_position = 0
 
     # ----------------------------------------------------------- encoding
-    def visual_rows(self, llm: LLMState, rows: Tensor) -> None:
-        self._mask = rows.cpu()
-
-    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
-        super().before_prefill(llm, kind, tokens)
-        self._log = llm.position_log
-        if kind != "frames":
-            self._mask = None
-
-    def after_encode(self, llm: LLMState) -> None:
-        if llm.position_log is not None:
-            llm.position_log.clear()  # each call's positions were read by its first layer
-
-    def end_question(self, llm: LLMState) -> None:
-        super().end_question(llm)
-        if llm.position_log is not None:
-            llm.position_log.clear()
-
     def _call_rows(self, length: int) -> CallRows:
         """Positions, visual mask and frame of every row of the encode call now starting."""
-        if not self._log:
-            raise RuntimeError(
-                "rekv (M-RoPE): a decoder call without logged positions; prefill through the stream"
-            )
-        pos = self._log[-1].cpu()
-        if pos.shape != (3, length):
-            raise RuntimeError(
-                f"rekv (M-RoPE): logged positions {tuple(pos.shape)} for a call of {length} rows"
-            )
-        mask = self._mask if self._mask is not None else torch.zeros(length, dtype=torch.bool)
-        self._mask = None
+        pos, mask = self.logged_call(length)
         frame = torch.full((length,), -1, dtype=torch.long)
         if self.layers[0].n_init is None:  # the system prompt: every row is a sink
             self.sink_pos = torch.cat((self.sink_pos, pos), dim=1)

@@ -38,7 +38,14 @@ import torch
 from torch import Tensor
 
 from ...api.kv_cache import DecoderLayout, Phase
-from ...api.memory_positions import FrameSpan, frame_advances, retrieved_positions, row_frames, text_positions
+from ...api.memory_positions import (
+    CallPositionLog,
+    FrameSpan,
+    frame_advances,
+    retrieved_positions,
+    row_frames,
+    text_positions,
+)
 from ...api.target import LLMState, Target
 from .attention import attend
 from .layer import OQMLayer, OQMSettings, QuestionInfo
@@ -185,10 +192,11 @@ class OQMMRoPELayer(OQMLayer):
         return super().device_bytes() + sides
 
 
-class OQMMRoPEMemory(StreamingTomOqmMemory):
+class OQMMRoPEMemory(CallPositionLog, StreamingTomOqmMemory):
     """StreamingTOM's memory on an M-RoPE decoder: the 1-D memory plus positions shared by every layer."""
 
     layer_class = OQMMRoPELayer
+    owner = "streamingtom_oqm"
     logs_positions = True
     wants_visual_rows = True
     shared: ClassVar[tuple[str, ...]] = ("_log",)
@@ -199,8 +207,6 @@ class OQMMRoPEMemory(StreamingTomOqmMemory):
         super().__init__(settings, target, layout, frame_groups)
         for mem in self.layers:
             mem.rotary = target.rope_cos_sin  # type: ignore[attr-defined]
-        self._log: list[Tensor] | None = None
-        self._mask: Tensor | None = None
         self._rows: CallRows | None = None
         self.sink_pos = torch.zeros(3, 0, dtype=torch.long)
         self.frame_pos: list[Tensor] = []  # per frame: [3, tokens a frame] stream positions, visual rows
@@ -211,37 +217,9 @@ class OQMMRoPEMemory(StreamingTomOqmMemory):
         self.next_position = 0
 
     # ----------------------------------------------------------- encoding
-    def visual_rows(self, llm: LLMState, rows: Tensor) -> None:
-        self._mask = rows.cpu()
-
-    def before_prefill(self, llm: LLMState, kind: str, tokens: int) -> None:
-        super().before_prefill(llm, kind, tokens)
-        self._log = llm.position_log
-        if kind != "frames":
-            self._mask = None
-
-    def after_encode(self, llm: LLMState) -> None:
-        if llm.position_log is not None:
-            llm.position_log.clear()  # each call's positions were read by its first layer
-
-    def end_question(self, llm: LLMState) -> None:
-        super().end_question(llm)
-        if llm.position_log is not None:
-            llm.position_log.clear()
-
     def _call_rows(self, length: int) -> CallRows:
         """Positions, visual mask and frame of every row of the encode call now starting."""
-        if not self._log:
-            raise RuntimeError(
-                "streamingtom_oqm (M-RoPE): a decoder call without logged positions; prefill through the stream"
-            )
-        pos = self._log[-1].cpu()
-        if pos.shape != (3, length):
-            raise RuntimeError(
-                f"streamingtom_oqm (M-RoPE): logged positions {tuple(pos.shape)} for a call of {length} rows"
-            )
-        mask = self._mask if self._mask is not None else torch.zeros(length, dtype=torch.bool)
-        self._mask = None
+        pos, mask = self.logged_call(length)
         if not self.started:  # the prompt: every row is a sink
             self.sink_pos = torch.cat((self.sink_pos, pos), dim=1)
             return CallRows(pos, torch.zeros(length, dtype=torch.bool), torch.full((length,), -1), 0)
