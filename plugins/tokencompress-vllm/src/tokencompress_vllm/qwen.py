@@ -17,9 +17,7 @@ a request with two videos runs two fresh streams.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,19 +37,13 @@ try:
 except ImportError as exc:  # the plugin installed without vLLM (or a vLLM without this model)
     raise ImportError(f"{INSTALL_HINT} ({exc})") from None
 
-from .plan import ServingPlan
-from .serving import carried_plan
+from .serving import ServedModel, ServedProcessor
 
 __all__ = ["TokenCompressQwen2_5_VL", "TokenCompressQwen2_5_VLProcessor"]
 
 
-class TokenCompressQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
+class TokenCompressQwen2_5_VLProcessor(ServedProcessor, Qwen2_5_VLMultiModalProcessor):
     """vLLM's Qwen2.5-VL processor, writing the pipeline's planned count of video placeholders."""
-
-    def _plan(self) -> ServingPlan | None:
-        if not hasattr(self, "_tokencompress_plan"):
-            self._tokencompress_plan = carried_plan(self.info.get_hf_config())
-        return self._tokencompress_plan
 
     def _get_prompt_updates(
         self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
@@ -80,18 +72,12 @@ class TokenCompressQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
     info=Qwen2_5_VLProcessingInfo,
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
-class TokenCompressQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
+class TokenCompressQwen2_5_VL(ServedModel, Qwen2_5_VLForConditionalGeneration):
     """vLLM's Qwen2.5-VL whose video token selection is a tokencompress pipeline's."""
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.tokencompress_plan = carried_plan(self.config)
-        carried = getattr(self.config, "tokencompress_serving", None) or {}
-        self.tokencompress_record = carried.get("record")
-        if self.tokencompress_plan is not None:
-            # vLLM's flag for "embeddings carry their positions" (set from video_pruning_rate otherwise)
-            self.is_multimodal_pruning_enabled = True
-            self.tokencompress_pruning = True  # read by the runner fix in .hooks
+        self._carry_plan()
 
     def _postprocess_video_embeds_evs(
         self, video_embeds_split: tuple[torch.Tensor, ...], video_input: Any
@@ -114,9 +100,3 @@ class TokenCompressQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
             self._record(grid, chosen.index)
             out.append(torch.cat([chosen.tokens.to(emb.dtype), positions.to(emb.device, emb.dtype)], dim=1))
         return tuple(out)
-
-    def _record(self, grid: list[int], index: torch.Tensor) -> None:
-        if self.tokencompress_record:
-            line = json.dumps({"grid": [int(v) for v in grid], "kept": index.tolist()})
-            with Path(self.tokencompress_record).open("a") as fh:
-                fh.write(line + "\n")

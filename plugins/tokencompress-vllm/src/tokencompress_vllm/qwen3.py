@@ -32,9 +32,7 @@ Images pass unpruned (they only carry their positions). Each video is one stream
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,19 +53,13 @@ except ImportError as exc:  # the plugin installed without vLLM (or a vLLM witho
     raise ImportError(f"{INSTALL_HINT} ({exc})") from None
 
 from .groups import lumped, outer_starts_as_text, relayout, surplus_columns
-from .plan import ServingPlan
-from .serving import carried_plan
+from .serving import ServedModel, ServedProcessor
 
 __all__ = ["TokenCompressQwen3_VL", "TokenCompressQwen3_VLProcessor"]
 
 
-class TokenCompressQwen3_VLProcessor(Qwen3VLMultiModalProcessor):
+class TokenCompressQwen3_VLProcessor(ServedProcessor, Qwen3VLMultiModalProcessor):
     """vLLM's Qwen3-VL processor, writing the pipeline's planned count of video placeholders."""
-
-    def _plan(self) -> ServingPlan | None:
-        if not hasattr(self, "_tokencompress_plan"):
-            self._tokencompress_plan = carried_plan(self.info.get_hf_config())
-        return self._tokencompress_plan
 
     def _apply_hf_processor_main(self, mm_items: Any, hf_kwargs: Mapping[str, object]) -> BatchFeature:
         """vLLM's own expansion (unpruned groups), refilled with the planned counts."""
@@ -121,18 +113,12 @@ class TokenCompressQwen3_VLProcessor(Qwen3VLMultiModalProcessor):
     info=Qwen3VLProcessingInfo,
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
-class TokenCompressQwen3_VL(Qwen3VLForConditionalGeneration):
+class TokenCompressQwen3_VL(ServedModel, Qwen3VLForConditionalGeneration):
     """vLLM's Qwen3-VL whose video token selection is a tokencompress pipeline's."""
 
     def __init__(self, *, vllm_config: Any, prefix: str = "model") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.tokencompress_plan = carried_plan(self.config)
-        carried = getattr(self.config, "tokencompress_serving", None) or {}
-        self.tokencompress_record = carried.get("record")
-        if self.tokencompress_plan is not None:
-            # vLLM's flag for "embeddings carry their positions" (set from video_pruning_rate otherwise)
-            self.is_multimodal_pruning_enabled = True
-            self.tokencompress_pruning = True  # read by the runner fix in .hooks
+        self._carry_plan()
 
     def _postprocess_video_embeds_evs(
         self, video_embeds_split: tuple[torch.Tensor, ...], video_input: Any
@@ -211,9 +197,3 @@ class TokenCompressQwen3_VL(Qwen3VLForConditionalGeneration):
         return super().recompute_mrope_positions(
             input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
         )
-
-    def _record(self, grid: list[int], index: torch.Tensor) -> None:
-        if self.tokencompress_record:
-            line = json.dumps({"grid": [int(v) for v in grid], "kept": index.tolist()})
-            with Path(self.tokencompress_record).open("a") as fh:
-                fh.write(line + "\n")

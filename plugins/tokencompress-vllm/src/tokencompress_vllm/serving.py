@@ -10,6 +10,8 @@ This module imports no vLLM (it reads the config objects by attribute).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tokencompress import CompatibilityError
@@ -17,7 +19,7 @@ from tokencompress import CompatibilityError
 from .plan import Geometry, ServingPlan
 from .settings import CONFIG_ATTR, KEY, pipeline_of, read_settings, to_carried
 
-__all__ = ["HOSTED", "configure", "carried_plan", "geometry_of"]
+__all__ = ["HOSTED", "ServedModel", "ServedProcessor", "configure", "carried_plan", "geometry_of"]
 
 HOSTED: dict[str, tuple[str, str]] = {
     "Qwen2_5_VLForConditionalGeneration": ("qwen2_5_vl", "tokencompress_vllm.qwen:TokenCompressQwen2_5_VL"),
@@ -72,3 +74,33 @@ def carried_plan(hf_config: Any) -> ServingPlan | None:
         return None
     plan = ServingPlan(pipeline_of(carried), geometry_of(hf_config, carried["architecture"]))
     return plan if plan.active else None
+
+
+class ServedProcessor:
+    """Mixin of a hosted multimodal processor: the plan carried on its model's config, built once."""
+
+    def _plan(self) -> ServingPlan | None:
+        if not hasattr(self, "_tokencompress_plan"):
+            self._tokencompress_plan = carried_plan(self.info.get_hf_config())  # type: ignore[attr-defined]
+        return self._tokencompress_plan
+
+
+class ServedModel:
+    """Mixin of a hosted model class: call :meth:`_carry_plan` after vLLM's ``__init__``."""
+
+    def _carry_plan(self) -> None:
+        """Read the carried plan (and the test's record file) and switch vLLM's pruning path on."""
+        self.tokencompress_plan = carried_plan(self.config)  # type: ignore[attr-defined]
+        carried = getattr(self.config, CONFIG_ATTR, None) or {}  # type: ignore[attr-defined]
+        self.tokencompress_record = carried.get("record")
+        if self.tokencompress_plan is not None:
+            # vLLM's flag for "embeddings carry their positions" (set from video_pruning_rate otherwise)
+            self.is_multimodal_pruning_enabled = True
+            self.tokencompress_pruning = True  # read by the runner fix in .hooks
+
+    def _record(self, grid: list[int], index: Any) -> None:
+        """Append a video's kept token indices to the record file (the same-tokens tests read it)."""
+        if self.tokencompress_record:
+            line = json.dumps({"grid": [int(v) for v in grid], "kept": index.tolist()})
+            with Path(self.tokencompress_record).open("a") as fh:
+                fh.write(line + "\n")
