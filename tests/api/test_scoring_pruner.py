@@ -108,7 +108,7 @@ def test_a_failure_after_the_plan_leaves_stc_pruner_state_untouched(monkeypatch:
     def broken_take(self, index):
         raise RuntimeError("gather failed")
 
-    monkeypatch.setattr(VisualTokens, "take", broken_take)
+    monkeypatch.setattr(VisualTokens, "take_ascending", broken_take)
     with pytest.raises(RuntimeError, match="gather failed"):
         pruner.apply(VisualTokens.from_frames(torch.randn(1, 9, 6), (3, 3), 1), state, ChunkInfo(1, 1, 1))
     assert torch.equal(state.total, saved[0]) and state.count == saved[1] and state.last is saved[2]

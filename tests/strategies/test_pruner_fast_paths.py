@@ -1,21 +1,27 @@
 """The scoring pruners' low-dispatch paths give the plain paths' results exactly: the batched
 bandwidth terms (any bandwidths, one or two threads, equal or ragged frames), ``take()``'s
-``index_select`` gathers and assignment remap, the equal-frames layout shortcut and the fixed-budget
+``index_select`` gathers and assignment remap, the unchecked full-grid gather, the gathers that read
+channel-major features in their own layout, the equal-frames layout shortcut and the fixed-budget
 selection."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokencompress.api.scoring_pruner import FrameLayout, PerFrameParams, ScoringPruner, select_per_frame
 from tokencompress.api.tokens import VisualTokens
+from tokencompress.api.types import ChunkInfo
 from tokencompress.strategies.kernels import (
     frame_and_centre_similarity,
     frame_similarity,
+    gather_columns,
     gaussian_similarity,
     unit,
 )
+from tokencompress.strategies.stc_pruner import StcPruner
 
 
 def _layout(counts: list[int]) -> FrameLayout:
@@ -131,3 +137,77 @@ def test_non_finite_scores_are_still_refused() -> None:
         select_per_frame(scores, torch.zeros(4, dtype=torch.long), torch.tensor([2]))
     big = torch.full((4,), 3e38)  # finite scores whose sum overflows are fine
     assert select_per_frame(big, torch.zeros(4, dtype=torch.long), torch.tensor([2])).tolist() == [0, 1]
+
+
+@st.composite
+def _carrier_in_either_layout(draw):
+    """A carrier of random shape whose features are row-major or channel-major (LLaVA's pooling),
+    with a subset of rows to keep, possibly after an earlier drop."""
+    f, h, w, d = (
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 7)),
+    )
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    x = torch.randn(f, h * w, d, generator=gen)
+    vt = VisualTokens.from_frames(x, (h, w), first_frame=draw(st.integers(0, 9)))
+    if draw(st.booleans()):
+        vt = vt.with_tokens(vt.tokens.T.contiguous().T)  # [N, D] with strides (1, N)
+    if draw(st.booleans()) and vt.count > 1:
+        vt = vt.take(torch.arange(0, vt.count, 2))
+    keep = draw(st.lists(st.booleans(), min_size=vt.count, max_size=vt.count))
+    return vt, torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_carrier_in_either_layout())
+def test_take_ascending_equals_advanced_indexing_in_either_layout(data) -> None:
+    """The unchecked gather (full-grid shortcut included) gives every field ``take`` must give, and
+    keeps the features' layout."""
+    vt, index = data
+    out = vt.take_ascending(index)
+    for name, want in _reference_take(vt, index).items():
+        assert torch.equal(getattr(out, name), want), name
+    if vt.tokens.stride() == (1, vt.count) and vt.count > 1 and index.numel() > 1:
+        assert out.tokens.stride() == (1, index.numel())  # channel-major stays channel-major
+    assert torch.equal(vt.take(index).tokens, out.tokens)
+
+
+@pytest.mark.parametrize("n,d", [(196, 896), (5, 3), (2, 1)])
+def test_gather_columns_gives_a_row_major_copy_in_either_layout(n, d) -> None:
+    x = torch.randn(n, d)
+    index = torch.randperm(d)[: max(1, d // 2)]
+    for layout in (x, x.T.contiguous().T):
+        got = gather_columns(layout, index)
+        assert torch.equal(got, x[:, index]) and got.is_contiguous()
+
+
+def test_the_lazy_full_grid_layout_reads_like_the_counted_one() -> None:
+    vt = VisualTokens.from_frames(torch.randn(3, 4, 2), (2, 2), first_frame=7)
+    lazy = FrameLayout.of(vt)
+    counted = FrameLayout(vt.frame - vt.first_frame, torch.bincount(vt.frame - 7), 4)
+    assert (lazy.num_frames, lazy.per_frame, lazy.device) == (3, 4, vt.frame.device)
+    assert torch.equal(lazy.index, counted.index) and torch.equal(lazy.counts, counted.counts)
+    assert repr(lazy) == "FrameLayout(num_frames=3, per_frame=4)"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(0, 2**16))
+def test_stc_pruner_does_not_depend_on_the_feature_layout(frames, k, seed) -> None:
+    """Channel-major features (LLaVA-OneVision) are scored exactly as a row-major copy: same rows,
+    same similarities, same memory, chunk after chunk."""
+    gen = torch.Generator().manual_seed(seed)
+    chunks = [torch.randn(frames, 16, 24, generator=gen) for _ in range(3)]
+    runs = []
+    for make in (lambda x: x, lambda x: x.reshape(-1, 24).T.contiguous().T.reshape(x.shape)):
+        pruner = StcPruner(tokens_per_frame=k)
+        state, out = pruner.new_state(), []
+        for c, x in enumerate(chunks):
+            vt = VisualTokens.from_frames(make(x), (4, 4), first_frame=c * frames)
+            kept = pruner.apply(vt, state, ChunkInfo(c, c * frames, frames))
+            out.append((kept.source, kept.tokens, state.last.similarities, state.total))
+        runs.append(out)
+    for a, b in zip(*runs, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)

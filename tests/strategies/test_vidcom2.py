@@ -486,7 +486,7 @@ def test_a_failure_after_the_plan_leaves_the_memory_untouched(monkeypatch: pytes
     def broken_take(self, index):
         raise RuntimeError("gather failed")
 
-    monkeypatch.setattr(VisualTokens, "take", broken_take)
+    monkeypatch.setattr(VisualTokens, "take_ascending", broken_take)
     with pytest.raises(RuntimeError, match="gather failed"):
         strategy.apply(second, state, ChunkInfo(1, 1, 1))
     assert torch.equal(state.total, before[0]) and state.count == before[1]

@@ -31,25 +31,36 @@ from .types import ChunkInfo, StageInfo
 __all__ = ["FrameLayout", "PerFrameParams", "Plan", "ScoringPruner", "select_per_frame"]
 
 
-@dataclass(frozen=True)
 class FrameLayout:
     """Which rows of a chunk belong to which frame, worked out once per prune.
 
     ``index`` ``[N]`` long: frame of every row counted from the chunk's first frame; ``counts``
     ``[F]`` long: rows per frame; ``per_frame``: that count when every frame holds the same
     (positive) number of rows, else None (ragged, after an earlier strategy).
+
+    A carrier that still holds its full grid (the usual first token stage) knows all three without
+    looking at its rows, and most pruners never read ``index`` or ``counts`` in that case (the
+    equal-frames paths reshape instead), so :meth:`of` leaves both to be computed on first use: a
+    prune runs at stream rate on a few hundred rows, where each tensor op is a visible cost.
     """
 
-    index: Tensor
-    counts: Tensor
-    per_frame: int | None
+    __slots__ = ("_frame", "_first", "_index", "_counts", "per_frame", "num_frames")
+
+    def __init__(self, index: Tensor, counts: Tensor, per_frame: int | None) -> None:
+        self._index, self._counts = index, counts
+        self._frame, self._first = None, 0
+        self.per_frame, self.num_frames = per_frame, counts.numel()
 
     @classmethod
     def of(cls, tokens: VisualTokens) -> FrameLayout:
-        index = tokens.frame - tokens.first_frame
         f, t = tokens.num_frames, tokens.tokens_per_frame_in
         if f and t and tokens.is_full_grid():  # nothing dropped or merged: every frame holds its grid
-            return cls(index, torch.full((f,), t, dtype=torch.long, device=index.device), t)
+            layout = cls.__new__(cls)
+            layout._index = layout._counts = None
+            layout._frame, layout._first = tokens.frame, tokens.first_frame
+            layout.per_frame, layout.num_frames = t, f
+            return layout
+        index = tokens.frame - tokens.first_frame
         counts = torch.bincount(index, minlength=tokens.num_frames)
         f = counts.numel()
         per = int(counts[0]) if f else 0
@@ -57,8 +68,25 @@ class FrameLayout:
         return cls(index, counts, per if uniform else None)
 
     @property
-    def num_frames(self) -> int:
-        return self.counts.numel()
+    def index(self) -> Tensor:
+        if self._index is None:
+            self._index = self._frame - self._first
+        return self._index
+
+    @property
+    def counts(self) -> Tensor:
+        if self._counts is None:
+            self._counts = torch.full(
+                (self.num_frames,), self.per_frame, dtype=torch.long, device=self.device
+            )
+        return self._counts
+
+    @property
+    def device(self) -> torch.device:
+        return (self._frame if self._counts is None else self._counts).device
+
+    def __repr__(self) -> str:
+        return f"FrameLayout(num_frames={self.num_frames}, per_frame={self.per_frame})"
 
     def mean(self, values: Tensor) -> Tensor:
         """``[F, ...]`` per-frame mean of ``values`` ``[N, ...]`` (an empty frame gives 0).
@@ -229,6 +257,10 @@ class ScoringPruner(TokenStrategy):
         k = self._fixed_budget()
         if k is None:
             raise TypeError(f"{type(self).__name__} has no tokens_per_frame; its plan() gives the budgets")
+        if layout.per_frame is not None:  # every frame holds per_frame rows: no need to read counts
+            return torch.full(
+                (layout.num_frames,), min(k, layout.per_frame), dtype=torch.long, device=layout.device
+            )
         return torch.clamp(layout.counts, max=k)
 
     def score(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> Tensor:
@@ -279,6 +311,8 @@ class ScoringPruner(TokenStrategy):
         if plan.rows is not None:
             kept = tokens if plan.rows.numel() == tokens.count else tokens.take(plan.rows)
         else:
-            kept = tokens if plan.keeps_all() else tokens.take(plan.select())
+            kept = (
+                tokens if plan.keeps_all() else tokens.take_ascending(plan.select())
+            )  # ascending by construction
         self.commit(state, plan)
         return kept

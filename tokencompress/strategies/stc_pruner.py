@@ -30,6 +30,7 @@ from .kernels import (
     ChunkMeans,
     ChunkMeansStep,
     frame_and_centre_similarity,
+    gather_columns,
     gaussian_similarity,
     select_channels,
     unit,
@@ -66,12 +67,30 @@ class StcPrunerParams(PerFrameParams):
 
 @dataclass(frozen=True)
 class StcPrunerDebug:
-    """The latest chunk's intermediates, kept so tests can compare with the reference fixtures."""
+    """The latest chunk's intermediates, kept so tests can compare with the reference fixtures.
+
+    The two similarities stay one ``[2, N]`` block until read: splitting and reshaping them costs
+    operator calls on every chunk, for a record that is rarely read.
+    """
 
     selected_channels: Tensor  # [D'] long, ascending variance
     memory_mean: Tensor  # [D'] float32, temporal anchor before normalisation
-    frame_scores: Tensor  # [F, T] float32 ([N] when frames hold different counts)
-    memory_scores: Tensor  # [F, T] float32 ([N] when frames hold different counts)
+    similarities: Tensor  # [2, N] float32: rows frame, memory
+    per_frame: int | None  # rows per frame when every frame holds the same count
+
+    def _scores(self, row: int) -> Tensor:
+        scores = self.similarities[row]
+        return scores if self.per_frame is None else scores.view(-1, self.per_frame)
+
+    @property
+    def frame_scores(self) -> Tensor:
+        """``[F, T]`` float32 (``[N]`` when frames hold different counts): similarity to the frame anchor."""
+        return self._scores(0)
+
+    @property
+    def memory_scores(self) -> Tensor:
+        """``[F, T]`` float32 (``[N]`` when frames hold different counts): similarity to the memory anchor."""
+        return self._scores(1)
 
 
 @dataclass
@@ -89,17 +108,17 @@ class _Update:
 
 def pruner_scores(
     xs: Tensor, mem: Tensor, layout: FrameLayout, alphas: tuple[float, ...]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(frame scores, memory scores, negated sum), each ``[N]``, of the scored channels ``xs`` ``[N, D']``
-    against the frame anchors and the stream memory ``mem`` ``[D']``: the pruner's dense math."""
+) -> tuple[Tensor, Tensor]:
+    """(similarities ``[2, N]``: frame and memory rows, negated sum ``[N]``) of the scored channels
+    ``xs`` ``[N, D']`` against the frame anchors and the stream memory ``mem`` ``[D']``: the pruner's
+    dense math. The sum of the two rows is one addition per token, so summing the block is exactly
+    ``memory + frame``."""
     xn = unit(xs)  # [N, D']
     # [F, D'] means of unit vectors, deliberately not normalised (P6)
     frame_anchor = layout.mean(xn)
-    # [N] each: both Gaussian sums in one bandwidth loop (the same values as one call each)
-    frame_scores, memory_scores = frame_and_centre_similarity(
-        xn, frame_anchor, layout, unit(mem, dim=0), alphas
-    )
-    return frame_scores, memory_scores, torch.add(memory_scores, frame_scores).neg_()
+    # both Gaussian sums in one bandwidth loop (the same values as one call each)
+    similarities = frame_and_centre_similarity(xn, frame_anchor, layout, unit(mem, dim=0), alphas)
+    return similarities, similarities.sum(0).neg_()
 
 
 class StcPruner(ScoringPruner):
@@ -148,18 +167,15 @@ class StcPruner(ScoringPruner):
         with torch.no_grad():
             flat = tokens.tokens.float()  # [N, D], frame-major
             chans = self.select_channels(flat)
-            xs = flat.index_select(1, chans)  # [N, D']
+            xs = gather_columns(flat, chans)  # [N, D'] contiguous
             if self.params.memory == "faithful":
                 step = state.peek(xs.mean(0), self.name)  # positional, this chunk's channel order
                 mem = step.mean
             else:
                 step = state.peek(flat.mean(0), self.name)  # full-width history, channels picked now
                 mem = step.mean[chans]
-            frame_scores, memory_scores, scores = self._score_kernel(xs, mem, layout, alphas)
-        if layout.per_frame is not None:
-            frame_scores = frame_scores.view(layout.num_frames, layout.per_frame)
-            memory_scores = memory_scores.view(layout.num_frames, layout.per_frame)
-        debug = StcPrunerDebug(chans, mem, frame_scores, memory_scores)
+            similarities, scores = self._score_kernel(xs, mem, layout, alphas)
+        debug = StcPrunerDebug(chans, mem, similarities, layout.per_frame)
         return self.budget_plan(scores, layout, _Update(step, debug))
 
     def commit(self, state: StcPrunerState, plan: Plan) -> None:

@@ -32,7 +32,7 @@ from ..api.scoring_pruner import FrameLayout, Plan, ScoringPruner
 from ..api.strategy import StrategyParams
 from ..api.tokens import VisualTokens
 from ..api.types import ChunkInfo, Stage, StageInfo
-from .kernels import frame_similarity, gaussian_similarity, select_channels, unit
+from .kernels import frame_similarity, gather_columns, gaussian_similarity, select_channels, unit
 
 __all__ = [
     "VidCom2",
@@ -119,7 +119,7 @@ def chunk_scores(
     select, score = kernels or (select_channels, unit_scores)
     x = tokens.tokens.float()  # [N, D]
     chans = select(x, fraction)
-    raw = x.index_select(1, chans)  # [N, D']
+    raw = gather_columns(x, chans)  # [N, D'] row-major, whatever the input's layout
     xn, video_score, frame_score = score(raw, layout, tuple(alphas))
     return ChunkScores(chans, raw, xn, video_score, frame_score)
 

@@ -6,7 +6,7 @@ a stream memory of chunk means). Written once here, with the float32 operation o
 fixtures pin, so the two strategies cannot drift apart.
 """
 
-from .channels import channel_variance, select_channels
+from .channels import channel_variance, gather_columns, select_channels
 from .chunk_means import ChunkMeans, ChunkMeansStep
 from .similarity import EPS, frame_and_centre_similarity, frame_similarity, gaussian_similarity, unit
 
@@ -17,6 +17,7 @@ __all__ = [
     "channel_variance",
     "frame_and_centre_similarity",
     "frame_similarity",
+    "gather_columns",
     "gaussian_similarity",
     "select_channels",
     "unit",

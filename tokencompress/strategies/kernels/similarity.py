@@ -61,41 +61,38 @@ one thread, so each row is one inner loop, as each ``[N]`` call of the one-row p
 
 def frame_and_centre_similarity(
     xn: Tensor, centres: Tensor, layout: FrameLayout, centre: Tensor, alphas: Sequence[float]
-) -> tuple[Tensor, Tensor]:
-    """(:func:`frame_similarity` of ``xn`` ``[N, D']`` to ``centres`` ``[F, D']``, :func:`gaussian_similarity`
-    of ``xn`` to ``centre`` ``[D']``), each ``[N]``, bit for bit, in a handful of operator calls.
+) -> Tensor:
+    """``[2, N]``: row 0 :func:`frame_similarity` of ``xn`` ``[N, D']`` to ``centres`` ``[F, D']``, row 1
+    :func:`gaussian_similarity` of ``xn`` to ``centre`` ``[D']``, bit for bit, in a handful of operator calls
+    (one block, not two tensors: splitting it is an operator call of its own).
 
-    A prune is a few hundred values per call, so dispatch, not arithmetic, is its cost. Both
-    differences come from one subtraction against a ``[2, ..., D']`` stack of the anchors, both
-    squared distances land as the two rows of a ``[2, N]`` view, and every bandwidth's term is one
-    row of a single ``[A, 2, N]`` divide and exponential (dividing by ``-2a`` is exactly negating
-    and dividing by ``2a``). The terms are then added one bandwidth at a time, in the loop's
-    order: ``torch.sum`` over the bandwidths would be one call, but it reorders the additions of
-    the columns past its last full group of vectors (which ones depends on the ISA's vector
-    width). Rows are padded by 16 columns so no op can merge two rows into one inner loop: each
-    row is vectorised and finished exactly as a one-row call is. Chunks over 16384 rows (where
-    ATen would split a row between threads) take the one-row path.
+    A prune is a few hundred values per call, so dispatch, not arithmetic, is its cost (and right
+    after a prefill or a tower has evicted the caches, every distinct call costs several times its
+    warm time). Both differences come from one subtraction against a ``[2, ..., D']`` stack of the
+    anchors, both squared distances land as the two rows of a ``[2, N]`` block, and every
+    bandwidth's term is one row of a single ``[A, 2, N]`` divide and exponential (dividing by
+    ``-2a`` is exactly negating and dividing by ``2a``). The terms are then added one bandwidth at
+    a time, in the loop's order: ``torch.sum`` over the bandwidths would be one call, but it
+    reorders the additions. The exponential's rows are padded by 16 columns so it cannot run two
+    rows as one inner loop: its vector and scalar (tail) paths round differently, and each row
+    must split as a one-row call does. Chunks over 16384 rows (where ATen would split a row
+    between threads) take the one-row path.
     """
     n, a = xn.shape[0], len(alphas)
     if n > _SERIAL or a < 2:
-        return frame_similarity(xn, centres, layout, alphas), gaussian_similarity(xn, centre, alphas)
-
-    # rows 0..A-1: one bandwidth's term each; row A: squared distances; row A+1: their sum
-    buf = torch.empty(a + 2, 2, n + _PAD, dtype=xn.dtype, device=xn.device)[:, :, :n]
-    terms, d2, out = buf[:a], buf[a], buf[a + 1]
+        return torch.stack(
+            (frame_similarity(xn, centres, layout, alphas), gaussian_similarity(xn, centre, alphas))
+        )
     if layout.per_frame is not None:
-        f, t = layout.num_frames, layout.per_frame
-        anchors = torch.stack((centres, centre.expand_as(centres)))  # [2, F, D']
-        diff = xn.view(f, t, xn.shape[-1]) - anchors[:, :, None, :]  # [2, F, T, D']
-        torch.sum(diff.mul_(diff), -1, out=d2.view(2, f, t))
+        anchors = torch.stack((centres, centre.expand_as(centres)))[:, :, None]  # [2, F, 1, D']
+        diff = xn.view(layout.num_frames, layout.per_frame, xn.shape[-1]) - anchors  # [2, F, T, D']
     else:
-        anchors = torch.stack((centres[layout.index], centre.expand_as(xn)))  # [2, N, D']
-        diff = xn - anchors
-        torch.sum(diff.mul_(diff), -1, out=d2)
-    scale = torch.tensor([-2.0 * x for x in alphas], dtype=xn.dtype, device=xn.device)
-    first, second, *rest = torch.div(d2, scale[:, None, None], out=terms).exp_().unbind(0)
-    torch.add(first, second, out=out)
+        diff = xn - torch.stack((centres[layout.index], centre.expand_as(xn)))  # [2, N, D']
+    d2 = diff.mul_(diff).sum(-1).view(2, n)  # [2, N] squared distances, row by row as a [N] call
+    scale = torch.tensor([[[-2.0 * x]] for x in alphas], dtype=xn.dtype, device=xn.device)  # [A, 1, 1]
+    buf = torch.empty(a, 2, n + _PAD, dtype=xn.dtype, device=xn.device)
+    first, second, *rest = torch.div(d2, scale, out=buf[:, :, :n]).exp_().unbind(0)  # A x [2, N]
+    out = first + second
     for term in rest:
         out += term
-    frame, to_centre = out.unbind(0)
-    return frame, to_centre
+    return out
