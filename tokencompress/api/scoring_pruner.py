@@ -53,8 +53,9 @@ class FrameLayout:
 
     @classmethod
     def of(cls, tokens: VisualTokens) -> FrameLayout:
-        f, t = tokens.num_frames, tokens.tokens_per_frame_in
-        if f and t and tokens.is_full_grid():  # nothing dropped or merged: every frame holds its grid
+        f, (h, w) = tokens.num_frames, tokens.grid
+        t = h * w
+        if f and t and tokens.tokens.shape[0] == f * t:  # full grid: nothing dropped or merged
             layout = cls.__new__(cls)
             layout._index = layout._counts = None
             layout._frame, layout._first = tokens.frame, tokens.first_frame
@@ -275,20 +276,27 @@ class ScoringPruner(TokenStrategy):
     def budget_plan(self, scores: Tensor, layout: FrameLayout, update: Any = None) -> Plan:
         """The :class:`Plan` of ``scores`` ``[N]`` under :meth:`frame_budgets`, with ``per_frame_budget``
         filled in when those are the stock ``min(tokens_per_frame, T_f)`` (not overridden)."""
-        fixed = type(self).frame_budgets is ScoringPruner.frame_budgets
-        budget = self._fixed_budget() if fixed else None
-        return Plan(scores, self.frame_budgets(layout), layout, update, per_frame_budget=budget)
+        if type(self).frame_budgets is not ScoringPruner.frame_budgets:
+            return Plan(scores, self.frame_budgets(layout), layout, update)
+        k = self._fixed_budget()
+        if k is not None and layout.per_frame is not None:  # the stock budgets without reading counts
+            budgets = torch.full(
+                (layout.num_frames,), min(k, layout.per_frame), dtype=torch.long, device=layout.device
+            )
+            return Plan(scores, budgets, layout, update, per_frame_budget=k)
+        return Plan(scores, self.frame_budgets(layout), layout, update, per_frame_budget=k)
 
     def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
         """Write ``plan.update`` into ``state``; called once per chunk, after the gather succeeded."""
 
-    def _checked(self, plan: Any, tokens: VisualTokens) -> Plan:
+    def _checked(self, plan: Any, n: int) -> Plan:
         """``plan`` if it holds one score per row and one budget per frame, else a ValueError saying which
         (the pipeline reports it as a fault of this strategy, like non-finite scores)."""
         own = "score()" if type(self).plan is ScoringPruner.plan else "plan()"
         if not isinstance(plan, Plan):
             raise ValueError(f"plan() returned {type(plan).__name__}, expected a Plan")
-        n, f = tokens.count, plan.layout.num_frames
+        f = plan.layout.num_frames
+
         for what, value, want, source in (
             ("scores", plan.scores, n, own),
             ("budgets", plan.budgets, f, "plan()"),
@@ -305,14 +313,15 @@ class ScoringPruner(TokenStrategy):
         return plan
 
     def apply(self, tokens: VisualTokens, state: Any, chunk: ChunkInfo) -> VisualTokens:
-        if tokens.count == 0:
+        n = tokens.tokens.shape[0]
+        if n == 0:
             return tokens
-        plan = self._checked(self.plan(tokens, state, chunk), tokens)
+        plan = self._checked(self.plan(tokens, state, chunk), n)
         if plan.rows is not None:
-            kept = tokens if plan.rows.numel() == tokens.count else tokens.take(plan.rows)
+            kept = tokens if plan.rows.numel() == n else tokens.take(plan.rows)
+        elif plan.keeps_all():
+            kept = tokens
         else:
-            kept = (
-                tokens if plan.keeps_all() else tokens.take_ascending(plan.select())
-            )  # ascending by construction
+            kept = tokens.take_ascending(plan.select())  # ascending by construction
         self.commit(state, plan)
         return kept

@@ -139,9 +139,11 @@ class VisualTokens:
         tokens = _gather_rows(self.tokens, index)
         frame = self.frame.index_select(0, index)
         pos = self.pos.index_select(0, index)
-        if self.count == self.assign.numel():  # full grid: source = assign = 0..N0-1, sizes = 1
-            assign = torch.full((self.count,), -1, dtype=torch.long, device=dev)
-            assign.index_copy_(0, index, torch.arange(k, device=dev))
+        n = self.tokens.shape[0]
+        if n == self.assign.shape[0]:  # full grid: source = assign = 0..N0-1, sizes = 1
+            assign = torch.full((n,), -1, dtype=torch.long, device=dev)
+            assign.index_copy_(0, index, self.source[:k])  # source is 0..N0-1: its head is arange(k)
+
             return replace(
                 self, tokens=tokens, frame=frame, pos=pos, source=index, sizes=self.sizes[:k], assign=assign
             )

@@ -29,6 +29,7 @@ from ..api.types import ChunkInfo, Stage, StageInfo
 from .kernels import (
     ChunkMeans,
     ChunkMeansStep,
+    bandwidth_divisors,
     frame_and_centre_similarity,
     gather_columns,
     gaussian_similarity,
@@ -107,17 +108,17 @@ class _Update:
 
 
 def pruner_scores(
-    xs: Tensor, mem: Tensor, layout: FrameLayout, alphas: tuple[float, ...]
+    xs: Tensor, mem: Tensor, layout: FrameLayout, alphas: tuple[float, ...], divisors: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """(similarities ``[2, N]``: frame and memory rows, negated sum ``[N]``) of the scored channels
     ``xs`` ``[N, D']`` against the frame anchors and the stream memory ``mem`` ``[D']``: the pruner's
     dense math. The sum of the two rows is one addition per token, so summing the block is exactly
-    ``memory + frame``."""
+    ``memory + frame``. ``divisors``: :func:`~.kernels.bandwidth_divisors` of ``alphas``, if built."""
     xn = unit(xs)  # [N, D']
     # [F, D'] means of unit vectors, deliberately not normalised (P6)
     frame_anchor = layout.mean(xn)
     # both Gaussian sums in one bandwidth loop (the same values as one call each)
-    similarities = frame_and_centre_similarity(xn, frame_anchor, layout, unit(mem, dim=0), alphas)
+    similarities = frame_and_centre_similarity(xn, frame_anchor, layout, unit(mem, dim=0), alphas, divisors)
     return similarities, similarities.sum(0).neg_()
 
 
@@ -146,6 +147,10 @@ class StcPruner(ScoringPruner):
             _select_kernel=compiler(select_channels), _score_kernel=compiler(pruner_scores)
         )
 
+    def __init__(self, params: StcPrunerParams | None = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._divisors = bandwidth_divisors(self.params.alphas)  # [A, 1, 1], read-only from here on
+
     def new_state(self) -> StcPrunerState:
         return StcPrunerState()
 
@@ -162,20 +167,23 @@ class StcPruner(ScoringPruner):
         """
         if not isinstance(state, StcPrunerState):
             raise TypeError("stc_pruner is stateful: pass the object from new_state()")
+        if torch.is_grad_enabled():  # streams run without autograd: skip the context's own cost there
+            with torch.no_grad():
+                return self.plan(tokens, state, chunk)
         layout = FrameLayout.of(tokens)
-        alphas = self.params.alphas
-        with torch.no_grad():
-            flat = tokens.tokens.float()  # [N, D], frame-major
-            chans = self.select_channels(flat)
-            xs = gather_columns(flat, chans)  # [N, D'] contiguous
-            if self.params.memory == "faithful":
-                step = state.peek(xs.mean(0), self.name)  # positional, this chunk's channel order
-                mem = step.mean
-            else:
-                step = state.peek(flat.mean(0), self.name)  # full-width history, channels picked now
-                mem = step.mean[chans]
-            similarities, scores = self._score_kernel(xs, mem, layout, alphas)
+        p = self.params
+        flat = tokens.tokens.float()  # [N, D], frame-major
+        chans = self._select_kernel(flat, p.channel_keep_ratio)  # [D'], ascending variance
+        xs = gather_columns(flat, chans)  # [N, D'] contiguous
+        if p.memory == "faithful":
+            step = state.peek(xs.mean(0), self.name)  # positional, this chunk's channel order
+            mem = step.mean
+        else:
+            step = state.peek(flat.mean(0), self.name)  # full-width history, channels picked now
+            mem = step.mean[chans]
+        similarities, scores = self._score_kernel(xs, mem, layout, p.alphas, self._divisors)
         debug = StcPrunerDebug(chans, mem, similarities, layout.per_frame)
+
         return self.budget_plan(scores, layout, _Update(step, debug))
 
     def commit(self, state: StcPrunerState, plan: Plan) -> None:

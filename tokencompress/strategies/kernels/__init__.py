@@ -8,10 +8,18 @@ fixtures pin, so the two strategies cannot drift apart.
 
 from .channels import channel_variance, gather_columns, select_channels
 from .chunk_means import ChunkMeans, ChunkMeansStep
-from .similarity import EPS, frame_and_centre_similarity, frame_similarity, gaussian_similarity, unit
+from .similarity import (
+    EPS,
+    bandwidth_divisors,
+    frame_and_centre_similarity,
+    frame_similarity,
+    gaussian_similarity,
+    unit,
+)
 
 __all__ = [
     "EPS",
+    "bandwidth_divisors",
     "ChunkMeans",
     "ChunkMeansStep",
     "channel_variance",

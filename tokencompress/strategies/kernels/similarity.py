@@ -9,7 +9,14 @@ from torch import Tensor
 
 from ...api.scoring_pruner import FrameLayout
 
-__all__ = ["EPS", "frame_similarity", "frame_and_centre_similarity", "gaussian_similarity", "unit"]
+__all__ = [
+    "EPS",
+    "bandwidth_divisors",
+    "frame_similarity",
+    "frame_and_centre_similarity",
+    "gaussian_similarity",
+    "unit",
+]
 
 EPS = 1e-12
 """As ``torch.nn.functional.normalize``, which both references use."""
@@ -59,8 +66,21 @@ _SERIAL = 16384
 one thread, so each row is one inner loop, as each ``[N]`` call of the one-row path is."""
 
 
+def bandwidth_divisors(alphas: Sequence[float], like: Tensor | None = None) -> Tensor:
+    """``[A, 1, 1]`` the divisors ``-2a`` of every bandwidth, float32 on CPU or as ``like``: built once
+    by a pruner and passed to :func:`frame_and_centre_similarity`, since building a tensor from Python
+    floats costs more than the division it feeds."""
+    dtype, device = (torch.float32, None) if like is None else (like.dtype, like.device)
+    return torch.tensor([[[-2.0 * a]] for a in alphas], dtype=dtype, device=device)
+
+
 def frame_and_centre_similarity(
-    xn: Tensor, centres: Tensor, layout: FrameLayout, centre: Tensor, alphas: Sequence[float]
+    xn: Tensor,
+    centres: Tensor,
+    layout: FrameLayout,
+    centre: Tensor,
+    alphas: Sequence[float],
+    divisors: Tensor | None = None,
 ) -> Tensor:
     """``[2, N]``: row 0 :func:`frame_similarity` of ``xn`` ``[N, D']`` to ``centres`` ``[F, D']``, row 1
     :func:`gaussian_similarity` of ``xn`` to ``centre`` ``[D']``, bit for bit, in a handful of operator calls
@@ -76,7 +96,8 @@ def frame_and_centre_similarity(
     reorders the additions. The exponential's rows are padded by 16 columns so it cannot run two
     rows as one inner loop: its vector and scalar (tail) paths round differently, and each row
     must split as a one-row call does. Chunks over 16384 rows (where ATen would split a row
-    between threads) take the one-row path.
+    between threads) take the one-row path. ``divisors``: :func:`bandwidth_divisors` of ``alphas``
+    (built here when missing or of another dtype or device).
     """
     n, a = xn.shape[0], len(alphas)
     if n > _SERIAL or a < 2:
@@ -89,9 +110,10 @@ def frame_and_centre_similarity(
     else:
         diff = xn - torch.stack((centres[layout.index], centre.expand_as(xn)))  # [2, N, D']
     d2 = diff.mul_(diff).sum(-1).view(2, n)  # [2, N] squared distances, row by row as a [N] call
-    scale = torch.tensor([[[-2.0 * x]] for x in alphas], dtype=xn.dtype, device=xn.device)  # [A, 1, 1]
+    if divisors is None or divisors.dtype != xn.dtype or divisors.device != xn.device:
+        divisors = bandwidth_divisors(alphas, xn)
     buf = torch.empty(a, 2, n + _PAD, dtype=xn.dtype, device=xn.device)
-    first, second, *rest = torch.div(d2, scale, out=buf[:, :, :n]).exp_().unbind(0)  # A x [2, N]
+    first, second, *rest = torch.div(d2, divisors, out=buf[:, :, :n]).exp_().unbind(0)  # A x [2, N]
     out = first + second
     for term in rest:
         out += term
