@@ -8,7 +8,9 @@ through the baseline (the ``pre_prefill`` carrier of ``--model builtin-bench``),
 token stage and the prefill are timed: baseline and pruned streams take turns chunk by chunk
 (wall time, ``--threads`` threads), and each repeat gives one ratio per stream length, reported
 as median [min-max] over repeats. ``--prefill-chunks k`` prefills k chunks' tokens together in
-both streams (``stream.prefill_chunks``: the same segments a stream prefills together).
+both streams (``stream.prefill_chunks``: the same segments a stream prefills together);
+``--compile`` runs the pruner's dense kernels through ``torch.compile`` (inductor) as the opt-in
+compiled path does (compiled during the untimed FLOP pass).
 
     PYTHONPATH=. python benchmarks/pruner_prefill.py [--chunks 64] [--repeats 5] [--out results/pruner_prefill.json]
 """
@@ -42,6 +44,11 @@ def main() -> None:
     ap.add_argument("--decoder-kernels", choices=("stock", "packed"), default="stock")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--model", default="builtin-bench")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the pruner's dense kernels through torch.compile (inductor), as pipeline.apply(compile=True) does",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -67,6 +74,10 @@ def main() -> None:
     if len(frames) < args.chunks:
         raise SystemExit(f"only {len(frames)} frames at {fps} fps")
     pruner = StcPruner(tokens_per_frame=args.keep)  # on builtin-bench: 60 of 196 tokens per frame
+    if args.compile:  # compiled on the untimed counting pass
+        from tokencompress.patching.compiling import CompileOptions, Compiler
+
+        pruner = pruner.compiled(Compiler(CompileOptions()))
     load0 = os.getloadavg()[0]
     with torch.inference_mode(), base.apply(loaded.model) as bound:
         enc = bound.stream(tokenizer=loaded.tokenizer)
@@ -131,6 +142,7 @@ def main() -> None:
         "tokens_per_frame": carriers[0].count,
         "threads": args.threads,
         "prefill_chunks": args.prefill_chunks,
+        "compile": args.compile,
         "decoder_kernels": args.decoder_kernels,
         "repeats": args.repeats,
         "fps": fps,
@@ -164,6 +176,7 @@ def main() -> None:
     print(
         f"load {load0:.2f} -> {load1:.2f}, {args.threads} threads, {args.repeats} repeats, "
         f"prefill_chunks {args.prefill_chunks}, decoder_kernels {args.decoder_kernels}"
+        + (", compiled pruner" if args.compile else "")
     )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
