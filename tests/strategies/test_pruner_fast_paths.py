@@ -211,3 +211,28 @@ def test_stc_pruner_does_not_depend_on_the_feature_layout(frames, k, seed) -> No
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_fixed_budgets_on_a_full_grid_equal_the_clamped_counts(k) -> None:
+    """The stock budgets of a full-grid layout come without reading ``counts`` and equal ``min(k, T_f)``."""
+    vt = VisualTokens.from_frames(torch.randn(3, 6, 2), (2, 3))
+    pruner = _Norm(tokens_per_frame=k)
+    lay = FrameLayout.of(vt)
+    budgets = pruner.frame_budgets(lay)
+    assert lay._counts is None  # counts were never materialised
+    assert torch.equal(budgets, torch.clamp(lay.counts, max=k))
+
+
+def test_stc_pruner_plans_without_autograd_whatever_the_grad_mode() -> None:
+    """With autograd on, the plan still builds no graph (it enters ``no_grad`` itself); with it off
+    (streams), the same scores come out."""
+    x = torch.randn(1, 16, 8, requires_grad=True)
+    vt = VisualTokens.from_frames(x, (4, 4))
+    pruner = StcPruner(tokens_per_frame=3)
+    with torch.enable_grad():
+        on = pruner.plan(vt, pruner.new_state(), ChunkInfo(0, 0, 1))
+    with torch.no_grad():
+        off = pruner.plan(vt, pruner.new_state(), ChunkInfo(0, 0, 1))
+    assert not on.scores.requires_grad and on.scores.grad_fn is None
+    assert torch.equal(on.scores, off.scores)

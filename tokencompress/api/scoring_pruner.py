@@ -276,15 +276,9 @@ class ScoringPruner(TokenStrategy):
     def budget_plan(self, scores: Tensor, layout: FrameLayout, update: Any = None) -> Plan:
         """The :class:`Plan` of ``scores`` ``[N]`` under :meth:`frame_budgets`, with ``per_frame_budget``
         filled in when those are the stock ``min(tokens_per_frame, T_f)`` (not overridden)."""
-        if type(self).frame_budgets is not ScoringPruner.frame_budgets:
-            return Plan(scores, self.frame_budgets(layout), layout, update)
-        k = self._fixed_budget()
-        if k is not None and layout.per_frame is not None:  # the stock budgets without reading counts
-            budgets = torch.full(
-                (layout.num_frames,), min(k, layout.per_frame), dtype=torch.long, device=layout.device
-            )
-            return Plan(scores, budgets, layout, update, per_frame_budget=k)
-        return Plan(scores, self.frame_budgets(layout), layout, update, per_frame_budget=k)
+        fixed = type(self).frame_budgets is ScoringPruner.frame_budgets
+        budget = self._fixed_budget() if fixed else None
+        return Plan(scores, self.frame_budgets(layout), layout, update, per_frame_budget=budget)
 
     def commit(self, state: Any, plan: Plan) -> None:  # noqa: B027 - stateless pruners commit nothing
         """Write ``plan.update`` into ``state``; called once per chunk, after the gather succeeded."""
@@ -296,7 +290,6 @@ class ScoringPruner(TokenStrategy):
         if not isinstance(plan, Plan):
             raise ValueError(f"plan() returned {type(plan).__name__}, expected a Plan")
         f = plan.layout.num_frames
-
         for what, value, want, source in (
             ("scores", plan.scores, n, own),
             ("budgets", plan.budgets, f, "plan()"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["VisualTokens"]
+__all__ = ["VisualTokens", "is_channel_major"]
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,6 @@ class VisualTokens:
         if n == self.assign.shape[0]:  # full grid: source = assign = 0..N0-1, sizes = 1
             assign = torch.full((n,), -1, dtype=torch.long, device=dev)
             assign.index_copy_(0, index, self.source[:k])  # source is 0..N0-1: its head is arange(k)
-
             return replace(
                 self, tokens=tokens, frame=frame, pos=pos, source=index, sizes=self.sizes[:k], assign=assign
             )
@@ -274,6 +273,12 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
     the time at 60 of 196 rows of width 896). The result keeps the input's layout; the values are
     the same either way.
     """
-    if x.dim() == 2 and x.shape[0] > 1 and x.stride(0) == 1 and x.stride(1) == x.shape[0]:
+    if is_channel_major(x):
         return x.T.index_select(1, index).T
     return x.index_select(0, index)
+
+
+def is_channel_major(x: Tensor) -> bool:
+    """True for an ``[N, D]`` tensor stored as its ``[D, N]`` transpose (strides ``(1, N)``, ``N > 1``):
+    how LLaVA-OneVision's pooling hands over its features, which gathers read in that layout."""
+    return x.dim() == 2 and x.shape[0] > 1 and x.stride(0) == 1 and x.stride(1) == x.shape[0]

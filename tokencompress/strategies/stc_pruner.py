@@ -183,7 +183,6 @@ class StcPruner(ScoringPruner):
             mem = step.mean[chans]
         similarities, scores = self._score_kernel(xs, mem, layout, p.alphas, self._divisors)
         debug = StcPrunerDebug(chans, mem, similarities, layout.per_frame)
-
         return self.budget_plan(scores, layout, _Update(step, debug))
 
     def commit(self, state: StcPrunerState, plan: Plan) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...api.tokens import is_channel_major
+
 __all__ = ["channel_variance", "gather_columns", "select_channels"]
 
 
@@ -48,6 +50,6 @@ def gather_columns(x: Tensor, index: Tensor) -> Tensor:
     row-major; picking the rows of the ``[D, N]`` transpose (contiguous runs) and transposing only
     the picked half costs about a third of that. The values are the same.
     """
-    if x.dim() == 2 and x.shape[0] > 1 and x.stride(0) == 1 and x.stride(1) == x.shape[0]:
+    if is_channel_major(x):
         return x.T.index_select(0, index).T.contiguous()
     return x.index_select(1, index)
